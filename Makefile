@@ -1,0 +1,50 @@
+# The two commands a new user needs (see README):
+#   make demo   - create .venv, install everything pinned (CPU torch), run the main job
+#   make test   - the same install, then the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install system-deps demo test test-fast lint format lock clean-results
+
+$(STAMP): pyproject.toml requirements/lock-cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements/lock-cpu.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --printshellcmds
+
+test: install system-deps
+	$(BIN)/python -m pytest tests
+
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not slow and not slurm"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakemake --lint
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lock: install
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^brainharmony' \
+	  | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > requirements/lock-cpu.txt.new
+	mv requirements/lock-cpu.txt.new requirements/lock-cpu.txt
+
+clean-results:
+	rm -rf results logs benchmarks/results .snakemake

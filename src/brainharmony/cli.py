@@ -1,0 +1,58 @@
+"""The ``brainharmony`` command line: one sub-command per pipeline step.
+
+Each sub-command lives in the module that implements the step. That module
+exposes ``add_arguments(parser)`` and ``run(args) -> int``; this file only lists
+them, so importing the CLI stays cheap (heavy imports happen inside ``run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from brainharmony._version import __version__
+from brainharmony.io import InputDataError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("brainharmony.demo.cli", "generate demo BIDS datasets with planted truth"),
+    "ingest": ("brainharmony.ingest", "index a BIDS dataset into scans.tsv / excluded.tsv"),
+    "validate-config": ("brainharmony.config", "validate a workflow config file"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brainharmony",
+        description="Raw BIDS MRI to brain foundation models and their evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(sp)
+        sp.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except InputDataError as err:
+        print(f"brainharmony {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Atomic file writers and provenance sidecars.
+
+Every derivative the package writes goes through :func:`atomic_path`: the data is
+written to a temporary file in the destination folder and moved into place with
+:func:`os.replace` only once it is complete, so an interrupted job never leaves a
+half-written file behind under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainharmony._version import __version__
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+
+class InputDataError(ValueError):
+    """An input file is unusable. The message names the file and the problem."""
+
+    def __init__(self, path: PathLike | None, problem: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{problem}")
+
+
+def _suffixes(path: Path) -> str:
+    name = path.name
+    for double in (".nii.gz", ".tsv.gz", ".csv.gz", ".tar.gz"):
+        if name.endswith(double):
+            return double
+    return path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place on success.
+
+    The temporary file keeps the destination's extension so that writers which
+    infer the format from the name (nibabel, numpy, matplotlib) behave the same.
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{dest.name}.", suffix=f".tmp{_suffixes(dest)}", dir=dest.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def write_json(path: PathLike, data: Mapping[str, Any]) -> Path:
+    """Write a JSON document atomically with sorted keys and a trailing newline."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+    return write_text(path, text)
+
+
+def write_tsv(path: PathLike, frame: Any, **kwargs: Any) -> Path:
+    """Write a pandas DataFrame as a BIDS-style TSV ('n/a' for missing) atomically."""
+    kwargs.setdefault("index", False)
+    kwargs.setdefault("na_rep", "n/a")
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", lineterminator="\n", **kwargs)
+    return Path(path)
+
+
+def write_npy(path: PathLike, array: np.ndarray) -> Path:
+    """Save a numpy array atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    return Path(path)
+
+
+def write_nifti(path: PathLike, image: Any) -> Path:
+    """Save a nibabel image atomically (gzip output is byte-reproducible)."""
+    import gzip
+
+    import nibabel as nib
+
+    dest = Path(path)
+    with atomic_path(dest) as tmp:
+        if dest.name.endswith(".gz"):
+            # nibabel's gzip writer stores the file name and mtime in the gzip header;
+            # write the raw bytes ourselves with mtime=0 so reruns are byte-identical.
+            raw = image.to_bytes() if hasattr(image, "to_bytes") else None
+            if raw is None:
+                raise TypeError(f"cannot serialise image of type {type(image).__name__}")
+            with open(tmp, "wb") as handle, gzip.GzipFile(
+                filename="", mode="wb", fileobj=handle, mtime=0, compresslevel=6
+            ) as gz:
+                gz.write(raw)
+        else:
+            nib.save(image, tmp)
+    return dest
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """Stable digest of a (JSON-serialisable) configuration mapping."""
+    text = json.dumps(config, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def git_sha(start: PathLike | None = None) -> str | None:
+    """The git commit of the source tree, or None when not in a git checkout."""
+    here = Path(start) if start is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance(
+    *,
+    step: str,
+    inputs: Sequence[PathLike] = (),
+    parameters: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    timestamp: bool = False,
+) -> dict[str, Any]:
+    """Provenance block for a derivative's JSON sidecar.
+
+    Parameters
+    ----------
+    step : str
+        Name of the processing step that produced the file.
+    inputs : sequence of path-like
+        Files read to produce it (recorded as given, so relative paths stay relative).
+    parameters : mapping, optional
+        Parameters of the step that changed its output.
+    config : mapping, optional
+        The configuration section the step used; only its digest is stored.
+    timestamp : bool
+        Record the wall-clock time. Off by default so that reruns are byte-identical.
+    """
+    block: dict[str, Any] = {
+        "Step": step,
+        "Software": "brainharmony",
+        "Version": __version__,
+        "GitSHA": git_sha(),
+        "Python": platform.python_version(),
+        "Inputs": [str(p) for p in inputs],
+    }
+    if parameters is not None:
+        block["Parameters"] = dict(parameters)
+    if config is not None:
+        block["ConfigDigest"] = config_digest(config)
+    if timestamp:
+        block["Created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return block
+
+
+def sidecar_path(path: PathLike) -> Path:
+    """The JSON sidecar path for a data file (``x.nii.gz`` -> ``x.json``)."""
+    p = Path(path)
+    return p.with_name(p.name[: -len(_suffixes(p))] + ".json")

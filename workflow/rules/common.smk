@@ -1,0 +1,60 @@
+# Shared definitions: config validation, wildcard constraints, input functions.
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.settings.types import DeploymentMethod
+
+from brainharmony.config import validate_config
+
+validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+
+
+wildcard_constraints:
+    dataset=r"[a-zA-Z0-9]+",
+    subject=r"[a-zA-Z0-9]+",
+    session=r"[a-zA-Z0-9]+",
+    run=r"[a-zA-Z0-9]+",
+
+
+DATASETS = sorted(config["datasets"])
+DEMO_ROOT = config["demo"]["root"]
+DEMO_DATASETS = sorted(name for name, ds in config["datasets"].items() if ds["demo"])
+ENVS = Path(workflow.basedir) / "envs"
+
+
+def _package_command():
+    """How rules call the package CLI.
+
+    With `--sdm conda` the job runs inside the rule's conda env, which provides the
+    dependencies; the package itself comes from this checkout's src/. Otherwise the
+    interpreter running Snakemake (the project's venv) has the package installed.
+    """
+    settings = workflow.deployment_settings
+    if settings is not None and DeploymentMethod.CONDA in settings.deployment_method:
+        src = shlex.quote(str(Path(workflow.basedir) / "src"))
+        return f"PYTHONPATH={src}${{PYTHONPATH:+:$PYTHONPATH}} python -m brainharmony"
+    return f"{shlex.quote(sys.executable)} -m brainharmony"
+
+
+BH = _package_command()
+
+
+def bids_dir(dataset):
+    return config["datasets"][dataset]["bids_dir"]
+
+
+def dataset_description(wildcards):
+    """The file that stands for a raw BIDS dataset in the DAG.
+
+    Demo datasets are produced by rule `demo`; a user's dataset must exist at planning
+    time, and a missing one is reported now, not mid-run.
+    """
+    ds = config["datasets"][wildcards.dataset]
+    path = Path(ds["bids_dir"]) / "dataset_description.json"
+    if not ds["demo"] and not path.exists():
+        raise ValueError(
+            f"dataset '{wildcards.dataset}': {path} not found; "
+            f"bids_dir must point at a raw BIDS folder"
+        )
+    return str(path)

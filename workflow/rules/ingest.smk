@@ -1,0 +1,51 @@
+# Ingest: index each raw BIDS dataset into scans.tsv (usable runs) and excluded.tsv.
+# A checkpoint: the subjects/sessions/runs that later stages expand over are the rows
+# of scans.tsv, so only combinations that exist become jobs.
+
+
+def _phenotype_arg(wildcards):
+    spec = config["datasets"][wildcards.dataset]["phenotypes"]
+    return ",".join(f"{col}:{kind}" for col, kind in spec.items())
+
+
+def _ingest_options(wildcards):
+    ds = config["datasets"][wildcards.dataset]
+    opts = [f"--task {ds['task']}"]
+    if ds["site_column"]:
+        opts.append(f"--site-column {shlex.quote(ds['site_column'])}")
+    if ds["exclude_subjects"]:
+        opts.append("--exclude-subjects " + " ".join(map(shlex.quote, ds["exclude_subjects"])))
+    phen = _phenotype_arg(wildcards)
+    if phen:
+        opts.append(f"--phenotypes {shlex.quote(phen)}")
+    return " ".join(opts)
+
+
+checkpoint ingest:
+    input:
+        description=dataset_description,
+    output:
+        scans="results/ingest/{dataset}/scans.tsv",
+        excluded="results/ingest/{dataset}/excluded.tsv",
+        sidecar="results/ingest/{dataset}/scans.json",
+    params:
+        bh=BH,
+        bids_dir=lambda wildcards: bids_dir(wildcards.dataset),
+        out_dir=subpath(output.scans, parent=True),
+        options=_ingest_options,
+        min_volumes=config["ingest"]["min_volumes"],
+        tr_tolerance=config["ingest"]["tr_tolerance"],
+        tr_conflict=config["ingest"]["tr_conflict"],
+    log:
+        "logs/ingest/{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v ingest --dataset {wildcards.dataset} --bids-dir {params.bids_dir} "
+        "--out-dir {params.out_dir} --min-volumes {params.min_volumes} "
+        "--tr-tolerance {params.tr_tolerance} --tr-conflict {params.tr_conflict} "
+        "{params.options} > {log} 2>&1"

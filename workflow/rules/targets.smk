@@ -1,0 +1,7 @@
+# One target per stage, so a single stage can be (re)run by name: `snakemake ingest_all`.
+
+
+rule ingest_all:
+    input:
+        expand(rules.ingest.output.scans, dataset=DATASETS),
+        expand(rules.ingest.output.excluded, dataset=DATASETS),
