@@ -17,7 +17,7 @@ import platform
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +127,12 @@ def write_nifti(path: PathLike, image: Any) -> Path:
             raw = image.to_bytes() if hasattr(image, "to_bytes") else None
             if raw is None:
                 raise TypeError(f"cannot serialise image of type {type(image).__name__}")
-            with open(tmp, "wb") as handle, gzip.GzipFile(
-                filename="", mode="wb", fileobj=handle, mtime=0, compresslevel=6
-            ) as gz:
+            with (
+                open(tmp, "wb") as handle,
+                gzip.GzipFile(
+                    filename="", mode="wb", fileobj=handle, mtime=0, compresslevel=6
+                ) as gz,
+            ):
                 gz.write(raw)
         else:
             nib.save(image, tmp)
@@ -203,7 +206,7 @@ def provenance(
     if config is not None:
         block["ConfigDigest"] = config_digest(config)
     if timestamp:
-        block["Created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        block["Created"] = datetime.now(UTC).isoformat(timespec="seconds")
     return block
 
 
