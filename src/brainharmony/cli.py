@@ -21,6 +21,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("brainharmony.demo.cli", "generate demo BIDS datasets with planted truth"),
     "ingest": ("brainharmony.ingest", "index a BIDS dataset into scans.tsv / excluded.tsv"),
     "validate-config": ("brainharmony.config", "validate a workflow config file"),
+    "harmonics": (
+        "brainharmony.geometry.harmonics",
+        "Laplace-Beltrami eigenmodes of a cortical surface, averaged per parcel",
+    ),
+    "gradients": ("brainharmony.geometry.gradients", "diffusion-map gradients of a group FC"),
+    "resample": ("brainharmony.timeseries.resample", "resample an ROI series to another TR"),
+    "scaling-stats": (
+        "brainharmony.timeseries.scaling",
+        "per-ROI robust-scaling statistics (median, IQR) over a training set",
+    ),
+    "splits": ("brainharmony.splits", "seeded subject-level cross-validation splits"),
+    "pack": ("brainharmony.packing", "pack ROI series or T1 volumes into training shards"),
 }
 
 

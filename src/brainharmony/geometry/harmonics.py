@@ -1,0 +1,507 @@
+"""Geometric harmonics: cortical Laplace-Beltrami eigenmodes averaged within parcels.
+
+Pipeline, per hemisphere:
+
+1. Take the template surface (default fsLR-32k Conte69) and cut out the medial
+   wall: the sub-mesh of the *cortex* vertices. ``cortex="mask"`` (default on
+   fsLR-32k) uses the template's cortex mask, which does not depend on the atlas,
+   so one set of modes serves every parcellation; ``cortex="labels"`` keeps the
+   vertices with a non-zero label of the given parcellation (the only choice on
+   fsaverage5, which has no offline mask).
+2. Compute ``K`` mass-normalised Laplace-Beltrami eigenmodes on that sub-mesh
+   (:mod:`brainharmony.geometry.lbo`).
+3. Average each mode within each parcel with **vertex-area weights** (the lumped
+   mass, one third of the area of the incident triangles). The weighted mean is
+   the surface integral of the mode over the parcel divided by the parcel's
+   area, so it does not depend on how densely the mesh samples a region (fsLR
+   vertices are not equal-area); an unweighted vertex mean would over-weight
+   densely meshed regions. A constant mode stays exactly constant.
+
+The table has one row per parcel, left hemisphere first (ascending label
+value), then right, and columns ``mode_1`` .. ``mode_K``. With Schaefer-400 that
+is rows 1-200 (LH) then 201-400 (RH), as in the official BrainHarmonix CSV.
+``mode_1`` is constant within each hemisphere (``1/sqrt(cortex area)``); unlike the
+official file, whose right-hemisphere constant is negative, both are positive
+here (see the sign convention in :mod:`brainharmony.geometry.lbo`).
+
+The command line (``brainharmony harmonics``) is :func:`add_arguments` + :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainharmony.geometry.lbo import Eigenmodes, eigenmodes, n_components, submesh
+from brainharmony.geometry.surfaces import (
+    HEMISPHERES,
+    Surface,
+    SurfaceLabels,
+    load_template_labels,
+    load_template_surface,
+    read_label_file,
+    read_surface_file,
+    template_cortex_mask,
+)
+from brainharmony.io import (
+    InputDataError,
+    PathLike,
+    provenance,
+    write_json,
+    write_npy,
+    write_text,
+    write_tsv,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HemisphereHarmonics:
+    """Eigenmodes of one hemisphere and their parcel means.
+
+    Attributes
+    ----------
+    surface : Surface
+        The full hemisphere surface.
+    cortex_index : ndarray of shape (n_cortex,)
+        Vertices of ``surface`` in the cortex sub-mesh.
+    modes : Eigenmodes
+        Eigenpairs on the cortex sub-mesh (modes of shape (n_cortex, K)).
+    parcels : ndarray of shape (n_parcels,)
+        Label values, ascending.
+    parcel_means : ndarray of shape (n_parcels, K)
+    parcel_area : ndarray of shape (n_parcels,)
+        Cortex area inside each parcel (mesh units squared).
+    """
+
+    surface: Surface
+    cortex_index: np.ndarray
+    modes: Eigenmodes
+    parcels: np.ndarray
+    parcel_means: np.ndarray
+    parcel_area: np.ndarray
+
+    def vertex_modes(self, dtype: Any = np.float32) -> np.ndarray:
+        """Modes on every surface vertex, NaN outside the cortex.
+
+        Returns
+        -------
+        ndarray of shape (n_vertices, K)
+        """
+        out = np.full((self.surface.vertices.shape[0], self.modes.modes.shape[1]), np.nan, dtype)
+        out[self.cortex_index] = self.modes.modes
+        return out
+
+
+def parcel_means(
+    values: np.ndarray, labels: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted mean of per-vertex values within each labelled parcel.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_vertices, K)
+        Per-vertex values; rows with NaN (vertices outside the mesh) are skipped.
+    labels : ndarray of shape (n_vertices,), int
+        Parcel label per vertex; 0 or negative = unlabelled (skipped).
+    weights : ndarray of shape (n_vertices,)
+        Non-negative vertex weights (areas).
+
+    Returns
+    -------
+    parcels : ndarray of shape (n_parcels,)
+        Label values present, ascending.
+    means : ndarray of shape (n_parcels, K)
+    total_weight : ndarray of shape (n_parcels,)
+
+    Raises
+    ------
+    ValueError
+        Shape mismatch, negative weights, or a parcel with no valid vertex.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    labels = np.asarray(labels)
+    weights = np.asarray(weights, dtype=np.float64)
+    n = values.shape[0]
+    if labels.shape != (n,) or weights.shape != (n,):
+        raise ValueError(
+            f"values {values.shape}, labels {labels.shape} and weights {weights.shape} "
+            "must agree on the number of vertices"
+        )
+    if (weights < 0).any() or not np.isfinite(weights).all():
+        raise ValueError("weights must be finite and non-negative")
+    parcels = np.unique(labels[labels > 0])
+    if parcels.size == 0:
+        raise ValueError("no vertex carries a positive label")
+    valid = (labels > 0) & np.isfinite(values).all(axis=1) & (weights > 0)
+    row = np.searchsorted(parcels, labels[valid])
+    total = np.bincount(row, weights=weights[valid], minlength=parcels.size)
+    empty = parcels[total == 0]
+    if empty.size:
+        raise ValueError(
+            f"parcels {empty[:10].tolist()} have no vertex inside the cortex mesh; "
+            "use cortex='labels' or check the labels"
+        )
+    sums = np.zeros((parcels.size, values.shape[1]))
+    np.add.at(sums, row, values[valid] * weights[valid, None])
+    return parcels, sums / total[:, None], total
+
+
+def hemisphere_harmonics(
+    surface: Surface,
+    labels: SurfaceLabels,
+    n_modes: int,
+    *,
+    cortex: np.ndarray | None = None,
+    **eig_kwargs: Any,
+) -> HemisphereHarmonics:
+    """Eigenmodes of one hemisphere's cortex and their parcel means.
+
+    Parameters
+    ----------
+    surface : Surface
+    labels : SurfaceLabels
+        One label per surface vertex.
+    n_modes : int
+    cortex : ndarray of shape (n_vertices,), bool, optional
+        Cortex vertices; default: the labelled ones.
+    **eig_kwargs
+        Passed to :func:`brainharmony.geometry.lbo.eigenmodes`.
+    """
+    n = surface.vertices.shape[0]
+    if labels.labels.shape != (n,):
+        raise ValueError(
+            f"{labels.source}: {labels.labels.shape[0]} labels for a surface of {n} vertices"
+        )
+    keep = labels.labels > 0 if cortex is None else np.asarray(cortex, dtype=bool)
+    if keep.shape != (n,):
+        raise ValueError(f"cortex mask has shape {keep.shape}; the surface has {n} vertices")
+    v, f, index = submesh(surface.vertices, surface.faces, keep)
+    n_comp, comp = n_components(f, v.shape[0])
+    if n_comp > 1:
+        sizes = np.bincount(comp)
+        big = int(sizes.argmax())
+        logger.warning(
+            "%s: cortex sub-mesh has %d components; keeping the largest (%d of %d vertices)",
+            surface.name,
+            n_comp,
+            sizes[big],
+            v.shape[0],
+        )
+        v, f, sub = submesh(v, f, comp == big)
+        index = index[sub]
+    modes = eigenmodes(v, f, n_modes, **eig_kwargs)
+    full = np.full((n, n_modes), np.nan)
+    full[index] = modes.modes
+    weights = np.zeros(n)
+    weights[index] = modes.vertex_area
+    parcels, means, area = parcel_means(full, labels.labels, weights)
+    return HemisphereHarmonics(surface, index, modes, parcels, means, area)
+
+
+def roi_names_for(
+    atlas: str | None,
+    hemis: Sequence[HemisphereHarmonics],
+    label_sets: Sequence[SurfaceLabels],
+) -> list[str]:
+    """Row names of the table.
+
+    Schaefer-400 from the template gets the project's standard names
+    (:func:`brainharmony.atlas.schaefer400_labels`, e.g. ``7Networks_LH_Vis_1``);
+    label files with a name for every parcel, unique across hemispheres, give
+    those names; otherwise ``ROI_<row>`` (1-based), as in the official CSV.
+    """
+    n_rows = sum(h.parcels.size for h in hemis)
+    if atlas == "schaefer400" and n_rows == 400:
+        try:
+            from brainharmony.atlas import schaefer400_labels
+        except ImportError:  # pragma: no cover - atlas module absent
+            pass
+        else:
+            table = schaefer400_labels()
+            return table["name"].tolist()
+    names = [
+        lab.names.get(int(p), "")
+        for h, lab in zip(hemis, label_sets, strict=True)
+        for p in h.parcels
+    ]
+    if all(names) and len(set(names)) == len(names):
+        return names
+    return [f"ROI_{i}" for i in range(1, n_rows + 1)]
+
+
+def harmonics_table(hemis: Sequence[HemisphereHarmonics], roi_names: Sequence[str]) -> pd.DataFrame:
+    """Stack the hemispheres' parcel means: LH rows, then RH.
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_parcels_total, K)
+        Index ``roi`` (names), columns ``mode_1`` .. ``mode_K``.
+    """
+    values = np.vstack([h.parcel_means for h in hemis])
+    if len(roi_names) != values.shape[0]:
+        raise ValueError(f"{len(roi_names)} ROI names for {values.shape[0]} rows")
+    cols = [f"mode_{i}" for i in range(1, values.shape[1] + 1)]
+    return pd.DataFrame(values, index=pd.Index(list(roi_names), name="roi"), columns=cols)
+
+
+def compute_harmonics(
+    *,
+    n_modes: int = 200,
+    template: str = "fslr32k",
+    atlas: str | None = "schaefer400",
+    label_files: Sequence[PathLike] | None = None,
+    surface_files: Sequence[PathLike] | None = None,
+    cortex: str = "auto",
+    **eig_kwargs: Any,
+) -> tuple[pd.DataFrame, list[HemisphereHarmonics]]:
+    """ROI x K geometric-harmonics table for both hemispheres.
+
+    Parameters
+    ----------
+    n_modes : int
+        K, eigenmodes per hemisphere (200 in BrainHarmonix).
+    template : {"fslr32k", "fsaverage5"}
+        Template whose surfaces (unless ``surface_files``) and cortex mask are used.
+    atlas : str or None
+        Template atlas shipped offline (``schaefer400``...); ignored when
+        ``label_files`` is given.
+    label_files : (lh, rh) paths, optional
+        Per-hemisphere label files (see :func:`read_label_file`).
+    surface_files : (lh, rh) paths, optional
+        Per-hemisphere surfaces replacing the template's (same vertices as the labels).
+    cortex : {"auto", "mask", "labels"}
+        Medial-wall removal: the template cortex mask, or the labelled vertices.
+        ``auto``: the mask on fsLR-32k with template surfaces, else labels.
+    **eig_kwargs
+        Passed to :func:`brainharmony.geometry.lbo.eigenmodes`.
+
+    Returns
+    -------
+    table : pandas.DataFrame of shape (n_parcels_total, n_modes)
+    hemispheres : list of HemisphereHarmonics
+        LH, RH.
+    """
+    for name, pair in (("label_files", label_files), ("surface_files", surface_files)):
+        if pair is not None and len(pair) != 2:
+            raise ValueError(f"{name} must be two paths (lh, rh); got {len(pair)}")
+    if cortex == "auto":
+        cortex = "mask" if template == "fslr32k" and surface_files is None else "labels"
+    if cortex not in ("mask", "labels"):
+        raise ValueError(f"cortex must be 'auto', 'mask' or 'labels'; got {cortex!r}")
+    hemis: list[HemisphereHarmonics] = []
+    label_sets: list[SurfaceLabels] = []
+    for i, hemi in enumerate(HEMISPHERES):
+        surf = (
+            read_surface_file(surface_files[i])
+            if surface_files is not None
+            else load_template_surface(template, hemi)
+        )
+        n = surf.vertices.shape[0]
+        if label_files is not None:
+            labels = read_label_file(label_files[i], n_vertices=n)
+        else:
+            if atlas is None:
+                raise ValueError("give an atlas name or label_files")
+            labels = load_template_labels(atlas, template, hemi)
+        mask = template_cortex_mask(template, hemi) if cortex == "mask" else None
+        if mask is not None and mask.shape != (n,):
+            raise ValueError(f"the {template} cortex mask does not fit {surf.name}")
+        logger.info("%s: %d vertices, cortex=%s", surf.name, n, cortex)
+        hemis.append(hemisphere_harmonics(surf, labels, n_modes, cortex=mask, **eig_kwargs))
+        label_sets.append(labels)
+    names = roi_names_for(None if label_files is not None else atlas, hemis, label_sets)
+    return harmonics_table(hemis, names), hemis
+
+
+# --------------------------------------------------------------------------- QC figure
+
+#: hemi -> views: (name, direction from the brain to the viewer, screen-x axis)
+_VIEWS = {
+    "lh": (
+        ("lateral", (-1.0, 0.0, 0.0), (0.0, -1.0, 0.0)),
+        ("medial", (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+    ),
+    "rh": (
+        ("lateral", (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+        ("medial", (-1.0, 0.0, 0.0), (0.0, -1.0, 0.0)),
+    ),
+}
+
+
+def _draw(ax: Any, surface: Surface, values: np.ndarray, view: tuple, vmax: float) -> Any:
+    """Orthographic painter's-algorithm rendering of one view (fast, no 3D axes)."""
+    from matplotlib.collections import PolyCollection
+
+    _name, toward, right = view
+    toward = np.asarray(toward)
+    right = np.asarray(right)
+    up = np.cross(toward, right)
+    v, f = surface.vertices, surface.faces
+    xy = np.stack([v @ right, v @ up], axis=1)
+    depth = (v @ toward)[f].mean(axis=1)
+    order = np.argsort(depth)  # far (small) first
+    face_val = values[f].mean(axis=1)[order]
+    normals = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    shade = 0.55 + 0.45 * np.abs(normals @ toward)[order]
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps["RdBu_r"]
+    norm = mpl.colors.Normalize(-vmax, vmax)
+    rgba = cmap(norm(np.nan_to_num(face_val)))
+    rgba[np.isnan(face_val)] = (0.8, 0.8, 0.8, 1.0)
+    rgba[:, :3] *= shade[:, None]
+    coll = PolyCollection(xy[f[order]], facecolors=rgba, edgecolors="none", antialiased=False)
+    coll.set_rasterized(True)
+    ax.add_collection(coll)
+    ax.set_xlim(xy[:, 0].min(), xy[:, 0].max())
+    ax.set_ylim(xy[:, 1].min(), xy[:, 1].max())
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
+
+
+def plot_harmonics_qc(
+    hemis: Sequence[HemisphereHarmonics], path: PathLike, modes: Sequence[int] = (1, 2, 3, 4)
+) -> Path:
+    """QC figure: the first modes on the surface, lateral and medial, both hemispheres.
+
+    Parameters
+    ----------
+    hemis : (lh, rh) HemisphereHarmonics
+    path : path-like
+        PNG (or any matplotlib format) written atomically.
+    modes : sequence of int
+        1-based mode numbers to show, one row each.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from brainharmony.io import atomic_path
+
+    fig, axes = plt.subplots(len(modes), 4, figsize=(12, 2.4 * len(modes)), squeeze=False)
+    for r, mode in enumerate(modes):
+        for h_i, (hemi, h) in enumerate(zip(HEMISPHERES, hemis, strict=True)):
+            vals = h.vertex_modes(np.float64)[:, mode - 1]
+            vmax = float(np.nanmax(np.abs(vals))) or 1.0
+            for v_i, view in enumerate(_VIEWS[hemi]):
+                ax = axes[r, 2 * h_i + v_i]
+                _draw(ax, h.surface, vals, view, vmax)
+                ax.set_title(
+                    f"mode {mode} {hemi.upper()} {view[0]}  λ={h.modes.eigenvalues[mode - 1]:.2e}",
+                    fontsize=8,
+                )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def write_table(table: pd.DataFrame, path: PathLike) -> Path:
+    """Write the ROI x K table: ``.csv`` comma-separated, anything else TSV."""
+    p = Path(path)
+    if p.suffix == ".csv":
+        return write_text(p, table.to_csv(lineterminator="\n", float_format="%.12g"))
+    return write_tsv(p, table.reset_index(), float_format="%.12g")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``brainharmony harmonics``."""
+    parser.add_argument("--out-table", required=True, type=Path, help="ROI x K table (.tsv/.csv)")
+    parser.add_argument("--n-modes", type=int, default=200, help="modes per hemisphere (200)")
+    parser.add_argument("--template", choices=("fslr32k", "fsaverage5"), default="fslr32k")
+    parser.add_argument(
+        "--atlas", default="schaefer400", help="template atlas shipped offline (schaefer400)"
+    )
+    parser.add_argument(
+        "--labels", nargs=2, type=Path, metavar=("LH", "RH"), help="per-hemisphere label files"
+    )
+    parser.add_argument(
+        "--surfaces", nargs=2, type=Path, metavar=("LH", "RH"), help="per-hemisphere surfaces"
+    )
+    parser.add_argument("--cortex", choices=("auto", "mask", "labels"), default="auto")
+    parser.add_argument("--solver", choices=("auto", "cholmod", "splu"), default="auto")
+    parser.add_argument("--lump", action="store_true", help="lumped mass matrix")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads for the solver (1)")
+    parser.add_argument(
+        "--qc-modes", type=int, nargs="+", default=[1, 2, 3, 4], help="modes in the QC figure"
+    )
+    parser.add_argument(
+        "--out-modes",
+        nargs=2,
+        type=Path,
+        metavar=("LH", "RH"),
+        help="vertex x K modes per hemisphere (.npy, float32, NaN off cortex)",
+    )
+    parser.add_argument("--qc-figure", type=Path, help="PNG of the first modes")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``brainharmony harmonics``."""
+    table, hemis = compute_harmonics(
+        n_modes=args.n_modes,
+        template=args.template,
+        atlas=args.atlas,
+        label_files=args.labels,
+        surface_files=args.surfaces,
+        cortex=args.cortex,
+        solver=args.solver,
+        lump=args.lump,
+        threads=args.threads,
+    )
+    write_table(table, args.out_table)
+    if args.out_modes is not None:
+        for path, h in zip(args.out_modes, hemis, strict=True):
+            write_npy(path, h.vertex_modes(np.float32))
+    if args.qc_figure is not None:
+        plot_harmonics_qc(hemis, args.qc_figure, modes=args.qc_modes)
+    params = {
+        "n_modes": args.n_modes,
+        "template": args.template,
+        "atlas": None if args.labels else args.atlas,
+        "cortex": args.cortex,
+        "solver": hemis[0].modes.solver,
+        "mass": "lumped" if args.lump else "consistent",
+    }
+    inputs = [str(p) for p in (args.labels or [])] + [str(p) for p in (args.surfaces or [])]
+    sidecar = {
+        "Description": "Laplace-Beltrami eigenmodes of the cortex (medial wall excluded), "
+        "averaged within parcels with vertex-area weights; rows LH then RH.",
+        "Conventions": "mass-normalised (Phi^T M Phi = I); sign: largest-magnitude vertex "
+        "value positive; mode_1 = 1/sqrt(cortex area)",
+        "Hemispheres": {
+            hemi: {
+                "surface": h.surface.name,
+                "n_vertices": int(h.surface.vertices.shape[0]),
+                "n_cortex_vertices": int(h.cortex_index.size),
+                "cortex_area": float(h.modes.vertex_area.sum()),
+                "n_parcels": int(h.parcels.size),
+                "eigenvalues": h.modes.eigenvalues.tolist(),
+            }
+            for hemi, h in zip(HEMISPHERES, hemis, strict=True)
+        },
+        **provenance(step="harmonics", inputs=inputs, parameters=params),
+    }
+    from brainharmony.io import sidecar_path
+
+    write_json(sidecar_path(args.out_table), sidecar)
+    if table.isna().any().any():  # pragma: no cover - parcel_means raises first
+        raise InputDataError(args.out_table, "harmonics table has missing values")
+    return 0
