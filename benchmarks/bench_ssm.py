@@ -1,0 +1,350 @@
+"""Benchmark of the pure-PyTorch selective scan (chunked vs sequential reference) on CPU.
+
+Measures, at batch 2, dim 64, state 16, L 1024 by default (float32, variable B and C,
+D, z, delta_bias, softplus: the Mamba configuration):
+
+* forward (no grad) and forward + backward of :func:`selective_scan_chunked` and of the
+  sequential :func:`selective_scan_ref`, median of several repeats, and the speed-up;
+* the memory floor: one pass over a (batch, dim, L, state) float32 tensor (in-place
+  ``mul_(1.0)``, i.e. read + write, and ``copy_``), and how many such passes the scan costs;
+* the training throughput (tokens/s) of a small stack of :class:`MambaBlock` with AdamW;
+* optionally (``--sweep``) the chunk-size sweep behind ``auto_chunk_size``.
+
+Prints a Markdown table and, with ``--json PATH``, writes the numbers as JSON.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_ssm.py --json results/bench_ssm.json [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainharmony.models.ssm import MambaBlock, selective_scan_chunked, selective_scan_ref
+from brainharmony.models.ssm_scan import auto_chunk_size
+
+
+def tune_malloc() -> bool:
+    """Keep freed memory in the glibc heap (no mmap/munmap per large tensor).
+
+    Without this, every (batch, dim, L, state) temporary is a fresh mmap whose page faults
+    cost up to several ms on this VM, and timings vary ~10x between runs. Returns whether
+    the settings were applied (glibc only).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok_mmap = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+    ok_trim = libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    return ok_mmap and ok_trim
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: dict[str, int], warmup: int = 2
+) -> dict[str, list[float]]:
+    """Run the functions in turn (interleaved, so that load drift hits all alike).
+
+    Returns the wall times in seconds of each function's repeats.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(max(repeats.values())):
+        for name, fn in fns.items():
+            if i < repeats[name]:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    """Median / min / max in milliseconds and the repeat count."""
+    return {
+        "median_ms": 1e3 * statistics.median(times),
+        "min_ms": 1e3 * min(times),
+        "max_ms": 1e3 * max(times),
+        "repeats": len(times),
+    }
+
+
+def make_inputs(batch: int, dim: int, dstate: int, length: int) -> list[torch.Tensor]:
+    """Inputs drawn like upstream's test, with variable B and C (Mamba's configuration)."""
+    g = torch.Generator().manual_seed(0)
+    return [
+        torch.randn(batch, dim, length, generator=g),  # u
+        0.5 * torch.rand(batch, dim, length, generator=g),  # delta
+        -0.5 * torch.rand(dim, dstate, generator=g),  # A
+        torch.randn(batch, dstate, length, generator=g),  # B
+        torch.randn(batch, dstate, length, generator=g),  # C
+        torch.randn(dim, generator=g),  # D
+        torch.randn(batch, dim, length, generator=g),  # z
+        0.5 * torch.rand(dim, generator=g),  # delta_bias
+    ]
+
+
+def scan_runner(
+    fn: Callable[..., Any], inputs: list[torch.Tensor], backward: bool, **kwargs: Any
+) -> Callable[[], None]:
+    """A closure running one forward (no grad) or forward + backward of a scan."""
+    leaves = [t.clone().requires_grad_(backward) for t in inputs]
+    u, delta, A, B, C, D, z, bias = leaves
+
+    def run() -> None:
+        if backward:
+            out = fn(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True, **kwargs)
+            out.sum().backward()
+            for t in leaves:
+                t.grad = None
+        else:
+            with torch.no_grad():
+                fn(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True, **kwargs)
+
+    return run
+
+
+def bench_scan(args: argparse.Namespace) -> dict[str, Any]:
+    """Chunked vs reference, forward and forward + backward."""
+    inputs = make_inputs(args.batch, args.dim, args.dstate, args.length)
+    res: dict[str, Any] = {}
+    for mode, backward in (("forward", False), ("forward_backward", True)):
+        times = time_interleaved(
+            {
+                "chunked": scan_runner(selective_scan_chunked, inputs, backward),
+                "ref": scan_runner(selective_scan_ref, inputs, backward),
+            },
+            {"chunked": args.repeats, "ref": args.ref_repeats},
+        )
+        entry = {name: summary(t) for name, t in times.items()}
+        entry["speedup_median"] = entry["ref"]["median_ms"] / entry["chunked"]["median_ms"]
+        entry["speedup_min"] = entry["ref"]["min_ms"] / entry["chunked"]["min_ms"]
+        res[mode] = entry
+    return res
+
+
+def bench_floor(args: argparse.Namespace) -> dict[str, Any]:
+    """One memory pass over a (batch, dim, L, state) float32 tensor."""
+    shape = (args.batch, args.dim, args.length, args.dstate)
+    x = torch.randn(shape)
+    y = torch.empty_like(x)
+    times = time_interleaved(
+        {
+            "mul_": lambda: x.mul_(1.0),
+            "copy_": lambda: y.copy_(x),
+            "exp": lambda: torch.exp(x, out=y),
+        },
+        {"mul_": 3 * args.repeats, "copy_": 3 * args.repeats, "exp": 3 * args.repeats},
+    )
+    out = {name: summary(t) for name, t in times.items()}
+    out["tensor_shape"] = list(shape)
+    out["tensor_mib"] = x.numel() * 4 / 2**20
+    return out
+
+
+def bench_training(args: argparse.Namespace) -> dict[str, Any]:
+    """Training throughput of a small MambaBlock stack (AdamW step included)."""
+    res: dict[str, Any] = {}
+    cfg = {"d_model": 64, "d_state": 16, "n_layers": 2, "batch": 8, "length": 256}
+    res["config"] = cfg
+    torch.manual_seed(0)
+    x = torch.randn(cfg["batch"], cfg["length"], cfg["d_model"])
+    target = torch.randn(cfg["batch"], cfg["length"], cfg["d_model"])
+    for scan, repeats in (("chunked", args.repeats), ("ref", max(2, args.ref_repeats // 2))):
+        net = torch.nn.Sequential(
+            *[
+                MambaBlock(cfg["d_model"], d_state=cfg["d_state"], scan=scan)
+                for _ in range(cfg["n_layers"])
+            ]
+        )
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+        def step(net: torch.nn.Module = net, opt: torch.optim.Optimizer = opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(net(x), target)
+            loss.backward()
+            opt.step()
+
+        times = time_interleaved({scan: step}, {scan: repeats})[scan]
+        s = summary(times)
+        s["tokens_per_s_median"] = cfg["batch"] * cfg["length"] / (s["median_ms"] / 1e3)
+        res[scan] = s
+    res["speedup_median"] = res["ref"]["median_ms"] / res["chunked"]["median_ms"]
+    return res
+
+
+def bench_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Chunk-size sweep of the chunked scan (forward and forward + backward)."""
+    rows = []
+    for length in (256, 1024, 4096):
+        inputs = make_inputs(args.batch, args.dim, args.dstate, length)
+        sizes = (4, 8, 16, 32, 64, 128)
+        for backward in (False, True):
+            fns = {
+                str(t): scan_runner(selective_scan_chunked, inputs, backward, chunk_size=t)
+                for t in sizes
+            }
+            times = time_interleaved(fns, dict.fromkeys(fns, args.repeats))
+            for t in sizes:
+                rows.append(
+                    {
+                        "length": length,
+                        "chunk_size": t,
+                        "backward": backward,
+                        "auto": t == auto_chunk_size(length),
+                        **summary(times[str(t)]),
+                    }
+                )
+    return rows
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The results as Markdown tables."""
+    cfg = res["config"]
+    lines = [
+        f"Selective scan, float32, batch {cfg['batch']}, dim {cfg['dim']}, state "
+        f"{cfg['dstate']}, L {cfg['length']} (chunk {cfg['chunk_size']}), "
+        f"{res['env']['threads']} thread(s), malloc tuned: {res['env']['malloc_tuned']}",
+        "",
+        "| pass | reference (ms) | chunked (ms) | speed-up (median) | speed-up (min) |",
+        "|---|---|---|---|---|",
+    ]
+    for mode in ("forward", "forward_backward"):
+        e = res["scan"][mode]
+        lines.append(
+            f"| {mode.replace('_', ' + ')} | {e['ref']['median_ms']:.2f} "
+            f"(min {e['ref']['min_ms']:.2f}) | {e['chunked']['median_ms']:.2f} "
+            f"(min {e['chunked']['min_ms']:.2f}) | {e['speedup_median']:.1f}x | "
+            f"{e['speedup_min']:.1f}x |"
+        )
+    fl = res["floor"]
+    fwd = res["scan"]["forward"]["chunked"]["median_ms"]
+    lines += [
+        "",
+        f"Floor: one pass over the {tuple(fl['tensor_shape'])} float32 tensor "
+        f"({fl['tensor_mib']:.0f} MiB)",
+        "",
+        "| operation | median (ms) | chunked forward / this |",
+        "|---|---|---|",
+    ]
+    for op in ("mul_", "copy_", "exp"):
+        lines.append(f"| {op} | {fl[op]['median_ms']:.3f} | {fwd / fl[op]['median_ms']:.1f}x |")
+    tr = res.get("training")
+    if tr:
+        c = tr["config"]
+        lines += [
+            "",
+            f"MambaBlock training (d_model {c['d_model']}, state {c['d_state']}, "
+            f"{c['n_layers']} blocks, batch {c['batch']}, L {c['length']}, AdamW):",
+            "",
+            "| scan | step (ms, median) | tokens/s |",
+            "|---|---|---|",
+        ]
+        for scan in ("chunked", "ref"):
+            lines.append(
+                f"| {scan} | {tr[scan]['median_ms']:.1f} | {tr[scan]['tokens_per_s_median']:.0f} |"
+            )
+    if res.get("sweep"):
+        lines += [
+            "",
+            "Chunk-size sweep (median ms):",
+            "",
+            "| L | pass | " + " | ".join(f"T={t}" for t in (4, 8, 16, 32, 64, 128)) + " |",
+            "|---|---|" + "---|" * 6,
+        ]
+        for length in (256, 1024, 4096):
+            for backward in (False, True):
+                row = [
+                    r for r in res["sweep"] if r["length"] == length and r["backward"] == backward
+                ]
+                cells = [f"{r['median_ms']:.2f}" + ("*" if r["auto"] else "") for r in row]
+                lines.append(
+                    f"| {length} | {'fwd+bwd' if backward else 'fwd'} | " + " | ".join(cells) + " |"
+                )
+        lines.append("")
+        lines.append("(* = auto_chunk_size)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; print Markdown; optionally write JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--dstate", type=int, default=16)
+    p.add_argument("--length", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=15, help="repeats of the chunked scan")
+    p.add_argument("--ref-repeats", type=int, default=5, help="repeats of the reference")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument(
+        "--no-malloc-tune",
+        action="store_true",
+        help="leave glibc malloc at its defaults (noisier timings)",
+    )
+    p.add_argument("--no-training", action="store_true", help="skip the throughput test")
+    p.add_argument("--sweep", action="store_true", help="also sweep the chunk size")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = p.parse_args(argv)
+
+    malloc_tuned = False if args.no_malloc_tune else tune_malloc()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    res: dict[str, Any] = {
+        "benchmark": "ssm",
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "config": {
+            "batch": args.batch,
+            "dim": args.dim,
+            "dstate": args.dstate,
+            "length": args.length,
+            "dtype": "float32",
+            "variable_B_C": True,
+            "chunk_size": auto_chunk_size(args.length),
+        },
+        "env": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "malloc_tuned": malloc_tuned,
+            "loadavg_start": os.getloadavg(),
+        },
+    }
+    res["scan"] = bench_scan(args)
+    res["floor"] = bench_floor(args)
+    fwd = res["scan"]["forward"]["chunked"]["median_ms"]
+    res["floor"]["chunked_forward_over_mul_pass"] = fwd / res["floor"]["mul_"]["median_ms"]
+    res["training"] = None if args.no_training else bench_training(args)
+    if args.sweep:
+        res["sweep"] = bench_sweep(args)
+    res["env"]["loadavg_end"] = os.getloadavg()
+    text = markdown(res)
+    print(text)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()

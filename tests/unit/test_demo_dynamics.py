@@ -1,0 +1,196 @@
+"""Numerical building blocks of the demo simulator (no images written)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainharmony.demo import acquisition, dynamics, motion
+from brainharmony.demo.anatomy import subject_anatomy
+from brainharmony.demo.bold import BoldSource, render_volumes
+
+
+def test_hrf_peaks_near_five_seconds_with_unit_area() -> None:
+    dt = 0.1
+    h = dynamics.canonical_hrf(dt)
+    assert h.sum() * dt == pytest.approx(1.0)
+    assert 4.5 <= np.argmax(h) * dt <= 5.5
+    assert h[int(16 / dt)] < 0  # undershoot
+
+
+def test_ou_simulation_matches_its_stationary_covariance() -> None:
+    """Without spatial mixing the process is the exact OU: cov = sigma^2/2 Q^-1."""
+    w = np.array([[0.0, 0.4, 0.0], [0.4, 0.0, -0.3], [0.0, -0.3, 0.0]])
+    rng = np.random.default_rng(0)
+    x = dynamics.simulate_neural(w, 200_000, 0.1, rng, tau_s=1.0, sigma=1.0)
+    expected = 0.5 * np.linalg.inv(np.eye(3) - w)
+    np.testing.assert_allclose(np.cov(x.T), expected, atol=0.03)
+    # Lag-1 autocovariance follows the exact propagator expm(-Q dt).
+    from scipy.linalg import expm
+
+    lag = (x[1:].T @ x[:-1]) / (len(x) - 1)
+    np.testing.assert_allclose(lag, expm(-(np.eye(3) - w) * 0.1) @ expected, atol=0.03)
+
+
+def test_unstable_coupling_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unstable"):
+        dynamics.simulate_neural(
+            np.array([[0.0, 1.5], [1.5, 0.0]]), 10, 0.1, np.random.default_rng(0)
+        )
+
+
+def test_sample_at_interpolates_and_checks_range() -> None:
+    fine = np.stack([np.arange(100.0), 2 * np.arange(100.0)], axis=1)
+    out = dynamics.sample_at(fine, t0_s=-1.0, dt_s=0.5, times_s=np.array([[0.0, 1.25]]))
+    np.testing.assert_allclose(out, [[[2.0, 4.0], [4.5, 9.0]]])
+    with pytest.raises(ValueError, match="outside the fine grid"):
+        dynamics.sample_at(fine, -1.0, 0.5, np.array([60.0]))
+
+
+def test_coupling_is_stable_symmetric_and_carries_the_age_effect() -> None:
+    geo = dynamics.roi_geometry()
+    same = geo.network[:, None] == geo.network[None, :]
+    long_range = same & (geo.distance > dynamics.EffectSizes().long_range_mm)
+    short = same & (geo.distance <= 20) & ~np.eye(400, dtype=bool)
+    ratios = {}
+    for z_age in (-1.5, 1.5):
+        w = dynamics.coupling_matrix(z_age, 0.0, 0, np.random.default_rng(1))
+        np.testing.assert_allclose(w, w.T)
+        assert np.all(np.diag(w) == 0)
+        assert np.linalg.eigvalsh(w)[-1] == pytest.approx(dynamics.DynamicsParams().spectral_radius)
+        ratios[z_age] = w[long_range].mean() / w[short].mean()
+    assert ratios[1.5] < 0.5 * ratios[-1.5]  # older: weaker long-range coupling
+
+
+def test_no_effects_means_no_phenotype_dependence() -> None:
+    none = dynamics.EffectSizes(
+        age_long_range=0.0,
+        dx_default_within=0.0,
+        dx_limbic_within=0.0,
+        dx_salience_default=0.0,
+        fi_control=0.0,
+    )
+    a = dynamics.coupling_matrix(-1.5, 2.0, 1, np.random.default_rng(3), effects=none)
+    b = dynamics.coupling_matrix(1.5, -2.0, 0, np.random.default_rng(3), effects=none)
+    np.testing.assert_allclose(a, b)
+
+
+def test_slice_timing_patterns() -> None:
+    st = acquisition.slice_timing(25, 2.0, 1, "interleaved")
+    assert st[0] == 0.0 and st[2] == pytest.approx(0.08) and st[1] == pytest.approx(1.04)
+    assert st.max() < 2.0 and len(set(st)) == 25
+    mb = acquisition.slice_timing(36, 0.735, 4, "interleaved")
+    assert len(set(mb)) == 9  # 4 slices per excitation
+    np.testing.assert_array_equal(mb[:9], mb[9:18])
+    assert mb.max() < 0.735
+    with pytest.raises(ValueError, match="divisible"):
+        acquisition.slice_timing(35, 0.8, 4, "interleaved")
+
+
+def test_oriented_affine_codes_and_centre() -> None:
+    import nibabel as nib
+
+    center = np.array([1.0, -20.0, 10.0])
+    for code in ("LAS", "LPS", "RAS", "ASL"):
+        aff = acquisition.oriented_affine(code, (2.0, 3.0, 4.0), (10, 12, 14), center)
+        assert "".join(nib.aff2axcodes(aff)) == code
+        np.testing.assert_allclose(aff @ np.r_[4.5, 5.5, 6.5, 1.0], np.r_[center, 1.0])
+    with pytest.raises(ValueError, match="orientation"):
+        acquisition.oriented_affine("LAL", (1, 1, 1), (2, 2, 2), center)
+
+
+def test_rigid_matrix_rotates_about_its_centre() -> None:
+    c = np.array([10.0, -5.0, 3.0])
+    m = acquisition.rigid_matrix(np.array([0, 0, 0, 0.1, -0.2, 0.3]), c)
+    np.testing.assert_allclose(m @ np.r_[c, 1.0], np.r_[c, 1.0])
+    np.testing.assert_allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-12)
+    # rot_x alone turns +y towards +z (right-handed).
+    rx = acquisition.rigid_matrix(np.array([0, 0, 0, np.pi / 2, 0, 0]))
+    np.testing.assert_allclose(rx[:3, :3] @ [0, 1, 0], [0, 0, 1], atol=1e-12)
+
+
+def test_framewise_displacement_and_motion_levels() -> None:
+    params = np.zeros((3, 6))
+    params[1, 0] = 0.3
+    params[2, 3] = 0.01  # 0.5 mm at 50 mm
+    np.testing.assert_allclose(motion.framewise_displacement(params), [0.0, 0.3, 0.8])
+    rng = np.random.default_rng(0)
+    clean = motion.simulate_motion(300, 2.0, "clean", rng)
+    high = motion.simulate_motion(300, 2.0, "high", rng)
+    assert np.all(clean[0] == 0) and np.all(high[0] == 0)
+    fd_clean = motion.framewise_displacement(clean)
+    fd_high = motion.framewise_displacement(high)
+    assert (fd_clean > 0.5).sum() == 0 and fd_clean.mean() < 0.1
+    assert (fd_high > 0.5).sum() >= 3
+    with pytest.raises(ValueError, match="level"):
+        motion.simulate_motion(10, 2.0, "wild", rng)
+
+
+def test_ageing_thins_cortex_and_grows_ventricles() -> None:
+    young = subject_anatomy(22.0, np.random.default_rng(0)).summary()
+    old = subject_anatomy(85.0, np.random.default_rng(0)).summary()
+    assert old["gm_volume_ml"] < young["gm_volume_ml"] - 30
+    assert old["csf_volume_ml"] > young["csf_volume_ml"] + 30
+
+
+def _toy_source(shape=(8, 8, 8)) -> BoldSource:
+    n = int(np.prod(shape))
+    static = np.zeros((n, 5), dtype=np.float32)
+    static[:, 0] = 1.0  # S0
+    static[:, 1] = 1.0  # S0 * amplitude
+    labels = np.ones(n, dtype=np.int32)
+    return BoldSource(np.eye(4), shape, static, labels)
+
+
+def test_each_slice_is_sampled_at_its_own_time() -> None:
+    """Voxels of slice k carry the parcel signal of slice k's time offset."""
+    source = _toy_source()
+    n_vol, n_off = 3, 4
+    table = np.zeros((n_vol, n_off, 402), dtype=np.float32)
+    table[:, :, 1] = (np.arange(n_vol)[:, None] * 10 + np.arange(n_off)[None, :]) / 100.0
+    scalars = np.zeros((n_vol, n_off, 4), dtype=np.float32)
+    scalars[..., 0] = 1.0
+    to_source = np.repeat(np.eye(4)[None], n_vol, axis=0)
+    to_source[:, :3, 3] = 1.0  # output (0,0,0) -> source (1,1,1): inside
+    slice_group = np.array([0, 2, 1, 3, 0, 2])
+    out = render_volumes(source, to_source, (4, 4, 6), slice_group, table, scalars)
+    for k, g in enumerate(slice_group):
+        expected = np.broadcast_to(1.0 + table[:, g, 1][:, None, None], (n_vol, 4, 4))
+        np.testing.assert_allclose(out[:, :, :, k], expected, rtol=1e-6)
+
+
+def test_rendering_follows_the_motion() -> None:
+    """A half-voxel shift interpolates halfway between two labelled regions."""
+    shape = (6, 6, 6)
+    source = _toy_source(shape)
+    source.static[:, 1] = 0.0
+    grid = np.arange(np.prod(shape)).reshape(shape)
+    source.static[grid[3:].reshape(-1), 0] = 3.0  # brighter half along i
+    scalars = np.zeros((2, 1, 4), dtype=np.float32)
+    scalars[..., 0] = 1.0
+    table = np.zeros((2, 1, 402), dtype=np.float32)
+    to_source = np.repeat(np.eye(4)[None], 2, axis=0)
+    to_source[1, 0, 3] = 0.5  # second volume: half a voxel along i
+    out = render_volumes(source, to_source, shape, np.zeros(6, int), table, scalars)
+    assert out[0, 2, 3, 3] == pytest.approx(1.0) and out[0, 3, 3, 3] == pytest.approx(3.0)
+    assert out[1, 2, 3, 3] == pytest.approx(2.0)
+
+
+def test_a_voxel_moved_into_another_slice_takes_that_slice_time() -> None:
+    """Slice timing follows where the head is during the volume, not where it was."""
+    source = _toy_source()
+    source.static[:, 1] = np.tile(np.arange(8, dtype=np.float32), 64)  # amplitude = source k
+    n_off = 6
+    table = np.zeros((2, n_off, 402), dtype=np.float32)
+    table[:, :, 1] = np.arange(n_off)[None, :] / 100.0
+    scalars = np.zeros((2, n_off, 4), dtype=np.float32)
+    to_source = np.repeat(np.eye(4)[None], 2, axis=0)
+    to_source[:, :3, 3] = 1.0
+    to_source[1, 2, 3] = 2.0  # volume 1: the head moved one slice down the k axis
+    slice_group = np.arange(6)
+    out = render_volumes(source, to_source, (4, 4, 6), slice_group, table, scalars)
+    for k in range(1, 5):
+        # Volume 0: output slice k shows source slice k + 1 at slice k's time.
+        assert out[0, 1, 1, k] == pytest.approx((k + 1) * k / 100.0)
+        # Volume 1: it shows source slice k + 2, which now lies in slice k.
+        assert out[1, 1, 1, k] == pytest.approx((k + 2) * k / 100.0)
