@@ -18,7 +18,7 @@ if DEMO_DATASETS:
             "logs/demo/demo.log",
         benchmark:
             "benchmarks/results/demo/demo.tsv"
-        threads: 1
+        threads: 2
         resources:
             mem_mb=6000,
             runtime=30,
@@ -26,4 +26,4 @@ if DEMO_DATASETS:
             str(ENVS / "preproc.yaml")
         shell:
             "{params.bh} -v demo --out {params.root} --preset {params.preset} "
-            "--seed {params.seed} --datasets {params.datasets} > {log} 2>&1"
+            "--seed {params.seed} --datasets {params.datasets} --jobs {threads} > {log} 2>&1"
