@@ -57,19 +57,22 @@ def tune_malloc() -> bool:
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: dict[str, int], warmup: int = 2
+    fns: dict[str, Callable[[], Any]], repeats: dict[str, int], block: int = 5
 ) -> dict[str, list[float]]:
-    """Run the functions in turn (interleaved, so that load drift hits all alike).
+    """Time the functions in interleaved blocks, so that load drift hits all of them alike.
 
-    Returns the wall times in seconds of each function's repeats.
+    Each round runs, for every function in turn, one untimed warm-up call and then up to
+    ``block`` timed calls (so no function is timed right after another one evicted its
+    data from the caches). Returns the wall times in seconds of each function's repeats.
     """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(max(repeats.values())):
+    while any(len(times[n]) < repeats[n] for n in fns):
         for name, fn in fns.items():
-            if i < repeats[name]:
+            todo = min(block, repeats[name] - len(times[name]))
+            if todo <= 0:
+                continue
+            fn()
+            for _ in range(todo):
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)

@@ -222,10 +222,12 @@ def selective_scan_ref(
 def auto_chunk_size(length: int) -> int:
     """Chunk size used by the chunked scan when none is given.
 
-    The chunked scan issues about ``2 T + L / T`` small tensor operations for a length ``L``
-    (smallest near ``T = sqrt(L / 2)``); ``T`` is that optimum rounded to a power of two and
-    kept in [4, 32]. Timings on CPU are flat within a factor ~1.3 for T in [8, 32] at
-    L = 1024 (``benchmarks/bench_ssm.py --sweep``).
+    A scan of length ``L`` in chunks of ``T`` issues about ``2 T + L / T`` small tensor
+    operations. The rule is ``T = sqrt(L / 4)`` rounded to a power of two and clamped to
+    [4, 16]. It comes from a measured sweep, ``benchmarks/bench_ssm.py --sweep``, run at
+    b 2, d 64, n 16 on the 2-core CPU (see ``docs/ssm.md``): T = 8 was best at L = 256 and
+    T = 8-16 at L = 1024 and 4096. Larger T lose because the forward works on cache-sized
+    segments of a few hundred steps, whatever ``L`` is.
 
     Parameters
     ----------
@@ -239,8 +241,8 @@ def auto_chunk_size(length: int) -> int:
     """
     if length <= 8:
         return max(length, 1)
-    t = math.sqrt(length / 2.0)
-    return int(min(32, max(4, 2 ** round(math.log2(t)))))
+    t = math.sqrt(length / 4.0)
+    return int(min(16, max(4, 2 ** round(math.log2(t)))))
 
 
 def _scan_chunks(
@@ -410,76 +412,89 @@ def linear_scan(a: Tensor, x: Tensor, chunk_size: int | None = None) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------
-# Chunked selective scan: one autograd Function for the (L, b, d, n) part
+# Chunked selective scan: one autograd Function for the (L, b, n, d) part
 # --------------------------------------------------------------------------------------
 #
-# Time-major layout: every (L, b, d, n) tensor is viewed as (L*b*G, H, n), with G the groups
-# of the variable B or C (H = d / G), so that B/C products are batched matmuls.
-
-
-def _contract_n(h: Tensor, X: Tensor) -> Tensor:
-    """``sum_n h[l,b,d,n] * X[.., n]`` -> (L, b, d).
-
-    ``X`` is fixed (d, n) or variable, time-major (L, b, G, n).
-    """
-    L, b, d, n = h.shape
-    if X.dim() == 2:
-        return torch.matmul(h.unsqueeze(-2), X.unsqueeze(-1)).view(L, b, d)
-    G = X.shape[2]
-    return torch.bmm(h.view(L * b * G, d // G, n), X.view(L * b * G, n, 1)).view(L, b, d)
+# Internal layout: time-major and state-before-channel, (L, b, n, d), so that a time step is
+# a contiguous slice for the scan and the channel axis (length d) is the fast one: the
+# broadcast products and the sums over n then vectorise along d (measured ~2-3x faster
+# than with n innermost). Channels of group g are d-indices g*H .. (g+1)*H - 1 (H = d / G).
+# Fixed B, C and A are passed transposed, (n, d); variable B, C as (L, b, G, n).
 
 
 def _outer_n(v: Tensor, X: Tensor, out: Tensor | None = None) -> Tensor:
-    """``v[l,b,d] * X[.., n]`` -> (L, b, d, n), contiguous (written into ``out`` if given)."""
+    """``v[l,b,d] * X[.., n, d]`` -> (L, b, n, d), contiguous (into ``out`` if given)."""
     L, b, d = v.shape
-    if X.dim() == 2:
-        return torch.mul(v.unsqueeze(-1), X, out=out)
-    G, n = X.shape[2], X.shape[3]
-    res = torch.mul(
-        v.view(L, b, G, d // G, 1),
-        X.unsqueeze(3),
-        out=None if out is None else out.view(L, b, G, d // G, n),
+    n = X.shape[0] if X.dim() == 2 else X.shape[3]
+    if out is None:
+        out = v.new_empty(L, b, n, d)
+    if X.dim() == 2:  # fixed (n, d)
+        return torch.mul(v.unsqueeze(2), X, out=out)
+    G = X.shape[2]
+    torch.mul(
+        v.view(L, b, 1, G, d // G),
+        X.transpose(2, 3).unsqueeze(-1),  # (L, b, n, G, 1)
+        out=out.view(L, b, n, G, d // G),
     )
-    return res.view(L, b, d, n)
+    return out
 
 
-def _reduce_d(h: Tensor, v: Tensor, fixed: bool, groups: int) -> Tensor:
-    """Gradient of a B/C operand: ``sum h[l,b,d,n] * v[l,b,d]``.
+def _contract_n(h: Tensor, X: Tensor) -> Tensor:
+    """``sum_n h[l,b,n,d] * X[.., n, d]`` -> (L, b, d)."""
+    L, b, n, d = h.shape
+    if X.dim() == 2:  # fixed (n, d)
+        return torch.linalg.vecdot(h, X, dim=2)
+    G = X.shape[2]
+    if G == 1:
+        return torch.matmul(X, h).view(L, b, d)  # (L, b, 1, n) @ (L, b, n, d)
+    hg = h.view(L, b, n, G, d // G)
+    return torch.linalg.vecdot(hg, X.transpose(2, 3).unsqueeze(-1), dim=2).reshape(L, b, d)
 
-    Fixed operand: summed over (L, b) -> (d, n). Variable: summed over the channels of each
-    group -> (L, b, G, n).
+
+def _reduce_d(h: Tensor, v: Tensor, X: Tensor) -> Tensor:
+    """Gradient of the B/C/A-like operand ``X``: ``sum h[l,b,n,d] * v[l,b,d]``.
+
+    Fixed ``X`` (n, d): summed over (L, b) -> (n, d). Variable ``X`` (L, b, G, n): summed
+    over the channels of each group -> (L, b, G, n).
     """
-    L, b, d, n = h.shape
-    if fixed:
-        return (h * v.unsqueeze(-1)).sum(dim=(0, 1))
-    G = groups
-    out = torch.bmm(v.reshape(L * b * G, 1, d // G), h.view(L * b * G, d // G, n))
-    return out.view(L, b, G, n)
+    L, b, n, d = h.shape
+    if X.dim() == 2:
+        return torch.linalg.vecdot(h, v.unsqueeze(2), dim=0).sum(0)
+    G = X.shape[2]
+    if G == 1:
+        return torch.matmul(h, v.unsqueeze(-1)).view(L, b, 1, n)  # (L,b,n,d) @ (L,b,d,1)
+    H = d // G
+    out = torch.linalg.vecdot(h.view(L, b, n, G, H), v.view(L, b, 1, G, H), dim=-1)
+    return out.transpose(2, 3).contiguous()  # (L, b, n, G) -> (L, b, G, n)
 
 
-#: Cache budget of one forward segment's two (segment, b, d, n) buffers (``a`` and ``h``).
+#: Cache budget, per intra-op thread, of one forward segment's two (segment, b, n, d)
+#: buffers (``a`` and ``h``). Measured at b 2, d 64, n 16, L 1024: 4 MiB was best with one
+#: thread, 8 MiB with two (smaller slices make each op's thread fork/join overhead dominate).
 SEGMENT_BYTES = 4 << 20
 
 
 def _segment_length(length: int, chunk: int, bytes_per_step: int) -> int:
-    """Forward segment length: a multiple of ``chunk`` with two buffers <= SEGMENT_BYTES."""
-    steps = max(1, SEGMENT_BYTES // (2 * max(1, bytes_per_step)))
+    """Forward segment length: a multiple of ``chunk``, two buffers <= the cache budget."""
+    budget = SEGMENT_BYTES * max(1, torch.get_num_threads())
+    steps = max(1, budget // (2 * max(1, bytes_per_step)))
     seg = max(chunk, (steps // chunk) * chunk)
     return min(seg, length)
 
 
 class _SelectiveScanFn(torch.autograd.Function):
-    """y_t = sum_n C_t h_t with h_t = exp(dt_t A) h_{t-1} + du_t B_t, time-major.
+    """y_t = sum_n C_t h_t with h_t = exp(dt_t A) h_{t-1} + du_t B_t, layout (L, b, n, d).
 
-    Inputs: dt, du (L, b, d); A (d, n); Bt, Ct fixed (d, n) or variable (L, b, G, n).
-    Outputs: y (L, b, d) and the last state (b, d, n).
+    Inputs: dt, du (L, b, d); At (n, d) (A transposed); Bt, Ct fixed (n, d) or variable
+    (L, b, G, n); chunk; save (keep tensors for backward). Outputs: y (L, b, d) and the
+    last state (b, d, n).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx,
         dt: Tensor,
-        A: Tensor,
+        At: Tensor,
         du: Tensor,
         Bt: Tensor,
         Ct: Tensor,
@@ -487,75 +502,82 @@ class _SelectiveScanFn(torch.autograd.Function):
         save: bool,
     ) -> tuple[Tensor, Tensor]:
         L, b, d = dt.shape
-        n = A.shape[1]
+        n = At.shape[0]
         # Time is processed in segments whose (a, h) fit in cache, so that the chunked scan
         # and the contraction re-read them from cache rather than from memory. Without
         # autograd, (a, h) live only in per-segment scratch buffers.
         seg = _segment_length(L, chunk, b * d * n * dt.element_size())
         if save:
-            a = dt.new_empty(L, b, d, n)
-            h = dt.new_empty(L, b, d, n)
+            a = dt.new_empty(L, b, n, d)
+            h = dt.new_empty(L, b, n, d)
         else:
-            a_buf = dt.new_empty(seg, b, d, n)
-            h_buf = dt.new_empty(seg, b, d, n)
+            a_buf = dt.new_empty(seg, b, n, d)
+            h_buf = dt.new_empty(seg, b, n, d)
         y = dt.new_empty(L, b, d)
         state: Tensor | None = None
         for s0 in range(0, L, seg):
             s1 = min(L, s0 + seg)
             a_s = a[s0:s1] if save else a_buf[: s1 - s0]
             h_s = h[s0:s1] if save else h_buf[: s1 - s0]
-            torch.mul(dt[s0:s1].unsqueeze(-1), A, out=a_s).exp_()
+            torch.mul(dt[s0:s1].unsqueeze(2), At, out=a_s).exp_()  # a = exp(dt A)
             _outer_n(du[s0:s1], Bt if Bt.dim() == 2 else Bt[s0:s1], out=h_s)  # x = du B
             state = _scan_(a_s, h_s, h_s, chunk, h_in=state).clone()  # states, in place
             y[s0:s1] = _contract_n(h_s, Ct if Ct.dim() == 2 else Ct[s0:s1])
         assert state is not None
         ctx.chunk = chunk
         if save:
-            ctx.save_for_backward(dt, A, du, Bt, Ct, a, h)
-        return y, state
+            ctx.save_for_backward(dt, At, du, Bt, Ct, a, h)
+        return y, state.transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx, gy: Tensor, glast: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        dt, A, du, Bt, Ct, a, h = ctx.saved_tensors
+        dt, At, du, Bt, Ct, a, h = ctx.saved_tensors
         need_dt, need_A, need_du, need_B, need_C = ctx.needs_input_grad[:5]
         gdt = gA = gdu = gB = gC = None
+        gy = gy.contiguous()
         if need_C:
-            gC = _reduce_d(h, gy, Ct.dim() == 2, 1 if Ct.dim() == 2 else Ct.shape[2])
+            gC = _reduce_d(h, gy, Ct)
         # dL/dh_t (from y_t and the last state), then dL/dx_t by the reversed scan.
-        gx = _outer_n(gy.contiguous(), Ct)
+        gx = _outer_n(gy, Ct)
         if glast is not None:
-            gx[-1].add_(glast)
+            gx[-1].add_(glast.transpose(1, 2))
         _reverse_grad_scan(a, gx, ctx.chunk, inplace=True)
         if need_du:
             gdu = _contract_n(gx, Bt)
         if need_B:
-            gB = _reduce_d(gx, du, Bt.dim() == 2, 1 if Bt.dim() == 2 else Bt.shape[2])
+            gB = _reduce_d(gx, du, Bt)
         if need_dt or need_A:
             # dL/d(dt A)_t = dL/dx_t * h_{t-1} * a_t   (h_{-1} = 0); reuse gx in place.
             gx[1:].mul_(h[:-1])
             gx[0].zero_()
             gla = gx.mul_(a)
             if need_dt:
-                gdt = _contract_n(gla, A)
+                gdt = _contract_n(gla, At)
             if need_A:
-                gA = _reduce_d(gla, dt, True, 1)
+                gA = _reduce_d(gla, dt, At)
         return gdt, gA, gdu, gB, gC, None, None
 
 
-def _time_major_bc(X: Tensor, dtype: torch.dtype) -> Tensor:
+def _internal_bc(X: Tensor, dtype: torch.dtype) -> Tensor:
     """B or C in the layout of :class:`_SelectiveScanFn`.
 
-    Fixed (dim, n) is returned as is; variable (batch, n, L) becomes (L, batch, 1, n) and
-    grouped (batch, G, n, L) becomes (L, batch, G, n), contiguous.
+    Fixed (dim, n) becomes (n, dim); variable (batch, n, L) becomes (L, batch, 1, n) and
+    grouped (batch, G, n, L) becomes (L, batch, G, n); contiguous.
     """
     X = X.to(dtype)
     if X.dim() == 2:
-        return X
+        return X.t().contiguous()
     if X.dim() == 3:
         X = X.unsqueeze(1)
     return X.permute(3, 0, 1, 2).contiguous()
+
+
+def _time_major(x: Tensor) -> Tensor:
+    """(b, d, L) -> contiguous (L, b, d), as a 2-D transpose (~2x faster than a permute)."""
+    b, d, length = x.shape
+    return x.reshape(b * d, length).t().contiguous().view(length, b, d)
 
 
 def selective_scan_chunked(
@@ -590,10 +612,11 @@ def selective_scan_chunked(
 
     Notes
     -----
-    The (L, batch, dim, dstate) part (discretisation, scan, contraction with C) is one
+    The (L, batch, dstate, dim) part (discretisation, scan, contraction with C) is one
     autograd Function with a hand-written backward (like the CUDA kernel's): the adjoint of
-    the recurrence is the same chunked scan run backwards in time. It keeps two
-    (L, batch, dim, dstate) tensors for the backward pass (``exp(delta A)`` and the states).
+    the recurrence is the same chunked scan run backwards in time. With autograd it keeps
+    two (L, batch, dstate, dim) tensors for the backward pass (``exp(delta A)`` and the
+    states); without, only cache-sized per-segment buffers.
     """
     ct = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, length = u.shape
@@ -606,13 +629,20 @@ def selective_scan_chunked(
     chunk = auto_chunk_size(length) if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk}")
-    dt = _prepare_delta(delta, delta_bias, delta_softplus, ct).permute(2, 0, 1).contiguous()
-    du = dt * uc.permute(2, 0, 1)
+    dt = _time_major(_prepare_delta(delta, delta_bias, delta_softplus, ct))
+    du = dt * _time_major(uc)
     save = torch.is_grad_enabled() and any(
         t.requires_grad for t in (u, delta, A, B, C, delta_bias) if t is not None
     )
     y, last = _SelectiveScanFn.apply(
-        dt, A.to(ct), du, _time_major_bc(B, ct), _time_major_bc(C, ct), chunk, save
+        dt,
+        A.to(ct).t().contiguous(),
+        du,
+        _internal_bc(B, ct),
+        _internal_bc(C, ct),
+        chunk,
+        save,
     )
-    out = _finish(y.permute(1, 2, 0).contiguous(), uc, D, z, u.dtype)
+    y = y.reshape(length, batch * dim).t().contiguous().view(batch, dim, length)
+    out = _finish(y, uc, D, z, u.dtype)
     return (out, last) if return_last_state else out
