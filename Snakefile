@@ -13,6 +13,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/anat.smk"
 include: "workflow/rules/targets.smk"
 
 
@@ -20,3 +21,4 @@ rule all:
     default_target: True
     input:
         rules.ingest_all.input,
+        rules.anat_all.input,

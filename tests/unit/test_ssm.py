@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainharmony.models import ssm
+from brainharmony.models import ssm, ssm_scan
 from brainharmony.models.ssm import (
     Mamba,
     MambaBlock,
@@ -183,6 +183,26 @@ def test_chunked_any_chunk_size(chunk_size: int) -> None:
     """Every chunk size (ragged tails, one chunk, chunk longer than L) gives the reference."""
     inputs = make_inputs(2, 4, 8, 127, "grp", "var")
     assert_match(inputs, softplus=True, last_state=True, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("segment_bytes", [1, 5000, 20000])
+@pytest.mark.parametrize("grad", [True, False])
+def test_chunked_forward_segments(monkeypatch, segment_bytes: int, grad: bool) -> None:
+    """The forward's time segments (cache blocking) do not change the result."""
+    monkeypatch.setattr(ssm_scan, "SEGMENT_BYTES", segment_bytes)
+    inputs = make_inputs(2, 4, 8, 127, "grp", "fixed")
+    if grad:
+        assert_match(inputs, softplus=True, last_state=True, chunk_size=5)
+    else:
+        with torch.no_grad():
+            out_c, last_c = selective_scan_chunked(
+                *inputs.values(), delta_softplus=True, return_last_state=True, chunk_size=5
+            )
+        out_r, last_r = selective_scan_ref(
+            *inputs.values(), delta_softplus=True, return_last_state=True
+        )
+        torch.testing.assert_close(out_c, out_r, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(last_c, last_r, rtol=RTOL, atol=ATOL)
 
 
 def test_chunked_strong_decay_is_stable() -> None:
