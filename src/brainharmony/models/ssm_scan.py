@@ -420,13 +420,14 @@ def linear_scan(a: Tensor, x: Tensor, chunk_size: int | None = None) -> Tensor:
 def _contract_n(h: Tensor, X: Tensor) -> Tensor:
     """``sum_n h[l,b,d,n] * X[.., n]`` -> (L, b, d).
 
-    ``X`` is fixed (d, n) or variable, time-major (L, b, G, n).
+    ``X`` is fixed (d, n) or variable, time-major (L, b, G, n). (``vecdot`` measured ~2x
+    faster than ``bmm`` over L*b tiny matrix-vector products.)
     """
     L, b, d, n = h.shape
     if X.dim() == 2:
-        return torch.matmul(h.unsqueeze(-2), X.unsqueeze(-1)).view(L, b, d)
+        return torch.linalg.vecdot(h, X)
     G = X.shape[2]
-    return torch.bmm(h.view(L * b * G, d // G, n), X.view(L * b * G, n, 1)).view(L, b, d)
+    return torch.linalg.vecdot(h.view(L, b, G, d // G, n), X.unsqueeze(3)).view(L, b, d)
 
 
 def _outer_n(v: Tensor, X: Tensor, out: Tensor | None = None) -> Tensor:
@@ -558,6 +559,12 @@ def _time_major_bc(X: Tensor, dtype: torch.dtype) -> Tensor:
     return X.permute(3, 0, 1, 2).contiguous()
 
 
+def _time_major(x: Tensor) -> Tensor:
+    """(b, d, L) -> contiguous (L, b, d), as a 2-D transpose (~2x faster than a permute)."""
+    b, d, length = x.shape
+    return x.reshape(b * d, length).t().contiguous().view(length, b, d)
+
+
 def selective_scan_chunked(
     u: Tensor,
     delta: Tensor,
@@ -606,13 +613,14 @@ def selective_scan_chunked(
     chunk = auto_chunk_size(length) if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk}")
-    dt = _prepare_delta(delta, delta_bias, delta_softplus, ct).permute(2, 0, 1).contiguous()
-    du = dt * uc.permute(2, 0, 1)
+    dt = _time_major(_prepare_delta(delta, delta_bias, delta_softplus, ct))
+    du = dt * _time_major(uc)
     save = torch.is_grad_enabled() and any(
         t.requires_grad for t in (u, delta, A, B, C, delta_bias) if t is not None
     )
     y, last = _SelectiveScanFn.apply(
         dt, A.to(ct), du, _time_major_bc(B, ct), _time_major_bc(C, ct), chunk, save
     )
-    out = _finish(y.permute(1, 2, 0).contiguous(), uc, D, z, u.dtype)
+    y = y.reshape(length, batch * dim).t().contiguous().view(batch, dim, length)
+    out = _finish(y, uc, D, z, u.dtype)
     return (out, last) if return_last_state else out
