@@ -13,6 +13,8 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/anat.smk"
+include: "workflow/rules/func.smk"
 include: "workflow/rules/targets.smk"
 
 
@@ -20,3 +22,5 @@ rule all:
     default_target: True
     input:
         rules.ingest_all.input,
+        rules.anat_all.input,
+        rules.func_all.input,

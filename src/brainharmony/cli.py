@@ -21,6 +21,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("brainharmony.demo.cli", "generate demo BIDS datasets with planted truth"),
     "ingest": ("brainharmony.ingest", "index a BIDS dataset into scans.tsv / excluded.tsv"),
     "validate-config": ("brainharmony.config", "validate a workflow config file"),
+    "anat": (
+        "brainharmony.anat.cli",
+        "T1w to template space: brain mask, transforms, model-ready box",
+    ),
+    "func": (
+        "brainharmony.func.cli",
+        "BOLD run to denoised Schaefer-400 series (native, fMRIPrep, derivatives)",
+    ),
     "harmonics": (
         "brainharmony.geometry.harmonics",
         "Laplace-Beltrami eigenmodes of a cortical surface, averaged per parcel",

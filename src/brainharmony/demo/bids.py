@@ -142,11 +142,11 @@ def task_sidecar(spec: DatasetSpec) -> dict[str, Any]:
 
 def readme(spec: DatasetSpec, preset: str, seed: int, n_runs: int) -> str:
     sessions = (
-        "Every subject has `ses-1`; some also `ses-2` (a second visit, new head pose).\n"
+        "- Every subject has `ses-1`; some also `ses-2` (a second visit, new head pose).\n"
         if spec.uses_sessions
         else ""
     )
-    runs = "Some subjects have two BOLD runs (`run-1`, `run-2`).\n" if spec.uses_runs else ""
+    runs = "- Some subjects have two BOLD runs (`run-1`, `run-2`).\n" if spec.uses_runs else ""
     vx = "x".join(f"{v:g}" for v in spec.bold_voxel_mm)
     t1 = "x".join(f"{v:g}" for v in spec.t1_voxel_mm)
     return (

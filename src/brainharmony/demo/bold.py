@@ -349,6 +349,79 @@ def render_volumes(
     return out
 
 
+def label_table(parcel_percent: np.ndarray) -> np.ndarray:
+    """Per-label fractional BOLD change from the parcels' percent signal change.
+
+    Parameters
+    ----------
+    parcel_percent : ndarray of shape (n_volumes, n_offsets, 400)
+        Parcel BOLD (percent) at each volume's distinct slice times.
+
+    Returns
+    -------
+    ndarray of shape (n_volumes, n_offsets, N_LABELS), float32
+        Column 0 (background) is 0; columns 1-400 the parcels; column 401 (other grey
+        matter) their mean.
+    """
+    frac = np.asarray(parcel_percent, dtype=np.float32) / 100.0
+    table = np.zeros((*frac.shape[:2], N_LABELS), dtype=np.float32)
+    table[..., 1:401] = frac
+    table[..., 401] = frac.mean(axis=-1)
+    return table
+
+
+def tissue_scalars(
+    model: BoldModel,
+    signals: dict[str, np.ndarray],
+    relative_time: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The per-time multipliers of ``S0``, ``S0wm``, ``S0csf`` and ``S0glob``.
+
+    Parameters
+    ----------
+    model : BoldModel
+    signals : dict of str -> ndarray of shape (n_volumes, n_offsets)
+        :meth:`Physiology.evaluate` at the acquisition times.
+    relative_time : ndarray of shape (n_volumes, n_offsets)
+        Acquisition times divided by the run duration (for the drift).
+    rng : numpy.random.Generator
+        Draws the drift coefficients.
+
+    Returns
+    -------
+    scalars : ndarray of shape (n_volumes, n_offsets, 4), float32
+        ``1 + drift``, ``p_wm``, ``p_csf``, ``g`` (see :func:`render_volumes`).
+    drift : ndarray of shape (n_volumes, n_offsets)
+        Scanner drift (fraction).
+    """
+    resp, card = signals["respiration"], signals["cardiac"]
+    p_wm = model.resp_wm * resp + model.card_wm * card + model.slow_wm * signals["slow_wm"]
+    p_csf = model.resp_csf * resp + model.card_csf * card + model.slow_csf * signals["slow_csf"]
+    g = model.global_amp * signals["slow_global"]
+    coef = rng.uniform(-model.drift, model.drift, 2)
+    drift = coef[0] * relative_time + coef[1] * relative_time**2
+    scalars = np.stack([1.0 + drift, p_wm, p_csf, g], axis=-1).astype(np.float32)
+    return scalars, drift
+
+
+def spin_history(fd: np.ndarray, n_slices: int, strength: float) -> np.ndarray:
+    """Multiplicative signal dips after movements.
+
+    ``1 - strength * (fd[v] * (1 + 0.5 * odd[k]) + 0.5 * fd[v - 1])``: the volume that
+    moved and, by half, the next one; odd slices (excited later in interleaved
+    orders) 1.5x.
+
+    Returns
+    -------
+    ndarray of shape (n_volumes, n_slices), float32
+    """
+    odd = (np.arange(n_slices) % 2).astype(np.float64)
+    previous = np.r_[0.0, fd[:-1]]
+    hist = fd[:, None] * (1.0 + 0.5 * odd[None, :]) + 0.5 * previous[:, None]
+    return (1.0 - strength * hist).astype(np.float32)
+
+
 def coil_profile(
     affine: np.ndarray, shape: tuple[int, int, int], rng: np.random.Generator, sd: float
 ) -> np.ndarray:

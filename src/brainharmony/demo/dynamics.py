@@ -2,27 +2,30 @@
 
 Model
 -----
-The latent neural activity ``x(t)`` of the 400 parcels is a stable, symmetric
-multivariate Ornstein-Uhlenbeck process
+The latent neural activity ``x(t)`` of the 400 parcels follows a stable, symmetric
+multivariate Ornstein-Uhlenbeck drift
 
-    dx = -(I / tau - W) x dt + sigma dB,
+    dx = -(I / tau - W) x dt + sigma M dB,
 
-whose coupling matrix ``W`` (400 x 400, symmetric, zero diagonal, rates in 1/s) mixes
+driven by spatially correlated noise (``M``: Gaussian kernel of centroid distance,
+:func:`drive_mixing`), whose coupling matrix ``W`` (400 x 400, symmetric, zero
+diagonal, rates in 1/s) mixes
 
-* local coupling that decays with the distance between parcel centroids,
-* within-network coupling of the 7 Schaefer networks (split into short- and
-  long-range pairs at ``long_range_mm``),
-* signed between-network couplings (e.g. Default vs DorsAttn negative),
-* individual variability (random per-network-block gains),
-* the planted phenotype effects of :class:`EffectSizes`.
+* a within-network graph of the 7 Schaefer networks (distance-weighted, plus a
+  weight for long-range pairs, farther apart than ``long_range_mm``),
+* signed between-network block couplings (e.g. Default vs DorsAttn negative),
+* weak local coupling that decays with the distance between parcel centroids,
+* individual variability (random per-network-block gains, small edge noise),
+* the planted phenotype effects of :class:`EffectSizes`,
 
-Because the drift ``Q = I / tau - W`` is symmetric positive definite, the process
-separates into independent scalar OU processes along the eigenvectors of ``Q``; each
-is simulated exactly (AR(1) with ``exp(-lambda dt)``), which makes a subject cost a few
-tens of milliseconds. The BOLD signal is the convolution of ``x`` with the canonical
-double-gamma HRF on the fine grid, scaled to percent signal change, and is read at any
-acquisition time (volume onset plus the slice's offset) by linear interpolation of the
-fine grid (:func:`sample_at`).
+rescaled per subject to a fixed spectral radius (stable). Because the drift
+``Q = I / tau - W`` is symmetric positive definite, the process is simulated in the
+eigenbasis of ``Q`` as independent AR(1) recursions with the exact decay
+``exp(-lambda dt)`` (a VAR(1) on the 0.1 s grid; exact OU when ``M = I``), which costs a
+subject a fraction of a second. The BOLD signal is the convolution of ``x`` with the
+canonical double-gamma HRF on the fine grid, scaled to percent signal change, and is
+read at any acquisition time (volume onset plus the slice's offset) by linear
+interpolation of the fine grid (:func:`sample_at`).
 """
 
 from __future__ import annotations

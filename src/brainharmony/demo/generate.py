@@ -197,105 +197,131 @@ def _simulate_subject(
     )
     anat_summary = anat.summary()
     del anat
-    slice_times = slice_timing(spec.bold_shape[2], spec.tr, spec.multiband, spec.slice_order)
-    offsets, slice_group = np.unique(slice_times, return_inverse=True)
     rows = []
     for s_idx, session in enumerate(plan.sessions):
         rng = _rng(seed, spec.name, *key, _SESSION_BASE + s_idx)
         pose = motion.sample_pose(rng, models.pose)
-        t1_center = pose[:3, :3] @ T1_FOV_CENTER_MNI + pose[:3, 3] + rng.uniform(-5, 5, 3)
-        t1_affine = oriented_affine(spec.t1_orientation, spec.t1_voxel_mm, spec.t1_shape, t1_center)
-        t1 = anatomy.render_t1(t1_src, pose, t1_affine, spec.t1_shape, rng)
-        sub_dir = bidsmeta.subject_dir(bids_root, plan.label, session)
-        ent = bidsmeta.entities(plan.label, session)
-        _save_nifti(sub_dir / "anat" / f"{ent}_T1w.nii.gz", bidsmeta.nifti_image(t1, t1_affine))
-        write_json(sub_dir / "anat" / f"{ent}_T1w.json", bidsmeta.t1_sidecar(spec))
-        del t1
-        truth_dir = bidsmeta.subject_dir(truth_root, plan.label, session)
-        write_json(
-            truth_dir / f"{ent}_desc-anat_truth.json",
-            truth.anat_record(pose, t1_affine, anat_summary),
-        )
+        _acquire_t1(spec, plan, session, pose, t1_src, anat_summary, rng, bids_root, truth_root)
         for r_idx, run in enumerate(plan.runs):
             rrng = _rng(seed, spec.name, *key, _RUN_BASE + 10 * s_idx + r_idx)
             run_pose = pose if r_idx == 0 else motion.small_reposition(rrng) @ pose
-            center = pose[:3, :3] @ BOLD_FOV_CENTER_MNI + pose[:3, 3] + rrng.uniform(-3, 3, 3)
-            tilt = rotation_matrix(_pitch(pose), 0.0, 0.0) if spec.oblique else None
-            bold_affine = oriented_affine(
-                spec.bold_orientation, spec.bold_voxel_mm, spec.bold_shape, center, tilt
+            rows.append(
+                _acquire_run(
+                    spec,
+                    models,
+                    plan,
+                    session,
+                    run,
+                    session_pose=pose,
+                    run_pose=run_pose,
+                    source=source,
+                    w=w,
+                    rng=rrng,
+                    bids_root=bids_root,
+                    truth_root=truth_root,
+                )
             )
-            params = motion.simulate_motion(spec.n_volumes, spec.tr, plan.motion_level, rrng)
-            mats = motion.motion_matrices(params, center)
-            to_source = (
-                np.linalg.inv(source.affine)
-                @ np.linalg.inv(run_pose)
-                @ np.linalg.inv(mats)
-                @ bold_affine
-            )
-            duration = spec.n_volumes * spec.tr + 1.0
-            series = dynamics.simulate_run(w, duration, rrng, models.dynamics)
-            times = np.arange(spec.n_volumes)[:, None] * spec.tr + offsets[None, :]
-            roi = series.at(times).astype(np.float32) / 100.0  # (n_vol, n_off, 400)
-            table = np.zeros((*roi.shape[:2], bold.N_LABELS), dtype=np.float32)
-            table[..., 1:401] = roi
-            table[..., 401] = roi.mean(axis=-1)
-            physio = bold.simulate_physiology(duration, rrng)
-            sig = physio.evaluate(times)
-            bm = models.bold
-            p_wm = bm.resp_wm * sig["respiration"] + bm.card_wm * sig["cardiac"]
-            p_wm = p_wm + bm.slow_wm * sig["slow_wm"]
-            p_csf = bm.resp_csf * sig["respiration"] + bm.card_csf * sig["cardiac"]
-            p_csf = p_csf + bm.slow_csf * sig["slow_csf"]
-            g = bm.global_amp * sig["slow_global"]
-            drift_coef = rrng.uniform(-bm.drift, bm.drift, 2)
-            rel = times / duration
-            drift = drift_coef[0] * rel + drift_coef[1] * rel**2
-            scalars = np.stack([1.0 + drift, p_wm, p_csf, g], axis=-1).astype(np.float32)
-            clean = bold.render_volumes(
-                source, to_source, spec.bold_shape, slice_group, table, scalars
-            )
-            fd = motion.framewise_displacement(params)
-            odd = (np.arange(spec.bold_shape[2]) % 2).astype(np.float32)
-            hist = fd[None, :] * (1.0 + 0.5 * odd[:, None]) + 0.5 * np.r_[0.0, fd[:-1]][None, :]
-            # clean is time-major (T, X, Y, Z); hist is (Z, T).
-            clean *= (1.0 - bm.spin_history * hist).T.astype(np.float32)[:, None, None, :]
-            clean *= bold.coil_profile(bold_affine, spec.bold_shape, rrng, bm.coil_sd)[None]
-            data = bold.add_noise(clean, rrng, bm)
-            del clean
-            stem = bidsmeta.bold_stem(plan.label, session, run)
-            _save_nifti(
-                sub_dir / "func" / f"{stem}_bold.nii.gz",
-                bidsmeta.nifti_image(data, bold_affine, tr=spec.tr),
-            )
-            write_json(
-                sub_dir / "func" / f"{stem}_bold.json", bidsmeta.bold_sidecar(spec, slice_times)
-            )
-            del data
-            run_row = truth.write_run(
-                truth_dir,
-                stem,
-                spec=spec,
-                series=series,
-                params=params,
-                matrices=mats,
-                center=center,
-                run_pose=run_pose,
-                session_pose=pose,
-                bold_affine=bold_affine,
-                slice_times=slice_times,
-                physio=sig,
-                drift=drift[:, 0],
-            )
-            run_row.update(
-                {
-                    "participant_id": f"sub-{plan.label}",
-                    "session": session if session is not None else "n/a",
-                    "run": run if run is not None else "n/a",
-                    "motion_level": plan.motion_level,
-                }
-            )
-            rows.append(run_row)
     return {"runs": rows, "anatomy": anat_summary}
+
+
+def _acquire_t1(
+    spec: DatasetSpec,
+    plan: SubjectPlan,
+    session: str | None,
+    pose: np.ndarray,
+    t1_src: tuple[np.ndarray, np.ndarray],
+    anat_summary: dict[str, float],
+    rng: np.random.Generator,
+    bids_root: Path,
+    truth_root: Path,
+) -> None:
+    """Write one session's T1w (+ sidecar) and its anatomy truth record."""
+    center = pose[:3, :3] @ T1_FOV_CENTER_MNI + pose[:3, 3] + rng.uniform(-5, 5, 3)
+    affine = oriented_affine(spec.t1_orientation, spec.t1_voxel_mm, spec.t1_shape, center)
+    t1 = anatomy.render_t1(t1_src, pose, affine, spec.t1_shape, rng)
+    sub_dir = bidsmeta.subject_dir(bids_root, plan.label, session)
+    ent = bidsmeta.entities(plan.label, session)
+    _save_nifti(sub_dir / "anat" / f"{ent}_T1w.nii.gz", bidsmeta.nifti_image(t1, affine))
+    write_json(sub_dir / "anat" / f"{ent}_T1w.json", bidsmeta.t1_sidecar(spec))
+    write_json(
+        bidsmeta.subject_dir(truth_root, plan.label, session) / f"{ent}_desc-anat_truth.json",
+        truth.anat_record(pose, affine, anat_summary),
+    )
+
+
+def _acquire_run(
+    spec: DatasetSpec,
+    models: Models,
+    plan: SubjectPlan,
+    session: str | None,
+    run: int | None,
+    *,
+    session_pose: np.ndarray,
+    run_pose: np.ndarray,
+    source: bold.BoldSource,
+    w: np.ndarray,
+    rng: np.random.Generator,
+    bids_root: Path,
+    truth_root: Path,
+) -> dict[str, Any]:
+    """Simulate and write one BOLD run (+ sidecar) and its truth; return its runs.tsv row."""
+    bm = models.bold
+    slice_times = slice_timing(spec.bold_shape[2], spec.tr, spec.multiband, spec.slice_order)
+    offsets, slice_group = np.unique(slice_times, return_inverse=True)
+    center = (
+        session_pose[:3, :3] @ BOLD_FOV_CENTER_MNI + session_pose[:3, 3] + rng.uniform(-3, 3, 3)
+    )
+    tilt = rotation_matrix(_pitch(session_pose), 0.0, 0.0) if spec.oblique else None
+    affine = oriented_affine(
+        spec.bold_orientation, spec.bold_voxel_mm, spec.bold_shape, center, tilt
+    )
+    params = motion.simulate_motion(spec.n_volumes, spec.tr, plan.motion_level, rng)
+    mats = motion.motion_matrices(params, center)
+    to_source = (
+        np.linalg.inv(source.affine) @ np.linalg.inv(run_pose) @ np.linalg.inv(mats) @ affine
+    )
+    duration = spec.n_volumes * spec.tr + 1.0
+    series = dynamics.simulate_run(w, duration, rng, models.dynamics)
+    # Acquisition time of every (volume, distinct slice offset).
+    times = np.arange(spec.n_volumes)[:, None] * spec.tr + offsets[None, :]
+    table = bold.label_table(series.at(times))
+    signals = bold.simulate_physiology(duration, rng).evaluate(times)
+    scalars, drift = bold.tissue_scalars(bm, signals, times / duration, rng)
+    clean = bold.render_volumes(source, to_source, spec.bold_shape, slice_group, table, scalars)
+    fd = motion.framewise_displacement(params)
+    clean *= bold.spin_history(fd, spec.bold_shape[2], bm.spin_history)[:, None, None, :]
+    clean *= bold.coil_profile(affine, spec.bold_shape, rng, bm.coil_sd)[None]
+    data = bold.add_noise(clean, rng, bm)
+    del clean
+    stem = bidsmeta.bold_stem(plan.label, session, run)
+    func_dir = bidsmeta.subject_dir(bids_root, plan.label, session) / "func"
+    _save_nifti(func_dir / f"{stem}_bold.nii.gz", bidsmeta.nifti_image(data, affine, tr=spec.tr))
+    write_json(func_dir / f"{stem}_bold.json", bidsmeta.bold_sidecar(spec, slice_times))
+    del data
+    row = truth.write_run(
+        bidsmeta.subject_dir(truth_root, plan.label, session),
+        stem,
+        spec=spec,
+        series=series,
+        params=params,
+        matrices=mats,
+        center=center,
+        run_pose=run_pose,
+        session_pose=session_pose,
+        bold_affine=affine,
+        slice_times=slice_times,
+        physio=signals,
+        drift=drift[:, 0],
+    )
+    row.update(
+        {
+            "participant_id": f"sub-{plan.label}",
+            "session": session if session is not None else "n/a",
+            "run": run if run is not None else "n/a",
+            "motion_level": plan.motion_level,
+        }
+    )
+    return row
 
 
 _WORKER_STATE: dict[str, Any] = {}

@@ -48,9 +48,9 @@ class MotionLevel:
 
 
 MOTION_LEVELS: dict[str, MotionLevel] = {
-    "clean": MotionLevel(0.006, 0.0001, 0.0, (0.0, 0.0)),
-    "moderate": MotionLevel(0.015, 0.00025, 0.4, (0.3, 0.7)),
-    "high": MotionLevel(0.03, 0.0005, 3.0, (0.6, 2.0)),
+    "clean": MotionLevel(0.01, 0.00015, 0.0, (0.0, 0.0)),
+    "moderate": MotionLevel(0.03, 0.0005, 0.4, (0.3, 0.7)),
+    "high": MotionLevel(0.04, 0.0007, 3.0, (0.6, 2.0)),
 }
 
 

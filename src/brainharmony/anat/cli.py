@@ -1,0 +1,91 @@
+"""``brainharmony anat``: one T1w through the anatomy stage.
+
+Example::
+
+    brainharmony -v anat --t1w sub-01_T1w.nii.gz --out-dir results/anat/demoA \\
+        --subject 01 --resolution-mm 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from brainharmony.anat.model_input import NORMALISATIONS, PAPER_BOX_MM
+from brainharmony.anat.settings import BACKENDS, MAX_NONFINITE_FRACTION, AnatSettings
+from brainharmony.anat.templates import DEFAULT_TEMPLATE, RESOLUTIONS_MM, TEMPLATES
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``brainharmony anat`` options to ``parser``."""
+    parser.add_argument("--t1w", type=Path, required=True, help="raw T1w NIfTI")
+    parser.add_argument(
+        "--out-dir", type=Path, required=True, help="dataset folder: results/anat/<dataset>"
+    )
+    parser.add_argument("--subject", required=True, help="subject label (no 'sub-')")
+    parser.add_argument("--session", default=None, help="session label (no 'ses-'), if any")
+    parser.add_argument("--backend", choices=BACKENDS, default="native")
+    parser.add_argument("--template", choices=TEMPLATES, default=DEFAULT_TEMPLATE)
+    parser.add_argument("--resolution-mm", type=int, choices=RESOLUTIONS_MM, default=2)
+    parser.add_argument(
+        "--nonlinear", action="store_true", help="add a nonlinear stage to the affine"
+    )
+    parser.add_argument(
+        "--model-box-mm",
+        type=int,
+        nargs=3,
+        default=list(PAPER_BOX_MM),
+        metavar=("X", "Y", "Z"),
+        help="model-ready box size in mm (default: %(default)s)",
+    )
+    parser.add_argument("--normalisation", choices=NORMALISATIONS, default="zscore_brain")
+    parser.add_argument(
+        "--max-nonfinite-fraction",
+        type=float,
+        default=MAX_NONFINITE_FRACTION,
+        help="largest fraction of NaN/Inf voxels set to 0; above it the T1w is refused",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="SimpleITK threads (1: results identical to the bit between runs)",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="scratch folder for fsl/freesurfer (kept)"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> AnatSettings:
+    """The :class:`AnatSettings` that the parsed arguments describe."""
+    return AnatSettings(
+        backend=args.backend,
+        template=args.template,
+        resolution_mm=args.resolution_mm,
+        nonlinear=args.nonlinear,
+        model_box_mm=tuple(args.model_box_mm),
+        normalisation=args.normalisation,
+        max_nonfinite_fraction=args.max_nonfinite_fraction,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Process one T1w as the parsed arguments say; 0 on success."""
+    from brainharmony.anat.pipeline import run_anat
+    from brainharmony.anat.register import RegistrationSettings
+
+    settings = settings_from_args(args)
+    paths = run_anat(
+        args.t1w,
+        args.out_dir,
+        args.subject,
+        args.session,
+        settings=settings,
+        registration=RegistrationSettings(threads=args.threads),
+        work_dir=args.work_dir,
+    )
+    logger.info("wrote %s", ", ".join(str(p) for p in paths.files()))
+    return 0

@@ -1,0 +1,80 @@
+"""One T1w through the anatomy stage: validate, run the configured backend, write outputs.
+
+:func:`run_anat` is what the command line (``brainharmony anat``) and the workflow call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from brainharmony.anat.derivatives import AnatPaths, anat_paths, write_derivatives
+from brainharmony.anat.images import itk_threads, load_t1w
+from brainharmony.anat.native import REGISTRATION_MM, native_backend
+from brainharmony.anat.register import RegistrationSettings
+from brainharmony.anat.settings import AnatSettings
+from brainharmony.anat.templates import load_template
+from brainharmony.io import PathLike
+
+logger = logging.getLogger(__name__)
+
+
+def run_anat(
+    t1w_path: PathLike,
+    dataset_dir: PathLike,
+    subject: str,
+    session: str | None = None,
+    settings: AnatSettings | None = None,
+    registration: RegistrationSettings | None = None,
+    work_dir: PathLike | None = None,
+) -> AnatPaths:
+    """Run the anatomy stage on one T1w with the configured backend.
+
+    Parameters
+    ----------
+    t1w_path : path-like
+        Raw T1w NIfTI.
+    dataset_dir : path-like
+        ``results/anat/<dataset>``; outputs go where :func:`.derivatives.anat_paths` says.
+    subject, session : str
+        Labels without prefixes; ``session`` None when the T1w has none.
+    settings : AnatSettings, optional
+    registration : RegistrationSettings, optional
+        Native registration settings (``nonlinear`` is taken from ``settings``).
+    work_dir : path-like, optional
+        Scratch folder for the fsl/freesurfer backends (default: a temporary folder).
+
+    Returns
+    -------
+    AnatPaths
+        The files written.
+    """
+    settings = settings or AnatSettings()
+    registration = replace(registration or RegistrationSettings(), nonlinear=settings.nonlinear)
+    paths = anat_paths(
+        dataset_dir, subject, session, settings.template, settings.nonlinear, settings.backend
+    )
+    label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+    t1w = load_t1w(t1w_path, settings.max_nonfinite_fraction)
+    template = load_template(settings.template, settings.resolution_mm)
+    with itk_threads(registration.threads):
+        if settings.backend == "native":
+            reg_template = load_template(
+                settings.template, max(REGISTRATION_MM, settings.resolution_mm)
+            )
+            result = native_backend(t1w, template, reg_template, registration)
+            write_derivatives(paths, t1w, result, template, settings, label, registration.threads)
+            return paths
+        from brainharmony.anat.nipype_backends import run_external_backend
+
+        with contextlib.ExitStack() as stack:
+            if work_dir is None:
+                work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bh-anat-"))
+            work = Path(work_dir).resolve()
+            work.mkdir(parents=True, exist_ok=True)
+            result = run_external_backend(t1w, template, settings, work, registration.threads)
+            write_derivatives(paths, t1w, result, template, settings, label, registration.threads)
+    return paths

@@ -1,0 +1,392 @@
+"""``brainharmony func ...``: the functional stage's command line.
+
+Sub-commands:
+
+* ``atlas``: write the Schaefer-400 atlas resource files for a resolution;
+* ``native``: preprocess one BOLD run natively and write its derivatives;
+* ``fmriprep``: run fMRIPrep (Docker wrapper or Apptainer/Singularity) on a participant;
+* ``derivatives``: denoise and parcellate one run of an fMRIPrep output folder.
+
+Registered in :mod:`brainharmony.cli` as ``func``; also runnable as
+``python -m brainharmony.func.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainharmony.io import InputDataError
+
+logger = logging.getLogger(__name__)
+
+
+def _na(value: str | None) -> str | None:
+    return None if value in (None, "", "n/a", "none", "None") else value
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "null", "off", "") else float(text)
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--subject", required=True, help="label without sub-")
+    g.add_argument("--session", default=None, help="label without ses- (n/a: none)")
+    g.add_argument("--task", default="rest")
+    g.add_argument("--run", default=None, help="index as in the file name (n/a: none)")
+    g.add_argument("--out-dir", required=True, type=Path, help="results/func/<dataset>")
+    g.add_argument("--atlas", required=True, type=Path, help="atlas dseg .nii.gz")
+    g.add_argument("--atlas-labels", required=True, type=Path, help="atlas dseg .tsv")
+    g.add_argument("--tr", type=float, default=None, help="repetition time (s)")
+    g.add_argument("--no-qc", action="store_true", help="skip the QC figures")
+    g.add_argument("--threads", type=int, default=1)
+
+
+def _add_denoise(p: argparse.ArgumentParser) -> None:
+    from brainharmony.func.denoise import ORDERS, STRATEGIES
+
+    g = p.add_argument_group("denoising")
+    g.add_argument("--strategy", default="24P+WM+CSF+GS", choices=sorted(STRATEGIES))
+    g.add_argument(
+        "--fd-threshold", type=_optional_float, default=0.5, help="mm; 'none' disables censoring"
+    )
+    g.add_argument("--min-segment", type=int, default=5)
+    g.add_argument("--censor-before", type=int, default=0)
+    g.add_argument("--censor-after", type=int, default=0)
+    g.add_argument("--high-pass", type=_optional_float, default=0.01, help="Hz or 'none'")
+    g.add_argument("--low-pass", type=_optional_float, default=0.1, help="Hz or 'none'")
+    g.add_argument("--filter-order", type=int, default=2)
+    g.add_argument("--order", default="regress-filter", choices=ORDERS)
+    g.add_argument("--no-detrend", action="store_true")
+    g.add_argument("--edges", default="nearest", choices=("nearest", "extrapolate", "trim"))
+    g.add_argument("--min-kept", type=int, default=20)
+    g.add_argument("--min-parcel-voxels", type=int, default=3)
+    g.add_argument("--scale", default="psc", choices=("psc", "none"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``func`` sub-commands to ``parser``."""
+    sub = parser.add_subparsers(dest="func_command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser("atlas", help="write the Schaefer-400 atlas resource files")
+    p.add_argument("--resolution", type=float, required=True, help="mm")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--source", default="offline", choices=("offline", "nilearn"))
+
+    p = sub.add_parser("native", help="native preprocessing of one BOLD run")
+    p.add_argument("--bold", required=True, type=Path)
+    p.add_argument("--bold-sidecar", type=Path, default=None)
+    p.add_argument("--t1w", type=Path, default=None, help="raw T1w (registration grid)")
+    p.add_argument(
+        "--t1w-to-template",
+        required=True,
+        type=Path,
+        help="anatomy-stage transform: preproc T1w JSON sidecar (T1wToTemplateRAS), "
+        "an ITK from-T1w_to-<tpl> .txt, or a .npy/.txt 4x4 RAS matrix (T1w -> template)",
+    )
+    p.add_argument("--template-t1w", type=Path, default=None)
+    p.add_argument("--template-mask", type=Path, default=None)
+    p.add_argument("--coreg", default="header", choices=("header", "rigid"))
+    p.add_argument("--stc-method", default="fourier", choices=("fourier", "cubic"))
+    p.add_argument("--stc-ref", type=float, default=0.5)
+    p.add_argument("--no-slice-timing", action="store_true")
+    p.add_argument("--keep-bold", action="store_true", help="write the 4-D template BOLD")
+    p.add_argument(
+        "--preproc-only",
+        action="store_true",
+        help="write the preprocessing outputs only (the workflow parcellates in a later job)",
+    )
+    _add_run(p)
+    _add_denoise(p)
+
+    p = sub.add_parser("fmriprep", help="run fMRIPrep on one participant")
+    p.add_argument("--bids-dir", required=True, type=Path)
+    p.add_argument("--fmriprep-dir", required=True, type=Path, help="fMRIPrep output folder")
+    p.add_argument("--work-dir", required=True, type=Path)
+    p.add_argument("--participant-label", required=True)
+    p.add_argument("--runner", default="docker", choices=("docker", "apptainer", "singularity"))
+    p.add_argument("--image", default=None)
+    p.add_argument("--license", default=None, help="FreeSurfer license.txt")
+    p.add_argument("--output-spaces", nargs="+", default=None)
+    p.add_argument("--nthreads", type=int, default=4)
+    p.add_argument("--mem-mb", type=int, default=None)
+    p.add_argument("--with-reconall", action="store_true", help="do not pass --fs-no-reconall")
+    p.add_argument("--extra", default="", help="extra fMRIPrep arguments (one string)")
+    p.add_argument("--executable", default=None)
+    p.add_argument("--print-only", action="store_true", help="print the command, run nothing")
+    p.add_argument("--done", type=Path, default=None, help="flag file written on success")
+
+    p = sub.add_parser("derivatives", help="denoise + parcellate one fMRIPrep run")
+    p.add_argument("--fmriprep-dir", required=True, type=Path)
+    p.add_argument("--space", default="MNI152NLin2009cAsym")
+    p.add_argument("--res", default=None, help="res- entity of the fMRIPrep files")
+    p.add_argument(
+        "--no-copy-confounds",
+        action="store_true",
+        help="do not copy the confounds/motion tables (native runs already have them)",
+    )
+    _add_run(p)
+    _add_denoise(p)
+
+
+def _denoise_settings(args: argparse.Namespace) -> Any:
+    from brainharmony.func.denoise import DenoiseSettings
+
+    return DenoiseSettings(
+        strategy=args.strategy,
+        fd_threshold=args.fd_threshold,
+        min_segment=args.min_segment,
+        censor_before=args.censor_before,
+        censor_after=args.censor_after,
+        high_pass=args.high_pass,
+        low_pass=args.low_pass,
+        filter_order=args.filter_order,
+        detrend=not args.no_detrend,
+        edges=args.edges,
+        min_kept=args.min_kept,
+        order=args.order,
+    )
+
+
+def read_t1w_to_template(path: Path) -> np.ndarray:
+    """T1w world -> template world (RAS 4 x 4) from one of the accepted files."""
+    from brainharmony.func.register import read_itk_affine
+
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(path, "T1w -> template transform not found")
+    if path.suffix == ".json":
+        content = json.loads(path.read_text())
+        block = content.get("Transforms", content)
+        for key in ("T1wToTemplateRAS", "t1w_to_template"):
+            if key in block:
+                return np.asarray(block[key], dtype=np.float64)
+        raise InputDataError(path, "no Transforms.T1wToTemplateRAS matrix in the sidecar")
+    if path.suffix == ".npy":
+        return np.asarray(np.load(path), dtype=np.float64)
+    text = path.read_text()
+    if text.startswith("#Insight Transform File"):
+        # ITK from-T1w_to-<tpl>: maps template points to T1w points.
+        return np.linalg.inv(read_itk_affine(path))
+    matrix = np.loadtxt(path)
+    if matrix.shape != (4, 4):
+        raise InputDataError(path, f"expected a 4 x 4 matrix, got shape {matrix.shape}")
+    return matrix
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(n)))
+
+
+def _atlas_json(atlas_path: Path) -> dict[str, Any]:
+    from brainharmony.io import sidecar_path
+
+    side = sidecar_path(atlas_path)
+    if side.exists():
+        content = json.loads(side.read_text())
+        return {"File": atlas_path.name, **content.get("Atlas", {})}
+    return {"File": atlas_path.name}
+
+
+def _run_native(args: argparse.Namespace) -> int:
+    from brainharmony.func.atlas_resource import read_atlas
+    from brainharmony.func.denoise import describe
+    from brainharmony.func.naming import run_outputs
+    from brainharmony.func.outputs import write_native_outputs
+    from brainharmony.func.pipeline import NativeSettings, RunInputs, bold_metadata, preprocess_run
+
+    _set_threads(args.threads)
+    atlas, table = read_atlas(args.atlas, args.atlas_labels)
+    metadata = bold_metadata(args.bold, args.bold_sidecar)
+    t_r = args.tr if args.tr is not None else metadata.get("RepetitionTime")
+    if t_r is None:
+        raise InputDataError(args.bold, "RepetitionTime unknown (no sidecar value, no --tr)")
+    denoise = _denoise_settings(args)
+    settings = NativeSettings(
+        slice_timing=not args.no_slice_timing,
+        stc_method=args.stc_method,
+        stc_ref=args.stc_ref,
+        coreg=args.coreg,
+        min_parcel_voxels=args.min_parcel_voxels,
+        scale=args.scale,
+        denoise=denoise,
+    )
+    inputs = RunInputs(
+        bold=args.bold,
+        t_r=float(t_r),
+        metadata=metadata,
+        t1w_to_template=read_t1w_to_template(args.t1w_to_template),
+        t1w=args.t1w,
+        template_t1w=args.template_t1w,
+        template_mask=args.template_mask,
+    )
+    result = preprocess_run(inputs, atlas, settings, parcels=not args.preproc_only)
+    zooms = np.linalg.norm(np.asarray(atlas.affine)[:3, :3], axis=0)
+    outputs = run_outputs(
+        args.out_dir,
+        args.subject,
+        _na(args.session),
+        args.task,
+        _na(args.run),
+        resolution_mm=float(zooms[0]),
+    )
+    parameters = {
+        **settings.to_dict(),
+        "fd_threshold": denoise.fd_threshold,
+        "min_parcel_voxels": args.min_parcel_voxels,
+        "denoise_description": describe(denoise, []),
+    }
+    write_native_outputs(
+        result,
+        outputs,
+        table,
+        inputs=[p for p in (args.bold, args.t1w, args.t1w_to_template, args.atlas) if p],
+        parameters=parameters,
+        atlas_json=_atlas_json(args.atlas),
+        keep_bold=args.keep_bold,
+        qc=not args.no_qc,
+        parcels=not args.preproc_only,
+    )
+    return 0
+
+
+def _run_derivatives(args: argparse.Namespace) -> int:
+    from brainharmony.func.atlas_resource import read_atlas
+    from brainharmony.func.denoise import describe
+    from brainharmony.func.fmriprep import find_run_files, process_derivatives
+    from brainharmony.func.naming import run_outputs
+    from brainharmony.func.outputs import write_derivative_outputs
+
+    atlas, table = read_atlas(args.atlas, args.atlas_labels)
+    files = find_run_files(
+        args.fmriprep_dir,
+        args.subject,
+        _na(args.session),
+        args.task,
+        _na(args.run),
+        space=args.space,
+        res=_na(args.res),
+    )
+    denoise = _denoise_settings(args)
+    result = process_derivatives(
+        files,
+        atlas,
+        t_r=args.tr,
+        denoise_settings=denoise,
+        min_parcel_voxels=args.min_parcel_voxels,
+        scale=args.scale,
+    )
+    outputs = run_outputs(
+        args.out_dir,
+        args.subject,
+        _na(args.session),
+        args.task,
+        _na(args.run),
+        space=args.space,
+    )
+    parameters = {
+        **denoise.to_dict(),
+        "min_parcel_voxels": args.min_parcel_voxels,
+        "scale": args.scale,
+        "denoise_description": describe(denoise, []),
+    }
+    write_derivative_outputs(
+        result,
+        outputs,
+        table,
+        inputs=[p for p in (files.bold, files.confounds, files.mask, args.atlas) if p],
+        parameters=parameters,
+        atlas_json=_atlas_json(args.atlas),
+        qc=not args.no_qc,
+    )
+    return 0
+
+
+def _run_fmriprep(args: argparse.Namespace) -> int:
+    import shlex
+
+    from brainharmony.func.fmriprep import (
+        DEFAULT_IMAGE,
+        DEFAULT_SPACE,
+        FmriprepSettings,
+        fmriprep_command,
+        run_fmriprep,
+    )
+    from brainharmony.io import write_text
+
+    settings = FmriprepSettings(
+        runner=args.runner,
+        image=args.image or DEFAULT_IMAGE,
+        license=args.license,
+        output_spaces=tuple(args.output_spaces or (f"{DEFAULT_SPACE}:res-2",)),
+        nthreads=args.nthreads,
+        mem_mb=args.mem_mb,
+        fs_no_reconall=not args.with_reconall,
+        extra_args=tuple(shlex.split(args.extra)),
+        executable=args.executable,
+    )
+    if args.print_only:
+        print(
+            shlex.join(
+                fmriprep_command(
+                    args.bids_dir,
+                    args.fmriprep_dir,
+                    args.work_dir,
+                    args.participant_label,
+                    settings,
+                )
+            )
+        )
+        return 0
+    cmd = run_fmriprep(
+        args.bids_dir, args.fmriprep_dir, args.work_dir, args.participant_label, settings
+    )
+    if args.done is not None:
+        write_text(args.done, shlex.join(cmd) + "\n")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch a ``func`` sub-command."""
+    command = args.func_command
+    if command == "atlas":
+        from brainharmony.func.atlas_resource import build_atlas
+
+        build_atlas(args.out_dir, args.resolution, source=args.source)
+        return 0
+    if command == "native":
+        return _run_native(args)
+    if command == "derivatives":
+        return _run_derivatives(args)
+    if command == "fmriprep":
+        return _run_fmriprep(args)
+    raise ValueError(f"unknown func sub-command {command!r}")  # pragma: no cover
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``python -m brainharmony.func.cli`` (same as ``brainharmony func``)."""
+    parser = argparse.ArgumentParser(prog="brainharmony func")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except InputDataError as err:
+        print(f"brainharmony func {args.func_command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

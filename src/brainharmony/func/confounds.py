@@ -1,0 +1,272 @@
+"""Confound regressors with fMRIPrep's column names.
+
+Columns (fMRIPrep ``desc-confounds_timeseries.tsv`` names and order within a family):
+
+* ``trans_x, trans_y, trans_z`` (mm), ``rot_x, rot_y, rot_z`` (rad), each with
+  ``_derivative1`` (backward difference, first row n/a), ``_derivative1_power2`` and
+  ``_power2``;
+* ``global_signal``, ``csf``, ``white_matter`` with the same four expansions;
+* ``framewise_displacement`` (Power et al. 2012, 50 mm sphere, first row n/a);
+* ``dvars`` and ``std_dvars`` (Nichols 2013 standardisation, first row n/a).
+
+Tissue masks come from template-space probability maps (nilearn's MNI152 2009 grey
+and white matter at 1 mm): white matter = WM probability >= 0.9, eroded once (1 mm);
+CSF = the brain mask eroded by 3 mm, minus voxels with GM or WM probability >= 0.1
+(so the ventricles remain, not the cortical rim), eroded once (1 mm). Both are
+then taken to the working grid as the fraction of each voxel they fill (a voxel
+joins when at least half of it is in the mask); where erosion would empty a mask on
+a coarse grid, the uneroded 1 mm mask is used and the sidecar says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainharmony.func.motion import PARAM_NAMES, framewise_displacement
+
+logger = logging.getLogger(__name__)
+
+TISSUES: tuple[str, ...] = ("global_signal", "csf", "white_matter")
+EXPANSIONS: tuple[str, ...] = ("", "_derivative1", "_derivative1_power2", "_power2")
+TISSUE_METHOD = (
+    "WM: probability >= 0.9, eroded 1 mm; CSF: brain mask eroded 3 mm minus GM/WM "
+    "probability >= 0.1, eroded 1 mm; GM: probability >= 0.5; each taken to the working "
+    "grid as the fraction of a voxel it fills (>= 0.5 joins)"
+)
+#: Smallest number of working-grid voxels for a tissue mask.
+MIN_TISSUE_VOXELS = 5
+
+
+def expand(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add fMRIPrep's derivative and square columns for every column of ``frame``.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame of shape (n_volumes, n_columns)
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_volumes, 4 * n_columns)
+        For each column ``c``: ``c, c_derivative1, c_derivative1_power2, c_power2``;
+        the derivative's first row is NaN (written ``n/a``).
+    """
+    out: dict[str, np.ndarray] = {}
+    for name in frame.columns:
+        x = frame[name].to_numpy(dtype=np.float64)
+        d = np.concatenate([[np.nan], np.diff(x)])
+        out[name] = x
+        out[f"{name}_derivative1"] = d
+        out[f"{name}_derivative1_power2"] = d**2
+        out[f"{name}_power2"] = x**2
+    return pd.DataFrame(out, index=frame.index)
+
+
+def dvars(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DVARS and its standardised form (Nichols 2013; as nipype's ComputeDVARS).
+
+    Parameters
+    ----------
+    samples : ndarray of shape (n_voxels, n_volumes)
+        In-brain voxel time series (voxels with zero variance are ignored).
+
+    Returns
+    -------
+    dvars : ndarray of shape (n_volumes,)
+        RMS over voxels of the backward temporal difference, after scaling the data
+        so that its median is 1000; first value NaN.
+    std_dvars : ndarray of shape (n_volumes,)
+        ``dvars`` divided by its expected value under temporal independence given each
+        voxel's robust SD and lag-1 autocorrelation; first value NaN.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 3:
+        raise ValueError(f"samples must have shape (n_voxels, n_volumes >= 3), got {x.shape}")
+    x = x[np.all(np.isfinite(x), axis=1)]
+    sd = np.std(x, axis=1)
+    x = x[sd > 1e-8 * max(float(np.abs(x).max(initial=0.0)), 1e-30)]
+    if x.shape[0] == 0:
+        nan = np.full(np.asarray(samples).shape[1], np.nan)
+        return nan, nan.copy()
+    median = float(np.median(x))
+    x = x / median * 1000.0 if median != 0 else x
+    q75, q25 = np.percentile(x, [75, 25], axis=1)
+    robust_sd = (q75 - q25) / 1.349
+    centred = x - x.mean(axis=1, keepdims=True)
+    denom = np.sum(centred * centred, axis=1)
+    ar1 = np.sum(centred[:, 1:] * centred[:, :-1], axis=1) / np.where(denom > 0, denom, 1.0)
+    expected = float(np.mean(np.sqrt(np.clip(2.0 * (1.0 - ar1), 0.0, None)) * robust_sd))
+    diff = np.diff(x, axis=1)
+    raw = np.sqrt(np.mean(diff * diff, axis=0))
+    std = raw / expected if expected > 0 else np.full_like(raw, np.nan)
+    return np.concatenate([[np.nan], raw]), np.concatenate([[np.nan], std])
+
+
+def build_confounds(
+    params: np.ndarray,
+    tissue_signals: Mapping[str, np.ndarray],
+    *,
+    dvars_values: tuple[np.ndarray, np.ndarray] | None = None,
+    fd_radius_mm: float = 50.0,
+) -> pd.DataFrame:
+    """Assemble the confounds table.
+
+    Parameters
+    ----------
+    params : ndarray of shape (n_volumes, 6)
+        Motion parameters (:data:`~brainharmony.func.motion.PARAM_NAMES`).
+    tissue_signals : mapping of str to ndarray of shape (n_volumes,)
+        ``global_signal``, ``csf``, ``white_matter`` mean time series.
+    dvars_values : (ndarray, ndarray), optional
+        :func:`dvars` output.
+    fd_radius_mm : float
+        Framewise-displacement sphere radius.
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_volumes, n_columns)
+    """
+    params = np.asarray(params, dtype=np.float64)
+    if params.ndim != 2 or params.shape[1] != 6:
+        raise ValueError(f"params must have shape (n_volumes, 6), got {params.shape}")
+    n = params.shape[0]
+    missing = [t for t in TISSUES if t not in tissue_signals]
+    if missing:
+        raise ValueError(f"tissue_signals lacks {missing}; expected keys {list(TISSUES)}")
+    for name in TISSUES:
+        if np.asarray(tissue_signals[name]).shape != (n,):
+            raise ValueError(
+                f"tissue signal {name!r} has shape {np.asarray(tissue_signals[name]).shape}, "
+                f"expected ({n},)"
+            )
+    tissue = expand(pd.DataFrame({t: np.asarray(tissue_signals[t], float) for t in TISSUES}))
+    motion = expand(pd.DataFrame(params, columns=list(PARAM_NAMES)))
+    fd = framewise_displacement(params, radius_mm=fd_radius_mm)
+    fd[0] = np.nan
+    table = pd.concat([tissue, motion], axis=1)
+    table["framewise_displacement"] = fd
+    if dvars_values is not None:
+        table["dvars"] = dvars_values[0]
+        table["std_dvars"] = dvars_values[1]
+    return table
+
+
+# --------------------------------------------------------------------------------------
+# Tissue masks on the working grid
+# --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)
+def _tissue_1mm() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """nilearn 1 mm grid affine and boolean masks (brain, gm, wm, csf)."""
+    from nilearn.datasets import (
+        load_mni152_brain_mask,
+        load_mni152_gm_template,
+        load_mni152_wm_template,
+    )
+    from scipy import ndimage
+
+    brain_img = load_mni152_brain_mask(resolution=1)
+    gm = np.asarray(load_mni152_gm_template(resolution=1).get_fdata(), dtype=np.float32)
+    wm = np.asarray(load_mni152_wm_template(resolution=1).get_fdata(), dtype=np.float32)
+    brain = np.asarray(brain_img.get_fdata()) > 0.5
+    ball = ndimage.generate_binary_structure(3, 1)
+    wm_core = wm >= 0.9
+    wm_eroded = ndimage.binary_erosion(wm_core, ball)
+    inner = ndimage.binary_erosion(brain, ball, iterations=3)
+    csf_core = inner & (gm < 0.1) & (wm < 0.1)
+    csf_eroded = ndimage.binary_erosion(csf_core, ball)
+    masks = {
+        "brain": brain,
+        "gm": gm >= 0.5,
+        "wm": wm_eroded,
+        "wm_uneroded": wm_core,
+        "csf": csf_eroded,
+        "csf_uneroded": csf_core,
+    }
+    return np.asarray(brain_img.affine, dtype=np.float64), masks
+
+
+def tissue_masks(
+    affine: np.ndarray, shape: tuple[int, int, int]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Brain, grey-matter, white-matter and CSF masks on a template-space grid.
+
+    Parameters
+    ----------
+    affine : ndarray of shape (4, 4)
+        Voxel -> world (template RAS mm) of the working grid.
+    shape : tuple of 3 int
+
+    Returns
+    -------
+    masks : dict of str to ndarray of bool, each of shape ``shape``
+        ``brain``, ``gm``, ``wm``, ``csf``.
+    report : dict
+        Voxel counts and whether the erosion had to be dropped.
+    """
+    from brainharmony.func.register import resample_image
+
+    src_affine, masks_1mm = _tissue_1mm()
+    shape = tuple(int(n) for n in shape)
+    zoom = float(np.cbrt(abs(np.linalg.det(np.asarray(affine)[:3, :3]))))
+    report: dict[str, Any] = {
+        "Source": "nilearn MNI152 2009 GM/WM probability maps and brain mask (1 mm)",
+        "Method": TISSUE_METHOD,
+    }
+
+    def fraction(mask: np.ndarray) -> np.ndarray:
+        data = mask.astype(np.float32)
+        if zoom > 1.5:
+            from scipy import ndimage
+
+            # Box average over the target voxel footprint before sampling.
+            data = ndimage.uniform_filter(data, size=max(1, round(zoom)))
+        return resample_image(data, src_affine, affine, shape, order=1)
+
+    out: dict[str, np.ndarray] = {}
+    for name in ("brain", "gm"):
+        out[name] = fraction(masks_1mm[name]) >= 0.5
+    for name in ("wm", "csf"):
+        mask = fraction(masks_1mm[name]) >= 0.5
+        eroded = True
+        if mask.sum() < MIN_TISSUE_VOXELS:
+            mask = fraction(masks_1mm[f"{name}_uneroded"]) >= 0.5
+            eroded = False
+        out[name] = mask & out["brain"]
+        report[f"{name.upper()}Eroded"] = eroded
+    for name, mask in out.items():
+        report[f"{name.upper()}Voxels"] = int(mask.sum())
+    return out, report
+
+
+def tissue_signals(
+    samples: np.ndarray, masks: Mapping[str, np.ndarray], usable: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Mean time series within the brain (global signal), CSF and white matter.
+
+    Parameters
+    ----------
+    samples : ndarray of shape (n_points, n_volumes)
+        Template-space BOLD at the working points.
+    masks : mapping of str to ndarray of bool, shape (n_points,)
+        ``brain``, ``csf`` and ``wm`` restricted to the working points.
+    usable : ndarray of bool, shape (n_points,)
+        Points with coverage (the others are ignored).
+
+    Returns
+    -------
+    dict of str to ndarray of shape (n_volumes,)
+        ``global_signal``, ``csf``, ``white_matter``; a tissue with no usable voxel
+        raises ValueError.
+    """
+    out = {}
+    for column, key in (("global_signal", "brain"), ("csf", "csf"), ("white_matter", "wm")):
+        sel = np.asarray(masks[key], dtype=bool) & np.asarray(usable, dtype=bool)
+        if not sel.any():
+            raise ValueError(f"no usable {key} voxel for the {column} confound")
+        out[column] = np.asarray(samples[sel], dtype=np.float64).mean(axis=0)
+    return out

@@ -1,0 +1,442 @@
+"""fMRIPrep as the front end: run it (Docker or Apptainer/Singularity), or read its outputs.
+
+* :func:`fmriprep_command` builds the command line for one participant:
+  ``fmriprep-docker`` (the official Docker wrapper) or ``apptainer run`` /
+  ``singularity run`` of an image, with the BIDS folder, output folder, work folder
+  and FreeSurfer licence bound into the container.
+* :func:`run_fmriprep` runs it (logging the command; a non-zero exit raises).
+* :func:`find_run_files` locates a run's preprocessed BOLD, confounds and brain mask
+  in an fMRIPrep output folder; :func:`process_derivatives` denoises and parcellates
+  them with the same code as the native backend (:mod:`.denoise`, :mod:`.parcellate`).
+
+fMRIPrep writes MNI152NLin2009cAsym outputs; the Schaefer atlas here is on nilearn's
+MNI152 2009a grid, so it is resampled to the BOLD grid by nearest neighbour (the two
+MNI spaces differ by a few millimetres; the sidecar records it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainharmony.io import InputDataError, PathLike
+
+logger = logging.getLogger(__name__)
+
+RUNNERS: tuple[str, ...] = ("docker", "apptainer", "singularity")
+DEFAULT_IMAGE = "nipreps/fmriprep:24.1.1"
+DEFAULT_SPACE = "MNI152NLin2009cAsym"
+
+
+@dataclass(frozen=True)
+class FmriprepSettings:
+    """How to run fMRIPrep (the ``func.fmriprep`` config block).
+
+    Attributes
+    ----------
+    runner : {"docker", "apptainer", "singularity"}
+        ``docker`` uses the ``fmriprep-docker`` wrapper; the others ``<runner> run``
+        on a local image file (``.sif``) or a ``docker://`` URI.
+    image : str
+        Docker image (``nipreps/fmriprep:<version>``) or Apptainer image path/URI.
+    license : str or None
+        FreeSurfer licence file (required by fMRIPrep even without recon-all).
+    output_spaces : tuple of str
+        ``--output-spaces`` values.
+    nthreads : int
+    omp_nthreads : int or None
+    mem_mb : int or None
+    fs_no_reconall : bool
+        Pass ``--fs-no-reconall`` (much faster; fMRIPrep then uses FSL/ANTs only).
+    skip_bids_validation : bool
+    extra_args : tuple of str
+        Appended verbatim (e.g. ``("--dummy-scans", "0")``).
+    executable : str or None
+        Override the program (default ``fmriprep-docker`` / ``apptainer`` /
+        ``singularity``).
+    """
+
+    runner: str = "docker"
+    image: str = DEFAULT_IMAGE
+    license: str | None = None
+    output_spaces: tuple[str, ...] = (f"{DEFAULT_SPACE}:res-2",)
+    nthreads: int = 4
+    omp_nthreads: int | None = None
+    mem_mb: int | None = None
+    fs_no_reconall: bool = True
+    skip_bids_validation: bool = True
+    extra_args: tuple[str, ...] = ()
+    executable: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {RUNNERS}, got {self.runner!r}")
+        if not self.image:
+            raise ValueError("image must name a Docker image or an Apptainer image")
+        if self.nthreads < 1:
+            raise ValueError(f"nthreads must be >= 1, got {self.nthreads!r}")
+        if not self.output_spaces:
+            raise ValueError("output_spaces must name at least one space")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fmriprep_command(
+    bids_dir: PathLike,
+    out_dir: PathLike,
+    work_dir: PathLike,
+    participant: str,
+    settings: FmriprepSettings,
+) -> list[str]:
+    """The command line that runs fMRIPrep on one participant.
+
+    Parameters
+    ----------
+    bids_dir, out_dir, work_dir : path-like
+        Raw BIDS folder, fMRIPrep output folder (the derivatives root), work folder.
+    participant : str
+        Label without ``sub-``.
+    settings : FmriprepSettings
+
+    Returns
+    -------
+    list of str
+    """
+    if not participant or participant.startswith("sub-"):
+        raise ValueError(f"participant must be a label without 'sub-', got {participant!r}")
+    bids, out, work = (Path(p).absolute() for p in (bids_dir, out_dir, work_dir))
+    lic = Path(settings.license).absolute() if settings.license else None
+    common = ["participant", "--participant-label", participant]
+    options = [
+        "--output-spaces",
+        *settings.output_spaces,
+        "--nthreads",
+        str(settings.nthreads),
+        "--omp-nthreads",
+        str(settings.omp_nthreads or settings.nthreads),
+        "--notrack",
+    ]
+    if settings.mem_mb:
+        options += ["--mem-mb", str(settings.mem_mb)]
+    if settings.fs_no_reconall:
+        options.append("--fs-no-reconall")
+    if settings.skip_bids_validation:
+        options.append("--skip-bids-validation")
+    if settings.runner == "docker":
+        exe = settings.executable or "fmriprep-docker"
+        cmd = [exe, str(bids), str(out), *common, "-i", settings.image, "-w", str(work)]
+        if lic is not None:
+            cmd += ["--fs-license-file", str(lic)]
+        return cmd + options + list(settings.extra_args)
+    exe = settings.executable or settings.runner
+    binds = ["-B", f"{bids}:/data:ro", "-B", f"{out}:/out", "-B", f"{work}:/work"]
+    inner = ["/data", "/out", *common, "-w", "/work"]
+    if lic is not None:
+        binds += ["-B", f"{lic}:/opt/freesurfer/license.txt:ro"]
+        inner += ["--fs-license-file", "/opt/freesurfer/license.txt"]
+    return [
+        exe,
+        "run",
+        "--cleanenv",
+        *binds,
+        settings.image,
+        *inner,
+        *options,
+        *settings.extra_args,
+    ]
+
+
+def check_runner(settings: FmriprepSettings) -> str:
+    """The runner's executable path; a clear error when it is not installed."""
+    exe = settings.executable or (
+        "fmriprep-docker" if settings.runner == "docker" else settings.runner
+    )
+    found = shutil.which(exe)
+    if found is None:
+        hint = (
+            "pip install fmriprep-docker (and a Docker engine)"
+            if settings.runner == "docker"
+            else f"install {settings.runner} or set func.fmriprep.runner"
+        )
+        raise FileNotFoundError(f"fMRIPrep runner {exe!r} not found on PATH ({hint})")
+    if settings.license and not Path(settings.license).exists():
+        raise FileNotFoundError(f"FreeSurfer licence file {settings.license} not found")
+    return found
+
+
+def run_fmriprep(
+    bids_dir: PathLike,
+    out_dir: PathLike,
+    work_dir: PathLike,
+    participant: str,
+    settings: FmriprepSettings,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Run fMRIPrep for one participant; returns the command that was run.
+
+    Raises
+    ------
+    FileNotFoundError
+        The runner or licence is missing.
+    subprocess.CalledProcessError
+        fMRIPrep failed.
+    """
+    check_runner(settings)
+    cmd = fmriprep_command(bids_dir, out_dir, work_dir, participant, settings)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    logger.info("running: %s", shlex.join(cmd))
+    run_env = dict(os.environ)
+    if env:
+        run_env.update(env)
+    subprocess.run(cmd, check=True, env=run_env)
+    return cmd
+
+
+# --------------------------------------------------------------------------------------
+# Reading fMRIPrep outputs
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FmriprepRun:
+    """One run's files in an fMRIPrep output folder."""
+
+    bold: Path
+    confounds: Path
+    mask: Path | None
+    bold_sidecar: Path | None
+
+
+def _entities(subject: str, session: str | None, task: str, run: str | None) -> str:
+    from brainharmony.func.naming import run_stem
+
+    return run_stem(subject, session, task, run)
+
+
+def find_run_files(
+    fmriprep_dir: PathLike,
+    subject: str,
+    session: str | None,
+    task: str,
+    run: str | None,
+    *,
+    space: str = DEFAULT_SPACE,
+    res: str | None = None,
+) -> FmriprepRun:
+    """Locate a run's space-``space`` preprocessed BOLD, confounds and mask.
+
+    A ``res-`` entity is matched when given, otherwise any (or none) is accepted
+    provided exactly one file matches. Run indices match with or without zero
+    padding (fMRIPrep writes them as pybids parsed them).
+    """
+    root = Path(fmriprep_dir)
+    folder = root / f"sub-{subject}"
+    if session not in (None, "", "n/a"):
+        folder = folder / f"ses-{session}"
+    folder = folder / "func"
+    if not folder.is_dir():
+        raise InputDataError(folder, "fMRIPrep output folder for this run not found")
+    if run in (None, "", "n/a"):
+        runs: list[str | None] = [None]
+    elif str(run).isdigit():
+        runs = sorted({str(run), str(int(str(run)))})
+    else:
+        runs = [str(run)]
+    for run_label in runs:
+        stem = _entities(subject, session, task, run_label)
+        res_part = f"_res-{res}" if res else "*"
+        pattern = f"{stem}_space-{space}{res_part}_desc-preproc_bold.nii*"
+        bolds = sorted(p for p in folder.glob(pattern) if "_desc-preproc_bold" in p.name)
+        if res is None:
+            bolds = [p for p in bolds if p.name.startswith(f"{stem}_space-{space}_")]
+        if not bolds:
+            continue
+        if len(bolds) > 1:
+            raise InputDataError(
+                folder,
+                f"several preprocessed BOLD files match {pattern}: "
+                f"{[p.name for p in bolds]}; set func.fmriprep.res",
+            )
+        bold = bolds[0]
+        confounds = folder / f"{stem}_desc-confounds_timeseries.tsv"
+        if not confounds.exists():
+            raise InputDataError(confounds, "fMRIPrep confounds file not found")
+        mask_name = bold.name.replace("_desc-preproc_bold", "_desc-brain_mask")
+        mask = folder / mask_name
+        sidecar = bold.with_name(bold.name.split(".nii")[0] + ".json")
+        return FmriprepRun(
+            bold, confounds, mask if mask.exists() else None, sidecar if sidecar.exists() else None
+        )
+    raise InputDataError(
+        folder,
+        f"no {_entities(subject, session, task, run)}_space-{space}"
+        f"{'_res-' + res if res else ''}_desc-preproc_bold.nii.gz",
+    )
+
+
+@dataclass
+class DerivativeResult:
+    """Denoised parcel series from fMRIPrep outputs (arrays; no files)."""
+
+    t_r: float
+    start_time: float
+    confounds: pd.DataFrame
+    raw_series: np.ndarray
+    denoised: np.ndarray
+    keep: np.ndarray
+    parcel_counts: np.ndarray
+    atlas_counts: np.ndarray
+    small_parcels: list[int]
+    carpet: np.ndarray
+    carpet_labels: np.ndarray
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def process_derivatives(
+    files: FmriprepRun,
+    atlas_image: Any,
+    *,
+    t_r: float | None = None,
+    denoise_settings: Any = None,
+    min_parcel_voxels: int = 3,
+    scale: str = "psc",
+) -> DerivativeResult:
+    """Denoise and parcellate one fMRIPrep run.
+
+    Parameters
+    ----------
+    files : FmriprepRun
+    atlas_image : nibabel.Nifti1Image
+        Schaefer-400 labels (resampled to the BOLD grid by nearest neighbour).
+    t_r : float, optional
+        Repetition time in seconds; default the BOLD sidecar's ``RepetitionTime``.
+    denoise_settings : DenoiseSettings, optional
+    min_parcel_voxels : int
+    scale : {"psc", "none"}
+
+    Returns
+    -------
+    DerivativeResult
+    """
+    import json
+
+    import nibabel as nib
+
+    from brainharmony.func.denoise import (
+        DenoiseSettings,
+        butterworth_sos,
+        censor_mask,
+        confound_matrix,
+        denoise,
+        filter_min_volumes,
+        to_percent,
+    )
+    from brainharmony.func.parcellate import parcel_means, resample_labels
+
+    d = denoise_settings or DenoiseSettings()
+    meta: dict[str, Any] = {}
+    if files.bold_sidecar is not None:
+        meta = json.loads(files.bold_sidecar.read_text())
+    if t_r is None:
+        t_r = meta.get("RepetitionTime")
+    if t_r is None:
+        raise InputDataError(files.bold, "RepetitionTime unknown (no sidecar and no --tr)")
+    t_r = float(t_r)
+    try:
+        sos = butterworth_sos(t_r, d.high_pass, d.low_pass, d.filter_order)
+    except ValueError as err:
+        raise InputDataError(files.bold, str(err)) from err
+    img = nib.load(files.bold)
+    if img.ndim != 4:
+        raise InputDataError(files.bold, f"preprocessed BOLD must be 4-D, got {img.shape}")
+    n_vol = img.shape[3]
+    need = filter_min_volumes(sos)
+    if n_vol < max(need, d.min_kept):
+        raise InputDataError(
+            files.bold,
+            f"{n_vol} volumes are too few: the Butterworth filter needs at least {need} "
+            f"and min_kept is {d.min_kept}",
+        )
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    table = pd.read_csv(files.confounds, sep="\t", na_values=["n/a"])
+    if len(table) != n_vol:
+        raise InputDataError(
+            files.confounds, f"{len(table)} confound rows but the BOLD has {n_vol} volumes"
+        )
+    labels = resample_labels(
+        np.asarray(atlas_image.dataobj), atlas_image.affine, img.affine, img.shape[:3]
+    )
+    usable = np.isfinite(data).all(axis=3)
+    n_nonfinite = int((~usable).sum())
+    if n_nonfinite:
+        data[~usable] = 0.0
+    sd = data.std(axis=3)
+    usable &= sd > 0
+    if files.mask is not None:
+        usable &= np.asarray(nib.load(files.mask).dataobj) > 0
+    parcels = parcel_means(
+        data, labels, label_values=np.arange(1, 401), usable=usable, min_voxels=min_parcel_voxels
+    )
+    if "framewise_displacement" not in table:
+        raise InputDataError(files.confounds, "no framewise_displacement column")
+    keep = censor_mask(
+        table["framewise_displacement"].to_numpy(dtype=float),
+        d.fd_threshold,
+        min_segment=d.min_segment,
+        before=d.censor_before,
+        after=d.censor_after,
+    )
+    try:
+        design, names = confound_matrix(table, d.strategy)
+    except ValueError as err:
+        raise InputDataError(files.confounds, str(err)) from err
+    try:
+        result = denoise(parcels.series, t_r, confounds=design, keep=keep, settings=d)
+    except ValueError as err:
+        raise InputDataError(files.bold, str(err)) from err
+    denoised = result.denoised
+    if scale == "psc":
+        denoised = to_percent(denoised, parcels.series, keep)
+    gm = usable & (labels > 0)
+    carpet = data[gm] if gm.any() else data[usable]
+    carpet_labels = labels[gm] if gm.any() else labels[usable]
+    start = float(meta.get("StartTime", 0.0) or 0.0)
+    report = {
+        "Source": {
+            "Bold": str(files.bold),
+            "Confounds": str(files.confounds),
+            "Mask": None if files.mask is None else str(files.mask),
+        },
+        "NonFiniteVoxels": n_nonfinite,
+        "AtlasResampling": "nearest neighbour onto the fMRIPrep BOLD grid",
+        "SpaceNote": (
+            "fMRIPrep space (e.g. MNI152NLin2009cAsym) differs by a few mm from the "
+            "atlas' MNI152 2009a grid"
+        ),
+        "Denoising": {**result.info, "Confounds": names},
+    }
+    return DerivativeResult(
+        t_r=t_r,
+        start_time=start,
+        confounds=table,
+        raw_series=parcels.series,
+        denoised=denoised,
+        keep=keep,
+        parcel_counts=parcels.counts,
+        atlas_counts=parcels.atlas_counts,
+        small_parcels=parcels.small,
+        carpet=carpet,
+        carpet_labels=carpet_labels,
+        report=report,
+    )

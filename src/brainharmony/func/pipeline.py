@@ -1,0 +1,535 @@
+"""Native functional preprocessing of one BOLD run, end to end.
+
+Order (fMRIPrep's, adapted; see ``docs/func.md``):
+
+1. read and check the BOLD (non-finite and constant voxels, volumes the filter needs);
+2. estimate head motion on the raw volumes (:mod:`.motion`), as fMRIPrep does before
+   slice-timing correction;
+3. slice-timing correction (:mod:`.slicetime`) to the middle of the acquisition range;
+4. register the BOLD reference to the T1w (:mod:`.register`), compose with the anatomy
+   stage's T1w -> template affine, and resample every slice-time-corrected volume once,
+   native -> template grid (the atlas grid);
+5. confounds (:mod:`.confounds`), parcel means (:mod:`.parcellate`), denoising of the
+   parcel series (:mod:`.denoise`; linear, so it equals the parcel means of denoised
+   voxels), QC figures (:mod:`.qc`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainharmony.func.denoise import DenoiseSettings
+from brainharmony.func.motion import MotionSettings
+from brainharmony.io import InputDataError, PathLike
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NativeSettings:
+    """Settings of the native backend (the ``func:`` config block).
+
+    Attributes
+    ----------
+    slice_timing : bool
+        Correct slice timing when the sidecar has a usable ``SliceTiming``.
+    stc_method : {"fourier", "cubic"}
+    stc_ref : float
+        Reference time as a fraction of the slice acquisition range (0.5: middle).
+    coreg : {"header", "rigid"}
+        BOLD -> T1w: the scanner header (default: T1w and BOLD of a session share the
+        scanner's world), or a rigid mutual-information registration. On the demo the
+        header is exact and the registration of 5-6 mm EPI lands 2-10 mm off (see
+        docs/func.md), so ``rigid`` is for data whose T1w was acquired elsewhere.
+    min_parcel_voxels : int
+        Parcels with fewer usable voxels in the run get a NaN column (reported).
+    max_nonfinite_fraction : float
+        Largest share of signal voxels holding NaN/Inf that is tolerated (they are
+        excluded); above it the run is refused.
+    scale : {"psc", "none"}
+        Express the denoised parcel series in percent of each parcel's mean signal.
+    motion : MotionSettings
+    denoise : DenoiseSettings
+    device : str
+        Torch device for motion estimation and resampling.
+    """
+
+    slice_timing: bool = True
+    stc_method: str = "fourier"
+    stc_ref: float = 0.5
+    coreg: str = "header"
+    min_parcel_voxels: int = 3
+    max_nonfinite_fraction: float = 0.1
+    scale: str = "psc"
+    motion: MotionSettings = field(default_factory=MotionSettings)
+    denoise: DenoiseSettings = field(default_factory=DenoiseSettings)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.stc_method not in ("fourier", "cubic"):
+            raise ValueError(f"stc_method must be 'fourier' or 'cubic', got {self.stc_method!r}")
+        if not 0.0 <= self.stc_ref <= 1.0:
+            raise ValueError(f"stc_ref must be in [0, 1], got {self.stc_ref!r}")
+        if self.coreg not in ("rigid", "header"):
+            raise ValueError(f"coreg must be 'rigid' or 'header', got {self.coreg!r}")
+        if self.min_parcel_voxels < 1:
+            raise ValueError(f"min_parcel_voxels must be >= 1, got {self.min_parcel_voxels!r}")
+        if not 0.0 <= self.max_nonfinite_fraction < 1.0:
+            raise ValueError(
+                f"max_nonfinite_fraction must be in [0, 1), got {self.max_nonfinite_fraction!r}"
+            )
+        if self.scale not in ("psc", "none"):
+            raise ValueError(f"scale must be 'psc' or 'none', got {self.scale!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BoldData:
+    """A checked BOLD run in memory.
+
+    Attributes
+    ----------
+    data : ndarray of shape (n_x, n_y, n_z, n_volumes), float32
+        Non-finite values replaced by 0.
+    affine : ndarray of shape (4, 4)
+    header : nibabel header
+    valid : ndarray of bool, shape (n_x, n_y, n_z)
+        Voxels with finite, non-constant signal.
+    report : dict
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: Any
+    valid: np.ndarray
+    report: dict[str, Any]
+
+
+def load_bold(path: PathLike, *, max_nonfinite_fraction: float = 0.1) -> BoldData:
+    """Read a BOLD NIfTI and check it.
+
+    Voxels holding NaN/Inf at any time are zeroed and excluded (reported); so are
+    voxels whose signal never changes (zero variance). The run is refused
+    (:class:`~brainharmony.io.InputDataError`, naming the file) when it is not 4-D,
+    has fewer than 2 volumes, or non-finite voxels exceed ``max_nonfinite_fraction``
+    of the voxels holding signal.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(path, "BOLD file not found")
+    try:
+        img = nib.load(path)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel raises many types for broken files
+        raise InputDataError(path, f"cannot read the BOLD image: {err}") from err
+    if data.ndim != 4:
+        raise InputDataError(path, f"BOLD must be 4-D, got shape {data.shape}")
+    if data.shape[3] < 2:
+        raise InputDataError(path, f"BOLD has {data.shape[3]} volume(s); at least 2 are needed")
+    if min(data.shape[:3]) < 4:
+        raise InputDataError(path, f"BOLD grid {data.shape[:3]} is too small (4 voxels per axis)")
+    data = np.asfortranarray(data)
+    finite = np.isfinite(data).all(axis=3)
+    n_nonfinite = int((~finite).sum())
+    if n_nonfinite:
+        data[~finite] = 0.0
+    signal = np.abs(data).max(axis=3) > 0
+    n_signal = int(signal.sum()) + n_nonfinite
+    if n_signal == 0:
+        raise InputDataError(path, "BOLD holds no signal (all voxels zero or non-finite)")
+    fraction = n_nonfinite / n_signal
+    if fraction > max_nonfinite_fraction:
+        raise InputDataError(
+            path,
+            f"{n_nonfinite} voxels ({fraction:.1%} of those with signal) hold NaN or "
+            f"infinite values; at most {max_nonfinite_fraction:.0%} is tolerated",
+        )
+    constant = (data.max(axis=3) - data.min(axis=3)) <= 0
+    valid = finite & ~constant
+    if not valid.any():
+        raise InputDataError(path, "every BOLD voxel is constant over time (zero variance)")
+    report = {
+        "Shape": list(data.shape),
+        "NonFiniteVoxels": n_nonfinite,
+        "ConstantVoxels": int((constant & finite & signal).sum()),
+        "Handling": (
+            "voxels with NaN/Inf or zero variance are excluded from motion estimation and "
+            "from coverage (template voxels whose interpolation touches them get none)"
+        ),
+    }
+    if n_nonfinite:
+        logger.warning("%s: %d voxels hold NaN/Inf; excluded", path, n_nonfinite)
+    return BoldData(data, np.asarray(img.affine, dtype=np.float64), img.header, valid, report)
+
+
+def bold_metadata(bold: PathLike, sidecar: PathLike | None = None) -> dict[str, Any]:
+    """Merged JSON metadata of a BOLD file (BIDS inheritance), most specific last.
+
+    Parameters
+    ----------
+    bold : path-like
+        The BOLD NIfTI inside a BIDS dataset.
+    sidecar : path-like, optional
+        A sidecar known to apply (read last). Without a BIDS layout around the file,
+        only this (or the file's own ``.json``) is read.
+    """
+    from brainharmony.bids_names import BadName, applicable_sidecars, parse_name
+
+    bold = Path(bold).absolute()
+    merged: dict[str, Any] = {}
+    root = next((p.parent for p in bold.parents if p.name.startswith("sub-")), None)
+    candidates: list[Path] = []
+    try:
+        parsed = parse_name(bold.name)
+    except BadName:
+        parsed = None
+    if root is not None and parsed is not None:
+        folders = [bold.parent, *[p for p in bold.parents if p.is_relative_to(root)]]
+        sidecars = {}
+        for folder in folders:
+            for path in folder.glob("*.json"):
+                try:
+                    sidecars[path] = parse_name(path.name)
+                except BadName:
+                    continue
+        candidates = applicable_sidecars(bold, parsed, sidecars, root)
+    own = bold.with_name(bold.name.removesuffix(".gz").removesuffix(".nii") + ".json")
+    if own.exists() and own not in candidates:
+        candidates.append(own)
+    if sidecar is not None and Path(sidecar).exists():
+        candidates.append(Path(sidecar).absolute())
+    for path in candidates:
+        try:
+            content = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputDataError(path, f"cannot read JSON sidecar: {err}") from err
+        if isinstance(content, dict):
+            merged.update(content)
+    return merged
+
+
+@dataclass
+class RunInputs:
+    """What the native backend needs for one run.
+
+    Attributes
+    ----------
+    bold : Path
+    t_r : float
+        Repetition time in seconds (the sidecar's, from scans.tsv).
+    metadata : dict
+        Merged BOLD sidecar (``SliceTiming``, ``SliceEncodingDirection``).
+    t1w_to_template : ndarray of shape (4, 4)
+        T1w world -> template world (RAS mm), from the anatomy stage.
+    t1w : Path, optional
+        Raw T1w (its grid hosts the registration target).
+    template_t1w, template_mask : Path, optional
+        The anatomy stage's template-space preprocessed T1w and brain mask; with
+        ``t1w`` they give a skull-stripped, bias-corrected registration target.
+    """
+
+    bold: Path
+    t_r: float
+    metadata: dict[str, Any]
+    t1w_to_template: np.ndarray
+    t1w: Path | None = None
+    template_t1w: Path | None = None
+    template_mask: Path | None = None
+
+
+@dataclass
+class RunResult:
+    """Everything the native backend computed for one run (arrays; no files)."""
+
+    t_r: float
+    start_time: float
+    slice_timing_corrected: bool
+    params: np.ndarray
+    matrices: np.ndarray
+    motion_center: np.ndarray
+    boldref: np.ndarray
+    bold_affine: np.ndarray
+    bold_to_t1w: np.ndarray
+    grid_affine: np.ndarray
+    grid_shape: tuple[int, int, int]
+    points: np.ndarray
+    samples: np.ndarray
+    coverage: np.ndarray
+    point_labels: np.ndarray
+    confounds: pd.DataFrame
+    raw_series: np.ndarray
+    denoised: np.ndarray
+    keep: np.ndarray
+    parcel_counts: np.ndarray
+    atlas_counts: np.ndarray
+    small_parcels: list[int]
+    gm_points: np.ndarray
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _slice_times(metadata: dict[str, Any], header: Any, t_r: float) -> tuple[Any, int, str]:
+    from brainharmony.bids_checks import slice_axis, slice_timing_problem
+
+    values = metadata.get("SliceTiming")
+    if values is None:
+        return None, 2, "no SliceTiming in the sidecar"
+    axis = slice_axis(metadata, header)
+    problem = slice_timing_problem(values, int(header.get_data_shape()[axis]), t_r)
+    if problem is not None:
+        return None, axis, problem
+    return np.asarray(values, dtype=np.float64), axis, ""
+
+
+def _coreg_target(
+    inputs: RunInputs,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """Registration target in T1w world: (data, affine, mask or None, description)."""
+    import nibabel as nib
+
+    from brainharmony.func.register import resample_image
+
+    if inputs.t1w is None:
+        raise ValueError("rigid BOLD -> T1w registration needs the T1w (t1w)")
+    t1 = nib.load(inputs.t1w)
+    if inputs.template_t1w is not None and inputs.template_mask is not None:
+        tpl = nib.load(inputs.template_t1w)
+        mask = nib.load(inputs.template_mask)
+        shape = t1.shape[:3]
+        # T1w grid point (world x) -> template world t1w_to_template @ x.
+        data = resample_image(
+            np.asarray(tpl.dataobj, np.float32),
+            tpl.affine,
+            t1.affine,
+            shape,
+            world_map=inputs.t1w_to_template,
+        )
+        brain = (
+            resample_image(
+                np.asarray(mask.dataobj, np.float32),
+                mask.affine,
+                t1.affine,
+                shape,
+                world_map=inputs.t1w_to_template,
+            )
+            > 0.5
+        )
+        return data, np.asarray(t1.affine), brain, "anatomy-stage T1w (bias-corrected, brain)"
+    return np.asarray(t1.dataobj, np.float32), np.asarray(t1.affine), None, "raw T1w"
+
+
+def preprocess_run(
+    inputs: RunInputs,
+    atlas_image: Any,
+    settings: NativeSettings | None = None,
+    *,
+    parcels: bool = True,
+) -> RunResult:
+    """Run the native preprocessing of one BOLD run in memory.
+
+    Parameters
+    ----------
+    inputs : RunInputs
+    atlas_image : nibabel.Nifti1Image
+        Schaefer-400 labels on the working (template) grid.
+    settings : NativeSettings, optional
+    parcels : bool
+        Also compute the parcel series and denoise them (False: stop after the
+        confounds; the parcel fields are then empty).
+
+    Returns
+    -------
+    RunResult
+    """
+    from brainharmony.func import confounds as conf
+    from brainharmony.func.denoise import (
+        butterworth_sos,
+        censor_mask,
+        confound_matrix,
+        denoise,
+        filter_min_volumes,
+        to_percent,
+    )
+    from brainharmony.func.motion import estimate_motion
+    from brainharmony.func.parcellate import parcel_means
+    from brainharmony.func.register import (
+        native_to_template_maps as compose_maps,
+    )
+    from brainharmony.func.register import (
+        register_bold_to_t1w,
+        resample_to_template,
+    )
+    from brainharmony.func.slicetime import reference_time, slice_timing_correct
+
+    settings = settings or NativeSettings()
+    path = Path(inputs.bold)
+    t_r = float(inputs.t_r)
+    if not (np.isfinite(t_r) and t_r > 0):
+        raise InputDataError(path, f"repetition time must be a positive number, got {t_r!r}")
+    d = settings.denoise
+    # Fail fast on what the data cannot support.
+    try:
+        sos = butterworth_sos(t_r, d.high_pass, d.low_pass, d.filter_order)
+    except ValueError as err:
+        raise InputDataError(path, str(err)) from err
+    bold = load_bold(path, max_nonfinite_fraction=settings.max_nonfinite_fraction)
+    n_vol = bold.data.shape[3]
+    need = filter_min_volumes(sos)
+    if n_vol < max(need, d.min_kept):
+        raise InputDataError(
+            path,
+            f"{n_vol} volumes are too few: the Butterworth filter (order {d.filter_order}, "
+            f"{d.high_pass}-{d.low_pass} Hz) needs at least {need} and min_kept is "
+            f"{d.min_kept}",
+        )
+    report: dict[str, Any] = {"Bold": bold.report}
+
+    # 2. Motion on the raw volumes.
+    motion = estimate_motion(
+        bold.data, bold.affine, settings=settings.motion, valid=bold.valid, device=settings.device
+    )
+    report["Motion"] = motion.diagnostics
+
+    # 3. Slice timing.
+    data = bold.data
+    start_time = 0.0
+    stc_done = False
+    times, axis, why = _slice_times(inputs.metadata, bold.header, t_r)
+    if settings.slice_timing and times is not None:
+        start_time = reference_time(times, settings.stc_ref)
+        data = slice_timing_correct(
+            data, times, t_r, slice_axis=axis, ref_time=start_time, method=settings.stc_method
+        )
+        stc_done = True
+    else:
+        why = why or "disabled in the settings"
+        logger.warning("%s: slice-timing correction skipped (%s)", path, why)
+    report["SliceTiming"] = {
+        "Corrected": stc_done,
+        "Reason": why if not stc_done else "",
+        "Method": settings.stc_method if stc_done else None,
+        "ReferenceTime": start_time,
+        "SliceAxis": int(axis),
+    }
+
+    # 4. Registration and the single resampling.
+    if settings.coreg == "rigid":
+        target, target_affine, target_mask, what = _coreg_target(inputs)
+        coreg = register_bold_to_t1w(
+            motion.reference, bold.affine, target, target_affine, t1w_mask=target_mask
+        )
+        bold_to_t1w = coreg.bold_to_t1w
+        report["Coregistration"] = {**coreg.report, "Target": what}
+    else:
+        bold_to_t1w = np.eye(4)
+        report["Coregistration"] = {"Method": "scanner header (identity)"}
+    grid_affine = np.asarray(atlas_image.affine, dtype=np.float64)
+    grid_shape = tuple(int(n) for n in atlas_image.shape[:3])
+    labels_grid = np.asarray(atlas_image.dataobj).astype(np.int64)
+    masks, tissue_report = conf.tissue_masks(grid_affine, grid_shape)
+    work = masks["brain"] | (labels_grid > 0)
+    points = np.argwhere(work)
+    maps = compose_maps(
+        bold.affine, motion.matrices, bold_to_t1w, inputs.t1w_to_template, grid_affine
+    )
+    samples, coverage = resample_to_template(
+        data, maps, points, valid=bold.valid, device=settings.device
+    )
+    del data
+    sd = samples.std(axis=1)
+    coverage &= np.isfinite(sd) & (sd > 0)
+    point_labels = labels_grid[tuple(points.T)]
+    point_masks = {k: v[tuple(points.T)] for k, v in masks.items()}
+    report["Coverage"] = {
+        "WorkingVoxels": int(points.shape[0]),
+        "CoveredVoxels": int(coverage.sum()),
+        "BrainCoveredFraction": round(
+            float(coverage[point_masks["brain"]].mean()) if point_masks["brain"].any() else 0.0,
+            4,
+        ),
+        "Tissues": tissue_report,
+    }
+
+    # 5. Confounds.
+    try:
+        tissue = conf.tissue_signals(samples, point_masks, coverage)
+    except ValueError as err:
+        raise InputDataError(path, f"{err} (is the run's field of view on the brain?)") from err
+    brain_cov = point_masks["brain"] & coverage
+    table = conf.build_confounds(motion.params, tissue, dvars_values=conf.dvars(samples[brain_cov]))
+
+    common = {
+        "t_r": t_r,
+        "start_time": start_time,
+        "slice_timing_corrected": stc_done,
+        "params": motion.params,
+        "matrices": motion.matrices,
+        "motion_center": motion.center,
+        "boldref": motion.reference,
+        "bold_affine": bold.affine,
+        "bold_to_t1w": bold_to_t1w,
+        "grid_affine": grid_affine,
+        "grid_shape": grid_shape,
+        "points": points,
+        "samples": samples,
+        "coverage": coverage,
+        "point_labels": point_labels,
+        "confounds": table,
+        "gm_points": point_masks["gm"] & coverage & (point_labels > 0),
+        "report": report,
+    }
+    if not parcels:
+        empty = np.zeros((n_vol, 0))
+        return RunResult(
+            **common,
+            raw_series=empty,
+            denoised=empty,
+            keep=np.ones(n_vol, dtype=bool),
+            parcel_counts=np.zeros(0, dtype=np.int64),
+            atlas_counts=np.zeros(0, dtype=np.int64),
+            small_parcels=[],
+        )
+    # Parcels, censoring, denoising.
+    parcels_out = parcel_means(
+        samples,
+        point_labels,
+        label_values=np.arange(1, 401),
+        usable=coverage,
+        min_voxels=settings.min_parcel_voxels,
+    )
+    raw = parcels_out.series
+    keep = censor_mask(
+        table["framewise_displacement"].to_numpy(),
+        d.fd_threshold,
+        min_segment=d.min_segment,
+        before=d.censor_before,
+        after=d.censor_after,
+    )
+    design, names = confound_matrix(table, d.strategy)
+    try:
+        result = denoise(raw, t_r, confounds=design, keep=keep, settings=d)
+    except ValueError as err:
+        raise InputDataError(path, str(err)) from err
+    denoised = result.denoised
+    if settings.scale == "psc":
+        denoised = to_percent(denoised, raw, keep)
+    report["Denoising"] = {**result.info, "Confounds": names}
+    return RunResult(
+        **common,
+        raw_series=raw,
+        denoised=denoised,
+        keep=keep,
+        parcel_counts=parcels_out.counts,
+        atlas_counts=parcels_out.atlas_counts,
+        small_parcels=parcels_out.small,
+    )

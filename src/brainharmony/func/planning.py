@@ -1,0 +1,460 @@
+"""What the workflow's func rules need at planning time (kept out of ``func.smk``).
+
+The rules read the ``func:`` config block (:func:`settings_from_config`, defaults for
+absent keys), expand over the BOLD runs of the ingest checkpoint's ``scans.tsv``
+(:func:`runs`), and take every path from :mod:`.naming` and the anatomy stage's
+:func:`brainharmony.anat.derivatives.anat_paths`, so rules and package agree.
+
+Wildcards of the per-run rules: ``dataset``, ``fdir`` (``sub-<l>`` or
+``sub-<l>/ses-<l>``) and ``fstem`` (``sub-<l>[_ses-<l>]_task-<t>[_run-<n>]``).
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BACKENDS: tuple[str, ...] = ("native", "fmriprep", "fmriprep-derivatives")
+FDIR = r"sub-[a-zA-Z0-9]+(/ses-[a-zA-Z0-9]+)?"
+FSTEM = r"sub-[a-zA-Z0-9]+(_ses-[a-zA-Z0-9]+)?_task-[a-zA-Z0-9]+(_run-[a-zA-Z0-9]+)?"
+#: Scheduler hints (per run; measured on the demo and extrapolated, see docs/func.md).
+MEM_MB = {"native": 6000, "denoise": 4000, "fmriprep": 16000}
+RUNTIME_MIN = {"native": 30, "denoise": 15, "fmriprep": 720}
+
+
+@dataclass(frozen=True)
+class FuncPlan:
+    """The ``func:`` config block with defaults filled in."""
+
+    backend: str = "native"
+    resolution_mm: float = 2.0
+    strategy: str = "24P+WM+CSF+GS"
+    fd_threshold: float | None = 0.5
+    min_segment: int = 5
+    censor_before: int = 0
+    censor_after: int = 0
+    band: tuple[float | None, float | None] = (0.01, 0.1)
+    filter_order: int = 2
+    order: str = "regress-filter"
+    detrend: bool = True
+    edges: str = "nearest"
+    min_kept: int = 20
+    min_parcel_voxels: int = 3
+    scale: str = "psc"
+    slice_timing: bool = True
+    stc_method: str = "fourier"
+    coreg: str = "header"
+    keep_bold: bool = False
+    atlas_source: str = "offline"
+    anat_template: str = "MNI152NLin2009aAsym"
+    fmriprep: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"func.backend must be one of {BACKENDS}, got {self.backend!r}")
+        self.denoise_settings()  # validates strategy, band, order...
+
+    def denoise_settings(self) -> Any:
+        from brainharmony.func.denoise import DenoiseSettings
+
+        return DenoiseSettings(
+            strategy=self.strategy,
+            fd_threshold=self.fd_threshold,
+            min_segment=self.min_segment,
+            censor_before=self.censor_before,
+            censor_after=self.censor_after,
+            high_pass=self.band[0],
+            low_pass=self.band[1],
+            filter_order=self.filter_order,
+            detrend=self.detrend,
+            edges=self.edges,  # type: ignore[arg-type]
+            min_kept=self.min_kept,
+            order=self.order,  # type: ignore[arg-type]
+        )
+
+    @property
+    def space(self) -> str:
+        """Space entity of the denoised outputs."""
+        if self.backend == "native":
+            return self.anat_template
+        return str(self.fmriprep.get("space", "MNI152NLin2009cAsym"))
+
+    @property
+    def res(self) -> str:
+        from brainharmony.func.naming import res_label
+
+        return res_label(self.resolution_mm)
+
+
+def settings_from_config(config: Mapping[str, Any]) -> FuncPlan:
+    """The func settings of a workflow config (defaults where a key is absent).
+
+    Raises
+    ------
+    ValueError
+        An invalid value (the message names it).
+    """
+    from brainharmony.anat.templates import DEFAULT_TEMPLATE
+
+    block = dict(config.get("func") or {})
+    band = block.get("band", (0.01, 0.1))
+    if not isinstance(band, list | tuple) or len(band) != 2:
+        raise ValueError(f"func.band must be [high_pass, low_pass] in Hz, got {band!r}")
+    fd = block.get("fd_threshold", 0.5)
+    return FuncPlan(
+        backend=str(block.get("backend", "native")),
+        resolution_mm=float(block.get("resolution_mm", 2.0)),
+        strategy=str(block.get("strategy", "24P+WM+CSF+GS")),
+        fd_threshold=None if fd is None else float(fd),
+        min_segment=int(block.get("min_segment", 5)),
+        censor_before=int(block.get("censor_before", 0)),
+        censor_after=int(block.get("censor_after", 0)),
+        band=(
+            None if band[0] is None else float(band[0]),
+            None if band[1] is None else float(band[1]),
+        ),
+        filter_order=int(block.get("filter_order", 2)),
+        order=str(block.get("order", "regress-filter")),
+        detrend=bool(block.get("detrend", True)),
+        edges=str(block.get("edges", "nearest")),
+        min_kept=int(block.get("min_kept", 20)),
+        min_parcel_voxels=int(block.get("min_parcel_voxels", 3)),
+        scale=str(block.get("scale", "psc")),
+        slice_timing=bool(block.get("slice_timing", True)),
+        stc_method=str(block.get("stc_method", "fourier")),
+        coreg=str(block.get("coreg", "header")),
+        keep_bold=bool(block.get("keep_bold", False)),
+        atlas_source=str(block.get("atlas_source", "offline")),
+        anat_template=str((config.get("anat") or {}).get("template", DEFAULT_TEMPLATE)),
+        fmriprep=dict(block.get("fmriprep") or {}),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Runs of the ingest checkpoint
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRow:
+    """One BOLD run of ``scans.tsv``."""
+
+    subject: str
+    session: str | None
+    run: str | None
+    task: str
+    bold: str
+    bold_sidecar: str | None
+    t1w: str
+    t1w_session: str | None
+    tr: float
+
+    @property
+    def fdir(self) -> str:
+        return f"sub-{self.subject}" + (f"/ses-{self.session}" if self.session else "")
+
+    @property
+    def fstem(self) -> str:
+        from brainharmony.func.naming import run_stem
+
+        return run_stem(self.subject, self.session, self.task, self.run)
+
+
+def _label(value: Any) -> str | None:
+    text = "" if value is None else str(value)
+    return None if text in ("", "n/a", "<NA>", "nan", "None") else text
+
+
+def runs(scans_tsv: str | Path, task: str = "rest") -> list[RunRow]:
+    """The BOLD runs listed in a ``scans.tsv`` (cached per file version)."""
+    path = Path(scans_tsv)
+    stat = path.stat()
+    return list(_runs_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, task))
+
+
+@functools.lru_cache(maxsize=64)
+def _runs_cached(path: str, _mtime: int, _size: int, task: str) -> tuple[RunRow, ...]:
+    from brainharmony.ingest import read_scans
+
+    scans = read_scans(path)
+    out = []
+    for row in scans.to_dict(orient="records"):
+        out.append(
+            RunRow(
+                subject=str(row["subject"]),
+                session=_label(row.get("session")),
+                run=_label(row.get("run")),
+                task=task,
+                bold=str(row["bold"]),
+                bold_sidecar=_label(row.get("bold_sidecar")),
+                t1w=str(row["t1w"]),
+                t1w_session=_label(row.get("t1w_session")),
+                tr=float(row["tr"]),
+            )
+        )
+    return tuple(out)
+
+
+def run_for(scans_tsv: str | Path, fstem: str, task: str = "rest") -> RunRow:
+    """The run of ``scans.tsv`` whose stem is ``fstem``.
+
+    Raises
+    ------
+    ValueError
+        When no row matches.
+    """
+    for row in runs(scans_tsv, task):
+        if row.fstem == fstem:
+            return row
+    raise ValueError(f"no BOLD run {fstem} in {scans_tsv}")
+
+
+# --------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------
+def _outputs(plan: FuncPlan, space: str | None = None) -> Any:
+    from brainharmony.func.naming import RunOutputs
+
+    return RunOutputs(
+        folder=Path("results/func/{dataset}/{fdir}/func"),
+        stem="{fstem}",
+        space=space or plan.space,
+        res=plan.res,
+    )
+
+
+def atlas_outputs(plan: FuncPlan) -> dict[str, str]:
+    """The atlas resource files of the configured resolution."""
+    from brainharmony.func.atlas_resource import atlas_files
+
+    files = atlas_files("resources/atlas", plan.resolution_mm, plan.anat_template)
+    return {"image": str(files.image), "labels": str(files.labels), "sidecar": str(files.sidecar)}
+
+
+def native_outputs(plan: FuncPlan) -> dict[str, str]:
+    """Named outputs of the native preprocessing rule (patterns with the run wildcards)."""
+    from brainharmony.io import sidecar_path
+
+    o = _outputs(plan, plan.anat_template)
+    return {
+        "bold": str(o.preproc_bold),
+        "bold_json": str(sidecar_path(o.preproc_bold)),
+        "mask": str(o.coverage_mask),
+        "confounds": str(o.confounds),
+        "confounds_json": str(sidecar_path(o.confounds)),
+        "motion": str(o.motion),
+        "motion_json": str(sidecar_path(o.motion)),
+        "motion_xfm": str(o.motion_xfm),
+        "coreg_xfm": str(o.coreg_xfm),
+        "coreg_json": str(sidecar_path(o.coreg_xfm)),
+        "boldref": str(o.boldref),
+    }
+
+
+def denoise_outputs(plan: FuncPlan) -> dict[str, str]:
+    """Named outputs of the denoise/parcellate rule."""
+    from brainharmony.io import sidecar_path
+
+    o = _outputs(plan)
+    out = {
+        "timeseries": str(o.timeseries),
+        "timeseries_json": str(sidecar_path(o.timeseries)),
+        "raw": str(o.raw_timeseries),
+        "raw_json": str(sidecar_path(o.raw_timeseries)),
+        "fd_figure": str(o.fd_figure),
+        "carpet_figure": str(o.carpet_figure),
+        "fc_figure": str(o.fc_figure),
+    }
+    if plan.backend != "native":
+        out.update(
+            confounds=str(o.confounds),
+            confounds_json=str(sidecar_path(o.confounds)),
+            motion=str(o.motion),
+            motion_json=str(sidecar_path(o.motion)),
+        )
+    return out
+
+
+def anat_inputs(plan: FuncPlan, dataset: str, row: RunRow) -> dict[str, str]:
+    """The anatomy-stage files a native run needs (its paired T1w's outputs)."""
+    from brainharmony.anat.derivatives import anat_paths
+
+    paths = anat_paths(f"results/anat/{dataset}", row.subject, row.t1w_session, plan.anat_template)
+    return {
+        "t1w_to_template": str(paths.xfm_to_template),
+        "template_t1w": str(paths.preproc),
+        "template_mask": str(paths.mask),
+    }
+
+
+def fmriprep_root(plan: FuncPlan, dataset: str, datasets: Mapping[str, Any]) -> str:
+    """fMRIPrep output folder of a dataset.
+
+    ``fmriprep`` backend: ``<func.fmriprep.output_root>/<dataset>``. Derivatives mode:
+    ``func.fmriprep.derivatives[<dataset>]`` when given, else the same default.
+    """
+    if plan.backend == "fmriprep-derivatives":
+        given = dict(plan.fmriprep.get("derivatives") or {})
+        if dataset in given:
+            return str(given[dataset])
+    root = str(plan.fmriprep.get("output_root", "results/fmriprep"))
+    return f"{root}/{dataset}"
+
+
+def fmriprep_inputs(
+    plan: FuncPlan, dataset: str, row: RunRow, datasets: Mapping[str, Any]
+) -> dict[str, str]:
+    """fMRIPrep files of one run (derivatives mode: they must exist at planning time)."""
+    from brainharmony.func.naming import run_stem
+
+    root = Path(fmriprep_root(plan, dataset, datasets))
+    space = plan.space
+    res = plan.fmriprep.get("res", "2")
+    sp = f"space-{space}" + (f"_res-{res}" if res else "")
+    folder = root / row.fdir / "func"
+    stem = run_stem(row.subject, row.session, row.task, row.run)
+    return {
+        "bold": str(folder / f"{stem}_{sp}_desc-preproc_bold.nii.gz"),
+        "confounds": str(folder / f"{stem}_desc-confounds_timeseries.tsv"),
+    }
+
+
+def fmriprep_done(plan: FuncPlan, dataset: str, subject: str, datasets: Mapping[str, Any]) -> str:
+    """Flag file of one participant's fMRIPrep run."""
+    return f"{fmriprep_root(plan, dataset, datasets)}/.done/sub-{subject}.txt"
+
+
+# --------------------------------------------------------------------------------------
+# Command-line options
+# --------------------------------------------------------------------------------------
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else repr(float(value))
+
+
+def denoise_options(plan: FuncPlan) -> str:
+    """``brainharmony func`` options that carry the denoising settings."""
+    opts = [
+        f"--strategy {shlex.quote(plan.strategy)}",
+        f"--fd-threshold {_fmt(plan.fd_threshold)}",
+        f"--min-segment {plan.min_segment}",
+        f"--censor-before {plan.censor_before}",
+        f"--censor-after {plan.censor_after}",
+        f"--high-pass {_fmt(plan.band[0])}",
+        f"--low-pass {_fmt(plan.band[1])}",
+        f"--filter-order {plan.filter_order}",
+        f"--order {plan.order}",
+        f"--edges {plan.edges}",
+        f"--min-kept {plan.min_kept}",
+        f"--min-parcel-voxels {plan.min_parcel_voxels}",
+        f"--scale {plan.scale}",
+    ]
+    if not plan.detrend:
+        opts.append("--no-detrend")
+    return " ".join(opts)
+
+
+def native_options(plan: FuncPlan) -> str:
+    """``brainharmony func native`` options of the preprocessing settings."""
+    opts = [f"--coreg {plan.coreg}", f"--stc-method {plan.stc_method}"]
+    if not plan.slice_timing:
+        opts.append("--no-slice-timing")
+    return " ".join(opts)
+
+
+def fmriprep_options(plan: FuncPlan) -> str:
+    """``brainharmony func fmriprep`` options of the ``func.fmriprep`` block."""
+    f = plan.fmriprep
+    opts = [f"--runner {f.get('runner', 'docker')}"]
+    if f.get("image"):
+        opts.append(f"--image {shlex.quote(str(f['image']))}")
+    if f.get("license"):
+        opts.append(f"--license {shlex.quote(str(f['license']))}")
+    spaces = f.get("output_spaces") or [f"{plan.space}:res-{f.get('res', '2')}"]
+    opts.append("--output-spaces " + " ".join(shlex.quote(str(s)) for s in spaces))
+    if f.get("mem_mb"):
+        opts.append(f"--mem-mb {int(f['mem_mb'])}")
+    if not f.get("fs_no_reconall", True):
+        opts.append("--with-reconall")
+    if f.get("extra_args"):
+        opts.append(f"--extra {shlex.quote(str(f['extra_args']))}")
+    if f.get("executable"):
+        opts.append(f"--executable {shlex.quote(str(f['executable']))}")
+    return " ".join(opts)
+
+
+# --------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------
+def targets(
+    datasets: Iterable[str], ingest_checkpoint: Any, plan: FuncPlan, tasks: Mapping[str, str]
+) -> list[str]:
+    """Every func output of every dataset (the ``func_all`` target).
+
+    Parameters
+    ----------
+    datasets : iterable of str
+    ingest_checkpoint : snakemake checkpoint
+        ``checkpoints.ingest``; ``.get(dataset=...)`` defers this list until ingestion.
+    plan : FuncPlan
+    tasks : mapping of dataset -> task label
+    """
+    out: list[str] = []
+    patterns = list(denoise_outputs(plan).values())
+    if plan.backend == "native":
+        kept = {
+            k: v
+            for k, v in native_outputs(plan).items()
+            if plan.keep_bold or "bold" not in k or k == "boldref"
+        }
+        patterns += list(kept.values())
+    for dataset in datasets:
+        scans = ingest_checkpoint.get(dataset=dataset).output.scans
+        for row in runs(scans, tasks.get(dataset, "rest")):
+            fields = {"dataset": dataset, "fdir": row.fdir, "fstem": row.fstem}
+            out.extend(p.format(**fields) for p in patterns)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Helpers the rules call through lambdas (wildcards in, strings out)
+# --------------------------------------------------------------------------------------
+def row(ingest_checkpoint: Any, wildcards: Any, tasks: Mapping[str, str]) -> RunRow:
+    """The scans.tsv row of a job's run (``dataset`` and ``fstem`` wildcards)."""
+    scans = ingest_checkpoint.get(dataset=wildcards.dataset).output.scans
+    return run_for(scans, wildcards.fstem, tasks.get(wildcards.dataset, "rest"))
+
+
+def run_options(r: RunRow) -> str:
+    """``--subject ... --session ... --task ... --run ... --tr ...`` of a run."""
+    return (
+        f"--subject {r.subject} --session {r.session or 'n/a'} --task {r.task} "
+        f"--run {r.run or 'n/a'} --tr {r.tr!r}"
+    )
+
+
+def source_inputs(
+    plan: FuncPlan,
+    ingest_checkpoint: Any,
+    wildcards: Any,
+    tasks: Mapping[str, str],
+    datasets: Mapping[str, Any],
+) -> dict[str, str]:
+    """Inputs of the denoise rule for the fMRIPrep backends (flag file or its files)."""
+    r = row(ingest_checkpoint, wildcards, tasks)
+    if plan.backend == "fmriprep":
+        return {"done": fmriprep_done(plan, wildcards.dataset, r.subject, datasets)}
+    return fmriprep_inputs(plan, wildcards.dataset, r, datasets)
+
+
+def source_options(plan: FuncPlan, dataset: str, datasets: Mapping[str, Any]) -> str:
+    """``--fmriprep-dir ... --space ... --res ...`` of the denoise rule."""
+    if plan.backend == "native":
+        return (
+            f"--fmriprep-dir {shlex.quote(f'results/func/{dataset}')} --space {plan.space} "
+            f"--res {plan.res} --no-copy-confounds"
+        )
+    res = plan.fmriprep.get("res", "2") or "n/a"
+    root = shlex.quote(fmriprep_root(plan, dataset, datasets))
+    return f"--fmriprep-dir {root} --space {plan.space} --res {res}"

@@ -1,0 +1,162 @@
+"""T1w reading and checks, orientation, nibabel <-> SimpleITK, transform conventions."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
+
+from brainharmony.anat.images import (
+    FLIP,
+    check_affine,
+    itk_affine_to_lps_matrix,
+    itk_threads,
+    load_t1w,
+    lps_matrix_to_itk_affine,
+    lps_to_ras,
+    nib_to_sitk,
+    sitk_affine,
+    sitk_to_nib,
+)
+from brainharmony.io import InputDataError
+
+
+def _volume(shape=(30, 34, 28), seed=0) -> np.ndarray:
+    """A blob with a marker voxel, so voxel identity can be followed."""
+    rng = np.random.default_rng(seed)
+    ijk = np.indices(shape).astype(float)
+    centre = (np.asarray(shape) - 1)[:, None, None, None] / 2
+    r = np.sqrt((((ijk - centre) / (np.asarray(shape)[:, None, None, None] / 3)) ** 2).sum(0))
+    data = (r < 1).astype(np.float32) * 100 + rng.normal(0, 1, shape).astype(np.float32)
+    data[5, 7, 9] = 1000.0
+    return data
+
+
+def _lps_affine(zooms=(2.0, 2.5, 3.0), origin=(60.0, 70.0, -40.0)) -> np.ndarray:
+    affine = np.diag([-zooms[0], -zooms[1], zooms[2], 1.0])
+    affine[:3, 3] = origin
+    return affine
+
+
+def _save(tmp_path, data, affine, name="sub-01_T1w.nii.gz"):
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def _marker_world(img: nib.Nifti1Image) -> np.ndarray:
+    idx = np.unravel_index(np.argmax(np.asarray(img.dataobj)), img.shape)
+    return nib.affines.apply_affine(img.affine, idx)
+
+
+def test_lps_input_is_reoriented_to_ras_keeping_world(tmp_path):
+    data, affine = _volume(), _lps_affine()
+    t1w = load_t1w(_save(tmp_path, data, affine))
+    assert nib.aff2axcodes(t1w.image.affine) == ("R", "A", "S")
+    assert t1w.report["InputOrientation"] == "LPS" and t1w.report["Reoriented"]
+    np.testing.assert_allclose(
+        _marker_world(t1w.image), nib.affines.apply_affine(affine, (5, 7, 9))
+    )
+    assert t1w.image.get_data_dtype() == np.float32
+
+
+def test_oblique_affine_keeps_its_obliquity(tmp_path):
+    rot = np.eye(4)
+    rot[:3, :3] = Rotation.from_euler("xy", [14.0, -6.0], degrees=True).as_matrix()
+    affine = rot @ _lps_affine()
+    t1w = load_t1w(_save(tmp_path, _volume(), affine))
+    assert t1w.report["ObliquityDegrees"] > 10
+    # Not rounded to the closest axis-aligned grid: the marker keeps its world position.
+    np.testing.assert_allclose(
+        _marker_world(t1w.image), nib.affines.apply_affine(affine, (5, 7, 9))
+    )
+    image = nib_to_sitk(t1w.image)
+    idx = np.unravel_index(np.argmax(np.asarray(t1w.image.dataobj)), t1w.image.shape)
+    lps = np.asarray(image.TransformIndexToPhysicalPoint([int(i) for i in idx]))
+    np.testing.assert_allclose(FLIP @ lps, nib.affines.apply_affine(affine, (5, 7, 9)), atol=1e-6)
+
+
+def test_nib_sitk_round_trip_is_exact():
+    rot = np.eye(4)
+    rot[:3, :3] = Rotation.from_euler("z", 20.0, degrees=True).as_matrix()
+    img = nib.Nifti1Image(_volume(), rot @ _lps_affine())
+    back = sitk_to_nib(nib_to_sitk(img))
+    np.testing.assert_allclose(back.affine, img.affine, atol=1e-9)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(img.dataobj))
+    np.testing.assert_allclose(sitk_affine(nib_to_sitk(img)), img.affine, atol=1e-9)
+
+
+def test_nan_region_below_the_limit_is_zeroed_and_reported(tmp_path):
+    data = _volume()
+    data[:, :, :1] = np.nan  # one slice: 1/28 of the voxels
+    data[0, 0, 5] = np.inf
+    t1w = load_t1w(_save(tmp_path, data, _lps_affine()), max_nonfinite_fraction=0.05)
+    out = np.asarray(t1w.image.dataobj)
+    assert np.isfinite(out).all()
+    n_bad = 30 * 34 + 1
+    assert t1w.report["NonFiniteVoxels"] == n_bad
+    assert t1w.report["NonFiniteFraction"] == pytest.approx(n_bad / data.size)
+    assert t1w.report["NonFiniteAction"] == "set to 0"
+
+
+def test_nan_region_above_the_limit_is_refused_naming_the_file(tmp_path):
+    data = _volume()
+    data[:, :, :3] = np.nan
+    path = _save(tmp_path, data, _lps_affine())
+    with pytest.raises(InputDataError, match=r"sub-01_T1w\.nii\.gz: .*non-finite.*max_nonfinite"):
+        load_t1w(path, max_nonfinite_fraction=0.05)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [((30, 34, 28, 2), "one 3D volume"), ((30, 34), "one 3D volume"), ((30, 34, 8), "too small")],
+)
+def test_wrong_dimensions_are_refused(tmp_path, shape, message):
+    path = _save(tmp_path, np.ones(shape, np.float32), np.eye(4))
+    with pytest.raises(InputDataError, match=message):
+        load_t1w(path)
+
+
+def test_single_volume_4d_is_accepted(tmp_path):
+    t1w = load_t1w(_save(tmp_path, _volume()[..., None], _lps_affine()))
+    assert t1w.image.shape == (30, 34, 28)
+
+
+def test_sheared_singular_constant_and_missing_inputs_are_refused(tmp_path):
+    shear = _lps_affine()
+    shear[0, 1] = 0.4
+    with pytest.raises(InputDataError, match="sheared"):
+        load_t1w(_save(tmp_path, _volume(), shear, "a.nii.gz"))
+    singular = _lps_affine()
+    singular[:, 2] = 0
+    with pytest.raises(InputDataError, match="singular"):
+        check_affine(singular, "b.nii.gz")
+    with pytest.raises(InputDataError, match="constant"):
+        load_t1w(_save(tmp_path, np.full((20, 20, 20), 7, np.float32), np.eye(4), "c.nii.gz"))
+    with pytest.raises(InputDataError, match="file not found"):
+        load_t1w(tmp_path / "nowhere.nii.gz")
+
+
+def test_itk_matrix_conversions_round_trip():
+    euler = sitk.Euler3DTransform((10.0, -5.0, 3.0), 0.1, -0.2, 0.05, (4.0, 5.0, -6.0))
+    lps = itk_affine_to_lps_matrix(euler)
+    point = np.array([12.0, -30.0, 44.0])
+    np.testing.assert_allclose(lps[:3, :3] @ point + lps[:3, 3], euler.TransformPoint(point))
+    back = lps_matrix_to_itk_affine(lps)
+    np.testing.assert_allclose(back.TransformPoint(point), euler.TransformPoint(point))
+    ras = lps_to_ras(lps)
+    np.testing.assert_allclose(
+        ras[:3, :3] @ (FLIP @ point) + ras[:3, 3], FLIP @ np.asarray(euler.TransformPoint(point))
+    )
+
+
+def test_itk_threads_sets_and_restores():
+    before = sitk.ProcessObject_GetGlobalDefaultNumberOfThreads()
+    with itk_threads(1):
+        assert sitk.ProcessObject_GetGlobalDefaultNumberOfThreads() == 1
+    assert sitk.ProcessObject_GetGlobalDefaultNumberOfThreads() == before
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        with itk_threads(0):
+            pass

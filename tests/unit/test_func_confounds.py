@@ -1,0 +1,57 @@
+"""Confounds: fMRIPrep column names, expansions, DVARS, tissue masks."""
+
+import numpy as np
+import pytest
+
+from brainharmony.func.confounds import build_confounds, dvars, expand, tissue_masks
+
+
+def test_columns_follow_fmriprep():
+    rng = np.random.default_rng(0)
+    n = 12
+    params = rng.normal(size=(n, 6))
+    tissue = {k: rng.normal(size=n) for k in ("global_signal", "csf", "white_matter")}
+    table = build_confounds(params, tissue, dvars_values=dvars(rng.normal(size=(50, n)) + 10))
+    for base in ("trans_x", "rot_z", "global_signal", "csf", "white_matter"):
+        for suffix in ("", "_derivative1", "_power2", "_derivative1_power2"):
+            assert f"{base}{suffix}" in table.columns
+    for col in ("framewise_displacement", "dvars", "std_dvars"):
+        assert col in table.columns
+        assert np.isnan(table[col].iloc[0])
+    np.testing.assert_allclose(table["trans_x"], params[:, 0])
+    np.testing.assert_allclose(table["trans_x_derivative1"].iloc[1:], np.diff(params[:, 0]))
+    np.testing.assert_allclose(table["rot_y_power2"], params[:, 4] ** 2)
+    assert np.isnan(table["csf_derivative1_power2"].iloc[0])
+
+
+def test_expand_and_input_checks():
+    import pandas as pd
+
+    out = expand(pd.DataFrame({"a": [1.0, 3.0, 6.0]}))
+    assert out.columns.tolist() == ["a", "a_derivative1", "a_derivative1_power2", "a_power2"]
+    assert out["a_derivative1_power2"].tolist()[1:] == [4.0, 9.0]
+    with pytest.raises(ValueError, match="lacks"):
+        build_confounds(np.zeros((3, 6)), {"csf": np.zeros(3)})
+
+
+def test_dvars_standardised_near_one_for_white_noise():
+    rng = np.random.default_rng(0)
+    x = 1000 + rng.normal(size=(2000, 200))
+    raw, std = dvars(x)
+    assert np.isnan(raw[0]) and np.isnan(std[0])
+    assert np.nanmedian(std) == pytest.approx(1.0, abs=0.05)
+    x[:, 100] += 5.0  # a jump
+    _, std2 = dvars(x)
+    assert std2[100] > 3 * np.nanmedian(std2)
+
+
+def test_tissue_masks_on_a_coarse_grid():
+    from brainharmony.atlas import grid_affine
+
+    affine, shape = grid_affine(4.0)
+    masks, report = tissue_masks(affine, shape)
+    assert set(masks) == {"brain", "gm", "wm", "csf"}
+    for name in ("wm", "csf"):
+        assert masks[name].sum() >= 5
+        assert not (masks[name] & ~masks["brain"]).any()
+    assert report["WMVoxels"] > report["CSFVoxels"] > 0

@@ -1,0 +1,134 @@
+"""Naming, planning (config -> rule options) and the atlas resource."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainharmony.func import planning
+from brainharmony.func.naming import res_label, run_outputs, run_stem
+
+
+def test_names():
+    assert run_stem("01", None, "rest", None) == "sub-01_task-rest"
+    assert run_stem("01", "2", "rest", "1") == "sub-01_ses-2_task-rest_run-1"
+    assert run_stem("01", "n/a", "rest", "n/a") == "sub-01_task-rest"
+    assert res_label(2) == "2" and res_label(2.5) == "2p5"
+    out = run_outputs("results/func/ds", "01", "1", "rest", None, space="S", resolution_mm=3)
+    assert str(out.timeseries) == (
+        "results/func/ds/sub-01/ses-1/func/"
+        "sub-01_ses-1_task-rest_space-S_atlas-Schaefer400_desc-denoised_timeseries.tsv"
+    )
+    assert out.preproc_bold.name.endswith("_space-S_res-3_desc-preproc_bold.nii.gz")
+
+
+def test_settings_from_config_defaults_and_options():
+    plan = planning.settings_from_config({"datasets": {}})
+    assert plan.backend == "native" and plan.strategy == "24P+WM+CSF+GS"
+    assert plan.band == (0.01, 0.1) and plan.coreg == "header"
+    opts = planning.denoise_options(plan)
+    assert "--strategy 24P+WM+CSF+GS" in opts and "--high-pass 0.01" in opts
+    plan = planning.settings_from_config(
+        {"func": {"band": [None, 0.08], "fd_threshold": None, "strategy": "36P", "detrend": False}}
+    )
+    opts = planning.denoise_options(plan)
+    assert "--high-pass none" in opts and "--fd-threshold none" in opts
+    assert "--no-detrend" in opts
+    with pytest.raises(ValueError, match="strategy"):
+        planning.settings_from_config({"func": {"strategy": "48P"}})
+    with pytest.raises(ValueError, match="backend"):
+        planning.settings_from_config({"func": {"backend": "afni"}})
+    with pytest.raises(ValueError, match="band"):
+        planning.settings_from_config({"func": {"band": [0.01]}})
+
+
+def test_fmriprep_options_and_paths():
+    plan = planning.settings_from_config(
+        {
+            "func": {
+                "backend": "fmriprep",
+                "fmriprep": {
+                    "runner": "apptainer",
+                    "image": "/x/fmriprep.sif",
+                    "license": "/x/license.txt",
+                    "extra_args": "--dummy-scans 2",
+                },
+            }
+        }
+    )
+    opts = planning.fmriprep_options(plan)
+    assert "--runner apptainer" in opts and "--image /x/fmriprep.sif" in opts
+    assert "--output-spaces MNI152NLin2009cAsym:res-2" in opts
+    assert "--extra '--dummy-scans 2'" in opts
+    assert plan.space == "MNI152NLin2009cAsym"
+    deriv = planning.settings_from_config(
+        {
+            "func": {
+                "backend": "fmriprep-derivatives",
+                "fmriprep": {"derivatives": {"ds": "/data/fmriprep"}},
+            }
+        }
+    )
+    assert planning.fmriprep_root(deriv, "ds", {}) == "/data/fmriprep"
+    assert planning.fmriprep_root(deriv, "other", {}) == "results/fmriprep/other"
+
+
+def test_runs_from_scans_tsv(tmp_path):
+    scans = pd.DataFrame(
+        {
+            "dataset": ["ds", "ds"],
+            "subject": ["01", "02"],
+            "session": ["n/a", "1"],
+            "run": ["n/a", "2"],
+            "t1w": ["/a.nii.gz", "/b.nii.gz"],
+            "t1w_session": ["n/a", "1"],
+            "bold": ["/a_bold.nii.gz", "/b_bold.nii.gz"],
+            "bold_sidecar": ["n/a", "/b.json"],
+            "tr": ["2.0", "0.8"],
+            "n_volumes": ["100", "200"],
+        }
+    )
+    path = tmp_path / "scans.tsv"
+    scans.to_csv(path, sep="\t", index=False)
+    rows = planning.runs(path)
+    assert [r.fstem for r in rows] == ["sub-01_task-rest", "sub-02_ses-1_task-rest_run-2"]
+    assert rows[1].fdir == "sub-02/ses-1" and rows[1].tr == 0.8
+    assert rows[0].bold_sidecar is None and rows[0].session is None
+    assert planning.run_for(path, "sub-02_ses-1_task-rest_run-2").bold == "/b_bold.nii.gz"
+    with pytest.raises(ValueError, match="no BOLD run"):
+        planning.run_for(path, "sub-03_task-rest")
+    assert "--session 1" in planning.run_options(rows[1])
+
+
+def test_atlas_resource_offline(tmp_path):
+    from brainharmony.func.atlas_resource import build_atlas, read_atlas
+
+    files = build_atlas(tmp_path, 6.0)
+    img, table = read_atlas(files.image, files.labels)
+    assert sorted(np.unique(np.asarray(img.dataobj))[1:]) == list(range(1, 401))
+    assert table.columns.tolist()[:4] == ["index", "name", "network", "hemisphere"]
+    side = json.loads(files.sidecar.read_text())
+    assert side["NumberOfParcels"] == 400 and "Provenance" in side and "Atlas" in side
+
+
+def test_atlas_resource_from_nilearn_fetcher(tmp_path, monkeypatch):
+    """The network source, with the fetcher replaced by the offline volume."""
+    import nilearn.datasets
+
+    from brainharmony.atlas import schaefer400_labels, schaefer400_volume
+    from brainharmony.func.atlas_resource import build_atlas
+
+    img, _ = schaefer400_volume(6.0)
+    names = schaefer400_labels()["name"].tolist()
+
+    def fake_fetch(n_rois, yeo_networks, resolution_mm):
+        assert (n_rois, yeo_networks) == (400, 7)
+        return {"maps": img, "labels": ["Background", *names]}
+
+    monkeypatch.setattr(nilearn.datasets, "fetch_atlas_schaefer_2018", fake_fetch)
+    files = build_atlas(tmp_path, 6.0, source="nilearn")
+    table = pd.read_csv(files.labels, sep="\t")
+    assert table["network"].iloc[0] == "Vis" and table["hemisphere"].iloc[-1] == "RH"
+    with pytest.raises(ValueError, match="source"):
+        build_atlas(tmp_path, 6.0, source="web")

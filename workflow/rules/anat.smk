@@ -1,0 +1,54 @@
+# Anatomy: each T1w (one per subject, or per subject and session) -> template space.
+# Jobs come from the rows of the ingest checkpoint's scans.tsv (only T1ws that exist).
+# Outputs (BIDS-Derivatives) under results/anat/<dataset>/: see docs/anat.md.
+# Planning-time helpers live in the package: brainharmony.anat.planning.
+from brainharmony.anat import planning as anat_planning
+
+ANAT_SETTINGS = anat_planning.settings_from_config(config)
+# A non-native backend whose executables are missing stops the workflow here, now.
+anat_planning.check_can_run(ANAT_SETTINGS)
+
+
+rule anat:
+    input:
+        t1w=lambda wildcards: anat_planning.t1w_for(
+            checkpoints.ingest.get(dataset=wildcards.dataset).output.scans,
+            wildcards.dataset,
+            wildcards.subject,
+            wildcards.get("session"),
+        ),
+    output:
+        **anat_planning.rule_outputs(ANAT_SETTINGS, session=False),
+    params:
+        bh=BH,
+        out_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
+        options=anat_planning.cli_options(ANAT_SETTINGS),
+        session="",
+    log:
+        "logs/anat/{dataset}/sub-{subject}.log",
+    benchmark:
+        "benchmarks/results/anat/{dataset}/sub-{subject}.tsv"
+    # One thread: SimpleITK's multithreaded sums vary in the last bits between runs.
+    threads: 1
+    resources:
+        mem_mb=anat_planning.MEM_MB[ANAT_SETTINGS.resolution_mm],
+        runtime=anat_planning.RUNTIME_MIN[ANAT_SETTINGS.resolution_mm],
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v anat --t1w {input.t1w:q} --out-dir {params.out_dir:q} "
+        "--subject {wildcards.subject} {params.session} {params.options} > {log} 2>&1"
+
+
+use rule anat as anat_session with:
+    output:
+        **anat_planning.rule_outputs(ANAT_SETTINGS, session=True),
+    params:
+        bh=BH,
+        out_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
+        options=anat_planning.cli_options(ANAT_SETTINGS),
+        session=lambda wildcards: f"--session {wildcards.session}",
+    log:
+        "logs/anat/{dataset}/sub-{subject}_ses-{session}.log",
+    benchmark:
+        "benchmarks/results/anat/{dataset}/sub-{subject}_ses-{session}.tsv"

@@ -1,0 +1,209 @@
+# Functional stage: BOLD runs -> denoised Schaefer-400 time series (+ confounds, motion, QC).
+# Jobs come from the rows of the ingest checkpoint's scans.tsv (only runs that exist).
+# Backends (config func.backend): native (default), fmriprep, fmriprep-derivatives.
+#   native: func_native (motion, slice timing, BOLD->T1w->template in one resampling;
+#           the 4-D template BOLD is temp() unless func.keep_bold) -> func_denoise.
+#   fmriprep: fmriprep (one job per participant) -> func_denoise.
+#   fmriprep-derivatives: an existing fMRIPrep folder -> func_denoise.
+# Outputs (BIDS-Derivatives) under results/func/<dataset>/: see docs/func.md.
+# Planning-time helpers live in the package: brainharmony.func.planning.
+from brainharmony.func import planning as func_planning
+
+FUNC = func_planning.settings_from_config(config)
+FUNC_TASKS = {name: ds.get("task", "rest") for name, ds in config["datasets"].items()}
+
+
+rule func_atlas:
+    output:
+        **func_planning.atlas_outputs(FUNC),
+    params:
+        bh=BH,
+        out_dir=lambda wildcards, output: str(Path(output.image).parent),
+        resolution=FUNC.resolution_mm,
+        source=FUNC.atlas_source,
+    log:
+        f"logs/func/atlas_res-{FUNC.res}.log",
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v func atlas --resolution {params.resolution} "
+        "--out-dir {params.out_dir:q} --source {params.source} > {log} 2>&1"
+
+
+if FUNC.backend == "native":
+
+    rule func_native:
+        input:
+            bold=lambda wildcards: func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS).bold,
+            t1w=lambda wildcards: func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS).t1w,
+            t1w_to_template=lambda wildcards: func_planning.anat_inputs(
+                FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+            )["t1w_to_template"],
+            template_t1w=lambda wildcards: func_planning.anat_inputs(
+                FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+            )["template_t1w"],
+            template_mask=lambda wildcards: func_planning.anat_inputs(
+                FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+            )["template_mask"],
+            atlas=rules.func_atlas.output.image,
+            labels=rules.func_atlas.output.labels,
+        output:
+            **{
+                key: (path if FUNC.keep_bold or key != "bold" else temp(path))
+                for key, path in func_planning.native_outputs(FUNC).items()
+            },
+        wildcard_constraints:
+            fdir=func_planning.FDIR,
+            fstem=func_planning.FSTEM,
+        params:
+            bh=BH,
+            out_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
+            run=lambda wildcards: func_planning.run_options(
+                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+            ),
+            sidecar=lambda wildcards: (
+                "--bold-sidecar "
+                + func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS).bold_sidecar
+                if func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS).bold_sidecar
+                else ""
+            ),
+            options=func_planning.native_options(FUNC),
+            denoise=func_planning.denoise_options(FUNC),
+        log:
+            "logs/func/{dataset}/{fdir}/{fstem}_native.log",
+        benchmark:
+            "benchmarks/results/func/{dataset}/{fdir}/{fstem}_native.tsv"
+        threads: 2
+        resources:
+            mem_mb=func_planning.MEM_MB["native"],
+            runtime=func_planning.RUNTIME_MIN["native"],
+        conda:
+            str(ENVS / "preproc.yaml")
+        shell:
+            "{params.bh} -v func native --preproc-only --keep-bold --bold {input.bold:q} "
+            "{params.sidecar} --t1w {input.t1w:q} --t1w-to-template {input.t1w_to_template:q} "
+            "--template-t1w {input.template_t1w:q} --template-mask {input.template_mask:q} "
+            "--atlas {input.atlas:q} --atlas-labels {input.labels:q} "
+            "--out-dir {params.out_dir:q} {params.run} {params.options} {params.denoise} "
+            "--threads {threads} > {log} 2>&1"
+
+    rule func_denoise:
+        input:
+            bold=rules.func_native.output.bold,
+            mask=rules.func_native.output.mask,
+            confounds=rules.func_native.output.confounds,
+            atlas=rules.func_atlas.output.image,
+            labels=rules.func_atlas.output.labels,
+        output:
+            **func_planning.denoise_outputs(FUNC),
+        wildcard_constraints:
+            fdir=func_planning.FDIR,
+            fstem=func_planning.FSTEM,
+        params:
+            bh=BH,
+            out_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
+            source=lambda wildcards: func_planning.source_options(
+                FUNC, wildcards.dataset, config["datasets"]
+            ),
+            run=lambda wildcards: func_planning.run_options(
+                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+            ),
+            denoise=func_planning.denoise_options(FUNC),
+        log:
+            "logs/func/{dataset}/{fdir}/{fstem}_denoise.log",
+        benchmark:
+            "benchmarks/results/func/{dataset}/{fdir}/{fstem}_denoise.tsv"
+        threads: 1
+        resources:
+            mem_mb=func_planning.MEM_MB["denoise"],
+            runtime=func_planning.RUNTIME_MIN["denoise"],
+        conda:
+            str(ENVS / "preproc.yaml")
+        shell:
+            "{params.bh} -v func derivatives {params.source} --atlas {input.atlas:q} "
+            "--atlas-labels {input.labels:q} --out-dir {params.out_dir:q} {params.run} "
+            "{params.denoise} > {log} 2>&1"
+
+else:
+
+    if FUNC.backend == "fmriprep":
+
+        rule fmriprep:
+            input:
+                description=dataset_description,
+                scans=lambda wildcards: checkpoints.ingest.get(
+                    dataset=wildcards.dataset
+                ).output.scans,
+            output:
+                done=func_planning.fmriprep_done(
+                    FUNC, "{dataset}", "{subject}", config["datasets"]
+                ),
+            params:
+                bh=BH,
+                bids_dir=lambda wildcards: bids_dir(wildcards.dataset),
+                out_dir=lambda wildcards: func_planning.fmriprep_root(
+                    FUNC, wildcards.dataset, config["datasets"]
+                ),
+                work_dir=lambda wildcards: (
+                    f"{FUNC.fmriprep.get('work_root', 'work/fmriprep')}/"
+                    f"{wildcards.dataset}/sub-{wildcards.subject}"
+                ),
+                options=func_planning.fmriprep_options(FUNC),
+            log:
+                "logs/func/{dataset}/sub-{subject}_fmriprep.log",
+            benchmark:
+                "benchmarks/results/func/{dataset}/sub-{subject}_fmriprep.tsv"
+            threads: 8
+            resources:
+                mem_mb=func_planning.MEM_MB["fmriprep"],
+                runtime=func_planning.RUNTIME_MIN["fmriprep"],
+            conda:
+                str(ENVS / "preproc.yaml")
+            shell:
+                "{params.bh} -v func fmriprep --bids-dir {params.bids_dir:q} "
+                "--fmriprep-dir {params.out_dir:q} --work-dir {params.work_dir:q} "
+                "--participant-label {wildcards.subject} --nthreads {threads} "
+                "{params.options} --done {output.done:q} > {log} 2>&1"
+
+    rule func_denoise:
+        input:
+            unpack(
+                lambda wildcards: func_planning.source_inputs(
+                    FUNC, checkpoints.ingest, wildcards, FUNC_TASKS, config["datasets"]
+                )
+            ),
+            atlas=rules.func_atlas.output.image,
+            labels=rules.func_atlas.output.labels,
+        output:
+            **func_planning.denoise_outputs(FUNC),
+        wildcard_constraints:
+            fdir=func_planning.FDIR,
+            fstem=func_planning.FSTEM,
+        params:
+            bh=BH,
+            out_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
+            source=lambda wildcards: func_planning.source_options(
+                FUNC, wildcards.dataset, config["datasets"]
+            ),
+            run=lambda wildcards: func_planning.run_options(
+                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+            ),
+            denoise=func_planning.denoise_options(FUNC),
+        log:
+            "logs/func/{dataset}/{fdir}/{fstem}_denoise.log",
+        benchmark:
+            "benchmarks/results/func/{dataset}/{fdir}/{fstem}_denoise.tsv"
+        threads: 1
+        resources:
+            mem_mb=func_planning.MEM_MB["denoise"],
+            runtime=func_planning.RUNTIME_MIN["denoise"],
+        conda:
+            str(ENVS / "preproc.yaml")
+        shell:
+            "{params.bh} -v func derivatives {params.source} --atlas {input.atlas:q} "
+            "--atlas-labels {input.labels:q} --out-dir {params.out_dir:q} {params.run} "
+            "{params.denoise} > {log} 2>&1"
