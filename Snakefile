@@ -15,6 +15,8 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/anat.smk"
 include: "workflow/rules/func.smk"
+include: "workflow/rules/geometry.smk"
+include: "workflow/rules/multitr.smk"
 include: "workflow/rules/targets.smk"
 
 
@@ -24,3 +26,5 @@ rule all:
         rules.ingest_all.input,
         rules.anat_all.input,
         rules.func_all.input,
+        rules.geometry_all.input,
+        rules.multitr_all.input,

@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "gradients": ("brainharmony.geometry.gradients", "diffusion-map gradients of a group FC"),
     "resample": ("brainharmony.timeseries.resample", "resample an ROI series to another TR"),
+    "multitr": (
+        "brainharmony.timeseries.multitr",
+        "resample a dataset's series to one target TR and pack them",
+    ),
     "scaling-stats": (
         "brainharmony.timeseries.scaling",
         "per-ROI robust-scaling statistics (median, IQR) over a training set",

@@ -518,13 +518,20 @@ def _attach_folds(manifest: pd.DataFrame, folds_dir: Path | None) -> pd.DataFram
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``brainharmony pack``."""
     parser.add_argument("--kind", choices=("series", "volumes"), required=True)
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--manifest",
-        required=True,
         type=Path,
         help="TSV: subject, session, path, and for series run [, tr]; other columns "
         "(phenotypes) are copied into the index",
     )
+    source.add_argument(
+        "--files",
+        nargs="+",
+        type=Path,
+        help="series/volume files matched to --scans rows by their sub/ses/run entities",
+    )
+    parser.add_argument("--scans", type=Path, help="ingest scans.tsv (with --files)")
     parser.add_argument("--shard", required=True, type=Path, help="output .npy")
     parser.add_argument("--index", required=True, type=Path, help="output index .tsv")
     parser.add_argument(
@@ -540,7 +547,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony pack``."""
-    manifest = _attach_folds(_read_manifest(args.manifest), args.folds_dir)
+    if args.files:
+        from brainharmony.ingest import read_scans
+        from brainharmony.timeseries.multitr import build_manifest
+
+        if args.scans is None:
+            raise InputDataError(None, "--files needs --scans (the ingest scans.tsv)")
+        manifest = _attach_folds(
+            build_manifest(read_scans(args.scans), args.files, args.kind), args.folds_dir
+        )
+    else:
+        manifest = _attach_folds(_read_manifest(args.manifest), args.folds_dir)
+    Path(args.shard).parent.mkdir(parents=True, exist_ok=True)
     if args.kind == "series":
         pack_series(manifest, args.shard, args.index, dtype=np.dtype(args.dtype or "float32"))
     else:

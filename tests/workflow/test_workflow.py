@@ -16,6 +16,8 @@ TINY = {
         "demoA": {"bids_dir": "resources/demo/demoA", "demo": True},
         "demoB": {"bids_dir": "resources/demo/demoB", "demo": True},
     },
+    "func": {"resolution_mm": 3},
+    "pretrain": {"datasets": ["demoA"]},
 }
 
 
@@ -60,21 +62,50 @@ def test_unknown_config_key_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_run_generates_demo_and_ingests(tmp_path):
+def test_tiny_run_through_every_preprocessing_stage(tmp_path):
+    """demo -> ingest -> anat -> func -> geometry -> multi-TR on the tiny preset."""
+    import json
+
+    import numpy as np
+
     cfg = str(_write_config(tmp_path, TINY))
-    out = run_snakemake(tmp_path, "--configfile", cfg, "--cores", "2", "ingest_all")
+    out = run_snakemake(tmp_path, "--configfile", cfg, "--cores", "2", "all")
     assert out.returncode == 0, out.stderr[-4000:]
+    res = tmp_path / "results"
     for name in ("demoA", "demoB"):
-        scans = pd.read_csv(
-            tmp_path / "results" / "ingest" / name / "scans.tsv", sep="\t", dtype=str
-        )
+        scans = pd.read_csv(res / "ingest" / name / "scans.tsv", sep="\t", dtype=str)
         truth = pd.read_csv(
             tmp_path / "resources/demo" / f"{name}-truth" / "phenotypes.tsv", sep="\t", dtype=str
         )
         assert len(scans) >= 1
         assert set(scans["subject"]) == {str(s).removeprefix("sub-") for s in truth.iloc[:, 0]}
         assert (tmp_path / "logs" / "ingest" / f"{name}.log").exists()
+        # One model-ready T1 per subject, one denoised series per run.
+        models = sorted((res / "anat" / name).rglob("*_desc-model_T1w.nii.gz"))
+        assert {p.name.split("_")[0] for p in models} == {f"sub-{s}" for s in scans["subject"]}
+        denoised = sorted((res / "func" / name).rglob("*_desc-denoised_timeseries.tsv"))
+        assert len(denoised) == len(scans)
+        # Multi-TR shards: every target TR, every run, phenotypes in the index.
+        tr = float(scans["tr"].iloc[0])
+        expected = [round(f * tr * 1000) for f in (1, 2, 3, 4) if f == 1 or f * tr <= 3.0]
+        for ms in expected:
+            index = pd.read_csv(res / "multitr" / name / f"{name}_tr-{ms}_index.tsv", sep="\t")
+            shard = np.load(res / "multitr" / name / f"{name}_tr-{ms}_series.npy", mmap_mode="r")
+            assert len(index) == len(scans) and shard.shape == (index["frames"].sum(), 400)
+            assert {"age", "diagnosis"} <= set(index.columns)
+        volumes = np.load(res / "multitr" / name / f"{name}_T1w_volumes.npy", mmap_mode="r")
+        assert volumes.shape[0] == len(models)
+        grads = pd.read_csv(
+            res / "geometry" / name / f"{name}_atlas-Schaefer400_g-30_gradients.tsv", sep="\t"
+        )
+        assert grads.shape == (400, 31)
+    harm = pd.read_csv(
+        res / "geometry" / "atlas-Schaefer400_surf-fslr32k_k-200_harmonics.tsv", sep="\t"
+    )
+    assert harm.shape[0] == 400 and harm.shape[1] >= 200
+    stats = json.loads((res / "multitr" / "atlas-Schaefer400_desc-robust_scaling.json").read_text())
+    assert len(stats["Median"]) == 400 and stats["Mode"] == "all_frames"
     # A second call has nothing to do.
-    again = run_snakemake(tmp_path, "--configfile", cfg, "--cores", "2", "ingest_all", "-n")
+    again = run_snakemake(tmp_path, "--configfile", cfg, "--cores", "2", "all", "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -15,3 +15,19 @@ rule anat_all:
 rule func_all:
     input:
         lambda wildcards: func_planning.targets(DATASETS, checkpoints.ingest, FUNC, FUNC_TASKS),
+
+
+rule geometry_all:
+    input:
+        bh_plan.harmonics_table(GEOMETRY),
+        bh_plan.harmonics_figure(GEOMETRY),
+        bh_plan.group_gradients(GEOMETRY),
+        expand(bh_plan.dataset_gradients(GEOMETRY), dataset=DATASETS),
+
+
+rule multitr_all:
+    input:
+        lambda wildcards: bh_plan.multitr_targets(DATASETS, checkpoints.ingest, MULTITR),
+        expand(bh_plan.VOLUME_SHARD, dataset=DATASETS),
+        expand(bh_plan.VOLUME_INDEX, dataset=DATASETS),
+        bh_plan.SCALING_STATS,

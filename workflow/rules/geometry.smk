@@ -1,0 +1,85 @@
+# Geometry: geometric harmonics of the population surface (one job) and functional
+# gradients of the pretraining set's group FC, aligned per dataset.
+# Outputs under results/geometry/: see docs/geometry.md.
+from brainharmony.timeseries import planning as bh_plan
+
+GEOMETRY = bh_plan.geometry_from_config(config)
+MULTITR = bh_plan.multitr_from_config(config)
+
+
+rule harmonics:
+    output:
+        table=bh_plan.harmonics_table(GEOMETRY),
+        figure=bh_plan.harmonics_figure(GEOMETRY),
+    params:
+        bh=BH,
+        surface=GEOMETRY.surface,
+        k=GEOMETRY.n_modes,
+    log:
+        "logs/geometry/harmonics.log",
+    benchmark:
+        "benchmarks/results/geometry/harmonics.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v harmonics --template {params.surface} --n-modes {params.k} "
+        "--out-table {output.table:q} --qc-figure {output.figure:q} --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule gradients_group:
+    input:
+        series=lambda wildcards: bh_plan.pretrain_series(
+            MULTITR, checkpoints.ingest, FUNC, FUNC_TASKS
+        ),
+    output:
+        table=bh_plan.group_gradients(GEOMETRY),
+        fc="results/geometry/atlas-Schaefer400_desc-group_fc.npy",
+    params:
+        bh=BH,
+        g=GEOMETRY.n_gradients,
+        kernel=GEOMETRY.kernel,
+        sparsity=GEOMETRY.sparsity,
+    log:
+        "logs/geometry/gradients_group.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v gradients --series {input.series:q} --n-components {params.g} "
+        "--kernel {params.kernel} --sparsity {params.sparsity} --out {output.table:q} "
+        "--out-fc {output.fc:q} > {log} 2>&1"
+
+
+rule gradients_dataset:
+    input:
+        series=lambda wildcards: bh_plan.denoised_series(
+            wildcards.dataset, checkpoints.ingest, FUNC, FUNC_TASKS
+        ),
+        reference=rules.gradients_group.output.table,
+    output:
+        table=bh_plan.dataset_gradients(GEOMETRY),
+    params:
+        bh=BH,
+        g=GEOMETRY.n_gradients,
+        kernel=GEOMETRY.kernel,
+        sparsity=GEOMETRY.sparsity,
+    log:
+        "logs/geometry/{dataset}_gradients.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v gradients --series {input.series:q} --n-components {params.g} "
+        "--kernel {params.kernel} --sparsity {params.sparsity} "
+        "--reference {input.reference:q} --out {output.table:q} > {log} 2>&1"

@@ -1,0 +1,82 @@
+# Multi-TR: each dataset's denoised series at every target TR, packed into one shard +
+# index per dataset and TR (file names carry the TR in ms); the model-ready T1 volumes
+# packed per dataset; robust-scaling statistics over the pretraining set.
+# Outputs under results/multitr/: see docs/multitr.md.
+
+
+rule multitr:
+    input:
+        scans=lambda wildcards: bh_plan.scans_of(wildcards.dataset, checkpoints.ingest),
+        series=lambda wildcards: bh_plan.denoised_series(
+            wildcards.dataset, checkpoints.ingest, FUNC, FUNC_TASKS
+        ),
+    output:
+        shard=bh_plan.series_shard("series"),
+        index=bh_plan.series_shard("index"),
+    wildcard_constraints:
+        ms=r"\d+",
+    params:
+        bh=BH,
+        method=MULTITR.method,
+        seed=MULTITR.seed,
+    log:
+        "logs/multitr/{dataset}_tr-{ms}.log",
+    benchmark:
+        "benchmarks/results/multitr/{dataset}_tr-{ms}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v multitr --scans {input.scans:q} --series {input.series:q} "
+        "--tr-out-ms {wildcards.ms} --method {params.method} --seed {params.seed} "
+        "--shard {output.shard:q} --index {output.index:q} > {log} 2>&1"
+
+
+rule pack_volumes:
+    input:
+        scans=lambda wildcards: bh_plan.scans_of(wildcards.dataset, checkpoints.ingest),
+        volumes=lambda wildcards: bh_plan.model_volumes(
+            wildcards.dataset, checkpoints.ingest, ANAT_SETTINGS
+        ),
+    output:
+        shard=bh_plan.VOLUME_SHARD,
+        index=bh_plan.VOLUME_INDEX,
+    params:
+        bh=BH,
+    log:
+        "logs/multitr/{dataset}_T1w_volumes.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v pack --kind volumes --files {input.volumes:q} --scans {input.scans:q} "
+        "--shard {output.shard:q} --index {output.index:q} > {log} 2>&1"
+
+
+rule scaling_stats:
+    input:
+        series=lambda wildcards: bh_plan.pretrain_series(
+            MULTITR, checkpoints.ingest, FUNC, FUNC_TASKS
+        ),
+    output:
+        stats=bh_plan.SCALING_STATS,
+    params:
+        bh=BH,
+        mode=MULTITR.scaling_mode,
+    log:
+        "logs/multitr/scaling_stats.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v scaling-stats --series {input.series:q} --mode {params.mode} "
+        "--out {output.stats:q} > {log} 2>&1"
