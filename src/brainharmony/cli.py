@@ -45,6 +45,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "splits": ("brainharmony.splits", "seeded subject-level cross-validation splits"),
     "pack": ("brainharmony.packing", "pack ROI series or T1 volumes into training shards"),
+    "train": (
+        "brainharmony.train.cli",
+        "train a model from its YAML on packed shards (resumable; DDP under torchrun)",
+    ),
+    "embed": (
+        "brainharmony.models.embed",
+        "frozen encoders -> per-subject token files and pooled features (F, S, Harmonizer)",
+    ),
 }
 
 

@@ -1,0 +1,501 @@
+"""Embedding extraction: frozen encoders -> token files and pooled features.
+
+``brainharmony embed encoders`` (the official "Stage 0")
+    Loads a trained BrainHarmonix-F and BrainHarmonix-S model folder (``config.json`` +
+    ``model.safetensors``), runs them frozen over one dataset's packed series shard (its
+    native TR; robust scaling from the statistics file) and packed T1 volume shard, and
+    writes
+
+    * per subject and session one token file ``sub-<s>[_ses-<x>]_tokens.npz`` with
+      ``f_tokens``, ``f_valid``, ``s_tokens`` and their ``index.tsv``
+      (:mod:`brainharmony.models.harmonizer_data`), the Harmonizer's training data;
+    * pooled features ``--out-f`` and ``--out-s`` (``results/embeddings/bh_f/<dataset>.npz``
+      and ``.../bh_s/<dataset>.npz``): arrays ``subject``, ``session`` (strings; ``n/a``
+      when the dataset has no sessions) and ``features`` (N, D) float32, each with a JSON
+      sidecar (model folder, inputs, provenance). F features are the model's ``encode``
+      averaged over the session's runs; S features are ``encode`` of the session's volume.
+
+``brainharmony embed harmonizer``
+    Loads a trained Harmonizer and writes its pooled features (``encode``: LayerNorm of
+    the mean hub token) for every row of a token index, in the same ``.npz`` layout
+    (``results/embeddings/harmonizer/<dataset>.npz``).
+
+Pairing and windows
+    A session's token file uses its longest run (most frames; ties: the first run
+    label) and the T1 volume of the same session, or of the subject's first session that
+    has one (recorded as ``s_session``); sessions without any T1 volume get no token file
+    (logged), but still get F features. Each series is read from its first frame for
+    ``n_patches * k`` frames (``k = round(tau / TR)``): the F model's whole field of view;
+    a longer series is cut there (TAPE's ``overflow`` is set to ``crop`` for extraction),
+    a shorter one is padded and masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainharmony.io import (
+    InputDataError,
+    PathLike,
+    atomic_path,
+    provenance,
+    sidecar_path,
+    write_json,
+    write_tsv,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "add_arguments",
+    "embed_encoders",
+    "embed_harmonizer",
+    "load_frozen",
+    "pair_sessions",
+    "read_features",
+    "run",
+    "token_file_name",
+    "write_features",
+]
+
+_SERIES_META = ("subject", "session", "run", "tr", "frames", "offset")
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_frozen(model_dir: PathLike, device: Any = "cpu") -> tuple[Any, str]:
+    """Rebuild a trained model folder, frozen and in eval mode.
+
+    BrainHarmonix-F is rebuilt with ``tables_from_state`` (its position tables come from
+    the weights, so the geometry files need not exist) and TAPE's ``overflow: crop``.
+
+    Returns
+    -------
+    model : torch.nn.Module
+    kind : str
+        The model's kind (``bh_f``, ``bh_s``, ``harmonizer``, ...).
+    """
+    from brainharmony.models.registry import build_model
+    from brainharmony.train.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights
+    from brainharmony.train.config import load_config, thaw
+
+    folder = Path(model_dir)
+    cfg = load_config(folder / CONFIG_NAME)
+    model_cfg = thaw(cfg.model)
+    if cfg.kind == "bh_f":
+        model_cfg["tables_from_state"] = True
+        model_cfg["overflow"] = "crop"
+    model = build_model(cfg.kind, model_cfg)
+    load_weights(model, folder / WEIGHTS_NAME, strict=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval(), cfg.kind
+
+
+def _expect_kind(kind: str, wanted: str, folder: PathLike) -> None:
+    if kind != wanted:
+        raise InputDataError(Path(folder), f"is a {kind!r} model; expected {wanted!r}")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def token_file_name(subject: str, session: str) -> str:
+    """``sub-<subject>[_ses-<session>]_tokens.npz``."""
+    ses = "" if session in ("", "n/a") else f"_ses-{session}"
+    return f"sub-{subject}{ses}_tokens.npz"
+
+
+def write_features(
+    path: PathLike,
+    subjects: Sequence[str],
+    sessions: Sequence[str],
+    features: np.ndarray,
+    sidecar: Mapping[str, Any],
+) -> Path:
+    """Write pooled features (``subject``, ``session``, ``features``) and a JSON sidecar."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or features.shape[0] != len(subjects) or len(sessions) != len(subjects):
+        raise ValueError(
+            f"features {features.shape} do not match {len(subjects)} subjects / "
+            f"{len(sessions)} sessions"
+        )
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(
+            handle,
+            subject=np.asarray(subjects, dtype=str),
+            session=np.asarray(sessions, dtype=str),
+            features=features,
+        )
+    write_json(sidecar_path(path), dict(sidecar))
+    return Path(path)
+
+
+def read_features(path: PathLike) -> dict[str, np.ndarray]:
+    """Read a pooled-features ``.npz`` (``subject``, ``session``, ``features``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputDataError(p, "features file not found")
+    with np.load(p, allow_pickle=False) as data:
+        missing = [k for k in ("subject", "session", "features") if k not in data.files]
+        if missing:
+            raise InputDataError(p, f"features file lacks array(s) {missing}")
+        return {k: data[k] for k in ("subject", "session", "features")}
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+def _label_key(value: str) -> tuple[int, Any]:
+    try:
+        return (0, int(value))
+    except ValueError:
+        return (1, value)
+
+
+def pair_sessions(series_index: pd.DataFrame, volume_index: pd.DataFrame) -> pd.DataFrame:
+    """Choose, per subject and session of the series, one run and one T1 volume.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``subject, session, series_row, volume_row`` (``-1`` when the subject has no
+        volume), ``s_session``; one row per (subject, session), in index order.
+    """
+    for col in ("subject", "session", "run", "frames"):
+        if col not in series_index.columns:
+            raise InputDataError(None, f"the series index has no {col!r} column")
+    for col in ("subject", "session"):
+        if col not in volume_index.columns:
+            raise InputDataError(None, f"the volume index has no {col!r} column")
+    vols: dict[str, list[tuple[str, int]]] = {}
+    for row, (sub, ses) in enumerate(
+        zip(volume_index["subject"].astype(str), volume_index["session"].astype(str), strict=True)
+    ):
+        vols.setdefault(sub, []).append((ses, row))
+    records = []
+    series = series_index.assign(row_id=np.arange(len(series_index)))
+    for (sub, ses), group in series.groupby(["subject", "session"], sort=False):
+        ordered = sorted(
+            group.itertuples(index=False),
+            key=lambda r: (-int(r.frames), _label_key(str(r.run))),
+        )
+        chosen = int(ordered[0].row_id)
+        candidates = vols.get(str(sub), [])
+        same = [r for s, r in candidates if s == str(ses)]
+        if same:
+            v_row, v_ses = same[0], str(ses)
+        elif candidates:
+            v_ses, v_row = min(candidates, key=lambda c: _label_key(c[0]))
+        else:
+            v_row, v_ses = -1, "n/a"
+        records.append(
+            {
+                "subject": str(sub),
+                "session": str(ses),
+                "series_row": chosen,
+                "volume_row": int(v_row),
+                "s_session": v_ses,
+            }
+        )
+    return pd.DataFrame.from_records(
+        records, columns=["subject", "session", "series_row", "volume_row", "s_session"]
+    )
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _batches(rows: Sequence[int], size: int) -> Iterable[list[int]]:
+    rows = list(rows)
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _collate(dataset: Any, rows: Sequence[int], device: Any) -> dict[str, Any]:
+    from torch.utils.data import default_collate
+
+    batch = default_collate([dataset[int(r)] for r in rows])
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def _series_window(model: Any, trs: np.ndarray) -> int:
+    from brainharmony.models.tape import patch_frames
+
+    tape = model.encoder.tape
+    return max(tape.n_patches * patch_frames(float(tr), tape.tau) for tr in np.unique(trs))
+
+
+def embed_encoders(
+    *,
+    f_model: PathLike,
+    s_model: PathLike,
+    series_shard: PathLike,
+    series_index: PathLike,
+    volume_shard: PathLike,
+    volume_index: PathLike,
+    tokens_dir: PathLike,
+    out_f: PathLike,
+    out_s: PathLike,
+    scaling: PathLike | None = None,
+    batch_size: int = 8,
+    dtype: str = "float16",
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Token files and pooled F/S features of one dataset (module docstring).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The token index (also written to ``tokens_dir/index.tsv``).
+    """
+    import torch
+
+    from brainharmony.models.harmonizer_data import INDEX_COLUMNS, write_token_file
+    from brainharmony.packing import PackedSeriesDataset, PackedVolumeDataset, read_index
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    f_net, f_kind = load_frozen(f_model, device)
+    _expect_kind(f_kind, "bh_f", f_model)
+    s_net, s_kind = load_frozen(s_model, device)
+    _expect_kind(s_kind, "bh_s", s_model)
+    s_index = read_index(volume_index)
+    f_index = read_index(series_index)
+    if "tr" not in f_index.columns:
+        raise InputDataError(Path(series_index), "series index has no 'tr' column")
+    stats = None
+    if scaling is not None:
+        from brainharmony.timeseries.scaling import load_stats
+
+        stats = load_stats(scaling)
+    f_data = PackedSeriesDataset(
+        series_shard,
+        f_index,
+        window=_series_window(f_net, f_index["tr"].to_numpy(np.float64)),
+        crop="start",
+        scaling=stats,
+    )
+    s_data = PackedVolumeDataset(volume_shard, s_index)
+    pairs = pair_sessions(f_index, s_index)
+    f_pooled: dict[int, np.ndarray] = {}
+    s_pooled: dict[int, np.ndarray] = {}
+    out_dir = Path(tokens_dir)
+    extra = [c for c in f_index.columns if c not in _SERIES_META]
+    records: list[dict[str, Any]] = []
+    paired = pairs[pairs["volume_row"] >= 0]
+    for missing in pairs.loc[pairs["volume_row"] < 0].itertuples(index=False):
+        logger.warning(
+            "sub-%s ses-%s: no T1 volume; no token file", missing.subject, missing.session
+        )
+    with torch.no_grad():
+        for chunk in _batches(range(len(paired)), batch_size):
+            part = paired.iloc[chunk]
+            f_rows = part["series_row"].tolist()
+            s_rows = part["volume_row"].tolist()
+            f_batch = _collate(f_data, f_rows, device)
+            s_batch = _collate(s_data, s_rows, device)
+            f_tok, f_val = f_net.encode_tokens(f_batch)
+            s_tok, _ = s_net.encode_tokens(s_batch)
+            for r, feat in zip(f_rows, f_net.encode(f_batch).cpu().numpy(), strict=True):
+                f_pooled[r] = feat
+            for r, feat in zip(s_rows, s_net.encode(s_batch).cpu().numpy(), strict=True):
+                s_pooled[r] = feat
+            for j, rec in enumerate(part.itertuples(index=False)):
+                name = token_file_name(rec.subject, rec.session)
+                write_token_file(
+                    out_dir / name,
+                    f_tokens=f_tok[j].float().cpu().numpy(),
+                    f_valid=f_val[j].cpu().numpy(),
+                    s_tokens=s_tok[j].float().cpu().numpy(),
+                    dtype=np.dtype(dtype),
+                )
+                src = f_index.iloc[rec.series_row]
+                records.append(
+                    {
+                        "subject": rec.subject,
+                        "session": rec.session,
+                        "path": name,
+                        "f_run": str(src["run"]),
+                        "f_tr": float(src["tr"]),
+                        "f_valid_tokens": int(f_val[j].sum()),
+                        "s_session": rec.s_session,
+                        **{c: src[c] for c in extra},
+                    }
+                )
+        rest_f = [r for r in range(len(f_index)) if r not in f_pooled]
+        for chunk in _batches(rest_f, batch_size):
+            feats = f_net.encode(_collate(f_data, chunk, device)).cpu().numpy()
+            f_pooled.update(zip(chunk, feats, strict=True))
+        rest_s = [r for r in range(len(s_index)) if r not in s_pooled]
+        for chunk in _batches(rest_s, batch_size):
+            feats = s_net.encode(_collate(s_data, chunk, device)).cpu().numpy()
+            s_pooled.update(zip(chunk, feats, strict=True))
+
+    index = pd.DataFrame.from_records(records, columns=[*INDEX_COLUMNS, *extra])
+    write_tsv(out_dir / "index.tsv", index)
+    inputs = [series_shard, series_index, volume_shard, volume_index]
+    if scaling is not None:
+        inputs.append(scaling)
+    write_json(
+        sidecar_path(out_dir / "index.tsv"),
+        {
+            "Description": "Frozen BrainHarmonix-F/-S tokens per subject and session",
+            "FModel": str(f_model),
+            "SModel": str(s_model),
+            "TokenDType": dtype,
+            "FGrid": list(f_net.grid),
+            **provenance(step="embed-encoders", inputs=inputs),
+        },
+    )
+
+    # F: mean over each session's runs, in index order of first appearance.
+    keys = list(dict.fromkeys(zip(f_index["subject"], f_index["session"], strict=True)))
+    by_key: dict[tuple[str, str], list[np.ndarray]] = {}
+    for r, key in enumerate(zip(f_index["subject"], f_index["session"], strict=True)):
+        by_key.setdefault(key, []).append(f_pooled[r])
+    write_features(
+        out_f,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        np.stack([np.mean(by_key[k], axis=0) for k in keys]),
+        {
+            "Description": "BrainHarmonix-F pooled features (mean over each session's runs)",
+            "Model": str(f_model),
+            "Runs": [len(by_key[k]) for k in keys],
+            **provenance(step="embed-encoders", inputs=[series_shard, series_index]),
+        },
+    )
+    write_features(
+        out_s,
+        s_index["subject"].astype(str).tolist(),
+        s_index["session"].astype(str).tolist(),
+        np.stack([s_pooled[r] for r in range(len(s_index))]),
+        {
+            "Description": "BrainHarmonix-S pooled features (one per T1 volume)",
+            "Model": str(s_model),
+            **provenance(step="embed-encoders", inputs=[volume_shard, volume_index]),
+        },
+    )
+    logger.info(
+        "embedded %d series, %d volumes; %d token files", len(f_index), len(s_index), len(index)
+    )
+    return index
+
+
+def embed_harmonizer(
+    *,
+    model: PathLike,
+    tokens_index: PathLike,
+    out: PathLike,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Pooled Harmonizer features of every row of a token index.
+
+    Returns
+    -------
+    ndarray of shape (N, D)
+    """
+    import torch
+
+    from brainharmony.models.harmonizer_data import FusedDataset
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    net, kind = load_frozen(model, device)
+    _expect_kind(kind, "harmonizer", model)
+    data = FusedDataset(tokens_index)
+    feats = []
+    with torch.no_grad():
+        for chunk in _batches(range(len(data)), batch_size):
+            feats.append(net.encode(_collate(data, chunk, device)).float().cpu().numpy())
+    if not feats:
+        raise InputDataError(Path(tokens_index), "token index has no rows")
+    features = np.concatenate(feats)
+    write_features(
+        out,
+        data.index["subject"].astype(str).tolist(),
+        data.index["session"].astype(str).tolist(),
+        features,
+        {
+            "Description": "Harmonizer pooled features (LayerNorm of the mean hub token)",
+            "Model": str(model),
+            **provenance(step="embed-harmonizer", inputs=[tokens_index]),
+        },
+    )
+    return features
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``brainharmony embed {encoders,harmonizer}``."""
+    sub = parser.add_subparsers(dest="embed_command", metavar="WHAT", required=True)
+    enc = sub.add_parser("encoders", help="frozen F and S -> token files + pooled features")
+    enc.add_argument("--f-model", required=True, type=Path, help="trained bh_f model folder")
+    enc.add_argument("--s-model", required=True, type=Path, help="trained bh_s model folder")
+    enc.add_argument("--series-shard", required=True, type=Path, help="packed series .npy")
+    enc.add_argument("--series-index", required=True, type=Path, help="its index .tsv")
+    enc.add_argument("--scaling", type=Path, help="robust-scaling statistics (.json)")
+    enc.add_argument("--volume-shard", required=True, type=Path, help="packed volumes .npy")
+    enc.add_argument("--volume-index", required=True, type=Path, help="its index .tsv")
+    enc.add_argument(
+        "--tokens-dir", required=True, type=Path, help="output folder: token files + index.tsv"
+    )
+    enc.add_argument("--out-f", required=True, type=Path, help="pooled F features (.npz)")
+    enc.add_argument("--out-s", required=True, type=Path, help="pooled S features (.npz)")
+    enc.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    har = sub.add_parser("harmonizer", help="trained Harmonizer -> pooled features")
+    har.add_argument("--model", required=True, type=Path, help="trained harmonizer folder")
+    har.add_argument("--tokens-index", required=True, type=Path, help="token index.tsv")
+    har.add_argument("--out", required=True, type=Path, help="pooled features (.npz)")
+    for p in (enc, har):
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+        p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``brainharmony embed``."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.embed_command == "encoders":
+        embed_encoders(
+            f_model=args.f_model,
+            s_model=args.s_model,
+            series_shard=args.series_shard,
+            series_index=args.series_index,
+            volume_shard=args.volume_shard,
+            volume_index=args.volume_index,
+            tokens_dir=args.tokens_dir,
+            out_f=args.out_f,
+            out_s=args.out_s,
+            scaling=args.scaling,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            device=device,
+        )
+    else:
+        embed_harmonizer(
+            model=args.model,
+            tokens_index=args.tokens_index,
+            out=args.out,
+            batch_size=args.batch_size,
+            device=device,
+        )
+    return 0

@@ -1,0 +1,130 @@
+"""``brainharmony train``: train one model from its YAML on packed data.
+
+Examples
+--------
+One process (CPU or one GPU)::
+
+    brainharmony train --config models/bh_s_demo.yaml --out results/models/bh_s_demo \\
+        --state work/train/bh_s_demo --shard vols.npy --index vols.tsv
+
+Several GPUs of one node (DDP)::
+
+    torchrun --standalone --nproc-per-node 4 -m brainharmony train --config ... (same)
+
+Rerunning the same command after an interruption resumes from ``--state``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``brainharmony train``."""
+    parser.add_argument("--config", required=True, type=Path, help="model YAML")
+    parser.add_argument("--out", required=True, type=Path, help="model folder written at the end")
+    parser.add_argument(
+        "--state", required=True, type=Path, help="scratch folder: checkpoint and running metrics"
+    )
+    parser.add_argument(
+        "--shard",
+        action="append",
+        default=[],
+        type=Path,
+        help="packed shard (.npy); repeat with --index for several (not for fused data)",
+    )
+    parser.add_argument(
+        "--index",
+        action="append",
+        default=[],
+        type=Path,
+        help="index TSV of the matching --shard (fused data: the token index)",
+    )
+    parser.add_argument("--scaling", type=Path, help="robust-scaling statistics JSON (series)")
+    parser.add_argument("--rows-from", type=Path, help="splits TSV (subject, fold, split)")
+    parser.add_argument("--fold", type=int, help="fold of --rows-from (needed if it has several)")
+    parser.add_argument(
+        "--split", default="train", choices=("train", "val", "test"), help="split of --rows-from"
+    )
+    parser.add_argument("--init", type=Path, help="trained model folder to initialise from")
+    parser.add_argument("--steps", type=int, help="override train.steps")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one YAML value (repeatable), e.g. model.target=age",
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument(
+        "--max-steps-this-call",
+        type=int,
+        help="stop after this many steps without writing --out (resume by rerunning)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``brainharmony train``; returns the exit status."""
+    from brainharmony.train.config import load_config, with_overrides
+    from brainharmony.train.data import build_dataset
+    from brainharmony.train.loop import NonFiniteLossError, train
+
+    cfg = load_config(args.config)
+    if args.set:
+        cfg = with_overrides(cfg, args.set)
+    if args.steps is not None:
+        cfg = cfg.with_train(steps=args.steps)
+    kind = cfg.data.get("kind")
+    if kind == "fused":
+        if args.shard or len(args.index) != 1:
+            print(
+                "brainharmony train: fused data takes one --index and no --shard", file=sys.stderr
+            )
+            return 2
+        shards: list[tuple[Path | None, Path]] = [(None, args.index[0])]
+    else:
+        if not args.shard or len(args.shard) != len(args.index):
+            print(
+                f"brainharmony train: give one --index per --shard (got {len(args.shard)} "
+                f"shard(s), {len(args.index)} index(es))",
+                file=sys.stderr,
+            )
+            return 2
+        shards = list(zip(args.shard, args.index, strict=True))
+    dataset = build_dataset(
+        cfg.data,
+        shards,
+        scaling=args.scaling,
+        rows_from=args.rows_from,
+        fold=args.fold,
+        split=args.split,
+    )
+    inputs = [p for pair in shards for p in pair if p is not None]
+    inputs += [p for p in (args.scaling, args.rows_from, args.init) if p is not None]
+    try:
+        result = train(
+            cfg,
+            dataset,
+            args.out,
+            args.state,
+            init_from=args.init,
+            max_steps_this_call=args.max_steps_this_call,
+            threads=args.threads,
+            device=args.device,
+            inputs=inputs,
+            progress=not args.no_progress,
+        )
+    except NonFiniteLossError as err:
+        print(f"brainharmony train: error: {err}", file=sys.stderr)
+        return 3
+    logger.info("%s: %d steps, finished=%s", cfg.name, result.step, result.finished)
+    return 0

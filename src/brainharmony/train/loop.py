@@ -1,0 +1,421 @@
+"""The training loop shared by every model kind.
+
+:func:`train` builds the model from its configuration (or takes one), optimises
+``model.forward_loss(batch)`` with AdamW and a warmup + cosine schedule, and writes
+
+* to ``state_dir`` (scratch, outside the workflow's outputs): ``checkpoint.pt`` every
+  ``ckpt_every`` steps and at the end (atomic), and ``metrics.jsonl`` as it goes;
+* to ``out_dir`` at the end (each file atomic): ``model.safetensors``, ``config.json``,
+  ``metrics.jsonl``, ``curves.png``.
+
+A run whose ``state_dir`` holds a checkpoint of the same configuration resumes from it:
+weights, optimiser and scheduler state, the random states of every process and the
+position in the data stream are restored, so the result equals an uninterrupted run's.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
+:class:`~torch.nn.parallel.DistributedDataParallel`; every rank reads its slice of the
+same global batch; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainharmony.io import PathLike, atomic_path, config_digest
+from brainharmony.train import checkpoint as ckpt
+from brainharmony.train.config import ModelConfig
+from brainharmony.train.data import SeededItems, StreamBatchSampler, _mix
+from brainharmony.train.distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_mean,
+    setup,
+    teardown,
+)
+from brainharmony.train.metrics import MetricsLog, plot_curves, read_metrics
+from brainharmony.train.optim import build_optimizer, build_scheduler, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NonFiniteLossError", "TrainResult", "seed_everything", "train"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite; training stopped."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a call of :func:`train` did.
+
+    Attributes
+    ----------
+    step : int
+        Optimiser steps completed (in total, across resumes).
+    finished : bool
+        True when all steps are done and ``out_dir`` was written.
+    resumed_from : int
+        The checkpoint step this call started from (0 for a fresh run).
+    last_loss : float or None
+        Loss of the last step run by this call.
+    """
+
+    step: int
+    finished: bool
+    resumed_from: int
+    last_loss: float | None
+
+
+class _LossModule(nn.Module):
+    """Routes ``forward`` to ``forward_loss`` so that DDP synchronises its gradients."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.model.forward_loss(batch)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))  # noqa: NPY002 (seeding the global state)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _digest(cfg: ModelConfig) -> str:
+    """What must not change for a checkpoint to be resumed (logging cadence may)."""
+    doc = cfg.to_dict()
+    for key in ("log_every", "ckpt_every", "num_workers"):
+        doc["train"].pop(key, None)
+    return config_digest(doc)
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def train(
+    cfg: ModelConfig,
+    dataset: Any,
+    out_dir: PathLike,
+    state_dir: PathLike,
+    *,
+    model: nn.Module | None = None,
+    init_from: PathLike | None = None,
+    max_steps_this_call: int | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    inputs: Sequence[PathLike] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume training) one model.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+        The parsed model YAML.
+    dataset : map-style dataset
+        Items are dicts collated by default collation; an optional ``batch_groups``
+        attribute (list of index arrays) makes every batch come from one group.
+    out_dir : path-like
+        The model folder written at the end.
+    state_dir : path-like
+        Scratch folder for the checkpoint and the running metrics.
+    model : nn.Module, optional
+        Use this model instead of building ``cfg.kind`` from ``cfg.model`` (tests, custom
+        models); it must have ``forward_loss``.
+    init_from : path-like, optional
+        A trained model folder whose matching weights initialise a fresh run (ignored
+        when resuming).
+    max_steps_this_call : int, optional
+        Stop after this many steps without writing ``out_dir`` (as if killed; a later
+        call resumes from the last checkpoint).
+    threads : int, optional
+        ``torch.set_num_threads``.
+    device : {"cpu", "cuda"}, optional
+        Default: CUDA when available.
+    inputs : sequence of path-like
+        Data files, recorded in ``config.json``'s provenance.
+    progress : bool
+        Show a tqdm progress bar (rank 0).
+
+    Raises
+    ------
+    NonFiniteLossError
+        The loss or gradient norm is not finite; nothing is written for that step.
+    """
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    ctx = setup(device)
+    try:
+        return _train(
+            cfg,
+            dataset,
+            Path(out_dir),
+            Path(state_dir),
+            ctx,
+            model=model,
+            init_from=init_from,
+            max_steps_this_call=max_steps_this_call,
+            inputs=inputs,
+            progress=progress,
+        )
+    finally:
+        teardown(ctx)
+
+
+def _train(
+    cfg: ModelConfig,
+    dataset: Any,
+    out_dir: Path,
+    state_dir: Path,
+    ctx: DistContext,
+    *,
+    model: nn.Module | None,
+    init_from: PathLike | None,
+    max_steps_this_call: int | None,
+    inputs: Sequence[PathLike],
+    progress: bool,
+) -> TrainResult:
+    from brainharmony.models.registry import build_model
+
+    tc = cfg.train
+    total = tc.steps
+    if len(dataset) == 0:
+        raise ValueError("the training dataset is empty")
+    # Identical initial weights on every rank (DDP also broadcasts rank 0's).
+    seed_everything(tc.seed)
+    torch.backends.cudnn.benchmark = False
+    if model is None:
+        model = build_model(cfg.kind, cfg.model)
+    if not hasattr(model, "forward_loss"):
+        raise TypeError(f"model {type(model).__name__} has no forward_loss(batch)")
+
+    ckpt_path = state_dir / ckpt.CHECKPOINT_NAME
+    digest = _digest(cfg)
+    state = ckpt.load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if state is not None and state["digest"] != digest:
+        raise ValueError(
+            f"{ckpt_path}: the checkpoint belongs to a different configuration than "
+            f"{cfg.name!r} (model, optim, train or data changed); delete {state_dir} to start over"
+        )
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        start = int(state["step"])
+        logger.info("resuming %s from step %d (%s)", cfg.name, start, ckpt_path)
+    elif init_from is not None:
+        missing, unexpected = ckpt.load_weights(
+            model, Path(init_from) / ckpt.WEIGHTS_NAME, strict=False
+        )
+        loaded = len(model.state_dict()) - len(missing)
+        if loaded == 0:
+            raise ValueError(f"{init_from}: no weights match model {cfg.name!r}")
+        logger.info(
+            "initialised %d tensors from %s (%d not in it, %d unused)",
+            loaded,
+            init_from,
+            len(missing),
+            len(unexpected),
+        )
+    model.to(ctx.device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        ckpt.restore_scheduler(scheduler, state["scheduler"])
+        rng = state["rng"]
+        if len(rng) == ctx.world_size:
+            ckpt.restore_rng(rng[ctx.rank])
+        else:
+            logger.warning(
+                "checkpoint was written by %d processes, now %d: random streams reseeded",
+                len(rng),
+                ctx.world_size,
+            )
+            seed_everything(_mix(tc.seed, ctx.rank, start))
+    else:
+        seed_everything(_mix(tc.seed, ctx.rank))
+    del state
+
+    autocast_dtype = resolve_precision(tc.precision, ctx.device)
+    wrapped: nn.Module = _LossModule(model)
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(
+            wrapped, device_ids=[ctx.device] if ctx.device.type == "cuda" else None
+        )
+
+    metrics_path = state_dir / "metrics.jsonl"
+    log = MetricsLog(metrics_path)
+    if ctx.is_main:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        log.truncate_after(start)
+
+    end = total if max_steps_this_call is None else min(total, start + max_steps_this_call)
+    sampler = StreamBatchSampler(
+        len(dataset),
+        tc.batch_size,
+        tc.seed,
+        start,
+        end,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        grad_accum=tc.grad_accum,
+        groups=getattr(dataset, "batch_groups", None),
+    )
+    loader = torch.utils.data.DataLoader(
+        SeededItems(dataset, tc.seed),
+        batch_sampler=sampler,
+        num_workers=tc.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator().manual_seed(tc.seed),
+    )
+    clip = cfg.optim.clip_grad if cfg.optim.clip_grad else float("inf")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    bar = None
+    if progress and ctx.is_main and start < end:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=total,
+            initial=start,
+            desc=cfg.name,
+            dynamic_ncols=True,
+            mininterval=0.5 if sys.stderr.isatty() else 10.0,
+        )
+    began = time.perf_counter()
+    last_loss: float | None = None
+    step = start
+    batches = iter(loader)
+    try:
+        for step in range(start, end):
+            wrapped.train()
+            optimizer.zero_grad(set_to_none=True)
+            lr = float(optimizer.param_groups[0]["lr"])
+            loss_acc = torch.zeros((), device=ctx.device)
+            logs_acc: dict[str, float] = {}
+            for micro in range(tc.grad_accum):
+                batch = _to_device(next(batches), ctx.device)
+                sync = (
+                    wrapped.no_sync()
+                    if ctx.distributed and micro < tc.grad_accum - 1
+                    else contextlib.nullcontext()
+                )
+                autocast = (
+                    torch.autocast(device_type=ctx.device.type, dtype=autocast_dtype)
+                    if autocast_dtype is not None
+                    else contextlib.nullcontext()
+                )
+                with sync:
+                    with autocast:
+                        loss, logs = wrapped(batch)
+                    (loss.float() / tc.grad_accum).backward()
+                loss_acc += loss.detach().float() / tc.grad_accum
+                for key, value in logs.items():
+                    logs_acc[key] = logs_acc.get(key, 0.0) + float(value) / tc.grad_accum
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            loss_value = float(all_reduce_mean(loss_acc, ctx))
+            if not (_finite(loss_value) and _finite(grad_norm)):
+                raise NonFiniteLossError(
+                    f"{cfg.name}: non-finite loss {loss_value} (gradient norm {grad_norm}) at "
+                    f"step {step + 1}; this step was not applied and nothing was saved for it. "
+                    f"The last checkpoint in {state_dir} (if any) is intact. Lower optim.lr, "
+                    "raise warmup_steps or check the input data for NaN/inf."
+                )
+            optimizer.step()
+            scheduler.step()
+            done = step + 1
+            if hasattr(model, "after_step"):
+                model.after_step(done, total)
+            last_loss = loss_value
+            if done == 1 or done % tc.log_every == 0 or done == total:
+                record: dict[str, Any] = {"step": done, "loss": loss_value, "lr": lr}
+                record["grad_norm"] = grad_norm
+                if logs_acc:
+                    keys = sorted(logs_acc)
+                    values = torch.tensor([logs_acc[k] for k in keys], device=ctx.device)
+                    values = all_reduce_mean(values, ctx).tolist()
+                    record.update(dict(zip(keys, values, strict=True)))
+                record["elapsed_s"] = round(time.perf_counter() - began, 3)
+                if ctx.is_main:
+                    log.append(record)
+                    logger.info(
+                        "%s step %d/%d loss %.5g lr %.3g", cfg.name, done, total, loss_value, lr
+                    )
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}", refresh=False)
+            if done % tc.ckpt_every == 0 or done == total:
+                rng_states = all_gather_objects(ckpt.capture_rng(), ctx)
+                if ctx.is_main:
+                    ckpt.save_checkpoint(
+                        ckpt_path,
+                        model=model,
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                        step=done,
+                        rng=rng_states,
+                        digest=digest,
+                    )
+            if bar is not None:
+                bar.update(1)
+            step = done
+    finally:
+        if bar is not None:
+            bar.close()
+    if step < total:
+        logger.info("%s: stopped at step %d of %d (max_steps_this_call)", cfg.name, step, total)
+        return TrainResult(step=step, finished=False, resumed_from=start, last_loss=last_loss)
+
+    if ctx.is_main:
+        _write_model_folder(cfg, model, out_dir, metrics_path, total, inputs)
+    return TrainResult(step=total, finished=True, resumed_from=start, last_loss=last_loss)
+
+
+def _write_model_folder(
+    cfg: ModelConfig,
+    model: nn.Module,
+    out_dir: Path,
+    metrics_path: Path,
+    steps: int,
+    inputs: Sequence[PathLike],
+) -> None:
+    """``model.safetensors``, ``config.json``, ``metrics.jsonl``, ``curves.png`` (atomic)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = read_metrics(metrics_path)
+    if not records:
+        raise RuntimeError(f"{metrics_path}: no metrics were logged")
+    with atomic_path(out_dir / "metrics.jsonl") as tmp:
+        tmp.write_bytes(metrics_path.read_bytes())
+    plot_curves(records, out_dir / "curves.png", title=f"{cfg.name} ({cfg.kind})")
+    ckpt.write_model_config(out_dir / ckpt.CONFIG_NAME, cfg, trained_steps=steps, inputs=inputs)
+    ckpt.save_weights(
+        out_dir / ckpt.WEIGHTS_NAME, model, metadata={"name": cfg.name, "kind": cfg.kind}
+    )
+    logger.info("wrote %s", out_dir)

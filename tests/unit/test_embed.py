@@ -1,0 +1,258 @@
+"""Embedding extraction round trip on tiny F, S and Harmonizer model folders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brainharmony.cli import main
+from brainharmony.io import InputDataError, write_npy, write_tsv
+from brainharmony.models.embed import load_frozen, pair_sessions, read_features, token_file_name
+from brainharmony.models.harmonizer_data import FusedDataset, read_token_file, read_token_index
+
+N_ROIS = 12
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _save_model(folder: Path, raw: dict[str, Any], seed: int) -> torch.nn.Module:
+    """A model folder as the trainer writes it (config.json + model.safetensors)."""
+    from brainharmony.models.registry import build_model
+    from brainharmony.train.checkpoint import save_weights, write_model_config
+    from brainharmony.train.config import config_from_mapping
+
+    cfg = config_from_mapping(raw)
+    torch.manual_seed(seed)
+    model = build_model(cfg.kind, cfg.model)
+    save_weights(folder / "model.safetensors", model)
+    write_model_config(folder / "config.json", cfg, trained_steps=0)
+    return model
+
+
+def _tables(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    out = []
+    for name, width in (("harmonics", 6), ("gradients", 3)):
+        frame = pd.DataFrame(rng.normal(size=(N_ROIS, width)))
+        frame.insert(0, "roi", [f"R{i}" for i in range(N_ROIS)])
+        path = tmp_path / f"{name}.tsv"
+        frame.to_csv(path, sep="\t", index=False)
+        out.append(path)
+    return out[0], out[1]
+
+
+F_MODEL = {
+    "n_rois": N_ROIS,
+    "n_patches": 3,
+    "dim": 16,
+    "depth": 1,
+    "heads": 2,
+    "pred_dim": 16,
+    "pred_depth": 1,
+    "pred_heads": 2,
+    "k_base": 8,
+    "tau": 8.0,  # k = 4 at TR 2 s: 12 frames fill the grid
+    "n_harmonics": 6,
+    "n_gradients": 3,
+}
+S_MODEL = {
+    "img_size": [8, 8, 8],
+    "patch": 4,
+    "dim": 8,
+    "depth": 1,
+    "heads": 2,
+    "decoder_dim": 8,
+    "decoder_depth": 1,
+    "decoder_heads": 2,
+}
+
+
+def _data(tmp_path: Path) -> dict[str, Path]:
+    """Series (TR 2 s) and volume shards in the packing layout, with pairing cases."""
+    rng = np.random.default_rng(1)
+    series = [  # subject, session, run, frames
+        ("01", "1", "1", 12),
+        ("01", "1", "2", 9),  # shorter run: the token file uses run 1
+        ("01", "2", "1", 10),  # session 2 has no T1: falls back to session 1's
+        ("02", "1", "1", 6),  # 6 frames: 1 full patch + 2 of 4 frames
+        ("03", "1", "1", 12),  # no T1 at all: F features only
+    ]
+    frames = np.array([s[3] for s in series])
+    offsets = np.concatenate([[0], np.cumsum(frames)[:-1]])
+    write_npy(tmp_path / "series.npy", rng.normal(size=(frames.sum(), N_ROIS)).astype(np.float32))
+    write_tsv(
+        tmp_path / "series.tsv",
+        pd.DataFrame(
+            {
+                "subject": [s[0] for s in series],
+                "session": [s[1] for s in series],
+                "run": [s[2] for s in series],
+                "tr": 2.0,
+                "frames": frames,
+                "offset": offsets,
+                "age": [30.0, 30.0, 31.0, 50.0, 70.0],
+            }
+        ),
+    )
+    write_npy(tmp_path / "vols.npy", rng.normal(size=(2, 8, 8, 8)).astype(np.float16))
+    write_tsv(
+        tmp_path / "vols.tsv",
+        pd.DataFrame({"subject": ["01", "02"], "session": ["1", "1"], "offset": [0, 1]}),
+    )
+    return {k: tmp_path / f"{v}" for k, v in
+            (("s_shard", "series.npy"), ("s_index", "series.tsv"),
+             ("v_shard", "vols.npy"), ("v_index", "vols.tsv"))}  # fmt: skip
+
+
+def test_pair_sessions_rules() -> None:
+    series = pd.DataFrame(
+        {
+            "subject": ["a", "a", "a", "b"],
+            "session": ["1", "1", "2", "n/a"],
+            "run": ["2", "10", "1", "n/a"],
+            "frames": [50, 50, 40, 30],
+        }
+    )
+    vols = pd.DataFrame({"subject": ["a", "a"], "session": ["3", "2"]})
+    pairs = pair_sessions(series, vols)
+    assert pairs["series_row"].tolist() == [0, 2, 3]  # tie on frames: run 2 before run 10
+    assert pairs["volume_row"].tolist() == [1, 1, -1]  # a/1 -> a's first session (2)
+    assert pairs["s_session"].tolist() == ["2", "2", "n/a"]
+    assert token_file_name("a", "n/a") == "sub-a_tokens.npz"
+    assert token_file_name("a", "2") == "sub-a_ses-2_tokens.npz"
+
+
+def test_embed_round_trip(tmp_path: Path) -> None:
+    h, g = _tables(tmp_path)
+    f_raw = {"name": "f", "kind": "bh_f", "model": {**F_MODEL, "harmonics": str(h),
+             "gradients": str(g)}}  # fmt: skip
+    f_model = _save_model(tmp_path / "f", f_raw, seed=0)
+    s_model = _save_model(tmp_path / "s", {"name": "s", "kind": "bh_s", "model": S_MODEL}, 1)
+    h.unlink()  # the tables travel inside the weights
+    paths = _data(tmp_path)
+    out = tmp_path / "emb"
+    argv = [
+        "embed", "encoders", "--f-model", str(tmp_path / "f"), "--s-model", str(tmp_path / "s"),
+        "--series-shard", str(paths["s_shard"]), "--series-index", str(paths["s_index"]),
+        "--volume-shard", str(paths["v_shard"]), "--volume-index", str(paths["v_index"]),
+        "--tokens-dir", str(out / "tokens"), "--out-f", str(out / "bh_f" / "demo.npz"),
+        "--out-s", str(out / "bh_s" / "demo.npz"), "--batch-size", "2", "--dtype", "float32",
+        "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+
+    index = read_token_index(out / "tokens" / "index.tsv")
+    assert index["subject"].tolist() == ["01", "01", "02"]
+    assert index["session"].tolist() == ["1", "2", "1"]
+    assert index["f_run"].tolist() == ["1", "1", "1"]
+    assert index["s_session"].tolist() == ["1", "1", "1"]
+    assert index["age"].tolist() == [30.0, 31.0, 50.0]
+    assert index["f_valid_tokens"].tolist() == [36, 24, 12]  # 3, 2 (10 of 12) and 1 patch
+
+    # Token files hold exactly what the frozen encoders give for those items.
+    f_loaded, _ = load_frozen(tmp_path / "f")
+    first = read_token_file(out / "tokens" / "sub-01_ses-1_tokens.npz")
+    x = torch.from_numpy(np.load(paths["s_shard"])[:12][None].copy())
+    batch = {
+        "x": x,
+        "mask": torch.ones(1, 12, dtype=torch.bool),
+        "roi_mask": torch.ones(1, N_ROIS, dtype=torch.bool),
+        "tr": torch.tensor([2.0], dtype=torch.float64),
+    }
+    with torch.no_grad():
+        tokens, valid = f_model.eval().encode_tokens(batch)
+    assert valid.all()
+    np.testing.assert_allclose(first["f_tokens"], tokens[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert first["f_valid"].all() and first["s_tokens"].shape == (8, 8)
+    vol = torch.from_numpy(np.load(paths["v_shard"])[:1, None].astype(np.float32))
+    with torch.no_grad():
+        s_tokens, _ = s_model.eval().encode_tokens({"x": vol})
+    np.testing.assert_allclose(first["s_tokens"], s_tokens[0].numpy(), rtol=1e-5, atol=1e-5)
+    short = read_token_file(out / "tokens" / "sub-02_ses-1_tokens.npz")
+    assert short["f_valid"].reshape(N_ROIS, 3).all(0).tolist() == [True, False, False]
+    assert (short["f_tokens"][~short["f_valid"]] == 0).all()
+
+    # Pooled F: per session, the mean over runs of encode(); every series subject is there.
+    pooled = read_features(out / "bh_f" / "demo.npz")
+    assert pooled["subject"].tolist() == ["01", "01", "02", "03"]
+    assert pooled["session"].tolist() == ["1", "2", "1", "1"]
+    assert pooled["features"].shape == (4, 16) and pooled["features"].dtype == np.float32
+    data = np.load(paths["s_shard"])
+    runs = []
+    for start, n in ((0, 12), (12, 9)):
+        item = {
+            "x": torch.from_numpy(np.pad(data[start : start + n], ((0, 12 - n), (0, 0))))[None],
+            "mask": (torch.arange(12) < n)[None],
+            "roi_mask": torch.ones(1, N_ROIS, dtype=torch.bool),
+            "tr": torch.tensor([2.0], dtype=torch.float64),
+        }
+        with torch.no_grad():
+            runs.append(f_loaded.encode(item)[0].numpy())
+    np.testing.assert_allclose(pooled["features"][0], np.mean(runs, axis=0), rtol=1e-5, atol=1e-6)
+    s_pooled = read_features(out / "bh_s" / "demo.npz")
+    assert s_pooled["subject"].tolist() == ["01", "02"] and s_pooled["features"].shape == (2, 8)
+    assert (out / "bh_f" / "demo.json").is_file()
+
+    # Stage 1/2: a Harmonizer over these tokens, then its pooled features.
+    h_raw = {
+        "name": "h",
+        "kind": "harmonizer",
+        "model": {"f_dim": 16, "s_dim": 8, "f_grid": [N_ROIS, 3], "s_grid": [2, 2, 2],
+                  "dim": 16, "depth": 1, "heads": 2, "dec_dim": 16, "dec_depth": 1,
+                  "dec_heads": 2, "n_hubs": 3},
+    }  # fmt: skip
+    harm = _save_model(tmp_path / "h", h_raw, seed=2)
+    dataset = FusedDataset(out / "tokens" / "index.tsv", targets=["age"])
+    fused = torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
+    loss, _ = harm.forward_loss(fused)
+    assert torch.isfinite(loss)
+    argv = [
+        "embed", "harmonizer", "--model", str(tmp_path / "h"),
+        "--tokens-index", str(out / "tokens" / "index.tsv"),
+        "--out", str(out / "harmonizer" / "demo.npz"), "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    feats = read_features(out / "harmonizer" / "demo.npz")
+    assert feats["subject"].tolist() == ["01", "01", "02"]
+    with torch.no_grad():
+        expected = harm.eval().encode(fused).numpy()
+    np.testing.assert_allclose(feats["features"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_embed_rejects_wrong_kind(tmp_path: Path) -> None:
+    _save_model(tmp_path / "s", {"name": "s", "kind": "bh_s", "model": S_MODEL}, 1)
+    paths = _data(tmp_path)
+    argv = [
+        "embed", "encoders", "--f-model", str(tmp_path / "s"), "--s-model", str(tmp_path / "s"),
+        "--series-shard", str(paths["s_shard"]), "--series-index", str(paths["s_index"]),
+        "--volume-shard", str(paths["v_shard"]), "--volume-index", str(paths["v_index"]),
+        "--tokens-dir", str(tmp_path / "t"), "--out-f", str(tmp_path / "f.npz"),
+        "--out-s", str(tmp_path / "s.npz"), "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 2  # InputDataError: "is a 'bh_s' model; expected 'bh_f'"
+    with pytest.raises(InputDataError, match="expected 'bh_f'"):
+        from brainharmony.models.embed import embed_encoders
+
+        embed_encoders(
+            f_model=tmp_path / "s",
+            s_model=tmp_path / "s",
+            series_shard=paths["s_shard"],
+            series_index=paths["s_index"],
+            volume_shard=paths["v_shard"],
+            volume_index=paths["v_index"],
+            tokens_dir=tmp_path / "t",
+            out_f=tmp_path / "f.npz",
+            out_s=tmp_path / "s.npz",
+        )
