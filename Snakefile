@@ -17,6 +17,7 @@ include: "workflow/rules/anat.smk"
 include: "workflow/rules/func.smk"
 include: "workflow/rules/geometry.smk"
 include: "workflow/rules/multitr.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/targets.smk"
 
 
@@ -28,3 +29,4 @@ rule all:
         rules.func_all.input,
         rules.geometry_all.input,
         rules.multitr_all.input,
+        rules.train_all.input,

@@ -16,6 +16,7 @@ TINY = {
         "demoA": {"bids_dir": "resources/demo/demoA", "demo": True},
         "demoB": {"bids_dir": "resources/demo/demoB", "demo": True},
     },
+    "anat": {"resolution_mm": 2},
     "func": {"resolution_mm": 3},
     "pretrain": {"datasets": ["demoA"]},
 }

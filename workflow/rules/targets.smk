@@ -31,3 +31,13 @@ rule multitr_all:
         expand(bh_plan.VOLUME_SHARD, dataset=DATASETS),
         expand(bh_plan.VOLUME_INDEX, dataset=DATASETS),
         bh_plan.SCALING_STATS,
+
+
+rule train_all:
+    input:
+        *(
+            train_plan.model_outputs(role).values()
+            for role in ("bh_s", "bh_f", "harmonizer", "lmae")
+        ),
+        expand(rules.embed_encoders.output, dataset=DATASETS),
+        expand(rules.embed_harmonizer.output, dataset=DATASETS),

@@ -174,3 +174,40 @@ def quoted(paths: Sequence[str]) -> str:
     import shlex
 
     return " ".join(shlex.quote(str(p)) for p in paths)
+
+
+def native_ms(dataset: str, ingest_checkpoint: Any) -> int:
+    """The source TR (ms) of a dataset whose runs share one TR.
+
+    Raises
+    ------
+    ValueError
+        The dataset mixes TRs (split it into one dataset per TR, e.g. per site).
+    """
+    from brainharmony.ingest import read_scans
+    from brainharmony.timeseries.multitr import tr_ms
+
+    trs = sorted({tr_ms(float(t)) for t in read_scans(scans_of(dataset, ingest_checkpoint))["tr"]})
+    if len(trs) != 1:
+        raise ValueError(
+            f"dataset {dataset!r} has runs at several TRs ({trs} ms); the embedding step "
+            "needs one TR per dataset: split it into one dataset per TR (e.g. per site)"
+        )
+    return trs[0]
+
+
+def pretrain_shards(
+    plan: MultiTRPlan, ingest_checkpoint: Any, kind: str = "series"
+) -> tuple[list[str], list[str]]:
+    """(shards, indexes) of the pretraining datasets: every TR (series) or the T1 volumes."""
+    shards: list[str] = []
+    indexes: list[str] = []
+    for ds in plan.pretrain:
+        if kind == "volumes":
+            shards.append(VOLUME_SHARD.format(dataset=ds))
+            indexes.append(VOLUME_INDEX.format(dataset=ds))
+            continue
+        for ms in target_ms(ds, ingest_checkpoint, plan):
+            shards.append(series_shard("series").format(dataset=ds, ms=ms))
+            indexes.append(series_shard("index").format(dataset=ds, ms=ms))
+    return shards, indexes

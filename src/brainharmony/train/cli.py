@@ -85,12 +85,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg.with_train(steps=args.steps)
     kind = cfg.data.get("kind")
     if kind == "fused":
-        if args.shard or len(args.index) != 1:
+        if args.shard or not args.index:
             print(
-                "brainharmony train: fused data takes one --index and no --shard", file=sys.stderr
+                "brainharmony train: fused data takes token --index files and no --shard",
+                file=sys.stderr,
             )
             return 2
-        shards: list[tuple[Path | None, Path]] = [(None, args.index[0])]
+        shards: list[tuple[Path | None, Path]] = [(None, i) for i in args.index]
     else:
         if not args.shard or len(args.shard) != len(args.index):
             print(

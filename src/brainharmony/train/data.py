@@ -237,14 +237,21 @@ def build_dataset(
     if kind == "fused":
         import importlib
 
-        if len(shards) != 1:
-            raise ValueError(f"fused data takes one token index; got {len(shards)}")
         module = importlib.import_module("brainharmony.models.harmonizer_data")
-        index_path = Path(shards[0][1])
         extra = {k: v for k, v in data.items() if k != "kind"}
-        if rows_from is not None:
-            extra["rows"] = rows_of(read_index(index_path))
-        return module.FusedDataset(index_path, **extra)
+        fused_parts = []
+        for _, index in shards:
+            index_path = Path(index)
+            kwargs = dict(extra)
+            if rows_from is not None:
+                kwargs["rows"] = rows_of(read_index(index_path))
+                if len(kwargs["rows"]) == 0:
+                    continue
+            fused_parts.append(module.FusedDataset(index_path, **kwargs))
+        if not fused_parts:
+            raise InputDataError(None, f"no token rows left for training (split {split!r})")
+        # One token index per dataset (several pretraining datasets are concatenated).
+        return fused_parts[0] if len(fused_parts) == 1 else Concatenated(fused_parts)
 
     for shard, index in shards:
         if shard is None:

@@ -1,0 +1,166 @@
+"""Planning-time helpers of the training rules (``workflow/rules/train.smk``).
+
+The ``train:`` config block names one model YAML per model role; the rules pass the
+workflow's files (shards, scaling statistics, geometry tables, splits) to
+``brainharmony train`` and ``brainharmony embed``. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Model roles and their default YAMLs (demo sizes).
+ROLES = ("bh_s", "bh_f", "harmonizer", "lmae", "predictor")
+MODEL_FILES = ("model.safetensors", "config.json", "metrics.jsonl", "curves.png")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """The ``train:`` config block with defaults."""
+
+    models: Mapping[str, str] = field(default_factory=dict)
+    steps: int | None = None
+    gpus: int = 0
+    device: str = "auto"
+    threads: int = 2
+    basedir: str = "."
+
+    def yaml(self, role: str) -> str:
+        """The model YAML of a role: as given when it exists from the working folder,
+        else relative to the workflow's folder (where ``models/`` ships)."""
+        from pathlib import Path
+
+        given = Path(self.models.get(role, f"models/{role}_demo.yaml"))
+        if given.is_absolute() or given.exists():
+            return str(given)
+        return str(Path(self.basedir) / given)
+
+
+def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan:
+    """The training settings of a (validated) workflow config.
+
+    ``basedir`` is the workflow's folder, against which relative model YAML paths that
+    do not exist from the working folder are resolved.
+    """
+    block = dict(config.get("train") or {})
+    models = {role: f"models/{role}_demo.yaml" for role in ROLES}
+    models.update({k: str(v) for k, v in (block.get("models") or {}).items()})
+    unknown = sorted(set(models) - set(ROLES))
+    if unknown:
+        raise ValueError(f"train.models has unknown role(s) {unknown}; roles: {list(ROLES)}")
+    steps = block.get("steps")
+    return TrainPlan(
+        models=models,
+        steps=None if steps is None else int(steps),
+        gpus=int(block.get("gpus", 0)),
+        device=str(block.get("device", "auto")),
+        threads=int(block.get("threads", 2)),
+        basedir=str(basedir),
+    )
+
+
+def model_dir(role: str) -> str:
+    return f"results/models/{role}"
+
+
+def model_outputs(role: str, folder: str | None = None) -> dict[str, str]:
+    """Named outputs of one trained model folder."""
+    base = folder or model_dir(role)
+    return {
+        "weights": f"{base}/model.safetensors",
+        "config": f"{base}/config.json",
+        "metrics": f"{base}/metrics.jsonl",
+        "curves": f"{base}/curves.png",
+    }
+
+
+def state_dir(folder: str) -> str:
+    """Resumable checkpoint folder of a model folder (never a declared output)."""
+    rel = folder.removeprefix("results/models/")
+    return f"work/train/{rel}"
+
+
+def launcher(bh: str, gpus: int) -> str:
+    """The command that runs ``brainharmony`` for training: DDP through torchrun when
+    more than one GPU is requested, else the plain CLI."""
+    if gpus > 1:
+        return bh.replace(
+            "-m brainharmony",
+            f"-m torch.distributed.run --standalone --nnodes=1 --nproc-per-node={gpus} "
+            "-m brainharmony",
+        )
+    return bh
+
+
+def common_options(plan: TrainPlan) -> str:
+    opts = ["--no-progress"]
+    if plan.steps is not None:
+        opts.append(f"--steps {plan.steps}")
+    if plan.device != "auto":
+        opts.append(f"--device {plan.device}")
+    return " ".join(opts)
+
+
+def shard_pairs(shards: Sequence[str], indexes: Sequence[str]) -> str:
+    """``--shard S --index I`` pairs."""
+    if len(shards) != len(indexes):
+        raise ValueError(f"{len(shards)} shards for {len(indexes)} indexes")
+    return " ".join(
+        f"--shard {shlex.quote(s)} --index {shlex.quote(i)}"
+        for s, i in zip(shards, indexes, strict=True)
+    )
+
+
+def sets(assignments: Iterable[str]) -> str:
+    """``--set k=v`` options."""
+    return " ".join(f"--set {shlex.quote(a)}" for a in assignments)
+
+
+def folder_of(path: str) -> str:
+    """The folder of a declared file (model folders, token folders)."""
+    from pathlib import Path
+
+    return str(Path(path).parent)
+
+
+def pretrain_series(bh_plan: Any, multitr: Any, ingest_checkpoint: Any) -> dict[str, list[str]]:
+    """Named inputs: the pretraining datasets' multi-TR shards and their indexes."""
+    shards, indexes = bh_plan.pretrain_shards(multitr, ingest_checkpoint)
+    return {"shards": shards, "indexes": indexes}
+
+
+def pretrain_pairs(bh_plan: Any, multitr: Any, ingest_checkpoint: Any) -> str:
+    """``--shard/--index`` options of the pretraining datasets' multi-TR shards."""
+    files = pretrain_series(bh_plan, multitr, ingest_checkpoint)
+    return shard_pairs(files["shards"], files["indexes"])
+
+
+def check_volume_shape(yaml_path: str, model_box_mm: Sequence[int], resolution_mm: float) -> None:
+    """Refuse, at planning time, a BrainHarmonix-S YAML whose ``img_size`` is not the
+    anatomy stage's model-ready box (``anat.model_box_mm / anat.resolution_mm``).
+
+    Raises
+    ------
+    ValueError
+        Naming the YAML, its ``img_size`` and the box the anatomy stage writes.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise ValueError(f"train.models.bh_s: {path} not found")
+    with path.open(encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    size = list((raw.get("model") or {}).get("img_size") or [])
+    box = [round(float(m) / float(resolution_mm)) for m in model_box_mm]
+    if size and size != box:
+        raise ValueError(
+            f"{path}: model.img_size {size} differs from the anatomy stage's model-ready box "
+            f"{box} (anat.model_box_mm {list(model_box_mm)} at {resolution_mm} mm); use the "
+            "matching YAML (bh_s_demo: 2 mm, bh_s_paper: 1 mm) or change anat.resolution_mm"
+        )
