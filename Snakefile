@@ -18,6 +18,7 @@ include: "workflow/rules/func.smk"
 include: "workflow/rules/geometry.smk"
 include: "workflow/rules/multitr.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/targets.smk"
 
 
@@ -30,3 +31,4 @@ rule all:
         rules.geometry_all.input,
         rules.multitr_all.input,
         rules.train_all.input,
+        rules.evaluate_all.input,

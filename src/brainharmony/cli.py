@@ -45,6 +45,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "splits": ("brainharmony.splits", "seeded subject-level cross-validation splits"),
     "pack": ("brainharmony.packing", "pack ROI series or T1 volumes into training shards"),
+    "eval-labels": (
+        "brainharmony.evaluate.labels",
+        "per-subject label table of one evaluation task (input of splits and evaluate)",
+    ),
+    "evaluate": (
+        "brainharmony.evaluate.protocol",
+        "cross-validated predictions of every harness model for one task",
+    ),
+    "tables": (
+        "brainharmony.evaluate.tables",
+        "merge predictions; metrics, paired tests and paper-layout tables",
+    ),
+    "report": ("brainharmony.evaluate.report", "the self-contained HTML report"),
     "train": (
         "brainharmony.train.cli",
         "train a model from its YAML on packed shards (resumable; DDP under torchrun)",

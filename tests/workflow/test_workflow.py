@@ -19,6 +19,19 @@ TINY = {
     "anat": {"resolution_mm": 2},
     "func": {"resolution_mm": 3},
     "pretrain": {"datasets": ["demoA"]},
+    "train": {"steps": 4},
+    "evaluate": {
+        "tasks": {
+            "demoA": {
+                "age": {"target": "age", "type": "regression"},
+                "diagnosis": {"target": "diagnosis", "type": "classification", "positive": "PT"},
+            }
+        },
+        "models": ["null_model", "fc_ridge", "fc_logistic", "probe_bh_f", "probe_harmonizer"],
+        "seeds": [0],
+        "n_folds": 2,
+        "val_fraction": 0.3,
+    },
 }
 
 
@@ -63,8 +76,8 @@ def test_unknown_config_key_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_run_through_every_preprocessing_stage(tmp_path):
-    """demo -> ingest -> anat -> func -> geometry -> multi-TR on the tiny preset."""
+def test_tiny_run_through_every_stage(tmp_path):
+    """demo -> ingest -> anat -> func -> geometry -> multi-TR -> train -> evaluate (tiny)."""
     import json
 
     import numpy as np
@@ -106,6 +119,28 @@ def test_tiny_run_through_every_preprocessing_stage(tmp_path):
     assert harm.shape[0] == 400 and harm.shape[1] >= 200
     stats = json.loads((res / "multitr" / "atlas-Schaefer400_desc-robust_scaling.json").read_text())
     assert len(stats["Median"]) == 400 and stats["Mode"] == "all_frames"
+    # Training: every model folder is complete; 4 steps as configured.
+    for role in ("bh_s", "bh_f", "harmonizer", "lmae"):
+        folder = res / "models" / role
+        for name in ("model.safetensors", "config.json", "metrics.jsonl", "curves.png"):
+            assert (folder / name).stat().st_size > 0, folder / name
+        last = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last["step"] == 4 and np.isfinite(last["loss"])
+    for kind in ("bh_f", "bh_s", "harmonizer"):
+        emb = np.load(res / "embeddings" / kind / "demoA.npz")
+        assert emb["features"].shape[0] == len(emb["subject"]) >= 1
+    # Evaluation: the long-format contracts and the report.
+    preds = pd.read_csv(res / "eval" / "predictions.tsv", sep="\t", dtype={"subject": str})
+    assert {"dataset", "task", "model", "fold", "split", "subject", "y_true", "y_pred"} <= set(
+        preds.columns
+    )
+    assert set(preds["model"]) >= {"null_model", "probe_bh_f", "probe_harmonizer"}
+    metrics = pd.read_csv(res / "tables" / "metrics.csv")
+    assert list(metrics.columns[:7]) == ["dataset", "task", "model", "metric", "mean", "std", "n"]
+    for ext in ("csv", "md", "tex"):
+        assert (res / "tables" / f"paper_table.{ext}").stat().st_size > 0
+    html = (res / "report" / "index.html").read_text()
+    assert "<img" in html and "demoA" in html
     # A second call has nothing to do.
     again = run_snakemake(tmp_path, "--configfile", cfg, "--cores", "2", "all", "-n")
     assert again.returncode == 0

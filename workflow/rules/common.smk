@@ -15,6 +15,8 @@ wildcard_constraints:
     subject=r"[a-zA-Z0-9]+",
     session=r"[a-zA-Z0-9]+",
     run=r"[a-zA-Z0-9]+",
+    task=r"[a-zA-Z0-9]+",
+    seed=r"\d+",
 
 
 DATASETS = sorted(config["datasets"])

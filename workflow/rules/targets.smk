@@ -41,3 +41,9 @@ rule train_all:
         ),
         expand(rules.embed_encoders.output, dataset=DATASETS),
         expand(rules.embed_harmonizer.output, dataset=DATASETS),
+
+
+rule evaluate_all:
+    input:
+        rules.eval_tables.output,
+        rules.report.output,

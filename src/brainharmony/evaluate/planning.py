@@ -1,0 +1,119 @@
+"""Planning-time helpers of the evaluation rules (paths in, paths and arguments out).
+
+The workflow's evaluation rules call these through lambdas; nothing here reads data
+except the ingest checkpoint's ``scans.tsv`` (through the functional-stage planning).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from brainharmony.evaluate.settings import EvalSettings, TaskSpec
+
+#: Pooled-embedding file of a probe model, per workflow dataset ``{d}``.
+EMBEDDINGS: dict[str, str] = {
+    "probe_bh_f": "results/embeddings/bh_f/{d}.npz",
+    "probe_bh_s": "results/embeddings/bh_s/{d}.npz",
+    "probe_harmonizer": "results/embeddings/harmonizer/{d}.npz",
+}
+#: Predictions TSV of an externally trained model, per evaluation ``{dataset}``/``{task}``.
+EXTERNAL: dict[str, str] = {
+    "predictor": "results/eval/{dataset}/{task}/predictor/predictions.tsv",
+}
+
+LABELS = "results/eval/{dataset}/{task}/labels.tsv"
+SPLITS_META = "results/splits/{dataset}/{task}/seed-{seed}/splits.json"
+SPLITS_FOLD = "results/splits/{dataset}/{task}/seed-{seed}/fold-{k}.tsv"
+PREDICTIONS = "results/eval/{dataset}/{task}/predictions.tsv"
+
+
+def settings_json(settings: EvalSettings) -> str:
+    """The settings as one JSON string (the ``--settings`` argument of the commands)."""
+    return json.dumps(settings.to_dict(), sort_keys=True)
+
+
+def tasks(settings: EvalSettings) -> list[tuple[str, str]]:
+    """``(evaluation dataset, task)`` pairs in config order."""
+    return [(t.dataset, t.name) for t in settings.tasks]
+
+
+def task_of(settings: EvalSettings, wildcards: Any) -> TaskSpec:
+    return settings.task(wildcards.dataset, wildcards.task)
+
+
+def scans(settings: EvalSettings, wildcards: Any, ingest_checkpoint: Any) -> list[str]:
+    """The ingest ``scans.tsv`` of every dataset pooled into the task's dataset."""
+    return [
+        str(ingest_checkpoint.get(dataset=d).output.scans)
+        for d in task_of(settings, wildcards).datasets
+    ]
+
+
+def series(
+    settings: EvalSettings,
+    wildcards: Any,
+    ingest_checkpoint: Any,
+    func_plan: Any,
+    func_tasks: Mapping[str, str],
+) -> list[str]:
+    """Denoised parcel series of every run of the pooled datasets (the FC input)."""
+    from brainharmony.timeseries.planning import denoised_series
+
+    out: list[str] = []
+    for d in task_of(settings, wildcards).datasets:
+        out += denoised_series(d, ingest_checkpoint, func_plan, func_tasks)
+    return out
+
+
+def split_metas(settings: EvalSettings, wildcards: Any) -> list[str]:
+    """``splits.json`` of every seed of the task."""
+    return [
+        SPLITS_META.format(dataset=wildcards.dataset, task=wildcards.task, seed=s)
+        for s in settings.seeds
+    ]
+
+
+def split_dirs(paths: Sequence[str]) -> str:
+    """Shell-quoted split folders from their ``splits.json`` paths."""
+    return " ".join(shlex.quote(str(p).rsplit("/", 1)[0]) for p in paths)
+
+
+def model_inputs(
+    settings: EvalSettings,
+    wildcards: Any,
+    embeddings: Mapping[str, str] = EMBEDDINGS,
+    external: Mapping[str, str] = EXTERNAL,
+) -> dict[str, list[str]]:
+    """Named inputs of the models that need more than FC (for ``unpack``)."""
+    spec = task_of(settings, wildcards)
+    files: dict[str, list[str]] = {}
+    for model in settings.models:
+        if model in embeddings:
+            files[model] = [embeddings[model].format(d=d) for d in spec.datasets]
+        elif model in external:
+            files[model] = [external[model].format(dataset=spec.dataset, task=spec.name)]
+    return files
+
+
+def model_args(
+    settings: EvalSettings,
+    named_inputs: Mapping[str, Sequence[str]],
+    embeddings: Mapping[str, str] = EMBEDDINGS,
+    external: Mapping[str, str] = EXTERNAL,
+) -> str:
+    """``--embedding NAME=FILE`` / ``--external NAME=FILE`` arguments for those inputs."""
+    args: list[str] = []
+    for model in settings.models:
+        flag = "--embedding" if model in embeddings else "--external" if model in external else None
+        if flag is None:
+            continue
+        args += [f"{flag} {shlex.quote(f'{model}={p}')}" for p in named_inputs[model]]
+    return " ".join(args)
+
+
+def predictions(settings: EvalSettings) -> list[str]:
+    """Every task's ``predictions.tsv`` (the inputs of ``brainharmony tables``)."""
+    return [PREDICTIONS.format(dataset=d, task=t) for d, t in tasks(settings)]

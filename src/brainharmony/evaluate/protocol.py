@@ -1,0 +1,485 @@
+"""The evaluation protocol of one task: folds x seeds x models -> long predictions.
+
+Rules
+-----
+* **Folds** come from the split files (``brainharmony splits``, one folder per
+  seed); the protocol never draws its own.
+* **Same subjects for every model.** A fold's partitions are restricted to the
+  subjects that have a label and whose inputs every requested model has (FC,
+  embeddings, external test predictions), so paired comparisons compare like with
+  like; the subjects left out are listed in the sidecar.
+* **Selection on val, numbers on test.** A model sees the labels of train and val
+  only (:class:`brainharmony.evaluate.harness.Fold` has no test labels); it chooses
+  its hyperparameters on val and returns test predictions of the chosen candidate.
+  Test labels are joined afterwards, only to write ``y_true``.
+* **Outputs**: ``predictions.tsv`` (val and test rows, long format), ``selection.tsv``
+  (chosen hyperparameters and validation score per model, seed and fold) and
+  ``predictions.json`` (task, classes, fold sizes, exclusions, provenance).
+
+The command line (``brainharmony evaluate``) is :func:`add_arguments` + :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainharmony.evaluate.data import (
+    FeatureTable,
+    SplitSet,
+    fc_from_series_files,
+    fc_from_shard,
+    json_dump_safe,
+    labels_series,
+    merge_tables,
+    parse_named,
+    read_embeddings,
+    read_splits,
+    task_labels,
+)
+from brainharmony.evaluate.harness import Fold, HarnessModel, Output, create, model_info
+from brainharmony.evaluate.metrics import PREDICTION_COLUMNS, proba_columns
+from brainharmony.evaluate.settings import EvalSettings, SettingsError, TaskSpec, load_settings
+from brainharmony.io import InputDataError, provenance, write_json, write_tsv
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskResult:
+    """Everything :func:`evaluate_task` produced.
+
+    Attributes
+    ----------
+    predictions : pandas.DataFrame
+        Long format: :data:`PREDICTION_COLUMNS` + ``p_<class>``.
+    selection : pandas.DataFrame
+        ``dataset, task, model, seed, fold, params, val_score``.
+    info : dict
+        Task description, classes, fold sizes, exclusions, skipped models.
+    """
+
+    predictions: pd.DataFrame
+    selection: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _partition(fold_table: pd.DataFrame, split: str, eligible: set[str]) -> np.ndarray:
+    subjects = fold_table.loc[fold_table["split"] == split, "subject"].astype(str)
+    return np.asarray(sorted(s for s in subjects if s in eligible), dtype=object)
+
+
+def _rows(
+    task: TaskSpec,
+    model: str,
+    seed: int,
+    fold: int,
+    split: str,
+    subjects: np.ndarray,
+    y_true: np.ndarray,
+    out: Output,
+    classes: Sequence[str] | None,
+) -> pd.DataFrame:
+    if out.y_pred.shape[0] != subjects.size:
+        raise ValueError(
+            f"{model}: {out.y_pred.shape[0]} predictions for {subjects.size} {split} subjects"
+        )
+    frame = pd.DataFrame(
+        {
+            "dataset": task.dataset,
+            "task": task.name,
+            "model": model,
+            "seed": seed,
+            "fold": fold,
+            "split": split,
+            "subject": subjects,
+            "y_true": y_true,
+            "y_pred": out.y_pred,
+        }
+    )
+    if task.type == "classification":
+        cols = proba_columns(classes or ())
+        if out.proba is None:
+            for c in cols:
+                frame[c] = np.nan
+        else:
+            proba = np.asarray(out.proba, dtype=float)
+            if proba.shape != (subjects.size, len(cols)):
+                raise ValueError(f"{model}: probabilities of shape {proba.shape}")
+            for i, c in enumerate(cols):
+                frame[c] = proba[:, i]
+    return frame
+
+
+def evaluate_task(
+    task: TaskSpec,
+    settings: EvalSettings,
+    labels: pd.Series,
+    splits: Sequence[SplitSet],
+    inputs: Mapping[str, Any],
+    models: Sequence[str] | None = None,
+) -> TaskResult:
+    """Run every model on every fold of every split seed of one task.
+
+    Parameters
+    ----------
+    task : TaskSpec
+    settings : EvalSettings
+    labels : pandas.Series
+        Subject -> label (from :func:`brainharmony.evaluate.data.task_labels`).
+    splits : sequence of SplitSet
+        One per split seed.
+    inputs : mapping
+        Model inputs (see :func:`brainharmony.evaluate.harness.create`).
+    models : sequence of str, optional
+        Harness model names; default ``settings.models``.
+
+    Returns
+    -------
+    TaskResult
+    """
+    names = list(models if models is not None else settings.models)
+    if not names:
+        raise SettingsError("no models to evaluate")
+    for name in names:
+        model_info(name)
+    if not splits:
+        raise ValueError("no split folders given")
+    seeds = [s.seed for s in splits]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"two split folders have the same seed: {seeds}")
+    classes: tuple[str, ...] | None = None
+    if task.type == "classification":
+        classes = task.resolve_classes(labels.astype(str).tolist())
+    harness: list[HarnessModel] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        model = create(name, task, settings, inputs)
+        if not model.supports(task):
+            skipped[name] = f"not applicable to {task.type}"
+            logger.info("%s/%s: %s skipped (%s)", task.dataset, task.name, name, skipped[name])
+            continue
+        harness.append(model)
+    if not harness:
+        raise SettingsError(f"{task.dataset}/{task.name}: no model applies to this task")
+    for model in harness:
+        if hasattr(model, "check_truth"):
+            model.check_truth(labels)
+
+    labelled = set(labels.index.astype(str))
+    split_subjects = set().union(*(s.subjects() for s in splits))
+    unlabelled = sorted(split_subjects - labelled)
+    if unlabelled:
+        raise InputDataError(
+            splits[0].path,
+            f"{len(unlabelled)} subjects of the splits have no {task.target!r} label "
+            f"(e.g. {unlabelled[:5]}); were the splits made from other tables?",
+        )
+    eligible = set(split_subjects)
+    lost: dict[str, list[str]] = {}
+    for model in harness:
+        have = model.available_subjects()
+        if have is not None:
+            gone = sorted(eligible - have)
+            if gone:
+                lost[model.name] = gone
+            eligible &= have
+    if lost:
+        for name, gone in lost.items():
+            logger.warning(
+                "%s/%s: %d subjects lack inputs of %s and are left out for every model: %s",
+                task.dataset,
+                task.name,
+                len(gone),
+                name,
+                gone[:10],
+            )
+    label_of = labels.to_dict()
+    frames: list[pd.DataFrame] = []
+    selection: list[dict[str, Any]] = []
+    fold_sizes: dict[str, dict[str, int]] = {}
+    for split_set in splits:
+        for k, table in sorted(split_set.folds.items()):
+            train = _partition(table, "train", eligible)
+            val = _partition(table, "val", eligible)
+            test = _partition(table, "test", eligible)
+            where = f"{split_set.path}/fold-{k}.tsv"
+            if min(train.size, val.size, test.size) == 0:
+                raise InputDataError(
+                    where,
+                    f"after removing subjects without inputs, train/val/test have "
+                    f"{train.size}/{val.size}/{test.size} subjects; every partition needs one",
+                )
+            y_train = np.asarray([label_of[s] for s in train], dtype=object)
+            y_val = np.asarray([label_of[s] for s in val], dtype=object)
+            if task.type == "regression":
+                y_train, y_val = y_train.astype(float), y_val.astype(float)
+            elif len(set(y_train)) < 2:
+                logger.warning("%s: the training partition has one class only", where)
+            fold = Fold(split_set.seed, k, train, val, test, y_train, y_val, classes)
+            fold_sizes[f"{split_set.seed}/{k}"] = {
+                "train": int(train.size),
+                "val": int(val.size),
+                "test": int(test.size),
+            }
+            y_test = np.asarray([label_of[s] for s in test], dtype=object)
+            if task.type == "regression":
+                y_test = y_test.astype(float)
+            for model in harness:
+                outcome = model.run_fold(fold)
+                if outcome.val is not None:
+                    frames.append(
+                        _rows(
+                            task, model.name, fold.seed, k, "val", val, y_val, outcome.val, classes
+                        )
+                    )
+                frames.append(
+                    _rows(
+                        task, model.name, fold.seed, k, "test", test, y_test, outcome.test, classes
+                    )
+                )
+                selection.append(
+                    {
+                        "dataset": task.dataset,
+                        "task": task.name,
+                        "model": model.name,
+                        "seed": fold.seed,
+                        "fold": k,
+                        "params": json_dump_safe(outcome.params),
+                        "val_score": outcome.val_score,
+                    }
+                )
+                logger.info(
+                    "%s/%s seed %d fold %d %s: %s val %s = %.4g",
+                    task.dataset,
+                    task.name,
+                    fold.seed,
+                    k,
+                    model.name,
+                    outcome.params,
+                    settings.select_metric[task.type],
+                    outcome.val_score,
+                )
+    predictions = pd.concat(frames, ignore_index=True)
+    cols = list(PREDICTION_COLUMNS) + (proba_columns(classes) if classes else [])
+    predictions = predictions[cols]
+    ratios = [v["test"] / v["train"] for v in fold_sizes.values()]
+    info = {
+        "Task": task.to_dict(),
+        "Classes": list(classes) if classes else None,
+        "Models": [m.name for m in harness],
+        "SkippedModels": skipped,
+        "FoldSizes": fold_sizes,
+        "TestTrainRatio": float(np.mean(ratios)),
+        "Seeds": seeds,
+        "SubjectsEvaluated": len(eligible),
+        "SubjectsWithoutInputs": lost,
+        "SelectMetric": settings.select_metric[task.type],
+    }
+    return TaskResult(predictions, pd.DataFrame(selection), info)
+
+
+def write_task_result(
+    result: TaskResult,
+    out: Path,
+    settings: EvalSettings,
+    inputs: Sequence[Path] = (),
+) -> dict[str, Path]:
+    """Write ``predictions.tsv`` (``out``), ``selection.tsv`` and ``predictions.json``."""
+    out = Path(out)
+    paths = {
+        "selection": write_tsv(out.with_name("selection.tsv"), result.selection),
+        "sidecar": write_json(
+            out.with_suffix(".json"),
+            {
+                "Description": "Per-fold predictions of every model (val and test partitions)",
+                "Columns": {
+                    "seed": "split seed (repeat of the cross-validation)",
+                    "fold": "fold number of that seed",
+                    "split": "val (used to choose hyperparameters) or test (reported)",
+                    "y_true": "label / value",
+                    "y_pred": "predicted class / value",
+                    "p_<class>": "class probability (normalised scores for ridge classifiers)",
+                },
+                **result.info,
+                "Settings": settings.to_dict(),
+                "Provenance": provenance(step="evaluate", inputs=inputs),
+            },
+        ),
+        "predictions": write_tsv(out, result.predictions, float_format="%.10g"),
+    }
+    return paths
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``brainharmony evaluate``."""
+    parser.add_argument("--dataset", required=True, help="evaluation dataset (or cohort) name")
+    parser.add_argument("--task", required=True, help="task name (evaluate.tasks.<dataset>)")
+    parser.add_argument(
+        "--settings",
+        default=None,
+        help="the evaluate block (or a whole workflow config) as a YAML/JSON file or a JSON "
+        "string; it defines the task, the models and the grids",
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        required=True,
+        type=Path,
+        help="scans.tsv (ingest) or participants.tsv, one per pooled dataset",
+    )
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        required=True,
+        type=Path,
+        help="split folders (fold-<k>.tsv + splits.json), one per seed",
+    )
+    parser.add_argument("--models", nargs="+", default=None, help="override evaluate.models")
+    parser.add_argument(
+        "--series",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="parcel series files for FC (sub-<label> in the name)",
+    )
+    parser.add_argument(
+        "--fc-shard",
+        nargs=2,
+        action="append",
+        default=[],
+        type=Path,
+        metavar=("SHARD", "INDEX"),
+        help="packed series shard + index for FC",
+    )
+    parser.add_argument(
+        "--embedding",
+        action="append",
+        default=[],
+        metavar="NAME=NPZ",
+        help="pooled embeddings of a probe model (repeat per pooled dataset)",
+    )
+    parser.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="NAME=TSV",
+        help="predictions of an externally trained model",
+    )
+    parser.add_argument(
+        "--finetune",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="trained model folder of a fine-tuning entry",
+    )
+    parser.add_argument(
+        "--ft-shard",
+        nargs=2,
+        action="append",
+        default=[],
+        type=Path,
+        metavar=("SHARD", "INDEX"),
+        help="packed shard + index for fine-tuning",
+    )
+    parser.add_argument(
+        "--ft-tokens",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="fused token index TSVs for fine-tuning the Harmonizer",
+    )
+    parser.add_argument(
+        "--scaling",
+        type=Path,
+        default=None,
+        help="robust-scaling statistics for series fine-tuning",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS/OpenMP and torch threads (default: the environment's, e.g. Snakemake's "
+        "OMP_NUM_THREADS)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="predictions.tsv to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``brainharmony evaluate`` (BLAS/OpenMP and torch limited to ``--threads``)."""
+    if args.threads is None:
+        return _run(args)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(int(args.threads)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.settings)
+        task = settings.task(args.dataset, args.task)
+    except SettingsError as err:
+        raise InputDataError(None, str(err)) from None
+    models = list(args.models) if args.models else list(settings.models)
+    frame, excluded = task_labels(args.labels, task)
+    for reason, subjects in excluded.items():
+        logger.info("%d subjects left out (%s): %s", len(subjects), reason, subjects[:10])
+    labels = labels_series(frame, task)
+    splits = [read_splits(p) for p in args.splits]
+    inputs: dict[str, Any] = {}
+    needs = {model_info(m).inputs for m in models}
+    if "fc" in needs:
+        tables: list[FeatureTable] = []
+        if args.series:
+            tables.append(fc_from_series_files(args.series))
+        tables += [fc_from_shard(s, i) for s, i in args.fc_shard]
+        if not tables:
+            raise InputDataError(None, "FC models need --series files or --fc-shard")
+        inputs["fc"] = merge_tables(tables) if len(tables) > 1 else tables[0]
+    inputs["embedding"] = {
+        name: merge_tables([read_embeddings(p) for p in paths])
+        for name, paths in parse_named(args.embedding, "--embedding").items()
+    }
+    inputs["predictions"] = parse_named(args.external, "--external")
+    dirs = parse_named(args.finetune, "--finetune")
+    inputs["model_dir"] = {k: v[0] for k, v in dirs.items()}
+    if dirs:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        from brainharmony.evaluate.finetune import item_source
+
+        shards = [(s, i) for s, i in args.ft_shard]
+
+        def factory(kind: str, data_cfg: Mapping[str, Any]) -> Any:
+            return item_source(kind, data_cfg, shards, args.ft_tokens, args.scaling)
+
+        inputs["finetune_data"] = factory
+    try:
+        result = evaluate_task(task, settings, labels, splits, inputs, models)
+    except (SettingsError, ValueError) as err:
+        if isinstance(err, InputDataError):
+            raise
+        raise InputDataError(None, f"{args.dataset}/{args.task}: {err}") from None
+    used = [*args.labels, *args.splits, *args.series, *(p for pair in args.fc_shard for p in pair)]
+    write_task_result(result, args.out, settings, used)
+    logger.info("wrote %s (%d rows)", args.out, len(result.predictions))
+    return 0
+
+
+def task_settings_json(settings: EvalSettings) -> str:
+    """The settings as one JSON string (what a workflow rule passes to ``--settings``)."""
+    return json.dumps(settings.to_dict(), sort_keys=True)

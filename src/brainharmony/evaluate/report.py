@@ -1,0 +1,766 @@
+"""The HTML report: one self-contained page (inline CSS, figures as base64 PNG, no script).
+
+``brainharmony report`` gathers what the pipeline produced under ``results/``:
+evaluation tables and paired tests, predicted-vs-true plots and confusion matrices,
+training curves (``results/models/*/metrics.jsonl``), quality control of the ingest,
+anatomy and functional stages (their tables, JSON sidecars and figures), the
+geometric modes and gradients, RWMoE expert weights and hub-token attention on the
+brain, and provenance (package versions, git SHA, configuration). A section whose
+inputs are absent says so; a section whose inputs cannot be read shows the error
+and the rest of the page is still written.
+
+File patterns read (all optional):
+
+====================  ==========================================================
+section               files
+====================  ==========================================================
+results               ``<tables>/metrics.csv``, ``tests.csv``, ``tables.json``
+predictions           ``results/eval/predictions.tsv`` (+ ``.json``)
+model selection       ``results/eval/*/*/selection.tsv``
+training curves       ``results/models/*/metrics.jsonl``
+ingest QC             ``results/ingest/*/scans.tsv``, ``excluded.tsv``
+anatomy QC            ``results/anat/*/**/*_desc-preproc_T1w.json``, ``figures/*.png``
+functional QC         ``results/func/*/**/*_desc-denoised_timeseries.json``, QC PNGs
+geometry              ``results/geometry/figures/*.png``, ``results/geometry/**/*gradients.tsv``
+RWMoE experts         ``results/**/*expert*weight*.tsv`` (``roi, expert, weight``)
+hub-token attention   ``results/**/*hub*attention*.tsv`` (``roi`` + a value column)
+====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainharmony.evaluate import figures as fg
+from brainharmony.io import PathLike, git_sha, write_text
+
+logger = logging.getLogger(__name__)
+
+#: Packages whose versions the provenance section lists (read from metadata only).
+PACKAGES = (
+    "brainharmony",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "torch",
+    "nibabel",
+    "nilearn",
+    "matplotlib",
+    "snakemake",
+    "safetensors",
+    "brainspace",
+)
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;
+background:#fafafa}
+header{background:#23395d;color:#fff;padding:14px 28px}
+header h1{margin:0;font-size:22px}
+nav{padding:8px 28px;background:#e8edf4;font-size:13px}
+nav a{margin-right:14px;color:#23395d}
+main{padding:8px 28px 40px 28px;max-width:1300px}
+section{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 18px;margin:16px 0}
+h2{font-size:18px;border-bottom:1px solid #eee;padding-bottom:4px}
+h3{font-size:15px;margin-bottom:4px}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0 10px 0}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f0f3f7}
+td:first-child,th:first-child{text-align:left}
+.note{font-size:12px;color:#555}
+.absent{color:#777;font-style:italic}
+.error{color:#a40000;background:#fff0f0;padding:6px;border:1px solid #f3c0c0}
+.figs{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
+.figs figure{margin:0}
+figcaption{font-size:11px;color:#555;max-width:520px}
+img{max-width:100%;height:auto;border:1px solid #eee}
+pre{background:#f5f5f5;padding:8px;font-size:11.5px;overflow-x:auto;max-height:420px}
+"""
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _absent(text: str) -> str:
+    return f'<p class="absent">{_esc(text)}</p>'
+
+
+def _img(png: bytes, alt: str, caption: str = "", width: int | None = None) -> str:
+    w = f' width="{int(width)}"' if width else ""
+    cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
+    return f'<figure><img src="{fg.data_uri(png)}" alt="{_esc(alt)}"{w}>{cap}</figure>'
+
+
+def _figs(items: Sequence[str]) -> str:
+    return '<div class="figs">' + "".join(items) + "</div>" if items else ""
+
+
+def _table(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
+    """An HTML table from a DataFrame (values escaped)."""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in frame.columns)
+    rows = []
+    for values in frame.itertuples(index=False):
+        cells = []
+        for v in values:
+            if isinstance(v, float | np.floating):
+                text = "n/a" if not np.isfinite(v) else float_format.format(v)
+            else:
+                text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+            cells.append(f"<td>{_esc(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+class ReportBuilder:
+    """Collects the sections of the report.
+
+    Parameters
+    ----------
+    results : path-like
+        The ``results/`` folder.
+    tables : path-like, optional
+        Folder of metrics.csv / tests.csv (default ``results/tables``).
+    predictions : path-like, optional
+        Merged predictions TSV (default ``results/eval/predictions.tsv``).
+    configs : sequence of path-like
+        Workflow config files to show under provenance.
+    max_figures : int
+        Figures per group (e.g. QC examples per dataset).
+    centroids : ndarray of shape (n_rois, 3), optional
+        ROI coordinates for brain figures (default: Schaefer-400 centroids, when
+        available).
+    """
+
+    def __init__(
+        self,
+        results: PathLike,
+        tables: PathLike | None = None,
+        predictions: PathLike | None = None,
+        configs: Sequence[PathLike] = (),
+        max_figures: int = 3,
+        centroids: np.ndarray | None = None,
+    ) -> None:
+        self.results = Path(results)
+        self.tables = Path(tables) if tables is not None else self.results / "tables"
+        self.predictions = (
+            Path(predictions)
+            if predictions is not None
+            else self.results / "eval" / "predictions.tsv"
+        )
+        self.configs = [Path(c) for c in configs]
+        self.max_figures = max(1, int(max_figures))
+        self._centroids = centroids
+        self._centroids_tried = centroids is not None
+        self.sections: list[tuple[str, str, str]] = []
+        self.inputs: list[Path] = []
+
+    # ------------------------------------------------------------------ helpers
+
+    def _use(self, path: Path) -> Path:
+        self.inputs.append(path)
+        return path
+
+    def centroids(self) -> np.ndarray | None:
+        """Schaefer-400 centroids (None when the atlas sources are unavailable)."""
+        if not self._centroids_tried:
+            self._centroids_tried = True
+            try:
+                from brainharmony.atlas import schaefer400_centroids
+
+                self._centroids = schaefer400_centroids()[["x", "y", "z"]].to_numpy(float)
+            except Exception as err:  # optional data; the figures fall back to profiles
+                logger.warning("no ROI centroids for brain figures: %s", err)
+                self._centroids = None
+        return self._centroids
+
+    def _roi_values(self, frame: pd.DataFrame, value: str) -> np.ndarray:
+        """Values in ROI order 0..n-1 from a table with a ``roi`` column."""
+        rois = frame["roi"]
+        numeric = pd.to_numeric(rois, errors="coerce")
+        if numeric.notna().all():
+            idx = numeric.astype(int).to_numpy()
+            idx = idx - 1 if idx.min() >= 1 else idx
+        else:
+            names = list(dict.fromkeys(rois.astype(str)))
+            atlas_names: list[str] = []
+            try:
+                from brainharmony.atlas import schaefer400_labels
+
+                atlas_names = schaefer400_labels()["name"].astype(str).tolist()
+            except Exception:  # fall back to the order of appearance
+                atlas_names = []
+            lookup = {n: i for i, n in enumerate(atlas_names)}
+            if all(n in lookup for n in names):
+                idx = rois.astype(str).map(lookup).to_numpy()
+            else:
+                pos = {n: i for i, n in enumerate(names)}
+                idx = rois.astype(str).map(pos).to_numpy()
+        n = int(idx.max()) + 1
+        out = np.full(n, np.nan)
+        out[idx] = pd.to_numeric(frame[value], errors="coerce").to_numpy(float)
+        return out
+
+    def add(self, key: str, title: str, build: Callable[[], str]) -> None:
+        """Add a section; an exception becomes an error box in the page."""
+        try:
+            body = build()
+        except Exception as err:  # the report must be written whatever one input holds
+            logger.warning("report section %r failed: %s: %s", title, type(err).__name__, err)
+            body = (
+                f'<p class="error">This section could not be built: '
+                f"{_esc(type(err).__name__)}: {_esc(err)}</p>"
+            )
+        self.sections.append((key, title, body))
+
+    # ------------------------------------------------------------------ sections
+
+    def section_results(self) -> str:
+        from brainharmony.evaluate.settings import settings_from_mapping
+        from brainharmony.evaluate.tables import PaperTable, build_paper_table
+
+        metrics_path = self.tables / "metrics.csv"
+        if not metrics_path.is_file():
+            return _absent(f"No evaluation tables ({metrics_path} not found).")
+        metrics = pd.read_csv(self._use(metrics_path), dtype={"dataset": str, "task": str})
+        tests_path = self.tables / "tests.csv"
+        tests = (
+            pd.read_csv(self._use(tests_path), dtype={"dataset": str, "task": str})
+            if tests_path.is_file()
+            else pd.DataFrame()
+        )
+        side = self.tables / "tables.json"
+        settings_raw = {}
+        if side.is_file():
+            settings_raw = json.loads(self._use(side).read_text(encoding="utf-8")).get(
+                "Settings", {}
+            )
+        settings = settings_from_mapping(settings_raw)
+        types = self._task_types(metrics)
+        table: PaperTable = build_paper_table(metrics, tests, settings, types)
+        from brainharmony.evaluate.harness import display_name
+
+        heads = "".join(
+            f"<th>{_esc(d)}<br>{_esc(t)}<br>{_esc(table.header(c))}</th>"
+            for c in table.columns
+            for d, t, _ in [c]
+        )
+        rows = []
+        for m in table.models:
+            cells = [f"<td>{_esc(display_name(m))}</td>"]
+            for c in table.columns:
+                text = _esc(table.text(m, c) or "–")
+                cells.append(
+                    f"<td><b>{text}</b></td>" if (m, c) in table.bold else f"<td>{text}</td>"
+                )
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        html_table = (
+            f"<table><thead><tr><th>Model</th>{heads}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+        files = ", ".join(p.name for p in sorted(self.tables.glob("paper_table.*")) if p.is_file())
+        return (
+            html_table
+            + f'<p class="note">{_esc(table.note)}</p>'
+            + (f'<p class="note">Files: {_esc(files)} in {_esc(self.tables)}.</p>' if files else "")
+        )
+
+    def _task_types(self, metrics: pd.DataFrame) -> dict[tuple[str, str], str]:
+        from brainharmony.evaluate.settings import CLASSIFICATION_METRICS
+
+        types: dict[tuple[str, str], str] = {}
+        for (ds, tk), group in metrics.groupby(["dataset", "task"], sort=False):
+            cls = group["metric"].isin(CLASSIFICATION_METRICS).any()
+            types[(str(ds), str(tk))] = "classification" if cls else "regression"
+        return types
+
+    def section_tests(self) -> str:
+        path = self.tables / "tests.csv"
+        if not path.is_file():
+            return _absent(f"No paired tests ({path} not found).")
+        tests = pd.read_csv(path, dtype={"dataset": str, "task": str})
+        if tests.empty:
+            return _absent("No paired tests (fewer than two models per task).")
+        from brainharmony.evaluate.harness import display_name
+
+        shown = tests.assign(
+            model=tests["model"].map(display_name),
+            reference=tests["reference"].map(display_name),
+        )[
+            [
+                "dataset",
+                "task",
+                "model",
+                "reference",
+                "role",
+                "metric",
+                "mean_diff",
+                "t",
+                "df",
+                "p",
+                "n",
+            ]
+        ]
+        not_better = tests.loc[
+            (tests["role"] == "null") & ~((tests["p"] < 0.05) & (tests["mean_diff"] > 0))
+        ]
+        honest = ""
+        if len(not_better):
+            items = ", ".join(
+                f"{display_name(m)} on {d}/{t} (p = {p:.3g})"
+                for d, t, m, p in zip(
+                    not_better["dataset"],
+                    not_better["task"],
+                    not_better["model"],
+                    not_better["p"],
+                    strict=True,
+                )
+            )
+            honest = (
+                f'<p class="note"><b>Not significantly better than the null model at '
+                f"p &lt; 0.05:</b> {_esc(items)}.</p>"
+            )
+        return (
+            f'<p class="note">{_esc(tests["test"].iloc[0])}; mean_diff is oriented so that '
+            "positive means the model is better; n = paired folds x seeds.</p>"
+            + _table(shown)
+            + honest
+        )
+
+    def section_predictions(self) -> str:
+        from brainharmony.evaluate.harness import display_name
+        from brainharmony.evaluate.metrics import confusion_matrix
+        from brainharmony.evaluate.tables import model_order, read_predictions, task_map
+
+        if not self.predictions.is_file():
+            return _absent(f"No predictions ({self.predictions} not found).")
+        frame, meta = read_predictions(self._use(self.predictions))
+        tasks = task_map(meta)
+        test = frame.loc[frame["split"] == "test"]
+        parts = []
+        for (ds, tk), (spec, classes) in tasks.items():
+            sub = test.loc[(test["dataset"] == ds) & (test["task"] == tk)]
+            if sub.empty:
+                continue
+            seed = int(sub["seed"].min())
+            sub = sub.loc[sub["seed"] == seed]
+            models = model_order(list(dict.fromkeys(sub["model"])))
+            parts.append(
+                f"<h3>{_esc(ds)} / {_esc(tk)} ({_esc(spec.type)}, target "
+                f"{_esc(spec.target)}; test partitions of seed {seed}, every "
+                "subject once)</h3>"
+            )
+            if spec.type == "classification":
+                imgs = []
+                for m in models:
+                    rows = sub.loc[sub["model"] == m]
+                    cm = confusion_matrix(rows["y_true"], rows["y_pred"], classes or [])
+                    imgs.append(
+                        _img(
+                            fg.confusion_figure(cm, classes or [], display_name(m)),
+                            f"confusion matrix {ds} {tk} {m}",
+                        )
+                    )
+                parts.append(_figs(imgs))
+            else:
+                panels = {}
+                for m in models:
+                    rows = sub.loc[sub["model"] == m]
+                    panels[display_name(m)] = (
+                        pd.to_numeric(rows["y_true"]).to_numpy(float),
+                        pd.to_numeric(rows["y_pred"]).to_numpy(float),
+                    )
+                parts.append(
+                    _figs(
+                        [
+                            _img(
+                                fg.scatter_figure(
+                                    panels, f"{ds} / {tk}: predicted vs true", spec.target
+                                ),
+                                f"predicted vs true {ds} {tk}",
+                            )
+                        ]
+                    )
+                )
+        return "".join(parts) or _absent("The predictions file holds no test rows.")
+
+    def section_selection(self) -> str:
+        from brainharmony.evaluate.harness import display_name
+
+        files = sorted((self.results / "eval").glob("*/*/selection.tsv"))
+        if not files:
+            return _absent("No model-selection records (results/eval/*/*/selection.tsv).")
+        frame = pd.concat([pd.read_csv(self._use(f), sep="\t", dtype=str) for f in files])
+        frame["val_score"] = pd.to_numeric(frame["val_score"], errors="coerce")
+        rows = []
+        for (ds, tk, m), g in frame.groupby(["dataset", "task", "model"], sort=True):
+            counts = g["params"].value_counts()
+            top = "; ".join(f"{p} ({n}x)" for p, n in counts.head(3).items())
+            rows.append(
+                {
+                    "dataset": ds,
+                    "task": tk,
+                    "model": display_name(m),
+                    "folds": len(g),
+                    "mean val score": g["val_score"].mean(),
+                    "most chosen (on val)": top,
+                }
+            )
+        return (
+            '<p class="note">Hyperparameters chosen on the validation partitions '
+            "(test partitions are never used for choosing).</p>" + _table(pd.DataFrame(rows))
+        )
+
+    def section_training(self) -> str:
+        files = sorted((self.results / "models").glob("*/metrics.jsonl"))
+        if not files:
+            return _absent("No trained models (results/models/*/metrics.jsonl).")
+        imgs = []
+        for f in files:
+            records = []
+            for line in self._use(f).read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    records.append(json.loads(line))
+            if not records:
+                imgs.append(_absent(f"{f.parent.name}: metrics.jsonl is empty."))
+                continue
+            last = records[-1]
+            loss = last.get("loss")
+            loss_text = f"{loss:.4g}" if isinstance(loss, int | float) else str(loss)
+            cap = f"{len(records)} logged steps; last step {last.get('step')}, loss {loss_text}"
+            imgs.append(
+                _img(
+                    fg.curves_figure(records, f.parent.name), f"training curve {f.parent.name}", cap
+                )
+            )
+        return _figs(imgs)
+
+    def section_ingest(self) -> str:
+        files = sorted((self.results / "ingest").glob("*/scans.tsv"))
+        if not files:
+            return _absent("No ingest tables (results/ingest/*/scans.tsv).")
+        rows = []
+        reasons = []
+        for f in files:
+            scans = pd.read_csv(self._use(f), sep="\t", dtype=str, keep_default_na=False)
+            excl_path = f.with_name("excluded.tsv")
+            excl = (
+                pd.read_csv(excl_path, sep="\t", dtype=str, keep_default_na=False)
+                if excl_path.is_file()
+                else pd.DataFrame(columns=["reason"])
+            )
+            trs = sorted({f"{float(t):g}" for t in scans.get("tr", []) if t not in ("", "n/a")})
+            rows.append(
+                {
+                    "dataset": f.parent.name,
+                    "subjects": scans["subject"].nunique() if "subject" in scans else 0,
+                    "runs": len(scans),
+                    "TR (s)": ", ".join(trs),
+                    "excluded rows": len(excl),
+                }
+            )
+            for reason, n in excl["reason"].value_counts().head(5).items():
+                reasons.append({"dataset": f.parent.name, "reason": reason, "rows": n})
+        out = _table(pd.DataFrame(rows))
+        if reasons:
+            out += "<h3>Most frequent exclusion reasons</h3>" + _table(pd.DataFrame(reasons))
+        return out
+
+    def section_anat(self) -> str:
+        root = self.results / "anat"
+        sidecars = sorted(root.glob("*/sub-*/**/*_desc-preproc_T1w.json"))
+        if not sidecars:
+            return _absent("No anatomy outputs (results/anat/*/sub-*/.../*_desc-preproc_T1w.json).")
+        rows = []
+        for p in sidecars:
+            doc = json.loads(self._use(p).read_text(encoding="utf-8"))
+            metrics = doc.get("Metrics", {}) or {}
+            rows.append(
+                {
+                    "dataset": p.relative_to(root).parts[0],
+                    "file": p.name,
+                    **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+                }
+            )
+        frame = pd.DataFrame(rows)
+        numeric = [c for c in frame.columns if c not in ("dataset", "file")]
+        summary = []
+        for ds, g in frame.groupby("dataset", sort=True):
+            entry: dict[str, Any] = {"dataset": ds, "T1w": len(g)}
+            for c in numeric:
+                vals = pd.to_numeric(g[c], errors="coerce")
+                entry[f"{c} median"] = vals.median()
+                entry[f"{c} min"] = vals.min()
+            summary.append(entry)
+        out = _table(pd.DataFrame(summary))
+        key = "NCCWithTemplateInBrain"
+        if key in frame.columns:
+            frame = frame.sort_values(key, kind="stable")
+            out += "<h3>Lowest template similarity</h3>" + _table(
+                frame.head(self.max_figures)[["dataset", "file", key]]
+            )
+        # figures of the least template-like T1ws (the page stays small for big studies)
+        imgs = []
+        for _, row in frame.head(self.max_figures).iterrows():
+            prefix = str(row["file"]).split("_space-")[0]
+            for png in sorted((root / row["dataset"] / "figures").glob(f"{prefix}_desc-*.png"))[:1]:
+                imgs.append(
+                    _img(
+                        self._use(png).read_bytes(),
+                        f"registration {png.stem}",
+                        f"{row['dataset']}: {png.stem}",
+                        width=520,
+                    )
+                )
+        if not imgs:  # figures without sidecar metrics
+            for png in sorted(root.glob("*/figures/*.png"))[: self.max_figures]:
+                imgs.append(
+                    _img(self._use(png).read_bytes(), f"registration {png.stem}", png.stem, 520)
+                )
+        return out + _figs(imgs)
+
+    def section_func(self) -> str:
+        root = self.results / "func"
+        sidecars = sorted(root.glob("*/sub-*/**/*_desc-denoised_timeseries.json"))
+        if not sidecars:
+            return _absent(
+                "No functional outputs (results/func/*/.../*_desc-denoised_timeseries.json)."
+            )
+        rows = []
+        for p in sidecars:
+            doc = json.loads(self._use(p).read_text(encoding="utf-8"))
+            n = doc.get("NumberOfVolumes")
+            kept = doc.get("KeptVolumes")
+            rows.append(
+                {
+                    "dataset": p.relative_to(root).parts[0],
+                    "run": p.name,
+                    "tr": doc.get("RepetitionTime"),
+                    "kept_fraction": (kept / n) if n and kept is not None else np.nan,
+                }
+            )
+        frame = pd.DataFrame(rows)
+        summary = []
+        for ds, g in frame.groupby("dataset", sort=True):
+            kf = g["kept_fraction"].astype(float)
+            summary.append(
+                {
+                    "dataset": ds,
+                    "runs": len(g),
+                    "TR (s)": ", ".join(sorted({f"{float(t):g}" for t in g["tr"].dropna()})),
+                    "kept frames median": kf.median(),
+                    "kept frames min": kf.min(),
+                    "runs < 50% kept": int((kf < 0.5).sum()),
+                }
+            )
+        out = _table(pd.DataFrame(summary), "{:.3g}")
+        imgs = []
+        worst = frame.sort_values(["kept_fraction", "dataset", "run"], kind="stable")
+        for _, row in worst.head(self.max_figures).iterrows():
+            stem = str(row["run"]).split("_space-")[0]
+            folder = root / str(row["dataset"])
+            for pattern in (
+                f"{stem}_desc-fdtrace_bold.png",
+                f"{stem}_desc-carpetplot_bold.png",
+                f"{stem}_*desc-fcmatrix_bold.png",
+            ):
+                for png in sorted(folder.glob(f"**/{pattern}"))[:1]:
+                    caption = f"{row['dataset']}: {png.stem} (kept {row['kept_fraction']:.0%})"
+                    imgs.append(_img(self._use(png).read_bytes(), png.stem, caption, width=520))
+        if imgs:
+            out += (
+                f'<p class="note">Figures of the {self.max_figures} runs with the fewest '
+                "frames kept after censoring.</p>"
+            )
+        return out + _figs(imgs)
+
+    def section_geometry(self) -> str:
+        root = self.results / "geometry"
+        pngs = sorted((root / "figures").glob("*.png"))
+        tables = sorted(root.glob("**/*gradients.tsv"))
+        if not pngs and not tables:
+            return _absent("No geometry outputs (results/geometry/).")
+        imgs = [
+            _img(self._use(p).read_bytes(), p.stem, p.stem, width=640)
+            for p in pngs[: self.max_figures]
+        ]
+        for t in tables[:1]:
+            frame = pd.read_csv(self._use(t), sep="\t")
+            frame = frame.rename(columns={frame.columns[0]: "roi"})
+            for col in [c for c in frame.columns if c != "roi"][:3]:
+                values = self._roi_values(frame, col)
+                imgs.append(
+                    _img(
+                        fg.brain_figure(values, self.centroids(), f"{t.stem}: {col}"),
+                        f"{t.stem} {col}",
+                    )
+                )
+        return _figs(imgs)
+
+    def _roi_tables(self, pattern: str, title: str, group_cols: Sequence[str]) -> str:
+        files = sorted(p for p in self.results.glob(f"**/{pattern}") if p.is_file())
+        if not files:
+            return _absent(f"No {title} files (results/**/{pattern}).")
+        imgs = []
+        for f in files[: self.max_figures]:
+            frame = pd.read_csv(self._use(f), sep="\t" if f.suffix == ".tsv" else ",")
+            if "roi" not in frame.columns:
+                raise ValueError(f"{f}: no 'roi' column")
+            group = next((c for c in group_cols if c in frame.columns), None)
+            numeric = [
+                c
+                for c in frame.columns
+                if c not in ("roi", group) and pd.api.types.is_numeric_dtype(frame[c])
+            ]
+            if not numeric:
+                raise ValueError(f"{f}: no numeric value column")
+            value = next((c for c in ("weight", "attention", "value") if c in numeric), numeric[-1])
+            label = f.parent.name + "/" + f.stem
+            groups = frame.groupby(group, sort=True) if group else [("all", frame)]
+            for key, g in list(groups)[:8]:
+                values = self._roi_values(g, value)
+                imgs.append(
+                    _img(
+                        fg.brain_figure(
+                            values,
+                            self.centroids(),
+                            f"{label} {group or ''} {key}".replace("  ", " "),
+                            cmap="viridis",
+                            symmetric=False,
+                        ),
+                        f"{label} {key}",
+                    )
+                )
+        return _figs(imgs)
+
+    def section_experts(self) -> str:
+        return self._roi_tables("*expert*weight*.tsv", "RWMoE expert weight", ("expert",))
+
+    def section_hubs(self) -> str:
+        return self._roi_tables("*hub*attention*.tsv", "hub-token attention", ("hub", "head"))
+
+    def section_provenance(self) -> str:
+        from importlib import metadata
+
+        versions = []
+        for name in PACKAGES:
+            try:
+                versions.append({"package": name, "version": metadata.version(name)})
+            except metadata.PackageNotFoundError:
+                versions.append({"package": name, "version": "not installed"})
+        facts = pd.DataFrame(
+            [
+                {"item": "git SHA", "value": git_sha() or "unknown (not a git checkout)"},
+                {"item": "Python", "value": platform.python_version()},
+                {"item": "platform", "value": platform.platform()},
+                {"item": "results folder", "value": str(self.results)},
+            ]
+        )
+        out = _table(facts) + _table(pd.DataFrame(versions))
+        for c in self.configs:
+            if c.is_file():
+                out += f"<h3>Configuration: {_esc(c)}</h3><pre>{_esc(c.read_text('utf-8'))}</pre>"
+            else:
+                out += _absent(f"Configuration file {c} not found.")
+        side = self.tables / "tables.json"
+        if side.is_file():
+            settings = json.loads(side.read_text(encoding="utf-8")).get("Settings", {})
+            out += (
+                "<h3>Evaluation settings</h3><pre>"
+                + _esc(json.dumps(settings, indent=2, sort_keys=True))
+                + "</pre>"
+            )
+        if not self.configs and not side.is_file():
+            out += _absent("No configuration given (--config).")
+        listed = sorted({str(p) for p in self.inputs})
+        out += (
+            f"<details><summary>{len(listed)} input files read</summary><pre>"
+            + _esc("\n".join(listed))
+            + "</pre></details>"
+        )
+        return out
+
+    # ------------------------------------------------------------------ page
+
+    def build(self) -> str:
+        """Build every section and return the page."""
+        self.sections = []
+        self.add("results", "Results (paper layout)", self.section_results)
+        self.add("tests", "Paired tests", self.section_tests)
+        self.add(
+            "predictions",
+            "Predictions: confusion matrices and predicted vs true",
+            self.section_predictions,
+        )
+        self.add("selection", "Model selection (validation partitions)", self.section_selection)
+        self.add("training", "Training curves", self.section_training)
+        self.add("ingest", "QC: ingestion", self.section_ingest)
+        self.add("anat", "QC: anatomy", self.section_anat)
+        self.add("func", "QC: functional", self.section_func)
+        self.add("geometry", "Geometric modes and gradients", self.section_geometry)
+        self.add("experts", "RWMoE expert weights", self.section_experts)
+        self.add("hubs", "Hub-token attention", self.section_hubs)
+        self.add("provenance", "Provenance", self.section_provenance)
+        nav = "".join(f'<a href="#{k}">{_esc(t)}</a>' for k, t, _ in self.sections)
+        body = "".join(
+            f'<section id="{k}"><h2>{_esc(t)}</h2>{b}</section>' for k, t, b in self.sections
+        )
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            "<title>brainharmony report</title>"
+            f'<link rel="icon" href="data:,"><style>{_CSS}</style></head><body>'
+            "<header><h1>brainharmony: evaluation report</h1></header>"
+            f"<nav>{nav}</nav><main>{body}</main></body></html>\n"
+        )
+
+
+def build_report(
+    out: PathLike,
+    results: PathLike = "results",
+    tables: PathLike | None = None,
+    predictions: PathLike | None = None,
+    configs: Sequence[PathLike] = (),
+    max_figures: int = 3,
+    centroids: np.ndarray | None = None,
+) -> Path:
+    """Write the report page atomically and return its path."""
+    builder = ReportBuilder(results, tables, predictions, configs, max_figures, centroids)
+    page = builder.build()
+    return write_text(out, page)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``brainharmony report``."""
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    parser.add_argument("--tables", type=Path, default=None, help="default <results>/tables")
+    parser.add_argument(
+        "--predictions", type=Path, default=None, help="default <results>/eval/predictions.tsv"
+    )
+    parser.add_argument(
+        "--config",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="workflow config file(s) shown under provenance",
+    )
+    parser.add_argument("--max-figures", type=int, default=3, help="figures per group")
+    parser.add_argument("--out", type=Path, required=True, help="results/report/index.html")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``brainharmony report``."""
+    build_report(
+        args.out, args.results, args.tables, args.predictions, args.config, args.max_figures
+    )
+    return 0

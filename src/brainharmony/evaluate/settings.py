@@ -1,0 +1,555 @@
+"""Evaluation settings: task specifications and the ``evaluate:`` config block.
+
+The workflow config's ``evaluate:`` block (schema: ``workflow/schemas/config.schema.yaml``)
+is read here into frozen dataclasses with every default filled in, so the command line,
+the tests and the Snakemake rules share one interpretation. Unknown keys are errors
+naming the key and where it was found.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+TaskType = Literal["classification", "regression"]
+TASK_TYPES: tuple[TaskType, ...] = ("classification", "regression")
+
+#: Metrics per task type, in table order. Names are the ``metric`` column of metrics.csv.
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1", "auc")
+REGRESSION_METRICS = ("mae", "pearson_r", "r2")
+METRICS: dict[TaskType, tuple[str, ...]] = {
+    "classification": CLASSIFICATION_METRICS,
+    "regression": REGRESSION_METRICS,
+}
+#: Metrics where smaller is better (all others: larger is better).
+LOWER_IS_BETTER = frozenset({"mae"})
+#: Short names used in the paper-layout tables.
+METRIC_LABELS = {
+    "accuracy": "ACC",
+    "balanced_accuracy": "BACC",
+    "f1": "F1",
+    "auc": "AUC",
+    "mae": "MAE",
+    "pearson_r": "r",
+    "r2": "R2",
+}
+
+_LABEL = re.compile(r"^[a-zA-Z0-9]+$")
+_MODEL = re.compile(r"^[a-z0-9_]+$")
+
+#: Harness models run when the config names none (the ones needing only FC and labels).
+DEFAULT_MODELS = ("null_model", "fc_ridge", "fc_kernel_ridge", "fc_logistic")
+
+
+class SettingsError(ValueError):
+    """The ``evaluate`` settings are invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One prediction task on one evaluation dataset.
+
+    Attributes
+    ----------
+    dataset : str
+        Evaluation dataset name (a workflow dataset, or a cohort pooling several).
+    name : str
+        Task label (alphanumeric; a wildcard in the workflow).
+    target : str
+        Phenotype column holding the label / value.
+    type : {"classification", "regression"}
+    positive : str or None
+        Class counted as positive by F1 and AUC in binary tasks (e.g. the patient
+        class). Required for binary classification.
+    classes : tuple of str or None
+        Class order; default: the sorted labels found.
+    average : {"macro", "weighted"}
+        F1 average for more than two classes.
+    site_mode : {"none", "stratify", "group"}
+        How the splits treat sites (passed to ``brainharmony splits``).
+    datasets : tuple of str
+        Workflow datasets pooled into ``dataset`` (just ``(dataset,)`` for one).
+    mapping : tuple of (str, str) or None
+        Classification: raw value of ``target`` -> class label (config key ``map``),
+        e.g. ADHD subtypes -> ``ADHD``. Values that are neither a key nor a label are
+        left out (e.g. AD in a CN vs MCI task). A label may appear as a key only when
+        it maps to itself, so applying the map twice changes nothing.
+    """
+
+    dataset: str
+    name: str
+    target: str
+    type: TaskType
+    positive: str | None = None
+    classes: tuple[str, ...] | None = None
+    average: Literal["macro", "weighted"] = "macro"
+    site_mode: Literal["none", "stratify", "group"] = "none"
+    datasets: tuple[str, ...] = ()
+    mapping: tuple[tuple[str, str], ...] | None = None
+
+    def __post_init__(self) -> None:
+        where = f"evaluate.tasks.{self.dataset}.{self.name}"
+        if not _LABEL.match(self.dataset):
+            raise SettingsError(f"dataset name {self.dataset!r} must be alphanumeric")
+        if not _LABEL.match(self.name):
+            raise SettingsError(f"{where}: task name must be alphanumeric")
+        if self.type not in TASK_TYPES:
+            raise SettingsError(f"{where}.type: must be one of {TASK_TYPES}; got {self.type!r}")
+        if not self.target:
+            raise SettingsError(f"{where}.target: must name a phenotype column")
+        if self.average not in ("macro", "weighted"):
+            raise SettingsError(f"{where}.average: 'macro' or 'weighted'; got {self.average!r}")
+        if self.site_mode not in ("none", "stratify", "group"):
+            raise SettingsError(f"{where}.site_mode: none/stratify/group; got {self.site_mode!r}")
+        if self.type == "regression" and (self.positive is not None or self.classes):
+            raise SettingsError(f"{where}: 'positive'/'classes' only apply to classification")
+        if self.classes is not None:
+            if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+                raise SettingsError(f"{where}.classes: need >= 2 distinct classes")
+            if self.positive is not None and self.positive not in self.classes:
+                raise SettingsError(
+                    f"{where}.positive: {self.positive!r} is not one of classes {self.classes}"
+                )
+        if not self.datasets:
+            object.__setattr__(self, "datasets", (self.dataset,))
+        if self.mapping is not None:
+            if self.type != "classification":
+                raise SettingsError(f"{where}.map: only classification tasks map labels")
+            table = dict(self.mapping)
+            if not table:
+                raise SettingsError(f"{where}.map: empty mapping")
+            clash = sorted(v for v in set(table.values()) if v in table and table[v] != v)
+            if clash:
+                raise SettingsError(
+                    f"{where}.map: labels {clash} are also raw values mapped elsewhere"
+                )
+            if self.classes is not None:
+                extra = sorted(set(table.values()) - set(self.classes))
+                if extra:
+                    raise SettingsError(f"{where}.map: labels {extra} are not in classes")
+
+    def map_label(self, raw: str) -> str | None:
+        """The class label of a raw value (None: left out); identity without a map."""
+        if self.mapping is None:
+            return raw
+        table = dict(self.mapping)
+        if raw in table:
+            return table[raw]
+        return raw if raw in set(table.values()) else None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.dataset, self.name)
+
+    def resolve_classes(self, observed: Sequence[str]) -> tuple[str, ...]:
+        """The class order given the labels found in the data.
+
+        Raises
+        ------
+        SettingsError
+            When a label is not among the configured classes, fewer than two classes
+            are present, or a binary task has no (or an unknown) positive class.
+        """
+        where = f"evaluate.tasks.{self.dataset}.{self.name}"
+        found = sorted({str(v) for v in observed})
+        if self.classes is not None:
+            unknown = [c for c in found if c not in self.classes]
+            if unknown:
+                raise SettingsError(
+                    f"{where}: labels {unknown} of {self.target!r} are not in classes "
+                    f"{list(self.classes)}"
+                )
+            classes = tuple(self.classes)
+        else:
+            classes = tuple(found)
+        if len(classes) < 2:
+            raise SettingsError(f"{where}: {self.target!r} has fewer than two classes: {found}")
+        if len(classes) == 2:
+            if self.positive is None:
+                raise SettingsError(
+                    f"{where}: binary task needs 'positive' (the class F1 and AUC score as "
+                    f"positive, e.g. the patient class); classes: {list(classes)}"
+                )
+            if self.positive not in classes:
+                raise SettingsError(
+                    f"{where}.positive: {self.positive!r} is not one of {list(classes)}"
+                )
+        return classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "task": self.name,
+            "target": self.target,
+            "type": self.type,
+            "positive": self.positive,
+            "classes": list(self.classes) if self.classes is not None else None,
+            "average": self.average,
+            "site_mode": self.site_mode,
+            "datasets": list(self.datasets),
+            "map": dict(self.mapping) if self.mapping is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
+        classes = data.get("classes")
+        return cls(
+            dataset=str(data["dataset"]),
+            name=str(data.get("task", data.get("name"))),
+            target=str(data["target"]),
+            type=data["type"],
+            positive=None if data.get("positive") is None else str(data["positive"]),
+            classes=None if classes is None else tuple(str(c) for c in classes),
+            average=data.get("average", "macro"),
+            site_mode=data.get("site_mode", "none"),
+            datasets=tuple(data.get("datasets") or ()),
+            mapping=_mapping(data.get("map")),
+        )
+
+
+@dataclass(frozen=True)
+class Grids:
+    """Hyperparameter grids searched on the validation partition.
+
+    Each grid is ordered from the strongest to the weakest regularisation; ties in the
+    validation score keep the earlier (simpler) candidate. Features are standardised
+    and scaled to unit root-mean-square row norm first, so the values are scale-free
+    (see :mod:`brainharmony.evaluate.baselines`).
+    """
+
+    ridge_alphas: tuple[float, ...] = (100.0, 10.0, 1.0, 0.1, 0.01, 0.001)
+    logistic_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+    rbf_gamma_factors: tuple[float, ...] = (0.25, 1.0, 4.0)
+    kernel_alphas: tuple[float, ...] = (10.0, 1.0, 0.1, 0.01)
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """Fine-tuning through a pretrained model's ``encode`` (see :mod:`.finetune`)."""
+
+    epochs: int = 30
+    lrs: tuple[float, ...] = (1e-3, 1e-2)
+    batch_size: int = 16
+    weight_decay: float = 0.05
+    train_encoder: bool = False
+    encoder_lr_scale: float = 0.1
+    label_smoothing: float = 0.0
+    patience: int = 10
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The ``evaluate:`` block with defaults.
+
+    Attributes
+    ----------
+    tasks : tuple of TaskSpec
+    cohorts : mapping of str to tuple of str
+        Evaluation dataset -> workflow datasets pooled into it.
+    models : tuple of str
+        Harness model names (:data:`brainharmony.evaluate.harness.HARNESS`).
+    seeds : tuple of int
+        Split seeds (repeats of the K-fold cross-validation).
+    n_folds, val_fraction, n_bins :
+        Parameters of the split files (``brainharmony splits``).
+    primary_metric : mapping of task type to metric
+        Metric of the paired tests, of "best baseline" and of bold in tables.
+    select_metric : mapping of task type to metric
+        Metric maximised (or minimised) on the validation partition to choose
+        hyperparameters / epochs.
+    table_metrics : mapping of task type to tuple of metrics
+        Columns of the paper-layout tables.
+    alpha : float
+        Significance level of the paired tests shown in the tables.
+    grids : Grids
+    finetune : FineTuneSettings
+    """
+
+    tasks: tuple[TaskSpec, ...] = ()
+    cohorts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    models: tuple[str, ...] = DEFAULT_MODELS
+    seeds: tuple[int, ...] = (0,)
+    n_folds: int = 5
+    val_fraction: float = 0.2
+    n_bins: int = 5
+    primary_metric: Mapping[str, str] = field(
+        default_factory=lambda: {"classification": "balanced_accuracy", "regression": "mae"}
+    )
+    select_metric: Mapping[str, str] = field(
+        default_factory=lambda: {"classification": "auc", "regression": "mae"}
+    )
+    table_metrics: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "classification": CLASSIFICATION_METRICS,
+            "regression": REGRESSION_METRICS,
+        }
+    )
+    alpha: float = 0.05
+    grids: Grids = field(default_factory=Grids)
+    finetune: FineTuneSettings = field(default_factory=FineTuneSettings)
+
+    def task(self, dataset: str, name: str) -> TaskSpec:
+        """The spec of one task (error listing the configured tasks when absent)."""
+        for spec in self.tasks:
+            if spec.dataset == dataset and spec.name == name:
+                return spec
+        known = [f"{t.dataset}/{t.name}" for t in self.tasks]
+        raise SettingsError(f"no task {dataset}/{name} in evaluate.tasks; configured: {known}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (inverse of :func:`settings_from_mapping`)."""
+        tasks: dict[str, dict[str, Any]] = {}
+        for t in self.tasks:
+            d = t.to_dict()
+            d.pop("dataset")
+            d.pop("task")
+            d.pop("datasets")
+            if d["map"] is None:
+                d.pop("map")
+            tasks.setdefault(t.dataset, {})[t.name] = d
+        return {
+            "tasks": tasks,
+            "cohorts": {k: list(v) for k, v in self.cohorts.items()},
+            "models": list(self.models),
+            "seeds": list(self.seeds),
+            "n_folds": self.n_folds,
+            "val_fraction": self.val_fraction,
+            "n_bins": self.n_bins,
+            "primary_metric": dict(self.primary_metric),
+            "select_metric": dict(self.select_metric),
+            "table_metrics": {k: list(v) for k, v in self.table_metrics.items()},
+            "alpha": self.alpha,
+            "grids": {f.name: list(getattr(self.grids, f.name)) for f in fields(Grids)},
+            "finetune": {
+                f.name: (
+                    list(getattr(self.finetune, f.name))
+                    if isinstance(getattr(self.finetune, f.name), tuple)
+                    else getattr(self.finetune, f.name)
+                )
+                for f in fields(FineTuneSettings)
+            },
+        }
+
+
+_TOP_KEYS = {
+    "tasks",
+    "cohorts",
+    "models",
+    "seeds",
+    "n_folds",
+    "val_fraction",
+    "n_bins",
+    "primary_metric",
+    "select_metric",
+    "table_metrics",
+    "alpha",
+    "grids",
+    "finetune",
+}
+_TASK_KEYS = {
+    "target",
+    "type",
+    "positive",
+    "classes",
+    "average",
+    "site_mode",
+    "map",
+    "description",
+}
+
+
+def _mapping(value: Any) -> tuple[tuple[str, str], ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"map: expected a mapping raw value -> label; got {value!r}")
+    return tuple((str(k), str(v)) for k, v in value.items())
+
+
+def _check_keys(block: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(block) - allowed)
+    if unknown:
+        raise SettingsError(
+            f"unknown key(s) {unknown} in {where}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _metric_map(
+    value: Any, default: Mapping[str, str], where: str, multi: bool = False
+) -> dict[str, Any]:
+    out: dict[str, Any] = dict(default)
+    if value is None:
+        return out
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"{where}: expected a mapping task type -> metric")
+    _check_keys(value, set(TASK_TYPES), where)
+    for kind, chosen in value.items():
+        names = list(chosen) if multi else [chosen]
+        for name in names:
+            if name not in METRICS[kind]:
+                raise SettingsError(
+                    f"{where}.{kind}: unknown metric {name!r}; choose from {METRICS[kind]}"
+                )
+        out[kind] = tuple(names) if multi else names[0]
+    return out
+
+
+def _floats(value: Any, where: str, positive: bool = True) -> tuple[float, ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+        raise SettingsError(f"{where}: expected a non-empty list of numbers")
+    out = tuple(float(v) for v in value)
+    if positive and any(v <= 0 for v in out):
+        raise SettingsError(f"{where}: every value must be > 0; got {list(out)}")
+    return out
+
+
+def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
+    """Build :class:`EvalSettings` from an ``evaluate:`` block (defaults filled).
+
+    Parameters
+    ----------
+    block : mapping or None
+        The ``evaluate`` block of the workflow config; a whole config (with an
+        ``evaluate`` key and a ``datasets`` key) is accepted too.
+
+    Raises
+    ------
+    SettingsError
+        Naming the offending key.
+    """
+    block = dict(block or {})
+    known_datasets: list[str] | None = None
+    if "datasets" in block or "evaluate" in block:  # a whole workflow config
+        if isinstance(block.get("datasets"), Mapping):
+            known_datasets = [str(d) for d in block["datasets"]]
+        block = dict(block.get("evaluate") or {})
+    _check_keys(block, _TOP_KEYS, "evaluate")
+    base = EvalSettings()
+    cohorts_raw = block.get("cohorts") or {}
+    cohorts: dict[str, tuple[str, ...]] = {}
+    for name, members in cohorts_raw.items():
+        if not _LABEL.match(str(name)):
+            raise SettingsError(f"evaluate.cohorts: name {name!r} must be alphanumeric")
+        if not isinstance(members, Sequence) or isinstance(members, str) or not members:
+            raise SettingsError(f"evaluate.cohorts.{name}: expected a non-empty list of datasets")
+        cohorts[str(name)] = tuple(str(m) for m in members)
+    tasks: list[TaskSpec] = []
+    for dataset, per in (block.get("tasks") or {}).items():
+        if not isinstance(per, Mapping) or not per:
+            raise SettingsError(f"evaluate.tasks.{dataset}: expected a mapping task -> settings")
+        for name, spec in per.items():
+            where = f"evaluate.tasks.{dataset}.{name}"
+            if not isinstance(spec, Mapping):
+                raise SettingsError(f"{where}: expected a mapping")
+            _check_keys(spec, _TASK_KEYS, where)
+            for req in ("target", "type"):
+                if req not in spec:
+                    raise SettingsError(f"{where}: missing required key {req!r}")
+            classes = spec.get("classes")
+            tasks.append(
+                TaskSpec(
+                    dataset=str(dataset),
+                    name=str(name),
+                    target=str(spec["target"]),
+                    type=spec["type"],
+                    positive=None if spec.get("positive") is None else str(spec["positive"]),
+                    classes=None if classes is None else tuple(str(c) for c in classes),
+                    average=spec.get("average", "macro"),
+                    site_mode=spec.get("site_mode", "none"),
+                    datasets=cohorts.get(str(dataset), (str(dataset),)),
+                    mapping=_mapping(spec.get("map")),
+                )
+            )
+    if known_datasets is not None:
+        for spec in tasks:
+            missing = [d for d in spec.datasets if d not in known_datasets]
+            if missing:
+                raise SettingsError(
+                    f"evaluate.tasks.{spec.dataset}: datasets {missing} are not in the config's "
+                    f"datasets ({known_datasets}); pool several with evaluate.cohorts"
+                )
+    models = tuple(block.get("models") or DEFAULT_MODELS)
+    for m in models:
+        if not _MODEL.match(str(m)):
+            raise SettingsError(
+                f"evaluate.models: {m!r} is not a harness model name (lower case, digits, _)"
+            )
+    if len(set(models)) != len(models):
+        raise SettingsError(f"evaluate.models: duplicate names in {list(models)}")
+    seeds = tuple(int(s) for s in (block.get("seeds") or base.seeds))
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise SettingsError(f"evaluate.seeds: distinct integers >= 0; got {list(seeds)}")
+    n_folds = int(block.get("n_folds", base.n_folds))
+    if n_folds < 2:
+        raise SettingsError(f"evaluate.n_folds: must be >= 2; got {n_folds}")
+    val_fraction = float(block.get("val_fraction", base.val_fraction))
+    if not 0 < val_fraction < 1:
+        raise SettingsError(f"evaluate.val_fraction: must be in (0, 1); got {val_fraction}")
+    alpha = float(block.get("alpha", base.alpha))
+    if not 0 < alpha < 1:
+        raise SettingsError(f"evaluate.alpha: must be in (0, 1); got {alpha}")
+    grids_raw = dict(block.get("grids") or {})
+    _check_keys(grids_raw, {f.name for f in fields(Grids)}, "evaluate.grids")
+    grids = Grids(
+        **{k: _floats(v, f"evaluate.grids.{k}") for k, v in grids_raw.items()}  # type: ignore[arg-type]
+    )
+    ft_raw = dict(block.get("finetune") or {})
+    _check_keys(ft_raw, {f.name for f in fields(FineTuneSettings)}, "evaluate.finetune")
+    if "lrs" in ft_raw:
+        ft_raw["lrs"] = _floats(ft_raw["lrs"], "evaluate.finetune.lrs")
+    finetune = FineTuneSettings(**ft_raw)
+    if finetune.epochs < 1 or finetune.batch_size < 1 or finetune.patience < 1:
+        raise SettingsError("evaluate.finetune: epochs, batch_size and patience must be >= 1")
+    return EvalSettings(
+        tasks=tuple(tasks),
+        cohorts=cohorts,
+        models=models,
+        seeds=seeds,
+        n_folds=n_folds,
+        val_fraction=val_fraction,
+        n_bins=int(block.get("n_bins", base.n_bins)),
+        primary_metric=_metric_map(
+            block.get("primary_metric"), base.primary_metric, "evaluate.primary_metric"
+        ),
+        select_metric=_metric_map(
+            block.get("select_metric"), base.select_metric, "evaluate.select_metric"
+        ),
+        table_metrics=_metric_map(
+            block.get("table_metrics"), base.table_metrics, "evaluate.table_metrics", multi=True
+        ),
+        alpha=alpha,
+        grids=grids,
+        finetune=finetune,
+    )
+
+
+def load_settings(source: str | Path | None) -> EvalSettings:
+    """Settings from a JSON/YAML file or a JSON string (``None``: defaults only).
+
+    The document may be the ``evaluate:`` block itself or a whole workflow config.
+    """
+    if source is None:
+        return settings_from_mapping({})
+    text = str(source)
+    path = Path(text)
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SettingsError(f"--settings: not valid JSON: {err}") from None
+    elif path.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise SettingsError(f"{path}: not valid YAML/JSON: {err}") from None
+    else:
+        raise SettingsError(f"--settings: {text!r} is neither a file nor a JSON object")
+    if data is not None and not isinstance(data, Mapping):
+        raise SettingsError(f"{text}: expected a mapping")
+    return settings_from_mapping(data)

@@ -1,0 +1,450 @@
+"""Merged predictions, metrics, paired tests and paper-layout tables.
+
+``brainharmony tables`` reads the per-task ``predictions.tsv`` files written by
+``brainharmony evaluate`` and writes:
+
+* ``results/eval/predictions.tsv`` (+ ``.json``): every task's predictions, one long
+  table (columns :data:`brainharmony.evaluate.metrics.PREDICTION_COLUMNS`, then one
+  ``p_<class>`` column per class of any task, ``n/a`` where a task lacks it);
+* ``<out-dir>/metrics.csv``: ``dataset, task, model, metric, mean, std, n`` over the
+  test partitions of every fold and seed (recomputable with
+  :func:`metrics_from_file`), and ``metrics_per_fold.csv``;
+* ``<out-dir>/tests.csv``: every model against the null model and against the best
+  baseline (:mod:`brainharmony.evaluate.stats`);
+* ``<out-dir>/paper_table.{csv,md,tex}``: rows models, columns dataset / task /
+  metric, cells ``mean ± std`` (classification metrics in %), the best mean of each
+  column in bold (Markdown, LaTeX), ``†`` where a model beats the task's best
+  baseline at the configured alpha, and a note naming the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainharmony.evaluate.harness import HARNESS, baseline_names, display_name
+from brainharmony.evaluate.metrics import (
+    PREDICTION_COLUMNS,
+    better,
+    per_fold_metrics,
+    summarise,
+)
+from brainharmony.evaluate.settings import (
+    METRIC_LABELS,
+    EvalSettings,
+    TaskSpec,
+    load_settings,
+    settings_from_mapping,
+)
+from brainharmony.evaluate.stats import TEST_NAME, paired_tests
+from brainharmony.io import InputDataError, PathLike, provenance, write_json, write_text
+
+logger = logging.getLogger(__name__)
+
+PERCENT_METRICS = frozenset({"accuracy", "balanced_accuracy", "f1", "auc"})
+MARK = "†"
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def read_predictions(path: PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a predictions TSV and its JSON sidecar.
+
+    Returns
+    -------
+    predictions : pandas.DataFrame
+        ``subject``, ``y_true``, ``y_pred`` as strings; ``seed``, ``fold`` as int.
+    meta : dict
+        ``{"Tasks": {"<dataset>/<task>": {...}}, "Settings": {...}}`` (a single-task
+        sidecar is converted to this form).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputDataError(p, "predictions file not found")
+    frame = pd.read_csv(
+        p,
+        sep="\t",
+        dtype={
+            "dataset": str,
+            "task": str,
+            "model": str,
+            "subject": str,
+            "y_true": str,
+            "y_pred": str,
+            "split": str,
+        },
+        na_values=["n/a"],
+        keep_default_na=False,
+    )
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputDataError(p, f"missing columns {missing}")
+    frame["seed"] = frame["seed"].astype(int)
+    frame["fold"] = frame["fold"].astype(int)
+    side = p.with_suffix(".json")
+    if not side.is_file():
+        raise InputDataError(side, "sidecar not found (it describes the tasks and classes)")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputDataError(side, f"not valid JSON: {err}") from None
+    if "Tasks" not in meta:
+        if "Task" not in meta:
+            raise InputDataError(side, "no 'Task' or 'Tasks' entry")
+        t = meta["Task"]
+        entry = {k: v for k, v in meta.items() if k not in ("Provenance", "Settings", "Columns")}
+        meta = {"Tasks": {f"{t['dataset']}/{t['task']}": entry}, "Settings": meta.get("Settings")}
+    return frame, meta
+
+
+def task_map(meta: Mapping[str, Any]) -> dict[tuple[str, str], tuple[TaskSpec, list[str] | None]]:
+    """``(dataset, task) -> (TaskSpec, classes)`` from a predictions sidecar."""
+    out = {}
+    for entry in meta["Tasks"].values():
+        spec = TaskSpec.from_dict(entry["Task"])
+        out[spec.key] = (spec, entry.get("Classes"))
+    return out
+
+
+def merge_predictions(
+    paths: Sequence[PathLike],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Concatenate per-task prediction files (each task once)."""
+    frames, tasks = [], {}
+    settings = None
+    for path in paths:
+        frame, meta = read_predictions(path)
+        for key, entry in meta["Tasks"].items():
+            if key in tasks:
+                raise InputDataError(path, f"task {key} is in two prediction files")
+            tasks[key] = entry
+        settings = settings or meta.get("Settings")
+        frames.append(frame)
+    if not frames:
+        raise InputDataError(None, "no prediction files given")
+    merged = pd.concat(frames, ignore_index=True)
+    p_cols = sorted({c for f in frames for c in f.columns if c.startswith("p_")})
+    merged = merged[list(PREDICTION_COLUMNS) + p_cols]
+    merged = merged.sort_values(
+        ["dataset", "task", "model", "seed", "fold", "split", "subject"], kind="stable"
+    ).reset_index(drop=True)
+    return merged, {"Tasks": tasks, "Settings": settings}
+
+
+def metrics_from_file(path: PathLike) -> pd.DataFrame:
+    """metrics.csv recomputed from a predictions TSV and its sidecar alone."""
+    from brainharmony.evaluate.metrics import metrics_from_predictions
+
+    frame, meta = read_predictions(path)
+    return metrics_from_predictions(frame, task_map(meta))
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def format_cell(metric: str, mean: float, std: float) -> str:
+    """``mean ± std``: classification metrics in % (2 decimals), MAE 2, r / R2 3."""
+    if not np.isfinite(mean):
+        return "n/a"
+    if metric in PERCENT_METRICS:
+        return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    if metric == "mae":
+        return f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """A paper-layout table.
+
+    Attributes
+    ----------
+    models : list of str
+        Row order (harness names).
+    columns : list of (dataset, task, metric)
+    cells : dict
+        ``(model, column) -> text`` (``mean ± std``).
+    bold : set
+        ``(model, column)`` holding the best mean of its column.
+    marked : set
+        ``(model, (dataset, task))`` significantly better than the best baseline.
+    note : str
+        What the numbers are and which test the mark stands for.
+    """
+
+    models: list[str]
+    columns: list[tuple[str, str, str]]
+    cells: dict[tuple[str, tuple[str, str, str]], str]
+    bold: set[tuple[str, tuple[str, str, str]]]
+    marked: set[tuple[str, tuple[str, str]]]
+    note: str
+
+    def text(self, model: str, col: tuple[str, str, str]) -> str:
+        """The cell text with its significance mark; ``""`` when not applicable."""
+        value = self.cells.get((model, col), "")
+        if value and (model, (col[0], col[1])) in self.marked and value != "n/a":
+            value += MARK
+        return value
+
+    def header(self, col: tuple[str, str, str]) -> str:
+        label = METRIC_LABELS.get(col[2], col[2])
+        return label + (" (%)" if col[2] in PERCENT_METRICS else "")
+
+
+def model_order(models: Sequence[str]) -> list[str]:
+    """Registry order (baselines first), unknown names after, alphabetically."""
+    known = [m for m in HARNESS if m in models]
+    return known + sorted(m for m in models if m not in HARNESS)
+
+
+def build_paper_table(
+    metrics: pd.DataFrame,
+    tests: pd.DataFrame,
+    settings: EvalSettings,
+    task_types: Mapping[tuple[str, str], str],
+) -> PaperTable:
+    """Arrange metrics.csv into the papers' layout (see the module notes)."""
+    models = model_order(list(dict.fromkeys(metrics["model"])))
+    columns: list[tuple[str, str, str]] = []
+    for ds, tk in task_types:
+        for metric in settings.table_metrics[task_types[(ds, tk)]]:
+            columns.append((ds, tk, metric))
+    index = metrics.set_index(["dataset", "task", "model", "metric"])
+    cells, bold = {}, set()
+    n_values: set[int] = set()
+    for col in columns:
+        means: dict[str, float] = {}
+        for model in models:
+            key = (col[0], col[1], model, col[2])
+            if key not in index.index:
+                continue
+            row = index.loc[key]
+            cells[(model, col)] = format_cell(col[2], float(row["mean"]), float(row["std"]))
+            if int(row["n"]) > 0:
+                n_values.add(int(row["n"]))
+            means[model] = float(row["mean"])
+        best_value = float("nan")
+        for value in means.values():
+            if better(col[2], value, best_value):
+                best_value = value
+        if np.isfinite(best_value):  # every model tied for the best is bold
+            bold |= {
+                (m, col) for m, v in means.items() if np.isclose(v, best_value, rtol=0, atol=1e-12)
+            }
+    marked = set()
+    if len(tests):
+        sig = tests.loc[
+            (tests["role"] == "best_baseline")
+            & (tests["p"] < settings.alpha)
+            & (tests["mean_diff"] > 0)
+        ]
+        marked = {
+            (m, (d, t)) for d, t, m in zip(sig["dataset"], sig["task"], sig["model"], strict=True)
+        }
+    n_text = "/".join(str(n) for n in sorted(n_values)) or "0"
+    primary = ", ".join(
+        f"{kind}: {METRIC_LABELS[m]}" for kind, m in settings.primary_metric.items()
+    )
+    note = (
+        f"Mean ± std over the test partitions of {n_text} folds x seeds "
+        f"(hyperparameters chosen on validation partitions only). Classification "
+        f"metrics in %. Bold: best mean per column. {MARK}: better than the task's best "
+        f"baseline at p < {settings.alpha:g} ({TEST_NAME}, on the primary metric: "
+        f"{primary})."
+    )
+    return PaperTable(models, columns, cells, bold, marked, note)
+
+
+def table_csv(table: PaperTable) -> pd.DataFrame:
+    """The table as a DataFrame: ``model`` then one ``dataset/task/metric`` column each."""
+    data: dict[str, list[str]] = {"model": [display_name(m) for m in table.models]}
+    for col in table.columns:
+        data["/".join(col)] = [table.text(m, col) for m in table.models]
+    return pd.DataFrame(data)
+
+
+def table_markdown(table: PaperTable) -> str:
+    """GitHub-flavoured Markdown (two header rows merged as ``dataset · task · metric``)."""
+    head = ["Model"] + [f"{d} · {t} · {table.header(c)}" for c in table.columns for d, t, _ in [c]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in table.models:
+        cells = [display_name(m)]
+        for col in table.columns:
+            text = table.text(m, col)
+            cells.append(f"**{text}**" if (m, col) in table.bold and text else text or "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + table.note + "\n"
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters."""
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def _latex_cell(text: str, bold: bool) -> str:
+    if not text:
+        return "--"
+    mark = text.endswith(MARK)
+    core = r" $\pm$ ".join(latex_escape(part) for part in text.removesuffix(MARK).split(" ± "))
+    if bold:
+        core = r"\textbf{" + core + "}"
+    return core + (r"$^{\dagger}$" if mark else "")
+
+
+def table_latex(table: PaperTable, caption: str = "", label: str = "tab:results") -> str:
+    """A booktabs table: dataset and task as spanning header rows, metrics below."""
+    ncol = len(table.columns)
+    lines = [
+        r"% requires \usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{"
+        + latex_escape(caption or "Downstream results.")
+        + " "
+        + latex_escape(table.note).replace(MARK, r"$^{\dagger}$").replace("±", r"$\pm$")
+        + "}",
+        r"\label{" + label + "}",
+        r"\begin{tabular}{l" + "c" * ncol + "}",
+        r"\toprule",
+    ]
+    for level in (0, 1):
+        spans: list[tuple[str, int, int]] = []
+        for i, col in enumerate(table.columns):
+            key = col[: level + 1]
+            if spans and spans[-1][0] == key:
+                spans[-1] = (key, spans[-1][1], i)
+            else:
+                spans.append((key, i, i))
+        cells = [""]
+        rules = []
+        for key, a, b in spans:
+            n = b - a + 1
+            cells.append(r"\multicolumn{" + str(n) + "}{c}{" + latex_escape(key[-1]) + "}")
+            rules.append(r"\cmidrule(lr){" + f"{a + 2}-{b + 2}" + "}")
+        lines.append(" & ".join(cells) + r" \\")
+        lines.append("".join(rules))
+    lines.append(
+        "Model & " + " & ".join(latex_escape(table.header(c)) for c in table.columns) + r" \\"
+    )
+    lines.append(r"\midrule")
+    for m in table.models:
+        row = [latex_escape(display_name(m))]
+        row += [_latex_cell(table.text(m, c), (m, c) in table.bold) for c in table.columns]
+        lines.append(" & ".join(row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def make_tables(
+    prediction_files: Sequence[PathLike],
+    predictions_out: PathLike,
+    out_dir: PathLike,
+    settings: EvalSettings | None = None,
+) -> dict[str, Path]:
+    """Merge predictions and write every table (see the module notes)."""
+    from brainharmony.io import write_tsv
+
+    merged, meta = merge_predictions(prediction_files)
+    if settings is None:
+        settings = settings_from_mapping(meta.get("Settings") or {})
+    tasks = task_map(meta)
+    per_fold = per_fold_metrics(merged, tasks)
+    metrics = summarise(per_fold)
+    types = {k: spec.type for k, (spec, _) in tasks.items()}
+    ratios = {}
+    for key, entry in meta["Tasks"].items():
+        ds, tk = key.split("/", 1)
+        ratio = entry.get("TestTrainRatio")
+        if ratio is None:
+            k = settings.n_folds
+            ratio = 1.0 / ((k - 1) * (1 - settings.val_fraction))
+        ratios[(ds, tk)] = float(ratio)
+    tests = paired_tests(per_fold, settings.primary_metric, types, baseline_names(), ratios)
+    table = build_paper_table(metrics, tests, settings, types)
+    out = Path(out_dir)
+    pred_out = Path(predictions_out)
+    paths = {
+        "predictions_json": write_json(
+            pred_out.with_suffix(".json"),
+            {**meta, "Provenance": provenance(step="tables", inputs=prediction_files)},
+        ),
+        "predictions": write_tsv(pred_out, merged, float_format="%.10g"),
+        "metrics_per_fold": write_text(
+            out / "metrics_per_fold.csv", per_fold.to_csv(index=False, lineterminator="\n")
+        ),
+        "metrics": write_text(
+            out / "metrics.csv", metrics.to_csv(index=False, lineterminator="\n")
+        ),
+        "tests": write_text(out / "tests.csv", tests.to_csv(index=False, lineterminator="\n")),
+        "table_csv": write_text(
+            out / "paper_table.csv", table_csv(table).to_csv(index=False, lineterminator="\n")
+        ),
+        "table_md": write_text(out / "paper_table.md", table_markdown(table)),
+        "table_tex": write_text(out / "paper_table.tex", table_latex(table)),
+    }
+    paths["sidecar"] = write_json(
+        out / "tables.json",
+        {
+            "Description": "Metrics, paired tests and paper-layout tables",
+            "Note": table.note,
+            "Settings": settings.to_dict(),
+            "Provenance": provenance(step="tables", inputs=prediction_files),
+        },
+    )
+    return paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``brainharmony tables``."""
+    parser.add_argument(
+        "--inputs",
+        nargs="+",
+        required=True,
+        type=Path,
+        help="per-task predictions.tsv files (from brainharmony evaluate)",
+    )
+    parser.add_argument(
+        "--predictions",
+        required=True,
+        type=Path,
+        help="merged predictions.tsv to write (results/eval/predictions.tsv)",
+    )
+    parser.add_argument("--out-dir", required=True, type=Path, help="results/tables")
+    parser.add_argument(
+        "--settings",
+        default=None,
+        help="evaluate block / config (default: the one in the sidecars)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``brainharmony tables``."""
+    settings = load_settings(args.settings) if args.settings else None
+    make_tables(args.inputs, args.predictions, args.out_dir, settings)
+    return 0

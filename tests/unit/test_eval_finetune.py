@@ -1,0 +1,250 @@
+"""Fine-tuning through ``encode``: a tiny torch model registered for the test only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from brainharmony.evaluate.data import read_splits
+from brainharmony.evaluate.finetune import FineTune, item_source, load_model_folder
+from brainharmony.evaluate.harness import create
+from brainharmony.evaluate.protocol import evaluate_task
+from brainharmony.evaluate.settings import settings_from_mapping
+from brainharmony.io import InputDataError
+from tests.unit.test_eval_protocol import planted_cohort, write_split_dirs
+
+N_ROIS, FRAMES = 6, 24
+
+
+class TinyEncoder(nn.Module):
+    """``encode``: masked time-mean of a per-frame projection (B, T, R) -> (B, dim)."""
+
+    def __init__(self, n_rois: int = N_ROIS, dim: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Linear(n_rois, dim)
+
+    def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        h = torch.tanh(self.proj(batch["x"]))
+        m = batch["mask"].float().unsqueeze(-1)
+        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def build(cfg: Mapping[str, Any]) -> nn.Module:
+    return TinyEncoder(**dict(cfg))
+
+
+class MemoryItems:
+    """An in-memory item source: a diagnosis-dependent offset on ROI 0 (plus age on ROI 1)."""
+
+    def __init__(self, table: pd.DataFrame, seed: int = 0, repeats: int = 2) -> None:
+        rng = np.random.default_rng(seed)
+        self.items, subjects = [], []
+        for _, row in table.iterrows():
+            for _ in range(repeats):  # two runs per subject: predictions are averaged
+                x = rng.standard_normal((FRAMES, N_ROIS)).astype(np.float32)
+                x[:, 0] += 1.5 if row["diagnosis"] == "PT" else -1.5
+                x[:, 1] += (row["age"] - 50) / 15
+                mask = np.ones(FRAMES, bool)
+                mask[-4:] = False
+                x[-4:] = 99.0  # padding: must never matter
+                self.items.append({"x": torch.from_numpy(x), "mask": torch.from_numpy(mask)})
+                subjects.append(row["subject"])
+        self.subjects = np.asarray(subjects, dtype=object)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids contention on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_model(tmp_path, monkeypatch) -> Path:
+    from brainharmony.models import registry
+
+    monkeypatch.setitem(registry.KINDS, "tinyeval", "tests.unit.test_eval_finetune:build")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "kind": "tinyeval",
+                "model": {"n_rois": N_ROIS, "dim": 8},
+                "data": {"kind": "series", "window": FRAMES},
+            }
+        )
+    )
+    return folder
+
+
+def _settings(**ft: Any):
+    return settings_from_mapping(
+        {
+            "tasks": {
+                "synth": {
+                    "dx": {"target": "diagnosis", "type": "classification", "positive": "PT"},
+                    "age": {"target": "age", "type": "regression"},
+                }
+            },
+            "finetune": {"epochs": 15, "lrs": [0.01], "batch_size": 8, "patience": 15, **ft},
+        }
+    )
+
+
+def _labels(table: pd.DataFrame, tmp: Path, target: str, kind: str) -> pd.Series:
+    from brainharmony.evaluate.data import subject_labels
+
+    table.to_csv(tmp / "participants.tsv", sep="\t", index=False)
+    return subject_labels([tmp / "participants.tsv"], target, kind)[0]
+
+
+def test_frozen_finetune_beats_null_and_leaves_the_encoder_alone(tmp_path, tiny_model):
+    table = planted_cohort(24)
+    settings = _settings()
+    spec = settings.task("synth", "dx")
+    source = MemoryItems(table)
+    inputs = {"model_dir": {"finetune_bh_f": tiny_model}, "finetune_data": source}
+    splits = [
+        read_splits(p)
+        for p in write_split_dirs(table, "diagnosis", "classification", tmp_path / "s", n_folds=3)
+    ]
+    labels = _labels(table, tmp_path, "diagnosis", "classification")
+    before = {k: v.clone() for k, v in load_model_folder(tiny_model)[0].state_dict().items()}
+    res = evaluate_task(spec, settings, labels, splits, inputs, ["null_model", "finetune_bh_f"])
+    test = res.predictions.loc[res.predictions["split"] == "test"]
+    acc = test.groupby("model").apply(
+        lambda g: (g["y_true"] == g["y_pred"]).mean(), include_groups=False
+    )
+    assert acc["finetune_bh_f"] >= 0.9 > acc["null_model"]
+    assert (test.groupby("model")["subject"].nunique() == 24).all()  # items averaged per subject
+    sel = res.selection.loc[res.selection["model"] == "finetune_bh_f", "params"].map(json.loads)
+    assert all(set(p) == {"lr", "epoch", "train_encoder"} and not p["train_encoder"] for p in sel)
+    # the frozen path never changes the pretrained weights
+    model = create("finetune_bh_f", spec, settings, inputs)
+    model.run_fold(_first_fold(splits[0], labels, spec))
+    for k, v in model.encoder.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def _first_fold(split_set, labels, spec):
+    from brainharmony.evaluate.harness import Fold
+
+    f = split_set.folds[0]
+    part = {
+        s: np.asarray(sorted(f.loc[f["split"] == s, "subject"]), dtype=object)
+        for s in ("train", "val", "test")
+    }
+    cast = float if spec.type == "regression" else str
+    return Fold(
+        split_set.seed,
+        0,
+        part["train"],
+        part["val"],
+        part["test"],
+        np.asarray(
+            [cast(labels[s]) for s in part["train"]], dtype=object if cast is str else float
+        ),
+        np.asarray([cast(labels[s]) for s in part["val"]], dtype=object if cast is str else float),
+        ("CN", "PT") if spec.type == "classification" else None,
+    )
+
+
+def test_full_finetune_regression_trains_the_encoder_from_pretrained(tmp_path, tiny_model):
+    table = planted_cohort(24)
+    settings = _settings(train_encoder=True, epochs=8)
+    spec = settings.task("synth", "age")
+    labels = _labels(table, tmp_path, "age", "regression")
+    splits = [
+        read_splits(p)
+        for p in write_split_dirs(table, "age", "regression", tmp_path / "s", n_folds=3)
+    ]
+    source = MemoryItems(table, repeats=1)
+    model = create(
+        "finetune_bh_f",
+        spec,
+        settings,
+        {"model_dir": {"finetune_bh_f": tiny_model}, "finetune_data": source},
+    )
+    assert isinstance(model, FineTune)
+    fold = _first_fold(splits[0], labels, spec)
+    out = model.run_fold(fold)
+    assert out.params["train_encoder"] is True
+    assert np.isfinite(out.test.y_pred).all() and out.test.y_pred.shape == fold.test.shape
+    changed = any(
+        not torch.equal(v, model.pretrained[k]) for k, v in model.encoder.state_dict().items()
+    )
+    assert changed
+    # a second fold restarts from the pretrained weights: same fold, same result
+    again = model.run_fold(fold)
+    np.testing.assert_allclose(again.test.y_pred, out.test.y_pred, rtol=1e-5)
+    y_test = np.asarray([labels[s] for s in fold.test])
+    null_mae = np.abs(y_test - np.mean(fold.y_train)).mean()
+    assert np.abs(out.test.y_pred - y_test).mean() < null_mae
+
+
+def test_model_folder_errors(tmp_path, tiny_model):
+    (tiny_model / "config.json").write_text(
+        json.dumps({"kind": "tinyeval", "model": {"n_rois": N_ROIS, "dim": 4}})
+    )
+    with pytest.raises(InputDataError, match="weights do not match"):
+        load_model_folder(tiny_model)
+    with pytest.raises(InputDataError, match=r"config\.json"):
+        load_model_folder(tmp_path / "nowhere")
+
+
+def test_item_source_reads_packed_series(tmp_path):
+    from brainharmony.packing import pack_series
+
+    rows = []
+    for i, sub in enumerate(["a", "b", "c"]):
+        path = tmp_path / f"sub-{sub}.npy"
+        np.save(path, np.full((20 + i, N_ROIS), float(i), dtype=np.float32))
+        rows.append({"subject": sub, "session": "n/a", "run": "n/a", "path": str(path), "tr": 2.0})
+    pack_series(pd.DataFrame(rows), tmp_path / "s.npy", tmp_path / "s.tsv")
+    source = item_source("series", {"window": 16}, [(tmp_path / "s.npy", tmp_path / "s.tsv")])
+    assert list(source.subjects) == ["a", "b", "c"]
+    item = source[2]
+    assert tuple(item["x"].shape) == (16, N_ROIS) and float(item["x"][0, 0]) == 2.0
+    with pytest.raises(ValueError, match="unknown data kind"):
+        item_source("images", {}, [])
+
+
+def test_item_source_reads_fused_token_files(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for sub, ses in (("a", "1"), ("a", "2"), ("b", "n/a")):
+        name = f"sub-{sub}" + ("" if ses == "n/a" else f"_ses-{ses}") + "_tokens.npz"
+        np.savez(
+            tmp_path / name,
+            f_tokens=rng.standard_normal((6, 4)).astype(np.float16),
+            f_valid=np.ones(6, bool),
+            s_tokens=rng.standard_normal((3, 4)),
+        )
+        rows.append({"subject": sub, "session": ses, "path": name})
+    pd.DataFrame(rows).to_csv(tmp_path / "tokens.tsv", sep="\t", index=False)
+    source = item_source("fused", {}, tokens=[tmp_path / "tokens.tsv"])
+    assert list(source.subjects) == ["a", "a", "b"]
+    item = source[1]
+    assert tuple(item["f_tokens"].shape) == (6, 4) and item["f_valid"].dtype == torch.bool
