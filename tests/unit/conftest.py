@@ -22,3 +22,21 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_demo")
     generate_demo(out, preset="tiny", seed=TINY_SEED)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op torch thread per unit test (restored afterwards).
+
+    The tiny models of the unit tests gain nothing from a second thread, and on a loaded
+    2-core machine oversubscription made single tests 10-50x slower. Tests that measure
+    thread behaviour set their own count.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
