@@ -62,6 +62,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "brainharmony.train.cli",
         "train a model from its YAML on packed shards (resumable; DDP under torchrun)",
     ),
+    "predictor-cv": (
+        "brainharmony.models.predictor_cv",
+        "LMAE-RWMoE-SSM predictor trained per fold; val/test predictions for the harness",
+    ),
     "embed": (
         "brainharmony.models.embed",
         "frozen encoders -> per-subject token files and pooled features (F, S, Harmonizer)",
