@@ -206,13 +206,17 @@ def test_non_finite_loss_stops_and_saves_nothing_for_it(tmp_path: Path) -> None:
     ]
 
 
-def test_changed_configuration_refuses_to_resume(tmp_path: Path, volumes) -> None:
+def test_changed_configuration_starts_over(tmp_path: Path, volumes) -> None:
     cfg = _cfg(steps=2)
     ds = build_dataset(cfg.data, [volumes])
     train(cfg, ds, tmp_path / "out", tmp_path / "state", progress=False)
     changed = config_from_mapping({**cfg.to_dict(), "optim": {**cfg.to_dict()["optim"], "lr": 0.1}})
-    with pytest.raises(ValueError, match="different configuration"):
-        train(changed, ds, tmp_path / "out", tmp_path / "state", progress=False)
+    # The stale state is ignored: the result equals a run from an empty state folder.
+    train(changed, ds, tmp_path / "out", tmp_path / "state", progress=False)
+    train(changed, ds, tmp_path / "fresh", tmp_path / "fresh_state", progress=False)
+    assert _weights(tmp_path / "out").keys() == _weights(tmp_path / "fresh").keys()
+    for key, value in _weights(tmp_path / "out").items():
+        assert torch.equal(value, _weights(tmp_path / "fresh")[key]), key
     # Logging cadence may change between calls.
     relogged = cfg.with_train(log_every=5)
     assert train(relogged, ds, tmp_path / "out", tmp_path / "state", progress=False).finished

@@ -27,7 +27,14 @@ TINY = {
                 "diagnosis": {"target": "diagnosis", "type": "classification", "positive": "PT"},
             }
         },
-        "models": ["null_model", "fc_ridge", "fc_logistic", "probe_bh_f", "probe_harmonizer"],
+        "models": [
+            "null_model",
+            "fc_ridge",
+            "fc_logistic",
+            "probe_bh_f",
+            "probe_harmonizer",
+            "predictor",
+        ],
         "seeds": [0],
         "n_folds": 2,
         "val_fraction": 0.3,
@@ -134,7 +141,7 @@ def test_tiny_run_through_every_stage(tmp_path):
     assert {"dataset", "task", "model", "fold", "split", "subject", "y_true", "y_pred"} <= set(
         preds.columns
     )
-    assert set(preds["model"]) >= {"null_model", "probe_bh_f", "probe_harmonizer"}
+    assert set(preds["model"]) >= {"null_model", "probe_bh_f", "probe_harmonizer", "predictor"}
     metrics = pd.read_csv(res / "tables" / "metrics.csv")
     assert list(metrics.columns[:7]) == ["dataset", "task", "model", "metric", "mean", "std", "n"]
     for ext in ("csv", "md", "tex"):

@@ -220,10 +220,15 @@ def _train(
     digest = _digest(cfg)
     state = ckpt.load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
     if state is not None and state["digest"] != digest:
-        raise ValueError(
-            f"{ckpt_path}: the checkpoint belongs to a different configuration than "
-            f"{cfg.name!r} (model, optim, train or data changed); delete {state_dir} to start over"
+        # A changed configuration makes the workflow rerun the job: resuming would mix two
+        # trainings, so the stale state is ignored (and overwritten by the next checkpoint).
+        logger.warning(
+            "%s belongs to a different configuration than %r (model, optim, train or data "
+            "changed): starting over",
+            ckpt_path,
+            cfg.name,
         )
+        state = None
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
