@@ -11,10 +11,6 @@
 from brainharmony.train import planning as train_plan
 
 TRAIN = train_plan.plan_from_config(config, workflow.basedir)
-# A BrainHarmonix-S YAML that does not fit the anatomy stage's box stops the workflow now.
-train_plan.check_volume_shape(
-    TRAIN.yaml("bh_s"), ANAT_SETTINGS.model_box_mm, ANAT_SETTINGS.resolution_mm
-)
 TRAIN_BH = train_plan.launcher(BH, TRAIN.gpus)
 TRAIN_OPTS = train_plan.common_options(TRAIN)
 GEOMETRY_SETS = train_plan.sets(
@@ -29,7 +25,10 @@ rule train_bh_s:
     input:
         shards=[bh_plan.VOLUME_SHARD.format(dataset=d) for d in MULTITR.pretrain],
         indexes=[bh_plan.VOLUME_INDEX.format(dataset=d) for d in MULTITR.pretrain],
-        yaml=TRAIN.yaml("bh_s"),
+        # A YAML that does not fit the anatomy stage's box is refused when planned.
+        yaml=lambda wildcards: train_plan.check_volume_shape(
+            TRAIN.yaml("bh_s"), ANAT_SETTINGS.model_box_mm, ANAT_SETTINGS.resolution_mm
+        ),
     output:
         **train_plan.model_outputs("bh_s"),
     params:

@@ -127,6 +127,27 @@ def kernel_ridge_path(
     return out
 
 
+def _ridge_candidates(
+    k_train: np.ndarray,
+    k_eval: Sequence[np.ndarray],
+    targets: np.ndarray,
+    alphas: Sequence[float],
+    task: TaskSpec,
+    classes: Sequence[str] | None,
+    **fixed: float,
+) -> list[tuple[dict[str, Any], list[Output]]]:
+    """One grid candidate per alpha of :func:`kernel_ridge_path` on these kernels.
+
+    ``fixed`` are the kernel's own hyperparameters, listed before ``alpha`` in each
+    candidate's parameters.
+    """
+    preds = kernel_ridge_path(k_train, targets, k_eval, alphas)
+    return [
+        ({**fixed, "alpha": float(a)}, [_outputs(p, task, classes) for p in per])
+        for a, per in zip(alphas, preds, strict=True)
+    ]
+
+
 class _FeatureModel(GridModel):
     """Reads its features from a :class:`brainharmony.evaluate.data.FeatureTable`."""
 
@@ -184,14 +205,14 @@ class RidgeModel(_FeatureModel):
         classes: tuple[str, ...] | None,
     ) -> list[tuple[dict[str, Any], list[Output]]]:
         xt, others = standardise(x_train, *x_eval)
-        k_train = xt @ xt.T
-        k_eval = [o @ xt.T for o in others]
-        alphas = self.settings.grids.ridge_alphas
-        preds = kernel_ridge_path(k_train, _targets(y_train, self.task, classes), k_eval, alphas)
-        return [
-            ({"alpha": float(a)}, [_outputs(p, self.task, classes) for p in per])
-            for a, per in zip(alphas, preds, strict=True)
-        ]
+        return _ridge_candidates(
+            xt @ xt.T,
+            [o @ xt.T for o in others],
+            _targets(y_train, self.task, classes),
+            self.settings.grids.ridge_alphas,
+            self.task,
+            classes,
+        )
 
 
 class KernelRidgeModel(_FeatureModel):
@@ -218,13 +239,15 @@ class KernelRidgeModel(_FeatureModel):
         out: list[tuple[dict[str, Any], list[Output]]] = []
         for factor in self.settings.grids.rbf_gamma_factors:
             gamma = factor / median
-            alphas = self.settings.grids.kernel_alphas
-            preds = kernel_ridge_path(
-                np.exp(-gamma * d_train), targets, [np.exp(-gamma * d) for d in d_eval], alphas
+            out += _ridge_candidates(
+                np.exp(-gamma * d_train),
+                [np.exp(-gamma * d) for d in d_eval],
+                targets,
+                self.settings.grids.kernel_alphas,
+                self.task,
+                classes,
+                gamma_factor=float(factor),
             )
-            for a, per in zip(alphas, preds, strict=True):
-                params = {"gamma_factor": float(factor), "alpha": float(a)}
-                out.append((params, [_outputs(p, self.task, classes) for p in per]))
         return out
 
 
@@ -384,7 +407,7 @@ class LogisticModel(_FeatureModel):
         )
 
 
-class LinearProbe(_FeatureModel):
+class LinearProbe(RidgeModel):
     """Linear probe on pooled embeddings: ridge (regression) / logistic (classification)."""
 
     feature_key = "embedding"
@@ -401,7 +424,7 @@ class LinearProbe(_FeatureModel):
             return _logistic_candidates(
                 x_train, y_train, x_eval, classes, self.settings.grids.logistic_cs
             )
-        return RidgeModel.fit_candidates(self, x_train, y_train, x_eval, classes)  # type: ignore[arg-type]
+        return super().fit_candidates(x_train, y_train, x_eval, classes)
 
 
 def describe() -> Mapping[str, str]:

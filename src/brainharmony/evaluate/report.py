@@ -292,25 +292,12 @@ class ReportBuilder:
         if tests.empty:
             return _absent("No paired tests (fewer than two models per task).")
         from brainharmony.evaluate.harness import display_name
+        from brainharmony.evaluate.stats import TEST_COLUMNS
 
         shown = tests.assign(
             model=tests["model"].map(display_name),
             reference=tests["reference"].map(display_name),
-        )[
-            [
-                "dataset",
-                "task",
-                "model",
-                "reference",
-                "role",
-                "metric",
-                "mean_diff",
-                "t",
-                "df",
-                "p",
-                "n",
-            ]
-        ]
+        )[[c for c in TEST_COLUMNS if c not in ("test_train_ratio", "test")]]  # test: in the note
         not_better = tests.loc[
             (tests["role"] == "null") & ~((tests["p"] < 0.05) & (tests["mean_diff"] > 0))
         ]

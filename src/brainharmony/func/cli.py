@@ -17,7 +17,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,9 +198,44 @@ def _atlas_json(atlas_path: Path) -> dict[str, Any]:
     return {"File": atlas_path.name}
 
 
+def _run_entities(args: argparse.Namespace) -> tuple[str, str | None, str, str | None]:
+    """Subject, session, task and run named on the command line (``n/a``: None)."""
+    return args.subject, _na(args.session), args.task, _na(args.run)
+
+
+def _write_run(
+    writer: Callable[..., list[Path]],
+    args: argparse.Namespace,
+    result: Any,
+    outputs: Any,
+    table: Any,
+    denoise: Any,
+    *,
+    inputs: Sequence[Path | None],
+    parameters: Mapping[str, Any],
+    **options: Any,
+) -> list[Path]:
+    """Write a run's outputs with ``writer`` (:mod:`brainharmony.func.outputs`).
+
+    Adds what every backend records: the denoising description to ``parameters``,
+    the atlas provenance, the given ``inputs`` (absent ones dropped) and ``--no-qc``.
+    """
+    from brainharmony.func.denoise import describe
+
+    return writer(
+        result,
+        outputs,
+        table,
+        inputs=[p for p in inputs if p],
+        parameters={**parameters, "denoise_description": describe(denoise, [])},
+        atlas_json=_atlas_json(args.atlas),
+        qc=not args.no_qc,
+        **options,
+    )
+
+
 def _run_native(args: argparse.Namespace) -> int:
     from brainharmony.func.atlas_resource import read_atlas
-    from brainharmony.func.denoise import describe
     from brainharmony.func.naming import run_outputs
     from brainharmony.func.outputs import write_native_outputs
     from brainharmony.func.pipeline import NativeSettings, RunInputs, bold_metadata, preprocess_run
@@ -232,29 +267,20 @@ def _run_native(args: argparse.Namespace) -> int:
     )
     result = preprocess_run(inputs, atlas, settings, parcels=not args.preproc_only)
     zooms = np.linalg.norm(np.asarray(atlas.affine)[:3, :3], axis=0)
-    outputs = run_outputs(
-        args.out_dir,
-        args.subject,
-        _na(args.session),
-        args.task,
-        _na(args.run),
-        resolution_mm=float(zooms[0]),
-    )
-    parameters = {
-        **settings.to_dict(),
-        "fd_threshold": denoise.fd_threshold,
-        "min_parcel_voxels": args.min_parcel_voxels,
-        "denoise_description": describe(denoise, []),
-    }
-    write_native_outputs(
+    _write_run(
+        write_native_outputs,
+        args,
         result,
-        outputs,
+        run_outputs(args.out_dir, *_run_entities(args), resolution_mm=float(zooms[0])),
         table,
-        inputs=[p for p in (args.bold, args.t1w, args.t1w_to_template, args.atlas) if p],
-        parameters=parameters,
-        atlas_json=_atlas_json(args.atlas),
+        denoise,
+        inputs=(args.bold, args.t1w, args.t1w_to_template, args.atlas),
+        parameters={
+            **settings.to_dict(),
+            "fd_threshold": denoise.fd_threshold,
+            "min_parcel_voxels": args.min_parcel_voxels,
+        },
         keep_bold=args.keep_bold,
-        qc=not args.no_qc,
         parcels=not args.preproc_only,
     )
     return 0
@@ -262,20 +288,13 @@ def _run_native(args: argparse.Namespace) -> int:
 
 def _run_derivatives(args: argparse.Namespace) -> int:
     from brainharmony.func.atlas_resource import read_atlas
-    from brainharmony.func.denoise import describe
     from brainharmony.func.fmriprep import find_run_files, process_derivatives
     from brainharmony.func.naming import run_outputs
     from brainharmony.func.outputs import write_derivative_outputs
 
     atlas, table = read_atlas(args.atlas, args.atlas_labels)
     files = find_run_files(
-        args.fmriprep_dir,
-        args.subject,
-        _na(args.session),
-        args.task,
-        _na(args.run),
-        space=args.space,
-        res=_na(args.res),
+        args.fmriprep_dir, *_run_entities(args), space=args.space, res=_na(args.res)
     )
     denoise = _denoise_settings(args)
     result = process_derivatives(
@@ -286,28 +305,19 @@ def _run_derivatives(args: argparse.Namespace) -> int:
         min_parcel_voxels=args.min_parcel_voxels,
         scale=args.scale,
     )
-    outputs = run_outputs(
-        args.out_dir,
-        args.subject,
-        _na(args.session),
-        args.task,
-        _na(args.run),
-        space=args.space,
-    )
-    parameters = {
-        **denoise.to_dict(),
-        "min_parcel_voxels": args.min_parcel_voxels,
-        "scale": args.scale,
-        "denoise_description": describe(denoise, []),
-    }
-    write_derivative_outputs(
+    _write_run(
+        write_derivative_outputs,
+        args,
         result,
-        outputs,
+        run_outputs(args.out_dir, *_run_entities(args), space=args.space),
         table,
-        inputs=[p for p in (files.bold, files.confounds, files.mask, args.atlas) if p],
-        parameters=parameters,
-        atlas_json=_atlas_json(args.atlas),
-        qc=not args.no_qc,
+        denoise,
+        inputs=(files.bold, files.confounds, files.mask, args.atlas),
+        parameters={
+            **denoise.to_dict(),
+            "min_parcel_voxels": args.min_parcel_voxels,
+            "scale": args.scale,
+        },
     )
     return 0
 

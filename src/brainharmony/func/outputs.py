@@ -114,6 +114,91 @@ def small_parcels(
     }
 
 
+def write_parcel_series(
+    result: Any,
+    outputs: RunOutputs,
+    names: Sequence[str],
+    *,
+    parameters: Mapping[str, Any],
+    atlas_json: Mapping[str, Any] | None,
+    prov: Mapping[str, Any],
+    common: Mapping[str, Any],
+    denoised_extra: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Write the raw and the denoised parcel series of a run, each with its sidecar.
+
+    Parameters
+    ----------
+    result : RunResult or DerivativeResult
+        Carries ``raw_series``, ``denoised``, ``keep``, ``t_r``, ``start_time``, the
+        small-parcel counts and ``report``.
+    outputs : RunOutputs
+    names : sequence of str
+        Parcel names (TSV header).
+    parameters : mapping
+        Run parameters (``min_parcel_voxels``, ``scale``, ``denoise_description``).
+    atlas_json : mapping or None
+        Atlas provenance.
+    prov : mapping
+        Provenance block of every sidecar.
+    common : mapping
+        Sidecar fields of both series.
+    denoised_extra : mapping, optional
+        Further sidecar fields of the denoised series only.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    small = small_parcels(
+        result.small_parcels,
+        result.parcel_counts,
+        result.atlas_counts,
+        names,
+        int(parameters.get("min_parcel_voxels", 1)),
+    )
+    denoised_fields = {
+        "Units": "percent signal change"
+        if parameters.get("scale", "psc") == "psc"
+        else "scanner intensity",
+        "Denoising": {
+            **parameters.get("denoise_description", {}),
+            **result.report.get("Denoising", {}),
+        },
+        **dict(denoised_extra or {}),
+    }
+    written: list[Path] = []
+    for path, series, keep, extra in (
+        (
+            outputs.raw_timeseries,
+            result.raw_series,
+            np.ones(result.keep.size, dtype=bool),
+            {"Units": "scanner intensity", "Denoised": False},
+        ),
+        (outputs.timeseries, result.denoised, result.keep, denoised_fields),
+    ):
+        written.append(write_series_tsv(path, series, names))
+        written.append(
+            write_json(
+                sidecar_path(path),
+                {
+                    **series_sidecar(
+                        t_r=result.t_r,
+                        start_time=result.start_time,
+                        keep=keep,
+                        small=small,
+                        space=outputs.space,
+                        atlas_json=atlas_json,
+                        extra={**common, **extra},
+                    ),
+                    "Provenance": prov,
+                },
+            )
+        )
+    return written
+
+
 def write_native_outputs(
     result: Any,
     outputs: RunOutputs,
@@ -223,64 +308,19 @@ def write_native_outputs(
     if not parcels:
         logger.info("wrote %d preprocessing files for %s", len(written), outputs.stem)
         return written
-    # Parcel series.
-    small = small_parcels(
-        result.small_parcels,
-        result.parcel_counts,
-        result.atlas_counts,
+    written += write_parcel_series(
+        result,
+        outputs,
         names,
-        int(parameters.get("min_parcel_voxels", 1)),
-    )
-    common = {
-        "SliceTimingCorrected": result.slice_timing_corrected,
-        "MotionCorrection": "rigid, batched inverse-compositional Gauss-Newton",
-        "Coverage": report.get("Coverage", {}),
-        "Bold": report.get("Bold", {}),
-    }
-    written.append(write_series_tsv(outputs.raw_timeseries, result.raw_series, names))
-    written.append(
-        write_json(
-            sidecar_path(outputs.raw_timeseries),
-            {
-                **series_sidecar(
-                    t_r=result.t_r,
-                    start_time=result.start_time,
-                    keep=np.ones(result.keep.size, dtype=bool),
-                    small=small,
-                    space=outputs.space,
-                    atlas_json=atlas_json,
-                    extra={**common, "Units": "scanner intensity", "Denoised": False},
-                ),
-                "Provenance": prov,
-            },
-        )
-    )
-    written.append(write_series_tsv(outputs.timeseries, result.denoised, names))
-    written.append(
-        write_json(
-            sidecar_path(outputs.timeseries),
-            {
-                **series_sidecar(
-                    t_r=result.t_r,
-                    start_time=result.start_time,
-                    keep=result.keep,
-                    small=small,
-                    space=outputs.space,
-                    atlas_json=atlas_json,
-                    extra={
-                        **common,
-                        "Units": "percent signal change"
-                        if parameters.get("scale", "psc") == "psc"
-                        else "scanner intensity",
-                        "Denoising": {
-                            **parameters.get("denoise_description", {}),
-                            **report.get("Denoising", {}),
-                        },
-                    },
-                ),
-                "Provenance": prov,
-            },
-        )
+        parameters=parameters,
+        atlas_json=atlas_json,
+        prov=prov,
+        common={
+            "SliceTimingCorrected": result.slice_timing_corrected,
+            "MotionCorrection": "rigid, batched inverse-compositional Gauss-Newton",
+            "Coverage": report.get("Coverage", {}),
+            "Bold": report.get("Bold", {}),
+        },
     )
     if qc:
         rows = result.gm_points if result.gm_points.any() else result.coverage
@@ -395,56 +435,19 @@ def write_derivative_outputs(
                 },
             )
         )
-    small = small_parcels(
-        result.small_parcels,
-        result.parcel_counts,
-        result.atlas_counts,
+    written += write_parcel_series(
+        result,
+        outputs,
         names,
-        int(parameters.get("min_parcel_voxels", 1)),
+        parameters=parameters,
+        atlas_json=atlas_json,
+        prov=prov,
+        common={"Source": result.report.get("Source", {}), "Preprocessing": "fMRIPrep"},
+        denoised_extra={
+            "AtlasResampling": result.report.get("AtlasResampling"),
+            "SpaceNote": result.report.get("SpaceNote"),
+        },
     )
-    common = {"Source": result.report.get("Source", {}), "Preprocessing": "fMRIPrep"}
-    for path, series, keep, extra in (
-        (
-            outputs.raw_timeseries,
-            result.raw_series,
-            np.ones(result.keep.size, dtype=bool),
-            {"Units": "scanner intensity", "Denoised": False},
-        ),
-        (
-            outputs.timeseries,
-            result.denoised,
-            result.keep,
-            {
-                "Units": "percent signal change"
-                if parameters.get("scale", "psc") == "psc"
-                else "scanner intensity",
-                "Denoising": {
-                    **parameters.get("denoise_description", {}),
-                    **result.report.get("Denoising", {}),
-                },
-                "AtlasResampling": result.report.get("AtlasResampling"),
-                "SpaceNote": result.report.get("SpaceNote"),
-            },
-        ),
-    ):
-        written.append(write_series_tsv(path, series, names))
-        written.append(
-            write_json(
-                sidecar_path(path),
-                {
-                    **series_sidecar(
-                        t_r=result.t_r,
-                        start_time=result.start_time,
-                        keep=keep,
-                        small=small,
-                        space=outputs.space,
-                        atlas_json=atlas_json,
-                        extra={**common, **extra},
-                    ),
-                    "Provenance": prov,
-                },
-            )
-        )
     if qc:
         fd = table["framewise_displacement"].to_numpy(dtype=float)
         dv = (

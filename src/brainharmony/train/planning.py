@@ -138,9 +138,11 @@ def pretrain_pairs(bh_plan: Any, multitr: Any, ingest_checkpoint: Any) -> str:
     return shard_pairs(files["shards"], files["indexes"])
 
 
-def check_volume_shape(yaml_path: str, model_box_mm: Sequence[int], resolution_mm: float) -> None:
+def check_volume_shape(yaml_path: str, model_box_mm: Sequence[int], resolution_mm: float) -> str:
     """Refuse, at planning time, a BrainHarmonix-S YAML whose ``img_size`` is not the
     anatomy stage's model-ready box (``anat.model_box_mm / anat.resolution_mm``).
+
+    Returns the YAML path (so that a rule's input function can call it).
 
     Raises
     ------
@@ -164,3 +166,4 @@ def check_volume_shape(yaml_path: str, model_box_mm: Sequence[int], resolution_m
             f"{box} (anat.model_box_mm {list(model_box_mm)} at {resolution_mm} mm); use the "
             "matching YAML (bh_s_demo: 2 mm, bh_s_paper: 1 mm) or change anat.resolution_mm"
         )
+    return str(path)
