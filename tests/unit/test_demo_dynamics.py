@@ -194,3 +194,17 @@ def test_a_voxel_moved_into_another_slice_takes_that_slice_time() -> None:
         assert out[0, 1, 1, k] == pytest.approx((k + 1) * k / 100.0)
         # Volume 1: it shows source slice k + 2, which now lies in slice k.
         assert out[1, 1, 1, k] == pytest.approx((k + 2) * k / 100.0)
+
+
+def test_thermal_snr_scales_with_voxel_volume_and_tr():
+    from brainharmony.demo.bold import BoldModel
+
+    model = BoldModel()
+    ref = model.thermal_snr((3.0, 3.0, 3.0), 2.0)
+    assert ref == pytest.approx(85.0)
+    assert model.thermal_snr((6.0, 6.0, 6.0), 2.0) == pytest.approx(8 * ref)
+    assert model.thermal_snr((3.0, 3.0, 3.0), 0.8) < ref
+    with pytest.raises(ValueError):
+        model.thermal_snr((0.0, 3.0, 3.0), 2.0)
+    with pytest.raises(ValueError):
+        model.thermal_snr((3.0, 3.0, 3.0), -1.0)

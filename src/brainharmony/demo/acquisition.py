@@ -244,7 +244,7 @@ def presets() -> dict[str, tuple[DatasetSpec, ...]]:
             name="demoB",
             tr=2.0,
             n_subjects=3,
-            n_volumes=100,
+            n_volumes=150,
             bold_voxel_mm=(6.0, 6.0, 6.0),
             bold_shape=(34, 34, 25),
             bold_orientation="LPS",

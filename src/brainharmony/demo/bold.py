@@ -21,7 +21,15 @@ their true frequencies, aliased by the sampling, plus slow fluctuations; grey ma
 receives ``gm_leak`` of them) and ``g`` a global signal. Then, in the scanner frame:
 spin-history dips after movements, a receive-coil sensitivity profile (fixed in the
 scanner, so the moving head changes intensity with position), spatially smooth
-noise and complex Gaussian thermal noise (magnitude image, Rician).
+signal-proportional noise (scanner instability, white in time) and complex Gaussian
+thermal noise (magnitude image, Rician) whose level follows the protocol: image SNR
+grows with the voxel volume and with the steady-state signal at the repetition time
+(:meth:`BoldModel.thermal_snr`).
+
+Noise levels (defaults; see ``docs/demo-data.md``): thermal SNR 85 for a 3 mm voxel at
+TR 2 s, which with the physiological terms gives a grey-matter tSNR of about 70 at
+that reference protocol (real 3 T resting-state data: about 40-100 at 3 mm), and about
+120-130 at the tiny preset's 5-6 mm voxels, where physiology dominates.
 """
 
 from __future__ import annotations
@@ -68,9 +76,18 @@ class BoldModel:
     spin_history : float
         Fractional signal loss per mm of framewise displacement (odd slices 1.5x).
     thermal_tsnr : float
-        Grey-matter ``S0`` over the thermal noise SD.
+        Grey-matter ``S0`` over the thermal noise SD for the reference acquisition: an
+        isotropic voxel of ``thermal_ref_mm`` at repetition time ``thermal_ref_tr``.
+        Other protocols scale it (:meth:`thermal_snr`): image SNR grows with the
+        voxel volume and with the steady-state signal at the Ernst angle.
+    thermal_ref_mm, thermal_ref_tr : float
+        The reference voxel edge (mm) and repetition time (s).
+    t1_gm_s : float
+        Grey-matter T1 (s) for the steady-state (Ernst angle) signal.
     smooth_noise, smooth_noise_sigma : float
-        Amplitude and spatial sigma (voxels) of spatially smooth noise.
+        SD (fraction of the signal) and spatial sigma (output voxels) of spatially
+        smooth, signal-proportional noise that is white in time (scanner instability;
+        phantom QA of current 3 T scanners reports 0.1-0.2 % fluctuation).
     coil_sd : float
         SD of the coefficients of the log receive-coil profile.
     gain : float
@@ -86,16 +103,19 @@ class BoldModel:
     amp_sd: float = 0.25
     gm_leak: float = 0.3
     resp_csf: float = 0.008
-    card_csf: float = 0.015
+    card_csf: float = 0.004
     slow_csf: float = 0.006
     resp_wm: float = 0.003
-    card_wm: float = 0.0015
+    card_wm: float = 0.0005
     slow_wm: float = 0.005
     global_amp: float = 0.004
     drift: float = 0.015
     spin_history: float = 0.012
     thermal_tsnr: float = 85.0
-    smooth_noise: float = 0.004
+    thermal_ref_mm: float = 3.0
+    thermal_ref_tr: float = 2.0
+    t1_gm_s: float = 1.5
+    smooth_noise: float = 0.001
     smooth_noise_sigma: float = 0.8
     coil_sd: float = 0.08
     gain: float = 800.0
@@ -107,6 +127,42 @@ class BoldModel:
         out = asdict(self)
         out["dropout"] = [list(d) for d in self.dropout]
         return out
+
+    def thermal_snr(self, voxel_mm: tuple[float, float, float] | None, tr: float | None) -> float:
+        """Grey-matter thermal SNR of a protocol (``S0`` over the thermal noise SD).
+
+        ``thermal_tsnr * (V / V_ref) * e(TR) / e(TR_ref)`` with ``V`` the voxel volume
+        and ``e(TR) = sqrt((1 - E) / (1 + E))``, ``E = exp(-TR / T1)``, the
+        steady-state signal at the Ernst angle (relative to full relaxation). Without
+        ``voxel_mm`` and ``tr``: the reference value ``thermal_tsnr``.
+
+        Parameters
+        ----------
+        voxel_mm : tuple of 3 float or None
+            Voxel size (mm).
+        tr : float or None
+            Repetition time (s).
+
+        Returns
+        -------
+        float
+        """
+        snr = float(self.thermal_tsnr)
+        if voxel_mm is not None:
+            volume = float(np.prod(np.asarray(voxel_mm, dtype=np.float64)))
+            if not volume > 0:
+                raise ValueError(f"voxel size must be positive, got {voxel_mm!r}")
+            snr *= volume / self.thermal_ref_mm**3
+        if tr is not None:
+            if not tr > 0:
+                raise ValueError(f"repetition time must be positive, got {tr!r}")
+
+            def ernst(t: float) -> float:
+                e = np.exp(-t / self.t1_gm_s)
+                return float(np.sqrt((1.0 - e) / (1.0 + e)))
+
+            snr *= ernst(float(tr)) / ernst(self.thermal_ref_tr)
+        return snr
 
 
 @dataclass
@@ -440,7 +496,12 @@ def coil_profile(
 
 
 def add_noise(
-    clean: np.ndarray, rng: np.random.Generator, model: BoldModel | None = None
+    clean: np.ndarray,
+    rng: np.random.Generator,
+    model: BoldModel | None = None,
+    *,
+    voxel_mm: tuple[float, float, float] | None = None,
+    tr: float | None = None,
 ) -> np.ndarray:
     """Spatially smooth noise plus complex thermal noise; magnitude, in place-safe.
 
@@ -448,6 +509,11 @@ def add_noise(
     ----------
     clean : ndarray of shape (T, X, Y, Z), float32
         Relative intensities (grey matter about 1), time-major.
+    rng : numpy.random.Generator
+    model : BoldModel, optional
+    voxel_mm, tr : optional
+        The protocol's voxel size (mm) and repetition time (s), which set the thermal
+        noise level (:meth:`BoldModel.thermal_snr`); omitted: the reference level.
 
     Returns
     -------
@@ -455,7 +521,7 @@ def add_noise(
         ``round(gain * |signal + noise|)``.
     """
     model = model or BoldModel()
-    sigma = 1.0 / model.thermal_tsnr
+    sigma = 1.0 / model.thermal_snr(voxel_mm, tr)
     out = np.empty(clean.shape, dtype=np.int16)  # time-major while filling
     shape = clean.shape[1:]
     s = model.smooth_noise_sigma

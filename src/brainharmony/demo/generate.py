@@ -291,7 +291,7 @@ def _acquire_run(
     fd = motion.framewise_displacement(params)
     clean *= bold.spin_history(fd, spec.bold_shape[2], bm.spin_history)[:, None, None, :]
     clean *= bold.coil_profile(affine, spec.bold_shape, rng, bm.coil_sd)[None]
-    data = bold.add_noise(clean, rng, bm)
+    data = bold.add_noise(clean, rng, bm, voxel_mm=spec.bold_voxel_mm, tr=spec.tr)
     del clean
     stem = bidsmeta.bold_stem(plan.label, session, run)
     func_dir = bidsmeta.subject_dir(bids_root, plan.label, session) / "func"
