@@ -5,7 +5,7 @@ World coordinates are NIfTI RAS+ millimetres (x to the right, y anterior, z supe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -258,38 +258,25 @@ def presets() -> dict[str, tuple[DatasetSpec, ...]]:
             phase_encoding="j",
         ),
     )
+    tiny_a, tiny_b = tiny
+    # The default preset: the tiny datasets' scanners at main-job size (more subjects and
+    # volumes, 4 mm BOLD), plus demoC.
     default = (
-        DatasetSpec(
-            name="demoA",
-            tr=0.735,
+        replace(
+            tiny_a,
             n_subjects=36,
             n_volumes=180,
             bold_voxel_mm=(4.0, 4.0, 4.0),
             bold_shape=(48, 48, 36),
-            bold_orientation="LAS",
             multiband=4,
-            slice_order="interleaved",
-            oblique=False,
-            t1_voxel_mm=(2.0, 2.0, 2.0),
-            t1_shape=(96, 128, 110),
-            t1_orientation="LAS",
         ),
-        DatasetSpec(
-            name="demoB",
-            tr=2.0,
+        replace(
+            tiny_b,
             n_subjects=34,
             n_volumes=140,
             bold_voxel_mm=(4.0, 4.0, 4.5),
             bold_shape=(48, 48, 32),
-            bold_orientation="LPS",
-            multiband=1,
-            slice_order="interleaved",
-            oblique=False,
-            t1_voxel_mm=(2.2, 2.2, 2.2),
-            t1_shape=(88, 116, 100),
-            t1_orientation="LPS",
             second_session_fraction=0.25,
-            phase_encoding="j",
         ),
         DatasetSpec(
             name="demoC",
