@@ -113,8 +113,13 @@ def write_npy(path: PathLike, array: np.ndarray) -> Path:
     return Path(path)
 
 
-def write_nifti(path: PathLike, image: Any) -> Path:
-    """Save a nibabel image atomically (gzip output is byte-reproducible)."""
+def write_nifti(path: PathLike, image: Any, compresslevel: int = 6) -> Path:
+    """Save a nibabel image atomically (gzip output is byte-reproducible).
+
+    ``compresslevel`` (1-9) applies to ``.nii.gz``: 1 is about 4x faster than the default 6
+    on noisy float/int16 images and only a few percent larger (used for large derivatives
+    and the demo data).
+    """
     import gzip
 
     import nibabel as nib
@@ -130,7 +135,7 @@ def write_nifti(path: PathLike, image: Any) -> Path:
             with (
                 open(tmp, "wb") as handle,
                 gzip.GzipFile(
-                    filename="", mode="wb", fileobj=handle, mtime=0, compresslevel=6
+                    filename="", mode="wb", fileobj=handle, mtime=0, compresslevel=compresslevel
                 ) as gz,
             ):
                 gz.write(raw)

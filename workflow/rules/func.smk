@@ -77,7 +77,10 @@ if FUNC.backend == "native":
             "logs/func/{dataset}/{fdir}/{fstem}_native.log",
         benchmark:
             "benchmarks/results/func/{dataset}/{fdir}/{fstem}_native.tsv"
-        threads: 2
+        # One thread: a second one bought nothing (default demoA run, 160 volumes, load 3.7:
+        # 24.4 s wall with 1 thread, 27.6 s with 2), so two runs side by side beat one run
+        # on two threads. A cluster profile may raise it (set-threads).
+        threads: 1
         resources:
             mem_mb=func_planning.MEM_MB["native"],
             runtime=func_planning.RUNTIME_MIN["native"],

@@ -76,9 +76,9 @@ class EffectSizes:
 
     age_long_range: float = 0.9
     long_range_mm: float = 40.0
-    dx_default_within: float = -0.25
-    dx_limbic_within: float = 0.25
-    dx_salience_default: float = 0.35
+    dx_default_within: float = -0.4
+    dx_limbic_within: float = 0.4
+    dx_salience_default: float = 0.5
     fi_control: float = 0.3
     sex: float = 0.0
 

@@ -9,7 +9,6 @@ purpose), so the bytes do not depend on the number of worker processes.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import shutil
@@ -149,15 +148,12 @@ def plan_dataset(
 
 
 def _save_nifti(path: Path, image: Any) -> None:
-    """:func:`brainharmony.io.write_nifti`, with fast gzip when it offers the choice.
+    """:func:`brainharmony.io.write_nifti` with fast gzip (level 1).
 
     Level 1 compresses these noisy int16 images to within 2 % of level 6's size at
     about four times the speed.
     """
-    if "compresslevel" in inspect.signature(write_nifti).parameters:
-        write_nifti(path, image, compresslevel=1)
-    else:
-        write_nifti(path, image)
+    write_nifti(path, image, compresslevel=1)
 
 
 def _pitch(pose: np.ndarray) -> float:

@@ -289,7 +289,7 @@ def write_native_outputs(
         img = nib.Nifti1Image(vol, result.grid_affine)
         img.header.set_xyzt_units("mm", "sec")
         img.header["pixdim"][4] = result.t_r
-        written.append(write_nifti(outputs.preproc_bold, img))
+        written.append(write_nifti(outputs.preproc_bold, img, compresslevel=1))
         written.append(
             write_json(
                 sidecar_path(outputs.preproc_bold),
