@@ -32,6 +32,13 @@ test: install system-deps
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow and not slurm"
 
+# Every side-by-side benchmark, one after the other -> docs/performance.md (long: the
+# report states how long its run took).
+# Smoke test: make bench BENCH_ARGS=--quick (writes under benchmarks/results/ only).
+.PHONY: bench
+bench: install
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -47,4 +54,6 @@ lock: install
 	mv requirements/lock-cpu.txt.new requirements/lock-cpu.txt
 
 clean-results:
-	rm -rf results logs benchmarks/results .snakemake
+	rm -rf results logs .snakemake
+	# keep the benchmark report's JSON (committed) and the ANTs side environment
+	find benchmarks/results -mindepth 1 -maxdepth 1 ! -name report ! -name venv-ants -exec rm -rf {} + 2>/dev/null || true

@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchlib import comparison, environment, fact, result_document, write_result
 
 from brainharmony.models.blocks import Block, init_vit_weights
 
@@ -189,7 +189,49 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def comparisons(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The block's useful FLOP rate vs the same process's matmul rate (see :mod:`benchlib`)."""
+    c, r = doc["config"], doc["results"]
+    ref = max(("mm_square", "mm_block_shape"), key=lambda k: r[k]["gflops_median"])
+    ref_label = (
+        f"torch.mm {c['square_gemm']}^3 (square GEMM)"
+        if ref == "mm_square"
+        else f"torch.mm {c['batch'] * c['tokens']}x{c['width']} by {c['width']}x{4 * c['width']} "
+        "(the block's MLP GEMM)"
+    )
+    return [
+        comparison(
+            key="block_vs_matmul",
+            what="encoder block training step (forward + backward), useful matmul FLOP rate "
+            "vs plain torch.mm",
+            ours_label="brainharmony.models.blocks.Block (pre-norm attention + GELU MLP)",
+            ours_value=r["block"]["gflops_median"],
+            unit="GFLOP/s",
+            higher_is_better=True,
+            peer_label=ref_label + ", the faster of two GEMM shapes",
+            peer_package="torch",
+            peer_version=doc["env"]["torch"],
+            peer_value=r[ref]["gflops_median"],
+            size=f"width {c['width']}, {c['heads']} heads, batch {c['batch']} x "
+            f"{c['tokens']} tokens, float32",
+            repeats=r["block"]["repeats"],
+            peer_repeats=r[ref]["repeats"],
+            threads=doc["env"]["threads"],
+            target=(">=", doc["target"]),
+            target_source="issue 6",
+        )
+    ]
+
+
+NOTES = [
+    "Useful FLOPs per step: 3x the forward's matmul FLOPs (batch * tokens * (24 * width^2 + "
+    "4 * tokens * width)); LayerNorm, GELU, softmax and the optimiser are not counted. The "
+    "ratio is the share of the machine's matmul speed the block turns into useful work.",
+    "Block and GEMMs are timed interleaved in the same process.",
+]
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=300, help="300 = BH-S visible tokens")
@@ -201,19 +243,36 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    env = environment()
     doc = run(args)
+    doc["env"].update({"numpy": env["numpy"]})
     doc["command"] = "bench_encoder_block.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, 0)
     )
     text = markdown(doc)
     print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    result = result_document(
+        benchmark="encoder_block",
+        title="Training: encoder block throughput vs the matmul rate",
+        comparisons=comparisons(doc),
+        env=doc["env"],
+        facts=[
+            fact(
+                "block useful matmul work per training step",
+                doc["block_training_gflops_per_step"],
+                "GFLOP",
+            ),
+            fact("fraction of the matmul rate, best times", doc["fraction_of_matmul_best"]),
+        ],
+        notes=NOTES,
+        details=doc,
+    )
+    write_result(args.json, result)
     if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(text, encoding="utf-8")
+        from brainharmony.io import write_text
+
+        write_text(args.md, text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchlib import (
+    agreement_value,
+    comparison,
+    fact,
+    package_version,
+    result_document,
+    write_result,
+)
 
 from brainharmony.models.ssm import MambaBlock, selective_scan_chunked, selective_scan_ref
 from brainharmony.models.ssm_scan import auto_chunk_size
@@ -141,6 +148,31 @@ def bench_scan(args: argparse.Namespace) -> dict[str, Any]:
         entry["speedup_min"] = entry["ref"]["min_ms"] / entry["chunked"]["min_ms"]
         res[mode] = entry
     return res
+
+
+def scan_agreement(args: argparse.Namespace) -> dict[str, float]:
+    """Chunked vs reference on the benchmark inputs: output and gradients, once each.
+
+    Each figure is the largest absolute difference divided by the reference's largest
+    magnitude (so it reads as a relative error of the tensor).
+    """
+    inputs = make_inputs(args.batch, args.dim, args.dstate, args.length)
+    results = {}
+    for name, fn in (("chunked", selective_scan_chunked), ("ref", selective_scan_ref)):
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        u, delta, A, B, C, D, z, bias = leaves
+        out = fn(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
+        out.sum().backward()
+        results[name] = (out.detach(), [t.grad for t in leaves])
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).abs().max() / b.abs().max())
+
+    (out_c, grads_c), (out_r, grads_r) = results["chunked"], results["ref"]
+    return {
+        "out_max_rel": rel(out_c, out_r),
+        "grad_max_rel": max(rel(a, b) for a, b in zip(grads_c, grads_r, strict=True)),
+    }
 
 
 def bench_floor(args: argparse.Namespace) -> dict[str, Any]:
@@ -325,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "env": {
             "torch": torch.__version__,
+            "numpy": package_version("numpy"),
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
@@ -334,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
     }
     res["scan"] = bench_scan(args)
+    res["agreement"] = scan_agreement(args)
     res["floor"] = bench_floor(args)
     fwd = res["scan"]["forward"]["chunked"]["median_ms"]
     res["floor"]["chunked_forward_over_mul_pass"] = fwd / res["floor"]["mul_"]["median_ms"]
@@ -343,10 +377,130 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["env"]["loadavg_end"] = os.getloadavg()
     text = markdown(res)
     print(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
-    return res
+    doc = result_document(
+        benchmark="ssm",
+        title="SSM: chunked selective scan vs the sequential reference",
+        comparisons=comparisons(res),
+        env=res["env"],
+        facts=facts(res),
+        notes=NOTES,
+        details=res,
+    )
+    write_result(args.json, doc)
+    return doc
+
+
+def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chunked scan vs the reference, and vs the memory floor (see :mod:`benchlib`)."""
+    cfg, threads = res["config"], res["env"]["threads"]
+    size = (
+        f"batch {cfg['batch']}, dim {cfg['dim']}, state {cfg['dstate']}, L {cfg['length']}, "
+        f"float32 (chunk {cfg['chunk_size']})"
+    )
+    torch_v = package_version("torch")
+    ref_label = "brainharmony selective_scan_ref: sequential loop over time (mamba_ssm semantics)"
+    agree = res["agreement"]
+    out = []
+    for mode, what, figure in (
+        ("forward", "selective scan, forward (no grad)", "out_max_rel"),
+        ("forward_backward", "selective scan, forward + backward", "grad_max_rel"),
+    ):
+        e = res["scan"][mode]
+        out.append(
+            comparison(
+                key=f"scan_{mode}",
+                what=what,
+                ours_label="brainharmony selective_scan_chunked",
+                ours_value=e["chunked"]["median_ms"] / 1e3,
+                unit="s",
+                peer_label=ref_label,
+                peer_package="torch",
+                peer_version=torch_v,
+                peer_value=e["ref"]["median_ms"] / 1e3,
+                size=size,
+                repeats=e["chunked"]["repeats"],
+                peer_repeats=e["ref"]["repeats"],
+                threads=threads,
+                target=(">=", 5.0),
+                target_source="issue 7",
+                agreement=[
+                    agreement_value(
+                        "max abs diff / max abs of the reference, "
+                        + ("output" if figure == "out_max_rel" else "gradients (worst input)"),
+                        agree[figure],
+                    )
+                ],
+            )
+        )
+    fl = res["floor"]
+    out.append(
+        comparison(
+            key="scan_floor",
+            what="selective scan forward vs one memory pass over the (batch, dim, L, state) tensor",
+            ours_label="brainharmony selective_scan_chunked, forward",
+            ours_value=res["scan"]["forward"]["chunked"]["median_ms"] / 1e3,
+            unit="s",
+            peer_label=f"x.mul_(1.0) on the {fl['tensor_mib']:.0f} MiB float32 tensor",
+            peer_package="torch",
+            peer_version=torch_v,
+            peer_value=fl["mul_"]["median_ms"] / 1e3,
+            size=size,
+            repeats=res["scan"]["forward"]["chunked"]["repeats"],
+            peer_repeats=fl["mul_"]["repeats"],
+            threads=threads,
+        )
+    )
+    tr = res.get("training")
+    if tr:
+        c = tr["config"]
+        out.append(
+            comparison(
+                key="training_step",
+                what=f"training step of {c['n_layers']} MambaBlocks (AdamW), chunked vs "
+                "reference scan",
+                ours_label="MambaBlock(scan='chunked')",
+                ours_value=tr["chunked"]["median_ms"] / 1e3,
+                unit="s",
+                peer_label="MambaBlock(scan='ref')",
+                peer_package="torch",
+                peer_version=torch_v,
+                peer_value=tr["ref"]["median_ms"] / 1e3,
+                size=f"d_model {c['d_model']}, state {c['d_state']}, batch {c['batch']}, "
+                f"L {c['length']}",
+                repeats=tr["chunked"]["repeats"],
+                peer_repeats=tr["ref"]["repeats"],
+                threads=threads,
+            )
+        )
+    return out
+
+
+def facts(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Floor passes and training throughput."""
+    fl = res["floor"]
+    fwd = res["scan"]["forward"]["chunked"]["median_ms"]
+    out = [
+        fact("chunked forward, in one-pass (mul_) equivalents", fwd / fl["mul_"]["median_ms"]),
+        fact("chunked forward, in exp-pass equivalents", fwd / fl["exp"]["median_ms"]),
+    ]
+    tr = res.get("training")
+    if tr:
+        for scan in ("chunked", "ref"):
+            out.append(
+                fact(
+                    f"MambaBlock training, {scan} scan", tr[scan]["tokens_per_s_median"], "tokens/s"
+                )
+            )
+    return out
+
+
+NOTES = [
+    "Mamba's configuration: variable B and C, D, z, delta_bias and softplus. Repeats run in "
+    "interleaved blocks, each after an untimed warm-up call; glibc malloc is tuned first "
+    "(freed memory kept in the heap) unless --no-malloc-tune.",
+    "The floor row says how close the scan gets to one memory pass over the (batch, dim, L, "
+    "state) tensor: the ratio is the fraction of that speed.",
+]
 
 
 if __name__ == "__main__":
