@@ -152,7 +152,7 @@ def test_baselines_beat_the_null_model_on_planted_effects(tmp_path):
             ["null_model", "fc_ridge", "fc_kernel_ridge", "fc_logistic"],
             {spec.key: result.info["TestTrainRatio"]},
         )
-        vs_null = tests.loc[tests["role"] == "null"]
+        vs_null = tests.loc[tests["role"] == "vs_null"]
         expected = {"fc_ridge", "fc_kernel_ridge"} | (
             {"fc_logistic"} if spec.type == "classification" else set()
         )

@@ -70,6 +70,11 @@ def test_paired_tests_orientation_reference_choice_and_lower_is_better():
     # MAE: lower is better, so the difference is oriented "positive = model better".
     assert best["mean_diff"].iloc[0] == pytest.approx(1.0, abs=0.1)
     assert best["p"].iloc[0] < 0.05
-    vs_null = tests.loc[tests["role"] == "null"].set_index("model")
+    vs_null = tests.loc[tests["role"] == "vs_null"].set_index("model")
     assert set(vs_null.index) == {"fc_ridge", "fc_kernel_ridge", "probe_bh_f"}
     assert (vs_null["mean_diff"] > 0).all() and (vs_null["n"] == 10).all()
+    # The roles survive a CSV round trip with pandas' defaults (tests.csv is a contract).
+    import io
+
+    again = pd.read_csv(io.StringIO(tests.to_csv(index=False)))
+    assert again["role"].notna().all() and set(again["role"]) == {"vs_null", "best_baseline"}

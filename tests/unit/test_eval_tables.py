@@ -243,7 +243,7 @@ def test_cli_evaluate_tables_and_metrics_recomputable_from_predictions(tmp_path)
     for ext in ("csv", "md", "tex"):
         assert (tmp_path / "tables" / f"paper_table.{ext}").stat().st_size > 0
     tests = pd.read_csv(tmp_path / "tables" / "tests.csv")
-    probe = tests.loc[(tests["model"] == "probe_bh_f") & (tests["role"] == "null")]
+    probe = tests.loc[(tests["model"] == "probe_bh_f") & (tests["role"] == "vs_null")]
     assert (probe["mean_diff"] > 0).all()
     # n counts folds x seeds
     assert set(written["n"]) <= {6, 0}

@@ -299,7 +299,7 @@ class ReportBuilder:
             reference=tests["reference"].map(display_name),
         )[[c for c in TEST_COLUMNS if c not in ("test_train_ratio", "test")]]  # test: in the note
         not_better = tests.loc[
-            (tests["role"] == "null") & ~((tests["p"] < 0.05) & (tests["mean_diff"] > 0))
+            (tests["role"] == "vs_null") & ~((tests["p"] < 0.05) & (tests["mean_diff"] > 0))
         ]
         honest = ""
         if len(not_better):

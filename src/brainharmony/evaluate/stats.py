@@ -150,7 +150,8 @@ def paired_tests(
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`TEST_COLUMNS`; ``role`` is ``"null"`` or ``"best_baseline"``.
+        Columns :data:`TEST_COLUMNS`; ``role`` is ``"vs_null"`` or ``"best_baseline"``
+        (not ``"null"``, which pandas reads back as a missing value).
         ``mean_diff`` is oriented so that positive means the model is better.
     """
     baselines = list(baselines)
@@ -166,7 +167,7 @@ def paired_tests(
         best = best_model(sub, metric, present_baselines)
         refs = []
         if null_model in table.columns:
-            refs.append(("null", null_model))
+            refs.append(("vs_null", null_model))
         if best is not None:
             refs.append(("best_baseline", best))
         ratio = float(ratios.get((ds, tk), float("nan")))
