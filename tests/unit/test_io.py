@@ -55,3 +55,20 @@ def test_sidecar_path_and_provenance(tmp_path):
 def test_input_data_error_names_file():
     err = io.InputDataError("/d/sub-01_bold.nii.gz", "BOLD is 3D")
     assert str(err) == "/d/sub-01_bold.nii.gz: BOLD is 3D"
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    """Final files get the mode a plain open() would give (not mkstemp's 0600)."""
+    import os
+
+    from brainharmony.io import write_json, write_text
+
+    old = os.umask(0o022)
+    try:
+        a = write_text(tmp_path / "a.txt", "x")
+        os.umask(0o077)
+        b = write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert a.stat().st_mode & 0o777 == 0o644
+    assert b.stat().st_mode & 0o777 == 0o600
