@@ -8,13 +8,18 @@ them, so importing the CLI stays cheap (heavy imports happen inside ``run``).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from brainharmony._version import __version__
 from brainharmony.io import InputDataError
+
+#: Write failures that mean "out of room": no space, quota, file-size limit.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -112,6 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputDataError as err:
         print(f"brainharmony {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in _STORAGE_ERRNOS:
+            raise
+        # Every writer is atomic: the file being written was removed, older outputs stand.
+        where = f"{err.filename}: " if err.filename else ""
+        print(
+            f"brainharmony {args.command}: error: {where}{os.strerror(err.errno)} while "
+            "writing; nothing partial was kept. Free space (or raise the quota) and rerun.",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

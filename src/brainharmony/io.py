@@ -9,6 +9,7 @@ half-written file behind under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -76,10 +77,42 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         # mkstemp creates 0600; give the result the mode a plain open() would (umask).
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as err:
+        storage = _storage_error(err, tmp, dest)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if storage is not None:
+            raise storage from err
         raise
+
+
+def _storage_error(err: BaseException, tmp: Path, dest: Path) -> OSError | None:
+    """An ``OSError`` with errno ENOSPC/EFBIG when ``err`` was a write that ran out of room.
+
+    Some writers report a short write without an errno (numpy's ``tofile``: "N requested
+    and M written"; torch's zip writer: a ``RuntimeError``). Checked before the temporary
+    file is removed: a filesystem with (almost) no free block left, or a temporary file
+    that reached the process's file-size limit.
+    """
+    if isinstance(err, OSError) and err.errno is not None:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return OSError(err.errno, os.strerror(err.errno), str(dest))  # not the temp name
+        return None
+    if not isinstance(err, OSError | RuntimeError):
+        return None
+    try:
+        size = tmp.stat().st_size
+        fs = os.statvfs(tmp.parent)
+    except OSError:
+        return None
+    if fs.f_bavail * fs.f_frsize < 64 * 1024:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and size >= soft - 64 * 1024:
+        return OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(dest))
+    return None
 
 
 def write_text(path: PathLike, text: str) -> Path:

@@ -63,7 +63,8 @@ def _series_shape(path: Path) -> tuple[int, int]:
         return int(arr.shape[0]), int(arr.shape[1])
     from brainharmony.timeseries.files import read_series
 
-    return read_series(path).data.shape  # type: ignore[return-value]
+    # censored volumes and uncovered parcels are NaN: packed, then masked when read
+    return read_series(path, require_finite=False).data.shape  # type: ignore[return-value]
 
 
 def _extra_columns(manifest: pd.DataFrame, keys: Sequence[str]) -> list[str]:

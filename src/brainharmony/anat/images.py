@@ -138,7 +138,12 @@ def load_t1w(path: PathLike, max_nonfinite_fraction: float = MAX_NONFINITE_FRACT
         )
     affine = np.asarray(img.affine, dtype=float)
     check_affine(affine, path)
-    data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except Exception as err:  # truncated or damaged voxel data (the header read fine)
+        raise InputDataError(
+            path, f"not a readable NIfTI image (voxel data: {type(err).__name__}: {err})"
+        ) from None
     bad = ~np.isfinite(data)
     n_bad = int(bad.sum())
     fraction = n_bad / data.size

@@ -163,22 +163,31 @@ def read_t1w_to_template(path: Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise InputDataError(path, "T1w -> template transform not found")
-    if path.suffix == ".json":
-        content = json.loads(path.read_text())
-        block = content.get("Transforms", content)
-        for key in ("T1wToTemplateRAS", "t1w_to_template"):
-            if key in block:
-                return np.asarray(block[key], dtype=np.float64)
-        raise InputDataError(path, "no Transforms.T1wToTemplateRAS matrix in the sidecar")
-    if path.suffix == ".npy":
-        return np.asarray(np.load(path), dtype=np.float64)
-    text = path.read_text()
-    if text.startswith("#Insight Transform File"):
-        # ITK from-T1w_to-<tpl>: maps template points to T1w points.
-        return np.linalg.inv(read_itk_affine(path))
-    matrix = np.loadtxt(path)
+    try:
+        if path.suffix == ".json":
+            content = json.loads(path.read_text())
+            block = content.get("Transforms", content)
+            found = [block[k] for k in ("T1wToTemplateRAS", "t1w_to_template") if k in block]
+            if not found:
+                raise InputDataError(path, "no Transforms.T1wToTemplateRAS matrix in the sidecar")
+            matrix = np.asarray(found[0], dtype=np.float64)
+        elif path.suffix == ".npy":
+            matrix = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
+        elif path.read_text().startswith("#Insight Transform File"):
+            # ITK from-T1w_to-<tpl>: maps template points to T1w points.
+            matrix = np.linalg.inv(read_itk_affine(path))
+        else:
+            matrix = np.loadtxt(path)
+    except InputDataError:
+        raise
+    except Exception as err:  # unparseable JSON/text/npy, a singular ITK matrix
+        raise InputDataError(
+            path, f"cannot read the transform: {type(err).__name__}: {err}"
+        ) from None
     if matrix.shape != (4, 4):
         raise InputDataError(path, f"expected a 4 x 4 matrix, got shape {matrix.shape}")
+    if not np.all(np.isfinite(matrix)):
+        raise InputDataError(path, "the transform holds NaN or infinite values")
     return matrix
 
 

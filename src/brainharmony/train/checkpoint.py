@@ -203,7 +203,12 @@ def load_weights(
     p = Path(path)
     if not p.is_file():
         raise InputDataError(p, "model weights not found")
-    tensors = load_file(str(p), device="cpu")
+    try:
+        tensors = load_file(str(p), device="cpu")
+    except Exception as err:  # truncated, empty or not a safetensors file
+        raise InputDataError(
+            p, f"cannot read the model weights (truncated or not safetensors): {err}"
+        ) from None
     own = model.state_dict()
     shape_bad = sorted(
         k for k, v in tensors.items() if k in own and tuple(own[k].shape) != tuple(v.shape)

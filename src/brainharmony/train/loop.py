@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainharmony.io import PathLike, atomic_path, config_digest
+from brainharmony.io import InputDataError, PathLike, atomic_path, config_digest
 from brainharmony.train import checkpoint as ckpt
 from brainharmony.train.config import ModelConfig
 from brainharmony.train.data import SeededItems, StreamBatchSampler, _mix
@@ -117,6 +118,26 @@ def _digest(cfg: ModelConfig) -> str:
 
 def _finite(value: float) -> bool:
     return math.isfinite(value)
+
+
+def _readable_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or None when there is none or it cannot be read.
+
+    Checkpoints are written atomically, so an unreadable one was damaged afterwards
+    (a disk fault, a copy cut short). It is kept for inspection as ``<name>.corrupt``
+    and training starts over: the result still equals an uninterrupted run's, only the
+    progress it held is lost.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return ckpt.load_checkpoint(path)
+    except InputDataError as err:
+        aside = path.with_name(path.name + ".corrupt")
+        with contextlib.suppress(FileNotFoundError):  # another rank moved it first
+            os.replace(path, aside)
+        logger.warning("%s; moved it to %s and starting over", err, aside.name)
+        return None
 
 
 def train(
@@ -218,7 +239,7 @@ def _train(
 
     ckpt_path = state_dir / ckpt.CHECKPOINT_NAME
     digest = _digest(cfg)
-    state = ckpt.load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    state = _readable_checkpoint(ckpt_path)
     if state is not None and state["digest"] != digest:
         # A changed configuration makes the workflow rerun the job: resuming would mix two
         # trainings, so the stale state is ignored (and overwritten by the next checkpoint).
