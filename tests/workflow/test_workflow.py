@@ -82,16 +82,25 @@ def test_unknown_config_key_is_named(tmp_path):
     assert "unknown key 'ingset'" in out.stdout + out.stderr
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny demo run through every stage (``all``); tests copy it, never modify it."""
+    workdir = tmp_path_factory.mktemp("tiny-run")
+    cfg = str(_write_config(workdir, TINY))
+    out = run_snakemake(workdir, "--configfile", cfg, "--cores", "2", "all")
+    assert out.returncode == 0, out.stderr[-4000:]
+    return workdir
+
+
 @pytest.mark.slow
-def test_tiny_run_through_every_stage(tmp_path):
+def test_tiny_run_through_every_stage(tiny_run):
     """demo -> ingest -> anat -> func -> geometry -> multi-TR -> train -> evaluate (tiny)."""
     import json
 
     import numpy as np
 
-    cfg = str(_write_config(tmp_path, TINY))
-    out = run_snakemake(tmp_path, "--configfile", cfg, "--cores", "2", "all")
-    assert out.returncode == 0, out.stderr[-4000:]
+    tmp_path = tiny_run
+    cfg = str(tmp_path / "config.yaml")
     res = tmp_path / "results"
     for name in ("demoA", "demoB"):
         scans = pd.read_csv(res / "ingest" / name / "scans.tsv", sep="\t", dtype=str)
@@ -152,3 +161,108 @@ def test_tiny_run_through_every_stage(tmp_path):
     again = run_snakemake(tmp_path, "--configfile", cfg, "--cores", "2", "all", "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+# ---- faults at workflow level: one bad subject, a training run killed ---------------------
+
+#: Tables that must come out byte-identical from an identical rerun (the report is not
+#: among them: it records when it was made).
+TABLES = (
+    "results/eval/predictions.tsv",
+    "results/tables/metrics.csv",
+    "results/tables/tests.csv",
+    "results/tables/paper_table.csv",
+    "results/tables/paper_table.md",
+    "results/tables/paper_table.tex",
+)
+
+
+@pytest.mark.slow
+def test_one_bad_subject_fails_alone_under_keep_going(tiny_run, tmp_path):
+    """A T1w damaged after ingestion (all voxels one value) fails its anat job with a
+    message naming the file; with --keep-going every other anat job finishes, their
+    outputs equal the reference run's, and the failed job leaves no output behind."""
+    import nibabel as nib
+    import numpy as np
+
+    from tests.slurm.conftest import copy_run
+
+    work = copy_run(tiny_run, tmp_path / "run")
+    t1w = next((work / "resources/demo/demoA/sub-02/anat").glob("*_T1w.nii.gz"))
+    img = nib.load(t1w)
+    nib.save(nib.Nifti1Image(np.full(img.shape, 7, np.int16), img.affine, img.header), t1w)
+    # Ingest again too: scans.tsv holds absolute paths, into the run that was copied.
+    out = run_snakemake(
+        work, "anat_all", "--configfile", str(work / "config.yaml"), "--cores", "2",
+        "--keep-going", "--forcerun", "ingest", "anat",
+    )  # fmt: skip
+    assert out.returncode != 0
+    log = (work / "logs/anat/demoA/sub-02.log").read_text()
+    assert f"{t1w.name}: the image is constant" in log, log[-2000:]
+    assert not list((work / "results/anat/demoA/sub-02").rglob("*.nii.gz"))
+    ref_models = sorted(tiny_run.glob("results/anat/*/sub-*/anat/*_desc-model_T1w.nii.gz"))
+    assert len(ref_models) > 2
+    for ref in ref_models:
+        got = work / ref.relative_to(tiny_run)
+        if "demoA/sub-02/" in str(got):
+            continue
+        assert got.stat().st_mtime > ref.stat().st_mtime, got  # it was redone...
+        assert got.read_bytes() == ref.read_bytes(), got  # ...with the same result
+
+
+@pytest.mark.slow
+def test_kill_during_training_resumes_to_identical_weights_and_tables(tiny_run, tmp_path):
+    """kill -9 of Snakemake and its jobs while BrainHarmonix-F trains (after its first
+    checkpoint); the rerun resumes from the checkpoint, and the models and every table
+    equal the uninterrupted run's byte for byte (also the determinism check: the whole
+    training and evaluation chain computed twice)."""
+    import os
+    import shutil
+    import subprocess
+
+    from tests.conftest import BIN, REPO, snakemake_exe
+    from tests.slurm.conftest import copy_run, job_stats
+    from tests.slurm.test_reruns import _kill_tree_while
+
+    work = copy_run(tiny_run, tmp_path / "run")
+    for folder in ("models", "embeddings", "eval", "tables", "report", "splits"):
+        shutil.rmtree(work / "results" / folder, ignore_errors=True)
+    shutil.rmtree(work / "work")
+    # A checkpoint after every step (the weights do not depend on the cadence).
+    config = work / "config.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "ckpt_every": 1}}))
+    checkpoint = work / "work/train/bh_f/checkpoint.pt"
+    cmd = [
+        snakemake_exe(), "-s", str(REPO / "Snakefile"), "--directory", str(work), "all",
+        "--configfile", str(config), "--cores", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(tmp_path / "killed-run.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            victim = _kill_tree_while(
+                proc, f"train --config {REPO / 'models' / 'bh_f_demo.yaml'}", checkpoint.is_file
+            )
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "bh_f_demo.yaml" in victim
+    assert checkpoint.is_file() and not (work / "results/models/bh_f/model.safetensors").exists()
+
+    unlock = run_snakemake(work, "all", "--configfile", str(config), "--unlock")
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    out = run_snakemake(
+        work, "all", "--configfile", str(config), "--cores", "2", "--rerun-incomplete"
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert job_stats(out.stdout + out.stderr).get("train_bh_f") == 1
+    assert "resuming bh_f_demo from step" in (work / "logs/train/bh_f.log").read_text()
+
+    for role in ("bh_s", "bh_f", "harmonizer", "lmae"):
+        rel = f"results/models/{role}/model.safetensors"
+        assert (work / rel).read_bytes() == (tiny_run / rel).read_bytes(), rel
+    for rel in TABLES:
+        assert (work / rel).read_bytes() == (tiny_run / rel).read_bytes(), rel

@@ -12,6 +12,7 @@ alone), ``metrics.jsonl`` and ``curves.png``. :func:`load_trained` rebuilds the 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -178,7 +179,32 @@ def save_weights(path: PathLike, model: nn.Module, metadata: Mapping[str, str] |
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+        _sort_metadata(tmp)
     return Path(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its ``__metadata__`` keys sorted, in place.
+
+    safetensors serialises the metadata from a hash map, so the key order (and with it
+    the file's bytes) changes from run to run; sorted, equal weights give equal files.
+    The header keeps its length (same keys and values), so only those bytes change.
+    """
+    import struct
+
+    with open(path, "r+b") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        raw = handle.read(size)
+        header = json.loads(raw)
+        meta = header.get("__metadata__")
+        if not meta:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > size or json.loads(text) != json.loads(raw):  # pragma: no cover
+            return  # not the layout expected: leave the file as safetensors wrote it
+        handle.seek(8)
+        handle.write(text.ljust(size, b" "))
 
 
 def load_weights(

@@ -23,6 +23,7 @@ class TrainPlan:
 
     models: Mapping[str, str] = field(default_factory=dict)
     steps: int | None = None
+    ckpt_every: int | None = None
     gpus: int = 0
     device: str = "auto"
     threads: int = 2
@@ -52,9 +53,11 @@ def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan
     if unknown:
         raise ValueError(f"train.models has unknown role(s) {unknown}; roles: {list(ROLES)}")
     steps = block.get("steps")
+    ckpt_every = block.get("ckpt_every")
     return TrainPlan(
         models=models,
         steps=None if steps is None else int(steps),
+        ckpt_every=None if ckpt_every is None else int(ckpt_every),
         gpus=int(block.get("gpus", 0)),
         device=str(block.get("device", "auto")),
         threads=int(block.get("threads", 2)),
@@ -99,6 +102,8 @@ def common_options(plan: TrainPlan) -> str:
     opts = ["--no-progress"]
     if plan.steps is not None:
         opts.append(f"--steps {plan.steps}")
+    if plan.ckpt_every is not None:
+        opts.append(f"--set train.ckpt_every={plan.ckpt_every}")
     if plan.device != "auto":
         opts.append(f"--device {plan.device}")
     return " ".join(opts)
