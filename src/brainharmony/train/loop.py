@@ -140,6 +140,29 @@ def _readable_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
+@contextlib.contextmanager
+def _deterministic_kernels(device: str | None):
+    """On CPU, PyTorch's deterministic kernels for the duration of a training call.
+
+    Without them, two runs of the tiny BrainHarmonix-F on two threads already differ in the
+    last bits after four steps (a backward kernel that accumulates across threads), so a
+    resumed run could not equal an uninterrupted one. The flag is global: it is restored
+    on the way out. On CUDA the choice is left to the user (it needs
+    ``CUBLAS_WORKSPACE_CONFIG`` and slows some kernels).
+    """
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if cpu:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def train(
     cfg: ModelConfig,
     dataset: Any,
@@ -194,18 +217,19 @@ def train(
         torch.set_num_threads(int(threads))
     ctx = setup(device)
     try:
-        return _train(
-            cfg,
-            dataset,
-            Path(out_dir),
-            Path(state_dir),
-            ctx,
-            model=model,
-            init_from=init_from,
-            max_steps_this_call=max_steps_this_call,
-            inputs=inputs,
-            progress=progress,
-        )
+        with _deterministic_kernels(device):
+            return _train(
+                cfg,
+                dataset,
+                Path(out_dir),
+                Path(state_dir),
+                ctx,
+                model=model,
+                init_from=init_from,
+                max_steps_this_call=max_steps_this_call,
+                inputs=inputs,
+                progress=progress,
+            )
     finally:
         teardown(ctx)
 
