@@ -8,7 +8,6 @@ them, so importing the CLI stays cheap (heavy imports happen inside ``run``).
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import os
@@ -16,10 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from brainharmony._version import __version__
-from brainharmony.io import InputDataError
-
-#: Write failures that mean "out of room": no space, quota, file-size limit.
-_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+from brainharmony.io import STORAGE_ERRNOS, InputDataError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -118,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"brainharmony {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        if err.errno not in _STORAGE_ERRNOS:
+        if err.errno not in STORAGE_ERRNOS:
             raise
         # Every writer is atomic: the file being written was removed, older outputs stand.
         where = f"{err.filename}: " if err.filename else ""

@@ -86,6 +86,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         raise
 
 
+#: Write failures that mean "out of room": no space, quota, file-size limit.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 def _storage_error(err: BaseException, tmp: Path, dest: Path) -> OSError | None:
     """An ``OSError`` with errno ENOSPC/EFBIG when ``err`` was a write that ran out of room.
 
@@ -95,7 +99,7 @@ def _storage_error(err: BaseException, tmp: Path, dest: Path) -> OSError | None:
     that reached the process's file-size limit.
     """
     if isinstance(err, OSError) and err.errno is not None:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if err.errno in STORAGE_ERRNOS:
             return OSError(err.errno, os.strerror(err.errno), str(dest))  # not the temp name
         return None
     if not isinstance(err, OSError | RuntimeError):

@@ -187,6 +187,26 @@ def _kill_tree_while(
     pytest.fail(f"`brainharmony {command}` did not start within {deadline_s} s")
 
 
+def run_and_kill(
+    work: Path, log_path: Path, args: list[str], command: str, ready=lambda: True
+) -> str:
+    """Start Snakemake on the repository's workflow in ``work`` (output to ``log_path``) and
+    kill its whole process tree while a job runs ``brainharmony <command>``; returns the
+    job's command line (see :func:`_kill_tree_while`)."""
+    cmd = [snakemake_exe(), "-s", str(REPO / "Snakefile"), "--directory", str(work), *args]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            return _kill_tree_while(proc, command, ready)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def _fresh(reference: Path, work: Path) -> Path:
     """Kill during demo: an empty folder; kill once the generator has written something."""
     work.mkdir()
@@ -210,26 +230,15 @@ SETUPS = {"demo": _fresh, "ingest": _demo_done}
 def test_resume_after_kill_matches_uninterrupted_run(tiny_reference, tmp_path, kill_during):
     work = SETUPS[kill_during](tiny_reference, tmp_path / "run")
     config = work / "tiny.yaml"
-    cmd = [
-        snakemake_exe(), "-s", str(REPO / "Snakefile"), "--directory", str(work),
-        "ingest_all", "--configfile", str(config), "--cores", "2",
-    ]  # fmt: skip
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     demo_root = work / "resources" / "demo"
 
     def ready() -> bool:  # demo: some files written already; ingest: at once
         return kill_during != "demo" or any(p.is_file() for p in demo_root.rglob("*"))
 
-    with open(tmp_path / "killed-run.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            victim = _kill_tree_while(proc, kill_during, ready)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    victim = run_and_kill(
+        work, tmp_path / "killed-run.log",
+        ["ingest_all", "--configfile", str(config), "--cores", "2"], kill_during, ready,
+    )  # fmt: skip
     assert kill_during in victim
 
     # A killed Snakemake leaves its lock: the next run refuses to start until --unlock.

@@ -330,15 +330,14 @@ def test_workflow_config_with_a_wrong_type_names_key_and_file(tmp_path, capsys):
     assert str(path) in text and "train.steps" in text and "'four'" in text, text
 
 
-def _model_folder(tmp_path: Path) -> Path:
-    """A trained (2-step) tiny BrainHarmonix-S folder."""
-    from brainharmony.train import train
+def _tiny_s(folder: Path):
+    """The tiny BrainHarmonix-S config (2 steps) and a 4-volume dataset for it in ``folder``."""
     from brainharmony.train.config import config_from_mapping
     from brainharmony.train.data import build_dataset
     from tests.unit.test_train_loop import TINY
 
     rng = np.random.default_rng(0)
-    shard, index = tmp_path / "vols.npy", tmp_path / "vols.tsv"
+    shard, index = folder / "vols.npy", folder / "vols.tsv"
     np.save(shard, rng.standard_normal((4, 16, 16, 16)).astype(np.float16))
     pd.DataFrame({"subject": list("abcd"), "session": "n/a", "offset": range(4)}).to_csv(
         index, sep="\t", index=False
@@ -346,8 +345,15 @@ def _model_folder(tmp_path: Path) -> Path:
     doc = json.loads(json.dumps(TINY))
     doc["train"].update(steps=2)
     cfg = config_from_mapping(doc)
-    train(cfg, build_dataset(cfg.data, [(shard, index)]), tmp_path / "m", tmp_path / "st",
-          progress=False)  # fmt: skip
+    return cfg, build_dataset(cfg.data, [(shard, index)])
+
+
+def _model_folder(tmp_path: Path) -> Path:
+    """A trained (2-step) tiny BrainHarmonix-S folder."""
+    from brainharmony.train import train
+
+    cfg, dataset = _tiny_s(tmp_path)
+    train(cfg, dataset, tmp_path / "m", tmp_path / "st", progress=False)
     return tmp_path / "m"
 
 
@@ -403,27 +409,15 @@ def test_damaged_checkpoint_is_set_aside_and_training_starts_over(tmp_path, capl
     from safetensors.torch import load_file
 
     from brainharmony.train import train
-    from brainharmony.train.config import config_from_mapping
-    from brainharmony.train.data import build_dataset
-    from tests.unit.test_train_loop import TINY
 
     (tmp_path / "ref").mkdir()
     folder = _model_folder(tmp_path / "ref")
-    rng = np.random.default_rng(0)
-    shard, index = tmp_path / "vols.npy", tmp_path / "vols.tsv"
-    np.save(shard, rng.standard_normal((4, 16, 16, 16)).astype(np.float16))
-    pd.DataFrame({"subject": list("abcd"), "session": "n/a", "offset": range(4)}).to_csv(
-        index, sep="\t", index=False
-    )
-    doc = json.loads(json.dumps(TINY))
-    doc["train"].update(steps=2)
-    cfg = config_from_mapping(doc)
+    cfg, dataset = _tiny_s(tmp_path)
     state = tmp_path / "st"
     state.mkdir()
     (state / "checkpoint.pt").write_bytes(b"\x00" * 100)
     with caplog.at_level("WARNING"):
-        result = train(cfg, build_dataset(cfg.data, [(shard, index)]), tmp_path / "m", state,
-                       progress=False)  # fmt: skip
+        result = train(cfg, dataset, tmp_path / "m", state, progress=False)
     assert result.finished and result.resumed_from == 0
     assert (state / "checkpoint.pt.corrupt").read_bytes() == b"\x00" * 100
     assert "cannot read the training checkpoint" in caplog.text

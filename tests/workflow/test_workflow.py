@@ -216,13 +216,11 @@ def test_kill_during_training_resumes_to_identical_weights_and_tables(tiny_run, 
     checkpoint); the rerun resumes from the checkpoint, and the models and every table
     equal the uninterrupted run's byte for byte (also the determinism check: the whole
     training and evaluation chain computed twice)."""
-    import os
     import shutil
-    import subprocess
 
-    from tests.conftest import BIN, REPO, snakemake_exe
+    from tests.conftest import REPO
     from tests.slurm.conftest import copy_run, job_stats
-    from tests.slurm.test_reruns import _kill_tree_while
+    from tests.slurm.test_reruns import run_and_kill
 
     work = copy_run(tiny_run, tmp_path / "run")
     for folder in ("models", "embeddings", "eval", "tables", "report", "splits"):
@@ -232,23 +230,11 @@ def test_kill_during_training_resumes_to_identical_weights_and_tables(tiny_run, 
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "ckpt_every": 1}}))
     checkpoint = work / "work/train/bh_f/checkpoint.pt"
-    cmd = [
-        snakemake_exe(), "-s", str(REPO / "Snakefile"), "--directory", str(work), "all",
-        "--configfile", str(config), "--cores", "2",
-    ]  # fmt: skip
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    with open(tmp_path / "killed-run.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            victim = _kill_tree_while(
-                proc, f"train --config {REPO / 'models' / 'bh_f_demo.yaml'}", checkpoint.is_file
-            )
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    victim = run_and_kill(
+        work, tmp_path / "killed-run.log",
+        ["all", "--configfile", str(config), "--cores", "2"],
+        f"train --config {REPO / 'models' / 'bh_f_demo.yaml'}", checkpoint.is_file,
+    )  # fmt: skip
     assert "bh_f_demo.yaml" in victim
     assert checkpoint.is_file() and not (work / "results/models/bh_f/model.safetensors").exists()
 
