@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "brainharmony.anat.cli",
         "T1w to template space: brain mask, transforms, model-ready box",
     ),
+    "templates": (
+        "brainharmony.anat.templates",
+        "write the anatomy template resource files (read by anat --template-dir)",
+    ),
     "func": (
         "brainharmony.func.cli",
         "BOLD run to denoised Schaefer-400 series (native, fMRIPrep, derivatives)",

@@ -163,7 +163,13 @@ def test_outputs_shapes_and_sidecar(native_runs):
 
 
 def test_rerun_through_the_cli_gives_identical_files(native_runs, tiny_demo, tmp_path):
+    """The CLI, reading the template from the resource files the workflow's
+    anat_templates rule writes, gives the files the in-process template gave."""
+    from brainharmony import cli
+
     first, _ = native_runs["demoA"]
+    templates = tmp_path / "templates"
+    assert cli.main(["templates", "--out-dir", str(templates)]) == 0
     parser = argparse.ArgumentParser()
     anat_cli.add_arguments(parser)
     dataset_dir = tmp_path / "demoA"
@@ -177,12 +183,34 @@ def test_rerun_through_the_cli_gives_identical_files(native_runs, tiny_demo, tmp
             "01",
             "--resolution-mm",
             str(RESOLUTION_MM),
+            "--template-dir",
+            str(templates),
         ]
     )
     with mock.patch("brainharmony.io.git_sha", return_value=PINNED_SHA):
         assert anat_cli.run(args) == 0
     second = anat_paths(dataset_dir, "01", None, SETTINGS.template)
     assert file_digests(second) == file_digests(first)
+
+
+def test_template_resource_reads_back_the_same_arrays_and_refuses_damage(tmp_path):
+    from brainharmony.anat.templates import resource_files, write_resource
+    from brainharmony.io import InputDataError
+
+    path = write_resource(tmp_path, resolution_mm=2)
+    assert path == resource_files(tmp_path, "MNI152NLin2009aAsym", 2)
+    ref = load_template("MNI152NLin2009aAsym", 2)
+    got = load_template("MNI152NLin2009aAsym", 2, str(tmp_path))
+    np.testing.assert_array_equal(np.asarray(got.image.dataobj), np.asarray(ref.image.dataobj))
+    np.testing.assert_array_equal(np.asarray(got.mask.dataobj), np.asarray(ref.mask.dataobj))
+    assert got.mask.get_data_dtype() == np.uint8 and got.source == ref.source
+    np.testing.assert_array_equal(got.affine, ref.affine)
+    with pytest.raises(InputDataError, match="not found") as err:
+        load_template("MNI152NLin2009aAsym", 1, str(tmp_path))  # only 2 mm was written
+    assert "res-01" in str(err.value)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(InputDataError, match="cannot read the template resource"):
+        load_template("MNI152NLin2009aAsym", 2, f"{tmp_path}/")  # not the cached call
 
 
 def test_oblique_affine_with_nan_region_is_handled(tiny_demo, tmp_path):

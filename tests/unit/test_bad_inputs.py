@@ -138,6 +138,7 @@ def func_env(tmp_path_factory):
     return {
         "image": next(atlas_dir.glob("*_dseg.nii.gz")),
         "labels": next(atlas_dir.glob("*_dseg.tsv")),
+        "tissues": next(atlas_dir.glob("*_desc-tissues_mask.nii.gz")),
         "eye": eye,
         "bold": bold,
         "meta": meta,
@@ -217,6 +218,17 @@ def _bad_transform(env, folder):
     return _copy_bold(env, folder), [*_tr(env), "--t1w-to-template", str(xfm)], xfm
 
 
+def _tissues_of_another_grid(env, folder):
+    # The atlas grid's tissue masks, one voxel short in x: another grid.
+    img = nib.load(env["tissues"])
+    path = folder / "tissues" / env["tissues"].name
+    path.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[1:], img.affine), path)
+    sidecar = env["tissues"].with_name(env["tissues"].name.replace(".nii.gz", ".json"))
+    (path.parent / sidecar.name).write_text(sidecar.read_text())
+    return _copy_bold(env, folder), [*_tr(env), "--tissue-masks", str(path)], path
+
+
 def _all_censored(env, folder):
     # Framewise displacement never reaches 1e-6 mm on a motion-free run, except frame 0
     # (0 by definition): every other frame is censored.
@@ -234,6 +246,9 @@ FUNC_CASES: dict[str, FuncCase] = {
     "too few volumes for the filter": FuncCase(_bold_too_short, r"volumes are too few"),
     "transform of the wrong shape": FuncCase(_bad_transform, r"expected a 4 x 4 matrix"),
     "run empty after censoring": FuncCase(_all_censored, r"frames? (are )?kept|censor"),
+    "tissue masks of another grid": FuncCase(
+        _tissues_of_another_grid, r"do not match the atlas grid"
+    ),
 }
 
 

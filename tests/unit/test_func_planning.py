@@ -112,6 +112,33 @@ def test_atlas_resource_offline(tmp_path):
     assert side["NumberOfParcels"] == 400 and "Provenance" in side and "Atlas" in side
 
 
+def test_atlas_resource_tissue_masks_equal_the_computed_ones(tmp_path):
+    """The tissue masks written once with the atlas are what every run would compute."""
+    from brainharmony.func.atlas_resource import build_atlas, read_atlas, read_tissue_masks
+    from brainharmony.func.confounds import tissue_masks
+    from brainharmony.io import InputDataError
+
+    files = build_atlas(tmp_path / "a", 6.0)
+    img, _ = read_atlas(files.image, files.labels)
+    masks, report = read_tissue_masks(files.tissues, img)
+    expected, expected_report = tissue_masks(np.asarray(img.affine, float), img.shape[:3])
+    assert report == expected_report
+    for name in ("brain", "gm", "wm", "csf"):
+        assert masks[name].dtype == bool and masks[name].any()
+        np.testing.assert_array_equal(masks[name], expected[name])
+    # Another grid's masks, a missing sidecar and a damaged file are refused by name.
+    other = build_atlas(tmp_path / "b", 8.0)
+    with pytest.raises(InputDataError, match="do not match the atlas grid") as err:
+        read_tissue_masks(other.tissues, img)
+    assert str(other.tissues) in str(err.value)
+    files.tissues_sidecar.unlink()
+    with pytest.raises(InputDataError, match="not found"):
+        read_tissue_masks(files.tissues, img)
+    other.tissues.write_bytes(other.tissues.read_bytes()[:100])
+    with pytest.raises(InputDataError, match="cannot read"):
+        read_tissue_masks(other.tissues, img)
+
+
 def test_atlas_resource_from_nilearn_fetcher(tmp_path, monkeypatch):
     """The network source, with the fetcher replaced by the offline volume."""
     import nilearn.datasets

@@ -1,12 +1,34 @@
 # Anatomy: each T1w (one per subject, or per subject and session) -> template space.
 # Jobs come from the rows of the ingest checkpoint's scans.tsv (only T1ws that exist).
 # Outputs (BIDS-Derivatives) under results/anat/<dataset>/: see docs/anat.md.
+# anat_templates writes the template (image + brain mask, 1 and 2 mm) once to
+# resources/templates/; every anat job reads it from there (--template-dir).
 # Planning-time helpers live in the package: brainharmony.anat.planning.
 from brainharmony.anat import planning as anat_planning
 
 ANAT_SETTINGS = anat_planning.settings_from_config(config)
 # A non-native backend whose executables are missing stops the workflow here, now.
 anat_planning.check_can_run(ANAT_SETTINGS)
+
+
+rule anat_templates:
+    output:
+        **anat_planning.template_outputs(ANAT_SETTINGS),
+    params:
+        bh=BH,
+        out_dir=lambda wildcards, output: str(Path(output.res1).parent),
+        template=ANAT_SETTINGS.template,
+    log:
+        "logs/anat/templates.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v templates --out-dir {params.out_dir:q} --template {params.template} "
+        "--resolutions 1 2 > {log} 2>&1"
 
 
 rule anat:
@@ -17,12 +39,14 @@ rule anat:
             wildcards.subject,
             wildcards.get("session"),
         ),
+        templates=rules.anat_templates.output,
     output:
         **anat_planning.rule_outputs(ANAT_SETTINGS, session=False),
     params:
         bh=BH,
         out_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
         options=anat_planning.cli_options(ANAT_SETTINGS),
+        template_dir=lambda wildcards, input: str(Path(input.templates[0]).parent),
         session="",
     log:
         "logs/anat/{dataset}/sub-{subject}.log",
@@ -37,7 +61,8 @@ rule anat:
         str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v anat --t1w {input.t1w:q} --out-dir {params.out_dir:q} "
-        "--subject {wildcards.subject} {params.session} {params.options} > {log} 2>&1"
+        "--subject {wildcards.subject} {params.session} {params.options} "
+        "--template-dir {params.template_dir:q} > {log} 2>&1"
 
 
 use rule anat as anat_session with:
@@ -47,6 +72,7 @@ use rule anat as anat_session with:
         bh=BH,
         out_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
         options=anat_planning.cli_options(ANAT_SETTINGS),
+        template_dir=lambda wildcards, input: str(Path(input.templates[0]).parent),
         session=lambda wildcards: f"--session {wildcards.session}",
     log:
         "logs/anat/{dataset}/sub-{subject}_ses-{session}.log",

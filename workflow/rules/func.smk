@@ -1,8 +1,9 @@
 # Functional stage: BOLD runs -> denoised Schaefer-400 time series (+ confounds, motion, QC).
 # Jobs come from the rows of the ingest checkpoint's scans.tsv (only runs that exist).
 # Backends (config func.backend): native (default), fmriprep, fmriprep-derivatives.
-#   native: func_native (motion, slice timing, BOLD->T1w->template in one resampling;
-#           the 4-D template BOLD is temp() unless func.keep_bold) -> func_denoise.
+#   native: func_native (motion, slice timing, BOLD->T1w->template in one resampling,
+#           then the same denoising and parcellation code as func_denoise, in memory;
+#           the 4-D template BOLD is written only with func.keep_bold).
 #   fmriprep: fmriprep (one job per participant) -> func_denoise.
 #   fmriprep-derivatives: an existing fMRIPrep folder -> func_denoise.
 # Outputs (BIDS-Derivatives) under results/func/<dataset>/: see docs/func.md.
@@ -51,11 +52,10 @@ if FUNC.backend == "native":
             )["template_mask"],
             atlas=rules.func_atlas.output.image,
             labels=rules.func_atlas.output.labels,
+            tissues=rules.func_atlas.output.tissues,
         output:
-            **{
-                key: (path if FUNC.keep_bold or key != "bold" else temp(path))
-                for key, path in func_planning.native_outputs(FUNC).items()
-            },
+            **func_planning.native_outputs(FUNC),
+            **func_planning.denoise_outputs(FUNC),
         wildcard_constraints:
             fdir=func_planning.FDIR,
             fstem=func_planning.FSTEM,
@@ -73,6 +73,7 @@ if FUNC.backend == "native":
             ),
             options=func_planning.native_options(FUNC),
             denoise=func_planning.denoise_options(FUNC),
+            keep_bold="--keep-bold" if FUNC.keep_bold else "",
         log:
             "logs/func/{dataset}/{fdir}/{fstem}_native.log",
         benchmark:
@@ -87,49 +88,12 @@ if FUNC.backend == "native":
         conda:
             str(ENVS / "preproc.yaml")
         shell:
-            "{params.bh} -v func native --preproc-only --keep-bold --bold {input.bold:q} "
+            "{params.bh} -v func native {params.keep_bold} --bold {input.bold:q} "
             "{params.sidecar} --t1w {input.t1w:q} --t1w-to-template {input.t1w_to_template:q} "
             "--template-t1w {input.template_t1w:q} --template-mask {input.template_mask:q} "
             "--atlas {input.atlas:q} --atlas-labels {input.labels:q} "
-            "--out-dir {params.out_dir:q} {params.run} {params.options} {params.denoise} "
-            "--threads {threads} > {log} 2>&1"
-
-    rule func_denoise:
-        input:
-            bold=rules.func_native.output.bold,
-            mask=rules.func_native.output.mask,
-            confounds=rules.func_native.output.confounds,
-            atlas=rules.func_atlas.output.image,
-            labels=rules.func_atlas.output.labels,
-        output:
-            **func_planning.denoise_outputs(FUNC),
-        wildcard_constraints:
-            fdir=func_planning.FDIR,
-            fstem=func_planning.FSTEM,
-        params:
-            bh=BH,
-            out_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
-            source=lambda wildcards: func_planning.source_options(
-                FUNC, wildcards.dataset, config["datasets"]
-            ),
-            run=lambda wildcards: func_planning.run_options(
-                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
-            ),
-            denoise=func_planning.denoise_options(FUNC),
-        log:
-            "logs/func/{dataset}/{fdir}/{fstem}_denoise.log",
-        benchmark:
-            "benchmarks/results/func/{dataset}/{fdir}/{fstem}_denoise.tsv"
-        threads: 1
-        resources:
-            mem_mb=func_planning.MEM_MB["denoise"],
-            runtime=func_planning.RUNTIME_MIN["denoise"],
-        conda:
-            str(ENVS / "preproc.yaml")
-        shell:
-            "{params.bh} -v func derivatives {params.source} --atlas {input.atlas:q} "
-            "--atlas-labels {input.labels:q} --out-dir {params.out_dir:q} {params.run} "
-            "{params.denoise} > {log} 2>&1"
+            "--tissue-masks {input.tissues:q} --out-dir {params.out_dir:q} {params.run} "
+            "{params.options} {params.denoise} --threads {threads} > {log} 2>&1"
 
 else:
 

@@ -57,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="scratch folder for fsl/freesurfer (kept)"
     )
+    parser.add_argument(
+        "--template-dir",
+        type=Path,
+        default=None,
+        help="template resource folder written by `brainharmony templates` (default: build "
+        "the template in this process from nilearn's files)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> AnatSettings:
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
         registration=RegistrationSettings(threads=args.threads),
         work_dir=args.work_dir,
+        template_dir=args.template_dir,
     )
     logger.info("wrote %s", ", ".join(str(p) for p in paths.files()))
     return 0

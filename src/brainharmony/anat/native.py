@@ -35,6 +35,7 @@ def native_backend(
     registration_template: Template,
     registration: RegistrationSettings,
     n4: N4Settings | None = None,
+    fine_template: Template | None = None,
 ) -> BackendResult:
     """Bias correction, registration and brain mask for one validated T1w.
 
@@ -48,6 +49,9 @@ def native_backend(
         The same template at the registration's resolution.
     registration : RegistrationSettings
     n4 : N4Settings, optional
+    fine_template : Template, optional
+        The template at 1 mm (its brain mask is carried back into the T1w); loaded
+        when not given.
 
     Returns
     -------
@@ -66,7 +70,9 @@ def native_backend(
     result = register_to_template(corrected, mask, fixed, fixed_mask, registration)
     steps["Registration"] = result.report
     # Brain mask in T1w space: the template's (finest available grid) carried back.
-    fine = load_template(template.name, 1) if template.resolution_mm != 1 else template
+    fine = fine_template or (
+        load_template(template.name, 1) if template.resolution_mm != 1 else template
+    )
     fine_mask = sitk.Cast(nib_to_sitk(fine.mask, np.uint8), sitk.sitkUInt8)
     native_mask = pull_back_mask(fine_mask, result.inverse, corrected, threads)
     steps["BrainMask"] = {

@@ -30,6 +30,7 @@ def run_anat(
     settings: AnatSettings | None = None,
     registration: RegistrationSettings | None = None,
     work_dir: PathLike | None = None,
+    template_dir: PathLike | None = None,
 ) -> AnatPaths:
     """Run the anatomy stage on one T1w with the configured backend.
 
@@ -46,6 +47,9 @@ def run_anat(
         Native registration settings (``nonlinear`` is taken from ``settings``).
     work_dir : path-like, optional
         Scratch folder for the fsl/freesurfer backends (default: a temporary folder).
+    template_dir : path-like, optional
+        Folder of the template resource files (``brainharmony templates``); default:
+        built from nilearn's template in this process (same arrays, about 2 s slower).
 
     Returns
     -------
@@ -59,13 +63,15 @@ def run_anat(
     )
     label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
     t1w = load_t1w(t1w_path, settings.max_nonfinite_fraction)
-    template = load_template(settings.template, settings.resolution_mm)
+    folder = None if template_dir is None else str(template_dir)
+    template = load_template(settings.template, settings.resolution_mm, folder)
     with itk_threads(registration.threads):
         if settings.backend == "native":
             reg_template = load_template(
-                settings.template, max(REGISTRATION_MM, settings.resolution_mm)
+                settings.template, max(REGISTRATION_MM, settings.resolution_mm), folder
             )
-            result = native_backend(t1w, template, reg_template, registration)
+            fine = load_template(settings.template, 1, folder)
+            result = native_backend(t1w, template, reg_template, registration, fine_template=fine)
             write_derivatives(paths, t1w, result, template, settings, label, registration.threads)
             return paths
         from brainharmony.anat.nipype_backends import run_external_backend

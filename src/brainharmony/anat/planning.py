@@ -80,6 +80,23 @@ def rule_outputs(settings: AnatSettings, session: bool) -> dict[str, str]:
     return out
 
 
+#: Where the template resource files live (rule ``anat_templates``).
+TEMPLATE_DIR = "resources/templates"
+
+
+def template_outputs(settings: AnatSettings) -> dict[str, str]:
+    """The template resource files every anat job reads (rule ``anat_templates``)."""
+    from brainharmony.anat.templates import RESOLUTIONS_MM, resource_files
+    from brainharmony.io import sidecar_path
+
+    out = {}
+    for res in RESOLUTIONS_MM:
+        path = resource_files(TEMPLATE_DIR, settings.template, res)
+        out[f"res{res}"] = str(path)
+        out[f"res{res}_json"] = str(sidecar_path(path))
+    return out
+
+
 def cli_options(settings: AnatSettings) -> str:
     """The ``brainharmony anat`` options that carry ``settings``."""
     opts = [

@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -151,8 +152,110 @@ def check_template_available(name: str, resolution_mm: int) -> None:
         )
 
 
+def resource_files(folder: str | os.PathLike[str], name: str, resolution_mm: int) -> Path:
+    """The template resource file of :func:`write_resource` (image, mask: two volumes).
+
+    One file per template and resolution in ``folder`` (the workflow's
+    ``resources/templates``): ``tpl-<name>_res-0<r>_desc-brain_T1w.nii.gz`` holds the
+    brain-only image and, as its second volume, the brain mask; the JSON sidecar beside it
+    records where they came from.
+    """
+    return Path(folder) / f"tpl-{name}_res-{resolution_mm:02d}_desc-brainandmask_T1w.nii.gz"
+
+
+def write_resource(
+    folder: str | os.PathLike[str], name: str = DEFAULT_TEMPLATE, resolution_mm: int = 2
+) -> Path:
+    """Write :func:`load_template`'s result for ``name`` at ``resolution_mm`` into ``folder``.
+
+    The anatomy jobs then read it with ``load_template(..., folder=...)``, which gives the
+    same arrays without importing nilearn's dataset loaders and resampling the 1 mm
+    template again in every job (about 2 s of CPU each).
+    """
+    from brainharmony.io import provenance, sidecar_path, write_json, write_nifti
+
+    tpl = load_template(name, resolution_mm)
+    data = np.stack(
+        [np.asarray(tpl.image.dataobj, np.float32), np.asarray(tpl.mask.dataobj, np.float32)],
+        axis=-1,
+    )
+    path = resource_files(folder, name, resolution_mm)
+    write_nifti(path, nib.Nifti1Image(data, tpl.affine))
+    write_json(
+        sidecar_path(path),
+        {
+            "Volumes": ["brain", "brain_mask"],
+            "Template": name,
+            "ResolutionMM": resolution_mm,
+            "Source": tpl.source,
+            "Provenance": provenance(step="anat template resource"),
+        },
+    )
+    return path
+
+
+def _read_resource(folder: str | os.PathLike[str], name: str, resolution_mm: int) -> Template:
+    import json
+
+    from brainharmony.io import InputDataError, sidecar_path
+
+    path = resource_files(folder, name, resolution_mm)
+    meta_path = sidecar_path(path)
+    for p in (path, meta_path):
+        if not p.is_file():
+            raise InputDataError(
+                p, "template resource file not found (run `brainharmony templates`)"
+            )
+    try:
+        img = nib.load(path)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        meta = json.loads(meta_path.read_text())
+    except Exception as err:  # nibabel and zlib raise many types for broken files
+        raise InputDataError(path, f"cannot read the template resource: {err}") from err
+    if data.ndim != 4 or data.shape[3] != 2 or meta.get("Template") != name:
+        raise InputDataError(
+            path,
+            f"expected template {name} as 2 volumes (image, mask); got {meta.get('Template')} "
+            f"of shape {data.shape}",
+        )
+    zooms = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+    if not np.allclose(zooms, resolution_mm, atol=1e-3):
+        raise InputDataError(path, f"voxel size {zooms} is not {resolution_mm} mm")
+    return _make_template(
+        name,
+        resolution_mm,
+        np.ascontiguousarray(data[..., 0]),
+        (data[..., 1] > 0.5).astype(np.uint8),
+        np.asarray(img.affine, dtype=float),
+        # The resource is a cache of that template: outputs must not depend on it.
+        str(meta.get("Source", "unknown")),
+    )
+
+
+def _make_template(
+    name: str,
+    resolution_mm: int,
+    data: np.ndarray,
+    mask: np.ndarray,
+    affine: np.ndarray,
+    source: str,
+) -> Template:
+    image = nib.Nifti1Image(data, affine)
+    mask_image = nib.Nifti1Image(mask, affine)
+    for im in (image, mask_image):
+        im.header.set_xyzt_units("mm")
+        im.header.set_sform(affine, code=4)  # 4 = MNI152
+        im.header.set_qform(affine, code=4)
+    logger.debug("loaded template %s at %d mm from %s", name, resolution_mm, source)
+    return Template(name, resolution_mm, image, mask_image, source)
+
+
 @functools.lru_cache(maxsize=8)
-def load_template(name: str = DEFAULT_TEMPLATE, resolution_mm: int = 2) -> Template:
+def load_template(
+    name: str = DEFAULT_TEMPLATE,
+    resolution_mm: int = 2,
+    folder: str | os.PathLike[str] | None = None,
+) -> Template:
     """Load a brain-only template and its brain mask at ``resolution_mm``.
 
     Parameters
@@ -162,6 +265,10 @@ def load_template(name: str = DEFAULT_TEMPLATE, resolution_mm: int = 2) -> Templ
         (TemplateFlow files under ``$TEMPLATEFLOW_HOME``).
     resolution_mm : int
         1 or 2.
+    folder : path-like, optional
+        A folder where :func:`write_resource` wrote this template: read from there (the
+        same arrays, faster). A missing or damaged file is an
+        :class:`~brainharmony.io.InputDataError` naming it.
 
     Returns
     -------
@@ -170,6 +277,8 @@ def load_template(name: str = DEFAULT_TEMPLATE, resolution_mm: int = 2) -> Templ
         its arrays.
     """
     check_template_available(name, resolution_mm)
+    if folder is not None:
+        return _read_resource(folder, name, resolution_mm)
     if name == DEFAULT_TEMPLATE:
         from nilearn.datasets import load_mni152_template
 
@@ -189,11 +298,22 @@ def load_template(name: str = DEFAULT_TEMPLATE, resolution_mm: int = 2) -> Templ
         data = np.clip(head_data / hi, 0, None).astype(np.float32) * mask
         source = f"TemplateFlow files {t1w_path}, {mask_path}"
         affine = np.asarray(head.affine, dtype=float)
-    image = nib.Nifti1Image(data, affine)
-    mask_image = nib.Nifti1Image(mask, affine)
-    for im in (image, mask_image):
-        im.header.set_xyzt_units("mm")
-        im.header.set_sform(affine, code=4)  # 4 = MNI152
-        im.header.set_qform(affine, code=4)
-    logger.debug("loaded template %s at %d mm from %s", name, resolution_mm, source)
-    return Template(name, resolution_mm, image, mask_image, source)
+    return _make_template(name, resolution_mm, data, mask, affine, source)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def add_arguments(parser: Any) -> None:
+    """``brainharmony templates``: write the template resource files."""
+    parser.add_argument("--out-dir", type=Path, required=True, help="resources/templates")
+    parser.add_argument("--template", choices=TEMPLATES, default=DEFAULT_TEMPLATE)
+    parser.add_argument(
+        "--resolutions", type=int, nargs="+", choices=RESOLUTIONS_MM, default=[1, 2]
+    )
+
+
+def run(args: Any) -> int:
+    for res in sorted(set(args.resolutions)):
+        logger.info("wrote %s", write_resource(args.out_dir, args.template, res))
+    return 0

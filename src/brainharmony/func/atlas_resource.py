@@ -2,7 +2,11 @@
 
 Writes ``tpl-<space>_res-<r>_atlas-Schaefer400_desc-7n_dseg.nii.gz`` (int16 labels,
 0 background, 1-400 in Schaefer order), the ``.tsv`` label table (``index, name,
-network, hemisphere``) and a ``.json`` sidecar with the provenance.
+network, hemisphere``) and a ``.json`` sidecar with the provenance; beside them, on the
+same grid, the tissue masks every native run needs (``..._desc-tissues_mask.nii.gz``:
+brain, grey matter, white matter and CSF as four uint8 volumes, see
+:func:`brainharmony.func.confounds.tissue_masks`), computed here once instead of in
+every run.
 
 Sources
 -------
@@ -29,6 +33,7 @@ from brainharmony.io import PathLike, provenance, write_json, write_nifti, write
 logger = logging.getLogger(__name__)
 
 SOURCES: tuple[str, ...] = ("offline", "nilearn")
+TISSUES: tuple[str, ...] = ("brain", "gm", "wm", "csf")
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class AtlasFiles:
     image: Path
     labels: Path
     sidecar: Path
+    tissues: Path
+    tissues_sidecar: Path
 
 
 def atlas_files(out_dir: PathLike, resolution_mm: float, space: str | None = None) -> AtlasFiles:
@@ -45,10 +52,15 @@ def atlas_files(out_dir: PathLike, resolution_mm: float, space: str | None = Non
     from brainharmony.func.naming import ATLAS_ENTITY, res_label, template_space
 
     space = space or template_space()
-    stem = f"tpl-{space}_res-{res_label(resolution_mm)}_atlas-{ATLAS_ENTITY}_desc-7n"
+    tpl = f"tpl-{space}_res-{res_label(resolution_mm)}"
+    stem = f"{tpl}_atlas-{ATLAS_ENTITY}_desc-7n"
     out = Path(out_dir)
     return AtlasFiles(
-        out / f"{stem}_dseg.nii.gz", out / f"{stem}_dseg.tsv", out / f"{stem}_dseg.json"
+        out / f"{stem}_dseg.nii.gz",
+        out / f"{stem}_dseg.tsv",
+        out / f"{stem}_dseg.json",
+        out / f"{tpl}_desc-tissues_mask.nii.gz",
+        out / f"{tpl}_desc-tissues_mask.json",
     )
 
 
@@ -155,8 +167,68 @@ def build_atlas(
             ),
         },
     )
+    write_tissue_masks(files, image.affine, image.shape[:3])
     logger.info("atlas written: %s (%s)", files.image, source)
     return files
+
+
+def write_tissue_masks(files: AtlasFiles, affine: Any, shape: tuple[int, ...]) -> None:
+    """Write the brain/GM/WM/CSF masks of the atlas grid (one uint8 volume each)."""
+    import nibabel as nib
+
+    from brainharmony.func.confounds import tissue_masks
+
+    masks, report = tissue_masks(np.asarray(affine, dtype=np.float64), tuple(shape))
+    stack = np.stack([masks[name] for name in TISSUES], axis=-1).astype(np.uint8)
+    image = nib.Nifti1Image(stack, np.asarray(affine, dtype=np.float64))
+    image.header.set_data_dtype(np.uint8)
+    write_nifti(files.tissues, image)
+    write_json(
+        files.tissues_sidecar,
+        {
+            "Volumes": list(TISSUES),
+            "Tissues": report,
+            "Provenance": provenance(step="func atlas (tissue masks)"),
+        },
+    )
+
+
+def read_tissue_masks(path: PathLike, atlas_image: Any) -> tuple[dict[str, np.ndarray], dict]:
+    """Load the tissue masks written by :func:`build_atlas` for ``atlas_image``'s grid.
+
+    Returns the masks (``brain``, ``gm``, ``wm``, ``csf``; bool arrays of the atlas
+    shape) and the report :func:`~brainharmony.func.confounds.tissue_masks` gave.
+    A file that is missing, unreadable or on another grid is an
+    :class:`~brainharmony.io.InputDataError` naming it.
+    """
+    import json
+
+    import nibabel as nib
+
+    from brainharmony.io import InputDataError, sidecar_path
+
+    path = Path(path)
+    meta_path = sidecar_path(path)
+    for p in (path, meta_path):
+        if not p.exists():
+            raise InputDataError(p, "tissue-mask resource file not found (run the atlas rule)")
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.dataobj)
+        meta = json.loads(meta_path.read_text())
+    except Exception as err:  # nibabel and zlib raise many types for broken files
+        raise InputDataError(path, f"cannot read the tissue masks: {err}") from err
+    grid = tuple(int(n) for n in atlas_image.shape[:3])
+    if data.shape != (*grid, len(TISSUES)) or meta.get("Volumes") != list(TISSUES):
+        raise InputDataError(
+            path,
+            f"shape {data.shape} and volumes {meta.get('Volumes')} do not match the atlas "
+            f"grid {grid} with volumes {list(TISSUES)}",
+        )
+    if not np.allclose(image.affine, atlas_image.affine, atol=1e-4):
+        raise InputDataError(path, "affine differs from the atlas grid's")
+    masks = {name: data[..., i] > 0 for i, name in enumerate(TISSUES)}
+    return masks, dict(meta.get("Tissues", {}))
 
 
 def read_atlas(image_path: PathLike, labels_path: PathLike) -> tuple[Any, pd.DataFrame]:

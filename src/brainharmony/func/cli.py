@@ -102,7 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preproc-only",
         action="store_true",
-        help="write the preprocessing outputs only (the workflow parcellates in a later job)",
+        help="write the preprocessing outputs only (no parcel series, no denoising)",
+    )
+    p.add_argument(
+        "--tissue-masks",
+        type=Path,
+        default=None,
+        help="the atlas grid's tissue masks (written by 'func atlas'); computed when absent",
     )
     _add_run(p)
     _add_denoise(p)
@@ -244,13 +250,14 @@ def _write_run(
 
 
 def _run_native(args: argparse.Namespace) -> int:
-    from brainharmony.func.atlas_resource import read_atlas
+    from brainharmony.func.atlas_resource import read_atlas, read_tissue_masks
     from brainharmony.func.naming import run_outputs
     from brainharmony.func.outputs import write_native_outputs
     from brainharmony.func.pipeline import NativeSettings, RunInputs, bold_metadata, preprocess_run
 
     _set_threads(args.threads)
     atlas, table = read_atlas(args.atlas, args.atlas_labels)
+    tissues = read_tissue_masks(args.tissue_masks, atlas) if args.tissue_masks else None
     metadata = bold_metadata(args.bold, args.bold_sidecar)
     t_r = args.tr if args.tr is not None else metadata.get("RepetitionTime")
     if t_r is None:
@@ -274,7 +281,7 @@ def _run_native(args: argparse.Namespace) -> int:
         template_t1w=args.template_t1w,
         template_mask=args.template_mask,
     )
-    result = preprocess_run(inputs, atlas, settings, parcels=not args.preproc_only)
+    result = preprocess_run(inputs, atlas, settings, parcels=not args.preproc_only, tissues=tissues)
     zooms = np.linalg.norm(np.asarray(atlas.affine)[:3, :3], axis=0)
     _write_run(
         write_native_outputs,

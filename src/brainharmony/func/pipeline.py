@@ -334,6 +334,7 @@ def preprocess_run(
     settings: NativeSettings | None = None,
     *,
     parcels: bool = True,
+    tissues: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
 ) -> RunResult:
     """Run the native preprocessing of one BOLD run in memory.
 
@@ -346,6 +347,9 @@ def preprocess_run(
     parcels : bool
         Also compute the parcel series and denoise them (False: stop after the
         confounds; the parcel fields are then empty).
+    tissues : (masks, report), optional
+        The atlas grid's tissue masks as :func:`~.atlas_resource.read_tissue_masks`
+        returns them; computed from the templates when not given (same result).
 
     Returns
     -------
@@ -436,7 +440,7 @@ def preprocess_run(
     grid_affine = np.asarray(atlas_image.affine, dtype=np.float64)
     grid_shape = tuple(int(n) for n in atlas_image.shape[:3])
     labels_grid = np.asarray(atlas_image.dataobj).astype(np.int64)
-    masks, tissue_report = conf.tissue_masks(grid_affine, grid_shape)
+    masks, tissue_report = tissues or conf.tissue_masks(grid_affine, grid_shape)
     work = masks["brain"] | (labels_grid > 0)
     points = np.argwhere(work)
     maps = compose_maps(

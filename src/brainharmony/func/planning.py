@@ -230,17 +230,32 @@ def atlas_outputs(plan: FuncPlan) -> dict[str, str]:
     from brainharmony.func.atlas_resource import atlas_files
 
     files = atlas_files("resources/atlas", plan.resolution_mm, plan.anat_template)
-    return {"image": str(files.image), "labels": str(files.labels), "sidecar": str(files.sidecar)}
+    return {
+        "image": str(files.image),
+        "labels": str(files.labels),
+        "sidecar": str(files.sidecar),
+        "tissues": str(files.tissues),
+        "tissues_json": str(files.tissues_sidecar),
+    }
 
 
 def native_outputs(plan: FuncPlan) -> dict[str, str]:
-    """Named outputs of the native preprocessing rule (patterns with the run wildcards)."""
+    """Named preprocessing outputs of the native rule (patterns with the run wildcards).
+
+    The rule also writes :func:`denoise_outputs`. The 4-D template-space BOLD (``bold``,
+    ``bold_json``) is an output only with ``func.keep_bold``: the rule denoises and
+    parcellates in memory, so nothing downstream reads it.
+    """
     from brainharmony.io import sidecar_path
 
     o = _outputs(plan, plan.anat_template)
+    bold = (
+        {"bold": str(o.preproc_bold), "bold_json": str(sidecar_path(o.preproc_bold))}
+        if plan.keep_bold
+        else {}
+    )
     return {
-        "bold": str(o.preproc_bold),
-        "bold_json": str(sidecar_path(o.preproc_bold)),
+        **bold,
         "mask": str(o.coverage_mask),
         "confounds": str(o.confounds),
         "confounds_json": str(sidecar_path(o.confounds)),
@@ -403,12 +418,7 @@ def targets(
     out: list[str] = []
     patterns = list(denoise_outputs(plan).values())
     if plan.backend == "native":
-        kept = {
-            k: v
-            for k, v in native_outputs(plan).items()
-            if plan.keep_bold or "bold" not in k or k == "boldref"
-        }
-        patterns += list(kept.values())
+        patterns += list(native_outputs(plan).values())
     for dataset in datasets:
         scans = ingest_checkpoint.get(dataset=dataset).output.scans
         for row in runs(scans, tasks.get(dataset, "rest")):
