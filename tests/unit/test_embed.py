@@ -13,7 +13,13 @@ import torch
 
 from brainharmony.cli import main
 from brainharmony.io import InputDataError, write_npy, write_tsv
-from brainharmony.models.embed import load_frozen, pair_sessions, read_features, token_file_name
+from brainharmony.models.embed import (
+    load_frozen,
+    pair_sessions,
+    read_features,
+    roi_similarity,
+    token_file_name,
+)
 from brainharmony.models.harmonizer_data import FusedDataset, read_token_file, read_token_index
 
 N_ROIS = 12
@@ -205,6 +211,17 @@ def test_embed_round_trip(tmp_path: Path) -> None:
     assert s_pooled["subject"].tolist() == ["01", "02"] and s_pooled["features"].shape == (2, 8)
     assert (out / "bh_f" / "demo.json").is_file()
 
+    # The ROI-similarity readout of the same token files, row for row.
+    argv = ["embed", "roi-similarity", "--tokens-index", str(out / "tokens" / "index.tsv"),
+            "--out", str(out / "bh_f_roisim" / "demo.npz")]  # fmt: skip
+    assert main(argv) == 0
+    sim = read_features(out / "bh_f_roisim" / "demo.npz")
+    assert sim["subject"].tolist() == ["01", "01", "02"]
+    assert sim["features"].shape == (3, N_ROIS * (N_ROIS - 1) // 2)
+    np.testing.assert_allclose(
+        sim["features"][0], roi_similarity(first["f_tokens"], first["f_valid"], N_ROIS)
+    )
+
     # Stage 1/2: a Harmonizer over these tokens, then its pooled features.
     h_raw = {
         "name": "h",
@@ -256,3 +273,63 @@ def test_embed_rejects_wrong_kind(tmp_path: Path) -> None:
             out_f=tmp_path / "f.npz",
             out_s=tmp_path / "s.npz",
         )
+
+
+def test_roi_similarity_is_fisher_z_of_roi_vector_correlations() -> None:
+    rng = np.random.default_rng(0)
+    n_rois, patches, dim = 6, 4, 5
+    tokens = rng.standard_normal((n_rois * patches, dim))
+    valid = np.ones(n_rois * patches, dtype=bool)
+    grid = tokens.reshape(n_rois, patches, dim)
+    grid[4] = 2.0 * grid[1] + 3.0  # ROI 4 is an affine copy of ROI 1: correlation 1
+    feats = roi_similarity(tokens, valid, n_rois)
+    upper = np.triu_indices(n_rois, k=1)
+    corr = np.corrcoef(grid.reshape(n_rois, -1))
+    expected = np.arctanh(np.clip(corr, -1 + 1e-7, 1 - 1e-7))[upper]
+    np.testing.assert_allclose(feats, expected, rtol=1e-5)
+    assert feats[list(zip(*upper, strict=True)).index((1, 4))] > 7  # arctanh(1 - 1e-7)
+
+    # Padded time patches (invalid for every ROI) do not count, whatever they hold.
+    valid_grid = valid.reshape(n_rois, patches).copy()
+    valid_grid[:, 3] = False
+    padded = tokens.copy().reshape(n_rois, patches, dim)
+    padded[:, 3] = rng.standard_normal((n_rois, dim)) * 100
+    got = roi_similarity(padded.reshape(-1, dim), valid_grid.ravel(), n_rois)
+    corr3 = np.corrcoef(grid[:, :3].reshape(n_rois, -1))
+    np.testing.assert_allclose(
+        got, np.arctanh(np.clip(corr3, -1 + 1e-7, 1 - 1e-7))[upper], rtol=1e-5
+    )
+    # A ROI without any valid token: 0 for all its pairs; the others unchanged.
+    valid_grid[2] = False
+    got = roi_similarity(padded.reshape(-1, dim), valid_grid.ravel(), n_rois)
+    pairs = list(zip(*upper, strict=True))
+    with_2 = [i for i, (a, b) in enumerate(pairs) if 2 in (a, b)]
+    assert (got[with_2] == 0).all()
+    others = [i for i in range(len(pairs)) if i not in with_2]
+    np.testing.assert_allclose(got[others], np.arctanh(np.clip(corr3, -1, 1 - 1e-7))[upper][others],
+                               rtol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="ROIs x patches"):
+        roi_similarity(tokens[:-1], valid[:-1], n_rois)
+
+
+def test_roi_similarity_command_needs_the_token_grid(tmp_path: Path, capsys) -> None:
+    from brainharmony.models.harmonizer_data import write_token_file
+
+    folder = tmp_path / "tokens"
+    rng = np.random.default_rng(1)
+    write_token_file(
+        folder / "sub-01_tokens.npz",
+        f_tokens=rng.standard_normal((8, 3)),
+        f_valid=np.ones(8, bool),
+        s_tokens=rng.standard_normal((2, 3)),
+    )
+    (folder / "index.tsv").write_text("subject\tsession\tpath\n01\tn/a\tsub-01_tokens.npz\n")
+    out = tmp_path / "sim.npz"
+    argv = ["embed", "roi-similarity", "--tokens-index", str(folder / "index.tsv"),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "index.json" in err and "FGrid" in err and not out.exists()
+    (folder / "index.json").write_text('{"FGrid": [4, 2]}')
+    assert main(argv) == 0
+    assert read_features(out)["features"].shape == (1, 6)

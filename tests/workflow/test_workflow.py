@@ -32,6 +32,7 @@ TINY = {
             "fc_ridge",
             "fc_logistic",
             "probe_bh_f",
+            "probe_bh_f_roisim",
             "probe_harmonizer",
             "predictor",
         ],
@@ -150,7 +151,13 @@ def test_tiny_run_through_every_stage(tiny_run):
     assert {"dataset", "task", "model", "fold", "split", "subject", "y_true", "y_pred"} <= set(
         preds.columns
     )
-    assert set(preds["model"]) >= {"null_model", "probe_bh_f", "probe_harmonizer", "predictor"}
+    assert set(preds["model"]) >= {
+        "null_model",
+        "probe_bh_f",
+        "probe_bh_f_roisim",
+        "probe_harmonizer",
+        "predictor",
+    }
     metrics = pd.read_csv(res / "tables" / "metrics.csv")
     assert list(metrics.columns[:7]) == ["dataset", "task", "model", "metric", "mean", "std", "n"]
     for ext in ("csv", "md", "tex"):

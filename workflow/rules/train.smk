@@ -4,6 +4,7 @@
 #   embed_encoders    frozen S + F -> per-subject token files + pooled features, per dataset
 #   train_harmonizer  hub tokens over the pretraining set's S + F tokens
 #   embed_harmonizer  pooled hub features per dataset
+#   embed_roi_similarity  BrainHarmonix-F ROI-similarity readout per dataset
 #   train_lmae        LMAE pretraining on the multi-TR series (the predictor's encoder)
 # Each training job checkpoints to work/train/<model>/ (not a declared output), so a
 # killed job resumes where it stopped when rerun. resources.gpu comes from train.gpus;
@@ -174,6 +175,26 @@ rule embed_harmonizer:
     shell:
         "{params.bh} -v embed harmonizer --model {params.model:q} "
         "--tokens-index {input.tokens:q} --out {output:q} > {log} 2>&1"
+
+
+rule embed_roi_similarity:
+    input:
+        tokens=rules.embed_encoders.output.tokens,
+    output:
+        "results/embeddings/bh_f_roisim/{dataset}.npz",
+    params:
+        bh=BH,
+    log:
+        "logs/train/embed_roi_similarity_{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        str(ENVS / "train.yaml")
+    shell:
+        "{params.bh} -v embed roi-similarity --tokens-index {input.tokens:q} "
+        "--out {output:q} > {log} 2>&1"
 
 
 rule train_lmae:

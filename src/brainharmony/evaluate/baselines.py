@@ -435,4 +435,6 @@ def describe() -> Mapping[str, str]:
         "fc_kernel_ridge": "RBF kernel ridge on Fisher-z FC, gamma and alpha on val",
         "fc_logistic": "L2 logistic regression on Fisher-z FC, C on val",
         "probe_*": "ridge / logistic regression on pooled embeddings",
+        "probe_bh_f_roisim": "the same on the BrainHarmonix-F ROI-similarity readout "
+        "(Fisher z of ROI token-vector correlations)",
     }

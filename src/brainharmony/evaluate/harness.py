@@ -71,6 +71,13 @@ HARNESS: dict[str, ModelInfo] = {
             "probe_harmonizer", "BrainHarmonix (LP)", f"{_B}:LinearProbe", False, "embedding"
         ),
         ModelInfo("probe_bh_f", "BrainHarmonix-F (LP)", f"{_B}:LinearProbe", False, "embedding"),
+        ModelInfo(
+            "probe_bh_f_roisim",
+            "BrainHarmonix-F (LP, ROI similarity)",
+            f"{_B}:LinearProbe",
+            False,
+            "embedding",
+        ),
         ModelInfo("probe_bh_s", "BrainHarmonix-S (LP)", f"{_B}:LinearProbe", False, "embedding"),
         ModelInfo(
             "finetune_harmonizer", "BrainHarmonix (FT)", f"{_FT}:FineTune", False, "model_dir"

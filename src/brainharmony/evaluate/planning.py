@@ -16,6 +16,7 @@ from brainharmony.evaluate.settings import EvalSettings, TaskSpec
 #: Pooled-embedding file of a probe model, per workflow dataset ``{d}``.
 EMBEDDINGS: dict[str, str] = {
     "probe_bh_f": "results/embeddings/bh_f/{d}.npz",
+    "probe_bh_f_roisim": "results/embeddings/bh_f_roisim/{d}.npz",
     "probe_bh_s": "results/embeddings/bh_s/{d}.npz",
     "probe_harmonizer": "results/embeddings/harmonizer/{d}.npz",
 }

@@ -20,6 +20,11 @@
     the mean hub token) for every row of a token index, in the same ``.npz`` layout
     (``results/embeddings/harmonizer/<dataset>.npz``).
 
+``brainharmony embed roi-similarity``
+    A second readout of the BrainHarmonix-F token files, in the same layout
+    (``results/embeddings/bh_f_roisim/<dataset>.npz``): per row, the Fisher z of the
+    correlations between the ROIs' token vectors (:func:`roi_similarity`).
+
 Pairing and windows
     A session's token file uses its longest run (most frames; ties: the first run
     label) and the T1 volume of the same session, or of the subject's first session that
@@ -57,9 +62,11 @@ __all__ = [
     "add_arguments",
     "embed_encoders",
     "embed_harmonizer",
+    "embed_roi_similarity",
     "load_frozen",
     "pair_sessions",
     "read_features",
+    "roi_similarity",
     "run",
     "token_file_name",
     "write_features",
@@ -435,6 +442,94 @@ def embed_harmonizer(
     return features
 
 
+# ------------------------------------------------------------- ROI-similarity readout
+
+
+def roi_similarity(tokens: np.ndarray, valid: np.ndarray, n_rois: int) -> np.ndarray:
+    """Second-order readout of BrainHarmonix-F tokens: similarity between ROI embeddings.
+
+    The ROI x time-patch tokens of one item (ROI-major) give each ROI a vector: its
+    tokens of the time patches valid for every covered ROI, concatenated. The readout
+    is the Fisher z of the Pearson correlation of every ROI pair's vectors (upper
+    triangle, ``n_rois * (n_rois - 1) / 2`` values). Where mean pooling keeps the first
+    moment of the tokens only, this keeps how the encoder relates ROIs to one another,
+    the information connectivity-based phenotypes live in. A ROI with no valid token
+    gives 0 for all its pairs.
+
+    Parameters
+    ----------
+    tokens : ndarray of shape (n_rois * P, D)
+    valid : ndarray of shape (n_rois * P,), bool
+    n_rois : int
+
+    Returns
+    -------
+    ndarray of shape (n_rois * (n_rois - 1) // 2,), float32
+    """
+    tokens = np.asarray(tokens, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool)
+    if tokens.ndim != 2 or valid.shape != tokens.shape[:1] or tokens.shape[0] % n_rois:
+        raise ValueError(
+            f"tokens {tokens.shape} / valid {valid.shape} are not {n_rois} ROIs x patches"
+        )
+    grid = valid.reshape(n_rois, -1)
+    covered = grid.any(axis=1)
+    patches = grid[covered].all(axis=0) if covered.any() else np.zeros(grid.shape[1], bool)
+    vectors = tokens.reshape(n_rois, grid.shape[1], -1)[:, patches].reshape(n_rois, -1)
+    vectors = vectors - vectors.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(vectors, axis=1)
+    usable = covered & (norms > 0)
+    vectors[usable] /= norms[usable, None]
+    vectors[~usable] = 0.0
+    corr = np.clip(vectors @ vectors.T, -1 + 1e-7, 1 - 1e-7)
+    upper = np.triu_indices(n_rois, k=1)
+    return np.arctanh(corr[upper]).astype(np.float32)
+
+
+def embed_roi_similarity(*, tokens_index: PathLike, out: PathLike) -> np.ndarray:
+    """:func:`roi_similarity` of every row of a token index (``embed encoders`` output).
+
+    Returns
+    -------
+    ndarray of shape (N, n_rois * (n_rois - 1) // 2)
+    """
+    import json
+
+    from brainharmony.models.harmonizer_data import read_token_file, read_token_index
+
+    index_path = Path(tokens_index)
+    index = read_token_index(index_path)
+    if not len(index):
+        raise InputDataError(index_path, "token index has no rows")
+    meta_path = sidecar_path(index_path)
+    try:
+        grid = json.loads(meta_path.read_text())["FGrid"]
+        n_rois = int(grid[0])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise InputDataError(meta_path, f"no readable FGrid (ROIs x patches): {err}") from None
+    feats = []
+    for path in index["path"]:
+        data = read_token_file(path)
+        try:
+            feats.append(roi_similarity(data["f_tokens"], data["f_valid"], n_rois))
+        except ValueError as err:
+            raise InputDataError(Path(path), str(err)) from None
+    features = np.stack(feats)
+    write_features(
+        out,
+        index["subject"].astype(str).tolist(),
+        index["session"].astype(str).tolist(),
+        features,
+        {
+            "Description": "BrainHarmonix-F ROI-similarity readout: Fisher z of the "
+            "correlation between ROI token vectors (upper triangle, ROI-major pairs)",
+            "NumberOfROIs": n_rois,
+            **provenance(step="embed-roi-similarity", inputs=[tokens_index]),
+        },
+    )
+    return features
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -459,6 +554,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     har.add_argument("--model", required=True, type=Path, help="trained harmonizer folder")
     har.add_argument("--tokens-index", required=True, type=Path, help="token index.tsv")
     har.add_argument("--out", required=True, type=Path, help="pooled features (.npz)")
+    sim = sub.add_parser(
+        "roi-similarity", help="BrainHarmonix-F token files -> ROI-similarity features"
+    )
+    sim.add_argument("--tokens-index", required=True, type=Path, help="token index.tsv")
+    sim.add_argument("--out", required=True, type=Path, help="features (.npz)")
     for p in (enc, har):
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
@@ -467,6 +567,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony embed``."""
+    if args.embed_command == "roi-similarity":
+        embed_roi_similarity(tokens_index=args.tokens_index, out=args.out)
+        return 0
     import torch
 
     if args.threads:
