@@ -144,3 +144,33 @@ def test_encoder_drop_path_schedule_and_eval_identity() -> None:
     assert torch.all((y == 0) | (y == 2.0))
     with pytest.raises(ValueError, match="divisible"):
         Block(30, heads=4)
+
+
+def _varlen_twin(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None,
+                 causal=False):  # fmt: skip
+    """flash_attn_varlen_func's documented contract in plain torch: packed (total, H, Dh)
+    tokens, sequence i = rows cu[i]:cu[i+1]; each query attends to its sequence's keys."""
+    assert dropout_p == 0.0 and not causal
+    out = torch.empty_like(q)
+    for i in range(cu_q.numel() - 1):
+        qs, ks = slice(int(cu_q[i]), int(cu_q[i + 1])), slice(int(cu_k[i]), int(cu_k[i + 1]))
+        assert qs.stop - qs.start <= max_q and ks.stop - ks.start <= max_k
+        scores = torch.einsum("qhd,khd->hqk", q[qs], k[ks]) * softmax_scale
+        out[qs] = torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v[ks])
+    return out
+
+
+def test_flash_varlen_packing_matches_the_reference(monkeypatch) -> None:
+    """The CUDA fast path's own code (packing the valid keys, cumulative lengths, unpacking)
+    run on CPU with a plain-torch twin of the flash-attn kernel in its place."""
+    from brainharmony.models import attention as attn_mod
+
+    q, k, v = _qkv(3, 2, 5, 9, 8)
+    valid = _valid(3, 9)
+    valid[2] = False  # a sample without any valid key: zeros, as on the SDPA path
+    monkeypatch.setattr(attn_mod, "_flash_usable", lambda q, k: True)
+    monkeypatch.setattr(attn_mod, "flash_attn_varlen_fn", lambda: _varlen_twin)
+    torch.testing.assert_close(attention(q, k, v, valid), attention_reference(q, k, v, valid))
+    torch.testing.assert_close(attention(q, k, v), attention_reference(q, k, v))
+    got = attention(q, k, v, valid)
+    assert torch.equal(got[2], torch.zeros_like(got[2]))
