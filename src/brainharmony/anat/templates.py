@@ -156,7 +156,7 @@ def resource_files(folder: str | os.PathLike[str], name: str, resolution_mm: int
     """The template resource file of :func:`write_resource` (image, mask: two volumes).
 
     One file per template and resolution in ``folder`` (the workflow's
-    ``resources/templates``): ``tpl-<name>_res-0<r>_desc-brain_T1w.nii.gz`` holds the
+    ``resources/templates``): ``tpl-<name>_res-0<r>_desc-brainandmask_T1w.nii.gz`` holds the
     brain-only image and, as its second volume, the brain mask; the JSON sidecar beside it
     records where they came from.
     """
