@@ -52,6 +52,9 @@ rule anat:
         "logs/anat/{dataset}/sub-{subject}.log",
     benchmark:
         "benchmarks/results/anat/{dataset}/sub-{subject}.tsv"
+    # On a cluster: --group-components anat=N puts N T1ws into one job (docs/hpc.md).
+    group:
+        "anat"
     # One thread: SimpleITK's multithreaded sums vary in the last bits between runs.
     threads: 1
     resources:

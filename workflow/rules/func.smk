@@ -78,6 +78,9 @@ if FUNC.backend == "native":
             "logs/func/{dataset}/{fdir}/{fstem}_native.log",
         benchmark:
             "benchmarks/results/func/{dataset}/{fdir}/{fstem}_native.tsv"
+        # On a cluster: --group-components func=N puts N runs into one job (docs/hpc.md).
+        group:
+            "func"
         # One thread: a second one bought nothing (default demoA run, 160 volumes, load 3.7:
         # 24.4 s wall with 1 thread, 27.6 s with 2), so two runs side by side beat one run
         # on two threads. A cluster profile may raise it (set-threads).
@@ -164,6 +167,8 @@ else:
             "logs/func/{dataset}/{fdir}/{fstem}_denoise.log",
         benchmark:
             "benchmarks/results/func/{dataset}/{fdir}/{fstem}_denoise.tsv"
+        group:
+            "func"
         threads: 1
         resources:
             mem_mb=func_planning.MEM_MB["denoise"],
