@@ -264,3 +264,46 @@ def sidecar_path(path: PathLike) -> Path:
     """The JSON sidecar path for a data file (``x.nii.gz`` -> ``x.json``)."""
     p = Path(path)
     return p.with_name(p.name[: -len(_suffixes(p))] + ".json")
+
+
+def read_resource(path: PathLike, what: str, hint: str) -> tuple[Any, np.ndarray, dict]:
+    """Load a NIfTI resource file and its JSON sidecar (files the workflow wrote once).
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.nii.gz``; its sidecar is :func:`sidecar_path`.
+    what : str
+        What the file holds, for messages ("tissue masks", ...).
+    hint : str
+        How to make the file, for the message when it is missing.
+
+    Returns
+    -------
+    image : nibabel.Nifti1Image
+    data : ndarray
+        The voxel data (as stored).
+    meta : dict
+        The sidecar.
+
+    Raises
+    ------
+    InputDataError
+        A missing file (naming it and ``hint``) or one that cannot be read.
+    """
+    import json
+
+    import nibabel as nib
+
+    path = Path(path)
+    meta_path = sidecar_path(path)
+    for p in (path, meta_path):
+        if not p.is_file():
+            raise InputDataError(p, f"{what} file not found ({hint})")
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.dataobj)
+        meta = json.loads(meta_path.read_text())
+    except Exception as err:  # nibabel and zlib raise many types for broken files
+        raise InputDataError(path, f"cannot read the {what}: {err}") from err
+    return image, data, meta

@@ -12,8 +12,8 @@ HPC_DOC = Path(__file__).resolve().parents[2] / "docs" / "hpc.md"
 def _rule_blocks(path: Path) -> dict[str, list[str]]:
     """Rule name -> the text of each definition (a rule may be defined per backend)."""
     blocks: dict[str, list[str]] = {}
-    matches = list(re.finditer(r"^\s*rule (\w+):", path.read_text(), flags=re.M))
     text = path.read_text()
+    matches = list(re.finditer(r"^\s*rule (\w+):", text, flags=re.M))
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         blocks.setdefault(m.group(1), []).append(text[m.end() : end])

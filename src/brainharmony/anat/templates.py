@@ -195,23 +195,11 @@ def write_resource(
 
 
 def _read_resource(folder: str | os.PathLike[str], name: str, resolution_mm: int) -> Template:
-    import json
-
-    from brainharmony.io import InputDataError, sidecar_path
+    from brainharmony.io import InputDataError, read_resource
 
     path = resource_files(folder, name, resolution_mm)
-    meta_path = sidecar_path(path)
-    for p in (path, meta_path):
-        if not p.is_file():
-            raise InputDataError(
-                p, "template resource file not found (run `brainharmony templates`)"
-            )
-    try:
-        img = nib.load(path)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        meta = json.loads(meta_path.read_text())
-    except Exception as err:  # nibabel and zlib raise many types for broken files
-        raise InputDataError(path, f"cannot read the template resource: {err}") from err
+    img, raw, meta = read_resource(path, "template resource", "run `brainharmony templates`")
+    data = np.asarray(raw, dtype=np.float32)
     if data.ndim != 4 or data.shape[3] != 2 or meta.get("Template") != name:
         raise InputDataError(
             path,
@@ -314,6 +302,7 @@ def add_arguments(parser: Any) -> None:
 
 
 def run(args: Any) -> int:
+    """Write the requested resolutions of the template; 0 on success."""
     for res in sorted(set(args.resolutions)):
         logger.info("wrote %s", write_resource(args.out_dir, args.template, res))
     return 0

@@ -201,23 +201,10 @@ def read_tissue_masks(path: PathLike, atlas_image: Any) -> tuple[dict[str, np.nd
     A file that is missing, unreadable or on another grid is an
     :class:`~brainharmony.io.InputDataError` naming it.
     """
-    import json
-
-    import nibabel as nib
-
-    from brainharmony.io import InputDataError, sidecar_path
+    from brainharmony.io import InputDataError, read_resource
 
     path = Path(path)
-    meta_path = sidecar_path(path)
-    for p in (path, meta_path):
-        if not p.exists():
-            raise InputDataError(p, "tissue-mask resource file not found (run the atlas rule)")
-    try:
-        image = nib.load(path)
-        data = np.asarray(image.dataobj)
-        meta = json.loads(meta_path.read_text())
-    except Exception as err:  # nibabel and zlib raise many types for broken files
-        raise InputDataError(path, f"cannot read the tissue masks: {err}") from err
+    image, data, meta = read_resource(path, "tissue-mask resource", "run the atlas rule")
     grid = tuple(int(n) for n in atlas_image.shape[:3])
     if data.shape != (*grid, len(TISSUES)) or meta.get("Volumes") != list(TISSUES):
         raise InputDataError(
