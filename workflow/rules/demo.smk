@@ -1,29 +1,32 @@
 # Demo BIDS datasets with planted, known effects (written by the package generator).
+# One job per dataset: their data do not depend on each other, so a small dataset's
+# preprocessing starts while a larger one is still being generated.
 
 if DEMO_DATASETS:
 
     rule demo:
         output:
-            descriptions=expand(
-                f"{DEMO_ROOT}/{{dataset}}/dataset_description.json", dataset=DEMO_DATASETS
-            ),
-            truth=expand(f"{DEMO_ROOT}/{{dataset}}-truth/README.md", dataset=DEMO_DATASETS),
+            description=f"{DEMO_ROOT}/{{dataset}}/dataset_description.json",
+            truth=f"{DEMO_ROOT}/{{dataset}}-truth/README.md",
+        wildcard_constraints:
+            dataset="|".join(DEMO_DATASETS),
         params:
             bh=BH,
-            root=lambda wildcards, output: str(Path(output.descriptions[0]).parent.parent),
+            root=lambda wildcards, output: str(Path(output.description).parent.parent),
             preset=config["demo"]["preset"],
             seed=config["demo"]["seed"],
-            datasets=" ".join(DEMO_DATASETS),
         log:
-            "logs/demo/demo.log",
+            "logs/demo/{dataset}.log",
         benchmark:
-            "benchmarks/results/demo/demo.tsv"
-        threads: 2
+            "benchmarks/results/demo/{dataset}.tsv"
+        # One thread (one worker process): on a 2-core machine the other core runs the
+        # first datasets' preprocessing meanwhile.
+        threads: 1
         resources:
-            mem_mb=6000,
+            mem_mb=4000,
             runtime=30,
         conda:
             str(ENVS / "preproc.yaml")
         shell:
             "{params.bh} -v demo --out {params.root} --preset {params.preset} "
-            "--seed {params.seed} --datasets {params.datasets} --jobs {threads} > {log} 2>&1"
+            "--seed {params.seed} --datasets {wildcards.dataset} --jobs {threads} > {log} 2>&1"

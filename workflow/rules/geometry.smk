@@ -19,7 +19,10 @@ rule harmonics:
         "logs/geometry/harmonics.log",
     benchmark:
         "benchmarks/results/geometry/harmonics.tsv"
-    threads: 2
+    # It needs only the atlas: run it among the preprocessing jobs, not after them, where
+    # BrainHarmonix-F's training would wait for it.
+    priority: 10
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,

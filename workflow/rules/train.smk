@@ -214,6 +214,8 @@ rule train_lmae:
         "logs/train/lmae.log",
     benchmark:
         "benchmarks/results/train/lmae.tsv"
+    # Head of the longest chain after preprocessing (LMAE, then the predictor's CV).
+    priority: 10
     threads: TRAIN.threads
     resources:
         gpu=TRAIN.gpus,

@@ -26,7 +26,7 @@ class TrainPlan:
     ckpt_every: int | None = None
     gpus: int = 0
     device: str = "auto"
-    threads: int = 2
+    threads: int = 1
     basedir: str = "."
 
     def yaml(self, role: str) -> str:
@@ -60,7 +60,7 @@ def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan
         ckpt_every=None if ckpt_every is None else int(ckpt_every),
         gpus=int(block.get("gpus", 0)),
         device=str(block.get("device", "auto")),
-        threads=int(block.get("threads", 2)),
+        threads=int(block.get("threads", 1)),
         basedir=str(basedir),
     )
 
