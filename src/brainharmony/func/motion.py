@@ -416,9 +416,13 @@ def _sample(vols: Any, grid: Any) -> tuple[Any, Any]:
     ``grid`` holds grid_sample coordinates (z, y, x order, [-1, 1] spans the grid).
     Returns the samples (n, P) and a validity mask (n, P) (inside the grid).
     """
+    import torch
     import torch.nn.functional as F
 
-    inside = grid.abs().amax(dim=-1) <= 1.0 + 1e-6
+    # Inside the grid: every coordinate in [-1, 1] (min/max instead of abs, which would
+    # allocate a copy of the whole grid on every call).
+    low, high = torch.aminmax(grid, dim=-1)
+    inside = (high <= 1.0 + 1e-6) & (low >= -1.0 - 1e-6)
     values = F.grid_sample(
         vols, grid[:, None, None], mode="bilinear", padding_mode="border", align_corners=True
     )

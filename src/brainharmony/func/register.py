@@ -398,7 +398,8 @@ def resample_to_template(
         m = torch.from_numpy(to_grid[start:stop, :3, :]).to(device)
         # Coordinates in float64, sampled as float32 (grid_sample's dtype).
         grid = (pts_h @ m.transpose(1, 2)).float()  # (n, P, 3)
-        coverage &= (grid.abs().amax(dim=-1) <= 1.0 + 1e-5).all(dim=0)
+        low, high = torch.aminmax(grid, dim=-1)
+        coverage &= ((high <= 1.0 + 1e-5) & (low >= -1.0 - 1e-5)).all(dim=0)
         out = F.grid_sample(
             vols[start:stop],
             grid[:, None, None],
