@@ -7,7 +7,7 @@ rebuilt here from sources that do ship offline:
   (``load_parcellation('schaefer', 400)``: one label per vertex, 0 = medial wall,
   left hemisphere 1-200, right hemisphere 201-400, Schaefer "order" numbering) and
   the Conte69 midthickness-like surfaces themselves (vertex coordinates in MNI mm);
-* nilearn's grey-matter probability map of the ICBM152 2009a symmetric template
+* nilearn's grey-matter probability map of the ICBM152 2009a asymmetric template
   (1 mm).
 
 Method: every 1 mm template voxel whose grey-matter probability exceeds
@@ -62,7 +62,7 @@ MAX_DISTANCE_MM = 4.0
 #: Smallest labelled grey-matter fill of a coarse voxel (fraction of its volume).
 MIN_FILL_FRACTION = 0.25
 #: Space of the output grid (templateflow naming).
-SPACE = "MNI152NLin2009aSym"
+SPACE = "MNI152NLin2009aAsym"
 #: Corner of nilearn's template grids (world mm of voxel 0,0,0) and the 1 mm shape.
 _ORIGIN = np.array([-98.0, -134.0, -72.0])
 _SHAPE_1MM = (197, 233, 189)
@@ -251,7 +251,7 @@ def schaefer400_provenance(resolution_mm: float = 2.0) -> dict[str, Any]:
         "Name": "Schaefer2018_400Parcels_7Networks (offline volumetric rebuild)",
         "Space": SPACE,
         "SpaceDescription": (
-            "Grid of nilearn's ICBM152 2009a symmetric template (corner at "
+            "Grid of nilearn's ICBM152 2009a asymmetric template (corner at "
             "-98, -134, -72 mm). The surface labels come from fsLR-32k Conte69 "
             "surfaces in MNI152 space (HCP; FSL's MNI152 nonlinear 6th generation), "
             "so the two MNI spaces differ by up to a few mm."

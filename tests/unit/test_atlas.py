@@ -103,7 +103,11 @@ def test_bad_resolution_is_rejected(bad) -> None:
 
 def test_provenance_names_sources_space_and_method() -> None:
     prov = atlas.schaefer400_provenance(2.0)
-    assert prov["Space"] == "MNI152NLin2009aSym"
+    # nilearn's templates are the asymmetric ICBM152 2009a release: the atlas lies in the
+    # space the anatomical stage registers to.
+    from brainharmony.anat.templates import DEFAULT_TEMPLATE
+
+    assert prov["Space"] == "MNI152NLin2009aAsym" == DEFAULT_TEMPLATE
     assert "brainspace" in prov["Sources"]["surface_labels"]
     assert "nilearn" in prov["Sources"]["grey_matter"]
     assert prov["Parameters"]["MAX_DISTANCE_MM"] == atlas.MAX_DISTANCE_MM

@@ -1,6 +1,6 @@
 """Subject anatomy: the MNI152 template brain inside a synthetic head, with ageing.
 
-The brain comes from nilearn's ICBM152 2009a symmetric template (1 mm grey- and
+The brain comes from nilearn's ICBM152 2009a asymmetric template (1 mm grey- and
 white-matter probability maps; the template is skull-stripped). Around it a head is
 built on an extended 1 mm grid (70 mm more below the template, for the neck):
 

@@ -46,7 +46,7 @@ BIDS folder: `sub-<label>/[ses-<label>/]`.
 
 ## Per session: `<stem>_desc-anat_truth.json`
 - `head_pose_mni_to_scanner`: 4x4 `P`, `x_scanner = P @ x_mni` (homogeneous mm). The
-  subject's anatomy is the MNI152 (ICBM 2009a symmetric) template, so `P` maps
+  subject's anatomy is the MNI152 (ICBM 2009a asymmetric) template, so `P` maps
   template space into this session's scanner space; registering the T1w to MNI should
   find `inv(P)`.
 - `t1w_affine`: the T1w voxel-to-world (scanner) affine, as in its NIfTI header.
@@ -101,7 +101,7 @@ def anat_record(pose: np.ndarray, t1_affine: np.ndarray, summary: dict[str, floa
     return {
         "head_pose_mni_to_scanner": _mat(pose),
         "t1w_affine": _mat(t1_affine),
-        "template_space": "MNI152NLin2009aSym (nilearn ICBM152 2009a symmetric)",
+        "template_space": "MNI152NLin2009aAsym (nilearn ICBM152 2009a asymmetric)",
         "anatomy": summary,
     }
 
