@@ -261,3 +261,21 @@ def test_cli_train(tmp_path: Path, volumes) -> None:
     assert len(read_metrics(out / "metrics.jsonl")) == 2
     unpaired = ["train", "--config", str(yaml_path), "--out", str(out), "--state", str(state)]
     assert cli.main([*unpaired, "--shard", str(shard)]) == 2
+
+
+def test_the_same_training_state_gives_the_same_checkpoint_bytes(tmp_path):
+    from brainharmony.train.checkpoint import capture_rng, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    rng = [capture_rng()]
+    paths = [tmp_path / "a" / "checkpoint.pt", tmp_path / "b" / "other-name.pt"]
+    for p in paths:
+        p.parent.mkdir()
+        save_checkpoint(p, model=model, optimizer=opt, scheduler=sched, step=1, rng=rng, digest="d")
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert load_checkpoint(paths[1])["step"] == 1

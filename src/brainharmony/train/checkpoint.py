@@ -141,8 +141,10 @@ def save_checkpoint(
         "scheduler": _scheduler_state(scheduler),
         "rng": list(rng),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file handle: given a path, torch.save names the zip records after the
+    # file (here the temporary name), so the same state gave different bytes each time.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
     return Path(path)
 
 
