@@ -19,8 +19,8 @@ rule harmonics:
         "logs/geometry/harmonics.log",
     benchmark:
         "benchmarks/results/geometry/harmonics.tsv"
-    # It needs only the atlas: run it among the preprocessing jobs, not after them, where
-    # BrainHarmonix-F's training would wait for it.
+    # It reads no other job's output: run it among the preprocessing jobs, not after them,
+    # where BrainHarmonix-F's training would wait for it.
     priority: 10
     threads: 1
     resources:
