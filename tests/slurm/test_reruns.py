@@ -66,8 +66,9 @@ def test_forcerun_plans_the_rule_and_its_dependents_only(tiny_reference):
         "ingest_all": 1,
     }
     # Forcing the upstream rule reruns everything that depends on it.
+    # One demo job per dataset.
     assert _plan(tiny_reference, "ingest_all", "--forcerun", "demo") == {
-        "demo": 1,
+        "demo": len(DATASETS),
         "ingest": 2,
         "ingest_all": 1,
     }
@@ -93,10 +94,10 @@ def test_forcerun_executes_ingest_and_leaves_demo_untouched(tiny_reference, tmp_
 def test_until_stops_after_the_named_rule(tiny_reference, tmp_path):
     write_tiny_config(tmp_path)
     # Fresh folder: only the demo data would be made, nothing downstream of it.
-    assert _plan(tmp_path, "ingest_all", "--until", "demo") == {"demo": 1}
+    assert _plan(tmp_path, "ingest_all", "--until", "demo") == {"demo": len(DATASETS)}
     # Finished run: regenerate the demo data without re-ingesting.
     assert _plan(tiny_reference, "ingest_all", "--forcerun", "demo", "--until", "demo") == {
-        "demo": 1
+        "demo": len(DATASETS)
     }
 
 

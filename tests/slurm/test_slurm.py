@@ -76,7 +76,8 @@ def test_shipped_profile_plans_the_tiny_run(tmp_path):
     assert out.returncode == 0, _tail(out)
     text = out.stdout + out.stderr
     assert "Using profile slurm" in text
-    assert job_stats(text) == {"demo": 1, "ingest": 2, "ingest_all": 1}
+    # One demo job per dataset (demoA, demoB).
+    assert job_stats(text) == {"demo": 2, "ingest": 2, "ingest_all": 1}
 
 
 @pytest.mark.slurm
