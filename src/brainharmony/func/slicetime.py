@@ -129,9 +129,9 @@ def slice_timing_correct(
     moved = np.moveaxis(np.asarray(data), slice_axis, 2)  # slices on axis 2
     out = np.empty(moved.shape, dtype=np.float32)
     # A few slices at a time (whole slices share one shift), about 64 MB of float64
-    # temporaries per chunk. Larger chunks cost more, not less: on a 40 x 40 x 30 x 160
-    # run one 512 MB chunk took 0.85 s (0.58 s of it in the kernel, zeroing fresh pages)
-    # against 0.39 s in 64 MB chunks, whose buffers the allocator reuses.
+    # temporaries per chunk. Larger chunks cost more, not less: hundreds of MB of
+    # temporaries are fresh pages the kernel zeroes on first touch in every call, while
+    # the buffers of smaller chunks are reused by the allocator.
     n_slices = moved.shape[2]
     per_slice = moved.shape[0] * moved.shape[1] * moved.shape[3] * 8 * 6
     step = max(1, min(n_slices, int(64e6 // max(per_slice, 1))))
