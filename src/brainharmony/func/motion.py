@@ -410,19 +410,24 @@ def _normalizer(shape: Sequence[int]) -> np.ndarray:
     return out
 
 
+def inside_grid(grid: Any, tol: float) -> Any:
+    """Whether every coordinate of each point of ``grid`` (..., 3) lies in [-1 - tol, 1 + tol]
+    (grid_sample coordinates; min/max rather than abs(), which would copy the whole grid)."""
+    import torch
+
+    low, high = torch.aminmax(grid, dim=-1)
+    return (high <= 1.0 + tol) & (low >= -1.0 - tol)
+
+
 def _sample(vols: Any, grid: Any) -> tuple[Any, Any]:
     """Trilinear samples of ``vols`` (n, 1, X, Y, Z) at grid coordinates (n, P, 3).
 
     ``grid`` holds grid_sample coordinates (z, y, x order, [-1, 1] spans the grid).
     Returns the samples (n, P) and a validity mask (n, P) (inside the grid).
     """
-    import torch
     import torch.nn.functional as F
 
-    # Inside the grid: every coordinate in [-1, 1] (min/max instead of abs, which would
-    # allocate a copy of the whole grid on every call).
-    low, high = torch.aminmax(grid, dim=-1)
-    inside = (high <= 1.0 + 1e-6) & (low >= -1.0 - 1e-6)
+    inside = inside_grid(grid, 1e-6)
     values = F.grid_sample(
         vols, grid[:, None, None], mode="bilinear", padding_mode="border", align_corners=True
     )

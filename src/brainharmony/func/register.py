@@ -363,6 +363,8 @@ def resample_to_template(
     import torch
     import torch.nn.functional as F
 
+    from brainharmony.func.motion import inside_grid
+
     data = np.asarray(data)
     maps = np.asarray(maps, dtype=np.float64)
     points = np.asarray(points)
@@ -398,8 +400,7 @@ def resample_to_template(
         m = torch.from_numpy(to_grid[start:stop, :3, :]).to(device)
         # Coordinates in float64, sampled as float32 (grid_sample's dtype).
         grid = (pts_h @ m.transpose(1, 2)).float()  # (n, P, 3)
-        low, high = torch.aminmax(grid, dim=-1)
-        coverage &= ((high <= 1.0 + 1e-5) & (low >= -1.0 - 1e-5)).all(dim=0)
+        coverage &= inside_grid(grid, 1e-5).all(dim=0)
         out = F.grid_sample(
             vols[start:stop],
             grid[:, None, None],

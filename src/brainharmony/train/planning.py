@@ -58,9 +58,9 @@ def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan
         models=models,
         steps=None if steps is None else int(steps),
         ckpt_every=None if ckpt_every is None else int(ckpt_every),
-        gpus=int(block.get("gpus", 0)),
-        device=str(block.get("device", "auto")),
-        threads=int(block.get("threads", 1)),
+        gpus=int(block.get("gpus", TrainPlan.gpus)),
+        device=str(block.get("device", TrainPlan.device)),
+        threads=int(block.get("threads", TrainPlan.threads)),
         basedir=str(basedir),
     )
 
