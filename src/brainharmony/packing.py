@@ -64,7 +64,12 @@ def _series_shape(path: Path) -> tuple[int, int]:
     from brainharmony.timeseries.files import read_series
 
     # censored volumes and uncovered parcels are NaN: packed, then masked when read
-    return read_series(path, require_finite=False).data.shape  # type: ignore[return-value]
+    series = read_series(path, require_finite=False)
+    if series.excluded:
+        raise InputDataError(
+            path, f"the func stage excluded this run ({series.excluded}); leave it out"
+        )
+    return series.data.shape  # type: ignore[return-value]
 
 
 def _extra_columns(manifest: pd.DataFrame, keys: Sequence[str]) -> list[str]:

@@ -229,12 +229,6 @@ def _tissues_of_another_grid(env, folder):
     return _copy_bold(env, folder), [*_tr(env), "--tissue-masks", str(path)], path
 
 
-def _all_censored(env, folder):
-    # Framewise displacement never reaches 1e-6 mm on a motion-free run, except frame 0
-    # (0 by definition): every other frame is censored.
-    return _copy_bold(env, folder), [*_tr(env), "--fd-threshold", "0.000001"], None
-
-
 FUNC_CASES: dict[str, FuncCase] = {
     "truncated BOLD .nii.gz": FuncCase(_bold_truncated, r"cannot read the BOLD image"),
     "3D BOLD where 4D is expected": FuncCase(_bold_3d, r"BOLD must be 4-D"),
@@ -245,7 +239,6 @@ FUNC_CASES: dict[str, FuncCase] = {
     "all-zero BOLD": FuncCase(_bold_zero, r"BOLD holds no signal"),
     "too few volumes for the filter": FuncCase(_bold_too_short, r"volumes are too few"),
     "transform of the wrong shape": FuncCase(_bad_transform, r"expected a 4 x 4 matrix"),
-    "run empty after censoring": FuncCase(_all_censored, r"frames? (are )?kept|censor"),
     "tissue masks of another grid": FuncCase(
         _tissues_of_another_grid, r"do not match the atlas grid"
     ),
@@ -264,6 +257,112 @@ def test_func_refuses_bad_run_naming_it_and_writes_nothing(func_env, tmp_path, c
         "--out-dir", str(out), "--threads", "1", *extra,
     ]  # fmt: skip
     _refused(capsys, argv, out, named or bold, case.problem)
+
+
+def _func_argv(env: dict, bold: Path, subject: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "func", "native", "--bold", str(bold), "--coreg", "header", "--subject", subject,
+        "--t1w-to-template", str(env["eye"]),
+        "--atlas", str(env["image"]), "--atlas-labels", str(env["labels"]),
+        "--out-dir", str(out), "--threads", "1", *_tr(env), *extra,
+    ]  # fmt: skip
+
+
+def test_run_empty_after_censoring_is_excluded_and_left_out_downstream(
+    func_env, tmp_path, capsys, caplog
+):
+    """Censoring that leaves fewer than min_kept frames is a data-quality exclusion, not
+    a failure: func exits 0 and writes every output, the denoised series with its header
+    only and flagged Excluded with the reason. Multi-TR packing, scaling statistics,
+    group gradients and the FC features leave the run out and list it; the packer and
+    the single-series resampler refuse it by name; the report lists it."""
+    import shutil
+
+    from brainharmony.evaluate.data import fc_from_series_files
+    from brainharmony.evaluate.report import ReportBuilder
+    from brainharmony.io import InputDataError
+    from brainharmony.packing import pack_series, read_index
+    from brainharmony.timeseries.files import read_series
+    from brainharmony.timeseries.multitr import resample_and_pack
+
+    out = tmp_path / "results" / "func" / "demo"
+    bolds = {}
+    for sub in ("01", "02"):
+        bolds[sub] = tmp_path / "bids" / f"sub-{sub}" / "func" / f"sub-{sub}_task-rest_bold.nii.gz"
+        bolds[sub].parent.mkdir(parents=True)
+        shutil.copy(func_env["bold"], bolds[sub])
+    assert cli.main(_func_argv(func_env, bolds["01"], "01", out)) == 0
+    # FD never reaches 1e-6 mm on this motion-free run, except frame 0 (0 by
+    # definition): every other frame is censored.
+    caplog.clear()
+    assert cli.main(_func_argv(func_env, bolds["02"], "02", out, "--fd-threshold", "1e-6")) == 0
+    assert f"{bolds['02']}: excluded from the later stages" in caplog.text
+
+    good, bad = (
+        next((out / f"sub-{s}").rglob("*_desc-denoised_timeseries.tsv")) for s in ("01", "02")
+    )
+    names_of = {p.name.replace("sub-01", "sub-02") for p in (out / "sub-01").rglob("*.*")}
+    assert {p.name for p in (out / "sub-02").rglob("*.*")} == names_of  # every output
+    side = json.loads(bad.with_suffix(".json").read_text())
+    assert side["Excluded"] is True
+    assert re.search(r"only 0 of 40 frames remain after censoring", side["ExclusionReason"])
+    assert side["KeptVolumes"] == 0 and side["NumberOfVolumes"] == 40
+    table = pd.read_csv(bad, sep="\t")
+    assert table.shape == (0, 400)  # the header, no numbers that were not computed
+    raw = next((out / "sub-02").rglob("*_desc-preproc_timeseries.tsv"))
+    assert pd.read_csv(raw, sep="\t").shape == (40, 400)
+    assert read_series(bad, require_finite=False).excluded == side["ExclusionReason"]
+    assert read_series(good, require_finite=False).excluded == ""
+
+    # Multi-TR packing: the excluded run is left out and listed.
+    manifest = pd.DataFrame(
+        {"subject": ["01", "02"], "session": "n/a", "run": "n/a", "tr": 2.0,
+         "path": [str(good), str(bad)]}
+    )  # fmt: skip
+    shard, index = tmp_path / "mt" / "series_tr-4000.npy", tmp_path / "mt" / "index.tsv"
+    shard.parent.mkdir()
+    resample_and_pack(manifest, 4000, shard, index)
+    assert read_index(index)["subject"].tolist() == ["01"]
+    listed = json.loads(shard.with_suffix(".json").read_text())["ExcludedSources"]
+    assert listed == [{"path": str(bad), "reason": side["ExclusionReason"]}]
+    with pytest.raises(InputDataError, match=r"no usable series .* \(1 excluded by func\)"):
+        resample_and_pack(manifest.iloc[1:], 4000, shard, index)
+    with pytest.raises(InputDataError, match="the func stage excluded this run") as caught:
+        pack_series(manifest, tmp_path / "p.npy", tmp_path / "p.tsv")
+    assert str(bad) in str(caught.value)
+
+    # Scaling statistics and group gradients from the usable run only (one that covers
+    # every parcel: the 6 mm test grid leaves some parcels of the real run empty).
+    full = _series(tmp_path, np.random.default_rng(0).standard_normal((60, 400)))
+    stats = tmp_path / "scaling.json"
+    argv = ["scaling-stats", "--series", str(full), str(bad), "--mode", "all_frames",
+            "--out", str(stats)]  # fmt: skip
+    assert cli.main(argv) == 0
+    doc = json.loads(stats.read_text())
+    assert doc["NSeries"] == 1, doc
+    assert doc["Provenance"]["Parameters"]["excluded_series"][0]["path"] == str(bad), doc
+    grads = tmp_path / "gradients.tsv"
+    argv = ["gradients", "--series", str(full), str(bad), "--n-components", "2",
+            "--out", str(grads)]  # fmt: skip
+    assert cli.main(argv) == 0
+    gdoc = json.loads(grads.with_suffix(".json").read_text())
+    assert gdoc["NSeries"] == 1 and gdoc["ExcludedSeries"][0]["path"] == str(bad)
+
+    # FC features: the subject without a usable run has no row.
+    assert fc_from_series_files([good, bad]).subjects.tolist() == ["01"]
+
+    # Resampling the excluded series alone is refused, naming it.
+    _refused(
+        capsys,
+        ["resample", "--input", str(bad), "--output", str(tmp_path / "r" / "x.tsv"),
+         "--tr-out", "4.0"],
+        tmp_path / "r", bad, r"the func stage excluded this run: only 0 of 40",
+    )  # fmt: skip
+
+    # The report's functional section lists it with the reason.
+    html = ReportBuilder(tmp_path / "results").section_func()
+    assert "Runs excluded by the functional stage" in html
+    assert bad.with_suffix(".json").name in html and "frames remain after censoring" in html
 
 
 # ---- time series, multi-TR ------------------------------------------------------------

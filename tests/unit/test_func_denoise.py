@@ -8,11 +8,13 @@ import pytest
 from brainharmony.func.denoise import (
     STRATEGIES,
     DenoiseSettings,
+    TooFewFramesError,
     butterworth_sos,
     censor_mask,
     confound_matrix,
     denoise,
     denoise_operator,
+    denoise_run,
     filter_min_volumes,
 )
 
@@ -56,6 +58,42 @@ def test_too_few_volumes_for_the_filter():
         denoise(np.ones((need - 1, 3)), 1.0, settings=s)
     out = denoise(np.random.default_rng(0).normal(size=(need, 3)), 1.0, settings=s)
     assert out.denoised.shape == (need, 3)
+
+
+def test_censoring_that_leaves_too_little_is_an_exclusion_and_a_short_run_an_error():
+    """Too few kept frames, or a segment trimmed by censoring below the filter's minimum,
+    raise TooFewFramesError (the run is excluded downstream); an intact run that is too
+    short stays a plain ValueError (bad input)."""
+    s = DenoiseSettings(strategy="none", fd_threshold=None, min_kept=20, filter_order=5)
+    need = filter_min_volumes(butterworth_sos(1.0, 0.01, 0.1, 5))
+    x = np.random.default_rng(0).normal(size=(need + 10, 3))
+    keep = np.zeros(need + 10, dtype=bool)
+    keep[:19] = True
+    with pytest.raises(TooFewFramesError, match=r"only 19 of \d+ frames remain after censoring"):
+        denoise(x, 1.0, keep=keep, settings=s)
+    keep = np.zeros(need + 10, dtype=bool)
+    keep[5 : need - 1] = True  # enough frames kept, but the trimmed segment is too short
+    trim = DenoiseSettings(strategy="none", min_kept=20, filter_order=5, edges="trim")
+    with pytest.raises(TooFewFramesError, match=rf"of {need + 10}; censored frames at the ends"):
+        denoise(x, 1.0, keep=keep, settings=trim)
+    with pytest.raises(ValueError, match="needs at least") as caught:
+        denoise(
+            x[: need - 1],
+            1.0,
+            settings=DenoiseSettings(strategy="none", min_kept=2, filter_order=5),
+        )
+    assert not isinstance(caught.value, TooFewFramesError)
+    # denoise_run: the exclusion comes back as a reason with an empty series.
+    keep[:] = False
+    keep[:3] = True
+    out, info, reason = denoise_run(x, 1.0, confounds=None, keep=keep, settings=s, scale="psc")
+    assert out.shape == (0, 3) and reason.startswith("only 3 of")
+    assert info["Excluded"] is True and info["ExclusionReason"] == reason
+    assert info["n_kept"] == 3
+    out, info, reason = denoise_run(
+        x + 100.0, 1.0, confounds=None, keep=np.ones(need + 10, bool), settings=s, scale="psc"
+    )
+    assert reason == "" and out.shape == x.shape and "Excluded" not in info
 
 
 def test_band_pass_removes_out_of_band_frequencies():

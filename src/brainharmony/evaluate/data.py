@@ -309,8 +309,9 @@ def _average_by_subject(subjects: Sequence[str], rows: np.ndarray, source: str) 
 def fc_from_series_files(paths: Iterable[PathLike]) -> FeatureTable:
     """Subject-level FC from parcel-series files (``.tsv``/``.npy`` with ``sub-`` names).
 
-    Runs whose FC cannot be computed (fewer than 3 uncensored frames) are skipped
-    with a warning; a subject with no usable run has no row.
+    Runs the func stage excluded and runs whose FC cannot be computed (fewer than 3
+    uncensored frames) are skipped with a warning; a subject with no usable run has
+    no row.
     """
     from brainharmony.timeseries.files import read_series
 
@@ -322,7 +323,11 @@ def fc_from_series_files(paths: Iterable[PathLike]) -> FeatureTable:
         ent = parse_entities(p)
         if "sub" not in ent:
             raise InputDataError(p, "file name has no sub-<label> entity")
-        data = read_series(p, require_finite=False).data
+        series = read_series(p, require_finite=False)
+        if series.excluded:
+            logger.warning("%s: skipped for FC (excluded by func: %s)", p, series.excluded)
+            continue
+        data = series.data
         if n_rois is None:
             n_rois = data.shape[1]
         elif data.shape[1] != n_rois:

@@ -534,6 +534,7 @@ class ReportBuilder:
                     "run": p.name,
                     "tr": doc.get("RepetitionTime"),
                     "kept_fraction": (kept / n) if n and kept is not None else np.nan,
+                    "excluded": str(doc.get("ExclusionReason", "")) if doc.get("Excluded") else "",
                 }
             )
         frame = pd.DataFrame(rows)
@@ -548,9 +549,19 @@ class ReportBuilder:
                     "kept frames median": kf.median(),
                     "kept frames min": kf.min(),
                     "runs < 50% kept": int((kf < 0.5).sum()),
+                    "runs excluded": int((g["excluded"] != "").sum()),
                 }
             )
         out = _table(pd.DataFrame(summary), "{:.3g}")
+        left_out = frame[frame["excluded"] != ""]
+        if not left_out.empty:
+            out += (
+                '<p class="note">Runs excluded by the functional stage and left out of every '
+                "later stage:</p>"
+                + _table(
+                    left_out[["dataset", "run", "excluded"]].rename(columns={"excluded": "reason"})
+                )
+            )
         imgs = []
         worst = frame.sort_values(["kept_fraction", "dataset", "run"], kind="stable")
         for _, row in worst.head(self.max_figures).iterrows():

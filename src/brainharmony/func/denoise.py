@@ -70,6 +70,15 @@ Order = Literal["regress-filter", "filter-regress"]
 ORDERS: tuple[str, ...] = ("regress-filter", "filter-regress")
 
 
+class TooFewFramesError(ValueError):
+    """Censoring left too few frames to denoise a run.
+
+    Not a fault of the file: the run is a data-quality exclusion. The func stage
+    writes its outputs flagged ``Excluded`` with this message as the reason, and the
+    later stages leave the run out (docs/reliability.md).
+    """
+
+
 @dataclass(frozen=True)
 class DenoiseSettings:
     """Denoising settings (the ``func:`` config block).
@@ -381,6 +390,9 @@ def denoise_operator(
 
     Raises
     ------
+    TooFewFramesError
+        Censoring left fewer than ``min_kept`` frames, or a trimmed segment too short
+        for the filter.
     ValueError
         Too few volumes for the filter or the regression, a cutoff above Nyquist.
     """
@@ -391,7 +403,7 @@ def denoise_operator(
     sos = butterworth_sos(t_r, settings.high_pass, settings.low_pass, settings.filter_order)
     n_kept = int(keep.sum())
     if n_kept < max(settings.min_kept, 2):
-        raise ValueError(
+        raise TooFewFramesError(
             f"only {n_kept} of {n} frames remain after censoring; at least "
             f"{max(settings.min_kept, 2)} are needed (min_kept)"
         )
@@ -408,8 +420,11 @@ def denoise_operator(
     m = hi - lo
     need = filter_min_volumes(sos)
     if m < need:
-        raise ValueError(
-            f"{m} volumes are too few for the Butterworth filter (order "
+        # Trimmed by censoring at the ends: an exclusion; an intact run too short: an error.
+        trimmed = f" (of {n}; censored frames at the ends are trimmed)" if m < n else ""
+        error = TooFewFramesError if m < n else ValueError
+        raise error(
+            f"{m} volumes{trimmed} are too few for the Butterworth filter (order "
             f"{settings.filter_order}, {settings.high_pass}-{settings.low_pass} Hz): "
             f"it needs at least {need}"
         )
@@ -528,6 +543,58 @@ def to_percent(denoised: np.ndarray, raw: np.ndarray, keep: np.ndarray) -> np.nd
     baseline[finite] = raw_k[:, finite].mean(axis=0)
     baseline[~(baseline > 0)] = np.nan
     return np.asarray(denoised, dtype=np.float64) / baseline * 100.0
+
+
+def denoise_run(
+    raw: np.ndarray,
+    t_r: float,
+    *,
+    confounds: np.ndarray | None,
+    keep: np.ndarray,
+    settings: DenoiseSettings,
+    scale: str,
+) -> tuple[np.ndarray, dict[str, Any], str]:
+    """Denoise a run's parcel series, or say why the run is excluded.
+
+    Parameters
+    ----------
+    raw : ndarray of shape (n_volumes, n_parcels)
+    t_r : float
+    confounds : ndarray of shape (n_volumes, n_confounds) or None
+    keep : ndarray of bool, shape (n_volumes,)
+    settings : DenoiseSettings
+    scale : {"psc", "none"}
+        ``psc``: percent of each parcel's mean raw signal over the kept frames.
+
+    Returns
+    -------
+    denoised : ndarray of shape (n_volumes, n_parcels), or (0, n_parcels) when excluded
+    info : dict
+        The denoising report (``Excluded`` and ``ExclusionReason`` when excluded).
+    excluded : str
+        Why censoring leaves too little of the run ("" when it was denoised).
+
+    Raises
+    ------
+    ValueError
+        Any other problem (e.g. a cutoff above Nyquist, non-finite confounds).
+    """
+    keep = np.asarray(keep, dtype=bool)
+    try:
+        result = denoise(raw, t_r, confounds=confounds, keep=keep, settings=settings)
+    except TooFewFramesError as err:
+        info = {
+            "n_volumes": int(keep.size),
+            "n_kept": int(keep.sum()),
+            "censored": np.flatnonzero(~keep).tolist(),
+            "Excluded": True,
+            "ExclusionReason": str(err),
+        }
+        return np.empty((0, np.asarray(raw).shape[1])), info, str(err)
+    denoised = result.denoised
+    if scale == "psc":
+        denoised = to_percent(denoised, raw, keep)
+    return denoised, result.info, ""
 
 
 def describe_order(settings: DenoiseSettings) -> list[str]:

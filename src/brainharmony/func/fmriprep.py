@@ -301,6 +301,8 @@ class DerivativeResult:
     carpet: np.ndarray
     carpet_labels: np.ndarray
     report: dict[str, Any] = field(default_factory=dict)
+    excluded: str = ""
+    """Why the run is left out of the later stages ("" when it is not)."""
 
 
 def process_derivatives(
@@ -338,9 +340,8 @@ def process_derivatives(
         butterworth_sos,
         censor_mask,
         confound_matrix,
-        denoise,
+        denoise_run,
         filter_min_volumes,
-        to_percent,
     )
     from brainharmony.func.parcellate import parcel_means, resample_labels
 
@@ -402,12 +403,13 @@ def process_derivatives(
     except ValueError as err:
         raise InputDataError(files.confounds, str(err)) from err
     try:
-        result = denoise(parcels.series, t_r, confounds=design, keep=keep, settings=d)
+        denoised, info, excluded = denoise_run(
+            parcels.series, t_r, confounds=design, keep=keep, settings=d, scale=scale
+        )
     except ValueError as err:
         raise InputDataError(files.bold, str(err)) from err
-    denoised = result.denoised
-    if scale == "psc":
-        denoised = to_percent(denoised, parcels.series, keep)
+    if excluded:
+        logger.warning("%s: excluded from the later stages: %s", files.bold, excluded)
     gm = usable & (labels > 0)
     carpet = data[gm] if gm.any() else data[usable]
     carpet_labels = labels[gm] if gm.any() else labels[usable]
@@ -424,7 +426,7 @@ def process_derivatives(
             "fMRIPrep space (e.g. MNI152NLin2009cAsym) differs by a few mm from the "
             "atlas' MNI152 2009a grid"
         ),
-        "Denoising": {**result.info, "Confounds": names},
+        "Denoising": {**info, "Confounds": names},
     }
     return DerivativeResult(
         t_r=t_r,
@@ -439,4 +441,5 @@ def process_derivatives(
         carpet=carpet,
         carpet_labels=carpet_labels,
         report=report,
+        excluded=excluded,
     )

@@ -168,6 +168,15 @@ def write_parcel_series(
         },
         **dict(denoised_extra or {}),
     }
+    excluded = getattr(result, "excluded", "")
+    if excluded:
+        # The header row only: a reader that ignores the flag gets no frames, never
+        # numbers that were not computed.
+        denoised_fields.update(
+            Excluded=True,
+            ExclusionReason=excluded,
+            ExclusionNote="the run is left out of the later stages; this file has no rows",
+        )
     written: list[Path] = []
     for path, series, keep, extra in (
         (
@@ -337,6 +346,7 @@ def write_native_outputs(
             carpet_key=_network_key(np.clip(result.point_labels[rows], 1, None), atlas_table),
             denoised=result.denoised,
             networks=atlas_table["network"].tolist(),
+            excluded=result.excluded,
         )
     logger.info("wrote %d files for %s", len(written), outputs.stem)
     return written
@@ -373,8 +383,9 @@ def write_qc(
     carpet_key: np.ndarray,
     denoised: np.ndarray,
     networks: Sequence[str],
+    excluded: str = "",
 ) -> list[Path]:
-    """The three QC figures of a run."""
+    """The three QC figures of a run (an excluded run's FC panel states the reason)."""
     from brainharmony.func import qc
 
     title = outputs.stem
@@ -382,7 +393,12 @@ def write_qc(
     out.append(
         qc.plot_carpet(carpet, carpet_key, fd, dvars, t_r, outputs.carpet_figure, title=title)
     )
-    out.append(qc.plot_fc(denoised, networks, outputs.fc_figure, title=title))
+    fc_title = title
+    if excluded:
+        import textwrap
+
+        fc_title += "\n" + textwrap.fill(f"excluded: {excluded}", 80)
+    out.append(qc.plot_fc(denoised, networks, outputs.fc_figure, title=fc_title))
     return out
 
 
@@ -466,5 +482,6 @@ def write_derivative_outputs(
             carpet_key=_network_key(np.clip(result.carpet_labels, 1, None), atlas_table),
             denoised=result.denoised,
             networks=atlas_table["network"].tolist(),
+            excluded=result.excluded,
         )
     return written

@@ -276,6 +276,8 @@ class RunResult:
     small_parcels: list[int]
     gm_points: np.ndarray
     report: dict[str, Any] = field(default_factory=dict)
+    excluded: str = ""
+    """Why the run is left out of the later stages ("" when it is not)."""
 
 
 def _slice_times(metadata: dict[str, Any], header: Any, t_r: float) -> tuple[Any, int, str]:
@@ -360,9 +362,8 @@ def preprocess_run(
         butterworth_sos,
         censor_mask,
         confound_matrix,
-        denoise,
+        denoise_run,
         filter_min_volumes,
-        to_percent,
     )
     from brainharmony.func.motion import estimate_motion
     from brainharmony.func.parcellate import parcel_means
@@ -521,13 +522,14 @@ def preprocess_run(
     )
     design, names = confound_matrix(table, d.strategy)
     try:
-        result = denoise(raw, t_r, confounds=design, keep=keep, settings=d)
+        denoised, info, excluded = denoise_run(
+            raw, t_r, confounds=design, keep=keep, settings=d, scale=settings.scale
+        )
     except ValueError as err:
         raise InputDataError(path, str(err)) from err
-    denoised = result.denoised
-    if settings.scale == "psc":
-        denoised = to_percent(denoised, raw, keep)
-    report["Denoising"] = {**result.info, "Confounds": names}
+    if excluded:
+        logger.warning("%s: excluded from the later stages: %s", path, excluded)
+    report["Denoising"] = {**info, "Confounds": names}
     return RunResult(
         **common,
         raw_series=raw,
@@ -536,4 +538,5 @@ def preprocess_run(
         parcel_counts=parcels_out.counts,
         atlas_counts=parcels_out.atlas_counts,
         small_parcels=parcels_out.small,
+        excluded=excluded,
     )

@@ -173,8 +173,9 @@ def plot_fc(
         )
     rows = ~np.all(np.isnan(x), axis=1)
     x = x[rows]
-    good = np.all(np.isfinite(x), axis=0)
-    good[good] = x[:, good].std(axis=0) > 0
+    good = np.all(np.isfinite(x), axis=0) & (x.shape[0] >= 3)  # no frames: nothing to show
+    if good.any():
+        good[good] = x[:, good].std(axis=0) > 0
     fc = np.full((x.shape[1], x.shape[1]), np.nan)
     if good.sum() >= 2 and x.shape[0] >= 3:
         fc[np.ix_(good, good)] = np.corrcoef(x[:, good].T)

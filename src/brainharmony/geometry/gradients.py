@@ -407,16 +407,22 @@ def run(args: argparse.Namespace) -> int:
     from brainharmony.io import write_npy
 
     names: list[str] | None = None
+    excluded: list[dict[str, str]] = []
     if args.series:
-        from brainharmony.timeseries.files import read_series
+        from brainharmony.timeseries.files import read_usable_series
 
-        loaded = [read_series(p, require_finite=False) for p in args.series]
+        loaded, excluded = read_usable_series(args.series)
+        if not loaded:
+            raise InputDataError(None, "every --series file was excluded by func")
         names = loaded[0].roi_names
         fc = mean_connectivity(s.data for s in loaded)
-        inputs = args.series
+        left_out = {e["path"] for e in excluded}
+        inputs = [p for p in args.series if str(p) not in left_out]
+        n_series: int | None = len(loaded)
     else:
         fc, names = _read_matrix(args.fc)
         inputs = [args.fc]
+        n_series = None
     result = compute_gradients(
         fc,
         args.n_components,
@@ -451,7 +457,8 @@ def run(args: argparse.Namespace) -> int:
             "Description": "Diffusion-map gradients of the group FC (BrainSpace recipe)",
             "Lambdas": result.lambdas.tolist(),
             "Eigenvalues": result.eigenvalues.tolist(),
-            "NSeries": len(args.series) if args.series else None,
+            "NSeries": n_series,
+            "ExcludedSeries": excluded,
             "ProcrustesRotation": None if rotation is None else rotation.tolist(),
             **provenance(step="gradients", inputs=inputs, parameters=params),
         },

@@ -43,6 +43,17 @@ class Series:
     sidecar: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
+    @property
+    def excluded(self) -> str:
+        """Why the func stage left this run out ("" when the series is usable).
+
+        An excluded run (e.g. too few frames left after censoring) has a file with
+        the header only and ``Excluded: true`` plus ``ExclusionReason`` in its sidecar.
+        """
+        if not self.sidecar.get("Excluded"):
+            return ""
+        return str(self.sidecar.get("ExclusionReason") or "excluded by the func stage")
+
 
 def read_series(path: PathLike, *, require_finite: bool = True) -> Series:
     """Read a series file and its sidecar (if present).
@@ -90,6 +101,30 @@ def read_series(path: PathLike, *, require_finite: bool = True) -> Series:
         )
     tr = side.get("RepetitionTime")
     return Series(data, names, None if tr is None else float(tr), side, p)
+
+
+def read_usable_series(paths: Sequence[PathLike]) -> tuple[list[Series], list[dict[str, str]]]:
+    """Read series files, setting aside the runs the func stage excluded.
+
+    Censored rows stay NaN (``require_finite=False``).
+
+    Returns
+    -------
+    usable : list of Series
+        In the order given.
+    excluded : list of dict
+        ``{"path": ..., "reason": ...}`` of each excluded run (each also logged).
+    """
+    usable: list[Series] = []
+    excluded: list[dict[str, str]] = []
+    for path in paths:
+        series = read_series(path, require_finite=False)
+        if series.excluded:
+            logger.warning("%s: left out (excluded by func: %s)", path, series.excluded)
+            excluded.append({"path": str(path), "reason": series.excluded})
+        else:
+            usable.append(series)
+    return usable, excluded
 
 
 def write_series(path: PathLike, data: np.ndarray, roi_names: Sequence[str] | None = None) -> Path:

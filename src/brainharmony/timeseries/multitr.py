@@ -186,7 +186,8 @@ def resample_and_pack(
     """Resample every series of ``manifest`` whose TR yields ``target_ms``, then pack.
 
     Series whose source TR is not a divisor-compatible source of the target (i.e. not
-    listed by :func:`target_trs` for it) are skipped. With ``method="decimate"`` each
+    listed by :func:`target_trs` for it) are skipped, and so are runs the func stage
+    excluded (listed in the shard sidecar's ``ExcludedSources``). With ``method="decimate"`` each
     series draws its start offset from ``seed`` and its position in the manifest, so
     reruns are identical.
 
@@ -202,6 +203,7 @@ def resample_and_pack(
 
     target = target_ms / 1000.0
     rows = []
+    excluded: list[dict[str, str]] = []
     details: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="multitr-", dir=Path(shard).parent) as tmp:
         for i, rec in enumerate(manifest.to_dict(orient="records")):
@@ -211,6 +213,10 @@ def resample_and_pack(
                 continue
             path = Path(rec["path"])
             series = read_series(path, require_finite=False)
+            if series.excluded:
+                logger.warning("%s: left out (excluded by func: %s)", path, series.excluded)
+                excluded.append({"path": str(path), "reason": series.excluded})
+                continue
             try:
                 if round(factor) == 1:
                     data = series.data
@@ -232,7 +238,10 @@ def resample_and_pack(
             write_json(sidecar_path(out), {"RepetitionTime": target, "ROINames": series.roi_names})
             rows.append({**rec, "tr": target, "source_tr": tr_in, "source": str(path), "path": out})
         if not rows:
-            raise InputDataError(None, f"no series has a source TR that gives {target_ms} ms")
+            why = f" ({len(excluded)} excluded by func)" if excluded else ""
+            raise InputDataError(
+                None, f"no usable series has a source TR that gives {target_ms} ms{why}"
+            )
         frame = pd.DataFrame(rows)
         idx = pack_series(frame, shard, index)
     write_json(
@@ -243,6 +252,7 @@ def resample_and_pack(
             "ResamplingMethod": method,
             "ResamplingDetails": details,
             "Sources": [str(r["source"]) for r in rows],
+            "ExcludedSources": excluded,
             **provenance(
                 step="multitr",
                 inputs=[r["source"] for r in rows],

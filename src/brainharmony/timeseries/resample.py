@@ -424,6 +424,8 @@ def run(args: argparse.Namespace) -> int:
     from brainharmony.timeseries.files import read_series, write_series
 
     series = read_series(args.input, require_finite=False)
+    if series.excluded:
+        raise InputDataError(args.input, f"the func stage excluded this run: {series.excluded}")
     tr_in = args.tr_in if args.tr_in is not None else series.tr
     if tr_in is None:
         raise InputDataError(args.input, "no RepetitionTime in the sidecar; pass --tr-in")

@@ -290,13 +290,18 @@ def _subject_from_name(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony scaling-stats``."""
-    from brainharmony.timeseries.files import read_series
+    from brainharmony.timeseries.files import read_usable_series
 
     paths = list(args.series)
     subjects = args.subjects or [_subject_from_name(p) for p in paths]
     if len(subjects) != len(paths):
         raise InputDataError(None, f"{len(subjects)} --subjects for {len(paths)} --series")
-    loaded = [read_series(p, require_finite=False) for p in paths]  # censored rows: NaN
+    loaded, excluded = read_usable_series(paths)  # censored rows: NaN
+    if not loaded:
+        raise InputDataError(None, f"every one of the {len(paths)} series was excluded by func")
+    left_out = {e["path"] for e in excluded}
+    subjects = [s for s, p in zip(subjects, paths, strict=True) if str(p) not in left_out]
+    paths = [p for p in paths if str(p) not in left_out]
     names = loaded[0].roi_names
     for s in loaded[1:]:
         if s.roi_names is not None and names is not None and s.roi_names != names:
@@ -315,7 +320,11 @@ def run(args: argparse.Namespace) -> int:
         stats.n_subjects,
         stats.n_series,
         stats.n_frames,
-        provenance(step="scaling-stats", inputs=paths, parameters={"mode": args.mode}),
+        provenance(
+            step="scaling-stats",
+            inputs=paths,
+            parameters={"mode": args.mode, "excluded_series": excluded},
+        ),
     )
     save_stats(args.out, stats)
     return 0
