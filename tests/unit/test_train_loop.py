@@ -222,6 +222,36 @@ def test_changed_configuration_starts_over(tmp_path: Path, volumes) -> None:
     assert train(relogged, ds, tmp_path / "out", tmp_path / "state", progress=False).finished
 
 
+def test_finished_checkpoint_of_other_data_is_not_resumed(tmp_path: Path, volumes) -> None:
+    """A rerun after the data changed (e.g. a run excluded upstream) trains afresh: the
+    finished checkpoint of the old data would otherwise be 'resumed' at its last step
+    and its weights written again. Same bytes under another name still resume."""
+    cfg = _cfg(steps=2)
+    shard, index = volumes
+    ds = build_dataset(cfg.data, [volumes])
+    first = train(cfg, ds, tmp_path / "out", tmp_path / "state", progress=False, inputs=[*volumes])
+    assert first.finished and first.resumed_from == 0
+    again = train(cfg, ds, tmp_path / "out", tmp_path / "state", progress=False, inputs=[*volumes])
+    assert again.resumed_from == 2  # same data: the finished state is picked up
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    copies = [moved / shard.name, moved / index.name]
+    for src, dst in zip(volumes, copies, strict=True):
+        dst.write_bytes(src.read_bytes())
+    assert train(cfg, ds, tmp_path / "out", tmp_path / "state", progress=False,
+                 inputs=copies).resumed_from == 2  # fmt: skip
+    # Other data: the volumes changed.
+    np.save(shard, np.load(shard) * np.float16(2))
+    ds = build_dataset(cfg.data, [volumes])
+    changed = train(
+        cfg, ds, tmp_path / "out", tmp_path / "state", progress=False, inputs=[*volumes]
+    )
+    assert changed.resumed_from == 0
+    train(cfg, ds, tmp_path / "fresh", tmp_path / "fresh_state", progress=False, inputs=[*volumes])
+    for key, value in _weights(tmp_path / "out").items():
+        assert torch.equal(value, _weights(tmp_path / "fresh")[key]), key
+
+
 def test_init_from_another_model_folder(tmp_path: Path, volumes) -> None:
     cfg = _cfg(steps=2)
     ds = build_dataset(cfg.data, [volumes])

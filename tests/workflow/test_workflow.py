@@ -218,6 +218,77 @@ def test_one_bad_subject_fails_alone_under_keep_going(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_run_excluded_by_censoring_is_left_out_and_the_later_stages_run(tiny_run, tmp_path):
+    """One demoA run made to jump 4 voxels on every other volume (FD far above the
+    threshold, so censoring keeps nothing): its func job succeeds with the series
+    flagged Excluded, and the multi-TR, geometry and training stages run to the end.
+    The shards, scaling statistics and group gradients leave the run out and list it;
+    the subject has BrainHarmonix-S embeddings but no BrainHarmonix-F or Harmonizer
+    ones; every other series is unchanged. (The tiny preset's 2-fold evaluation has one
+    training subject per fold, so losing one leaves a fold without training data; the
+    protocol's drop of subjects without inputs is tested in tests/unit.)"""
+    import json
+    import re
+
+    import nibabel as nib
+    import numpy as np
+
+    from tests.slurm.conftest import copy_run
+
+    work = copy_run(tiny_run, tmp_path / "run")
+    scans = pd.read_csv(tiny_run / "results/ingest/demoA/scans.tsv", sep="\t", dtype=str)
+    subject = scans["subject"].iloc[1]
+    bold = next((work / f"resources/demo/demoA/sub-{subject}").rglob("*_bold.nii.gz"))
+    img = nib.load(bold)
+    data = np.asarray(img.dataobj)
+    data[..., 1::2] = np.roll(data[..., 1::2], 4, axis=0)
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), bold)
+    # Ingest again (scans.tsv holds absolute paths into the copied run); by file times,
+    # only the damaged run's func job is redone.
+    out = run_snakemake(
+        work, "multitr_all", "geometry_all", "train_all", "--configfile",
+        str(work / "config.yaml"), "--cores", "2", "--forcerun", "ingest",
+        "--rerun-triggers", "mtime",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # Jobs run (the first "Job stats" table predates the checkpoint's re-evaluation).
+    ran = re.findall(r"^(?:local)?rule (\w+):$", out.stdout + out.stderr, flags=re.M)
+    assert ran.count("func_native") == 1, ran
+    assert {"train_bh_f", "train_harmonizer", "embed_encoders"} <= set(ran), ran
+
+    res = work / "results"
+    func = res / "func/demoA"
+    excluded = [
+        p
+        for p in sorted(func.rglob("*_desc-denoised_timeseries.json"))
+        if json.loads(p.read_text()).get("Excluded")
+    ]
+    assert [p.name.split("_")[0] for p in excluded] == [f"sub-{subject}"]
+    reason = json.loads(excluded[0].read_text())["ExclusionReason"]
+    assert "remain after censoring" in reason
+    series = excluded[0].with_suffix(".tsv")
+    for other in sorted(func.rglob("*_desc-denoised_timeseries.tsv")):
+        if other != series:
+            ref = tiny_run / other.relative_to(work)
+            assert other.read_bytes() == ref.read_bytes(), other
+    listed = [{"path": str(series.relative_to(work)), "reason": reason}]
+    for shard in sorted((res / "multitr/demoA").glob("demoA_tr-*_series.json")):
+        assert json.loads(shard.read_text())["ExcludedSources"] == listed, shard
+        index = pd.read_csv(str(shard).replace("_series.json", "_index.tsv"), sep="\t", dtype=str)
+        assert subject not in set(index["subject"]) and len(index) == len(scans) - 1
+    stats = json.loads(next((res / "multitr").glob("*_desc-robust_scaling.json")).read_text())
+    assert stats["Provenance"]["Parameters"]["excluded_series"] == listed
+    gradients = json.loads(next((res / "geometry").glob("atlas-*_g-*_gradients.json")).read_text())
+    assert gradients["ExcludedSeries"] == listed
+    # BrainHarmonix-F trained afresh: its finished checkpoint belongs to the old data.
+    assert "starting over" in (work / "logs/train/bh_f.log").read_text()
+    for model, has_it in (("bh_s", True), ("bh_f", False), ("harmonizer", False)):
+        subjects = np.load(res / f"embeddings/{model}/demoA.npz")["subject"].tolist()
+        assert (subject in subjects) is has_it, (model, subjects)
+        assert len(subjects) == len(scans) - (not has_it), (model, subjects)
+
+
+@pytest.mark.slow
 def test_kill_during_training_resumes_to_identical_weights_and_tables(tiny_run, tmp_path):
     """kill -9 of Snakemake and its jobs while BrainHarmonix-F trains (after its first
     checkpoint); the rerun resumes from the checkpoint, and the models and every table

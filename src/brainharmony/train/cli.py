@@ -72,6 +72,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _token_files(index: Path, kind: object) -> list[Path]:
+    """The token files a fused-data index lists (``path``, relative to the index)."""
+    if kind != "fused":
+        return []
+    import pandas as pd
+
+    table = pd.read_csv(index, sep="\t", dtype=str, keep_default_na=False)
+    if "path" not in table.columns:
+        return []
+    return [index.parent / p for p in table["path"]]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony train``; returns the exit status."""
     from brainharmony.train.config import load_config, with_overrides
@@ -111,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     )
     inputs = [p for pair in shards for p in pair if p is not None]
     inputs += [p for p in (args.scaling, args.rows_from, args.init) if p is not None]
+    # A checkpoint is tied to these bytes; fused token indexes name their token files.
+    data_files = [*inputs, *(p for _, index in shards for p in _token_files(index, kind))]
     try:
         result = train(
             cfg,
@@ -122,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             device=args.device,
             inputs=inputs,
+            data_files=data_files,
             progress=not args.no_progress,
         )
     except NonFiniteLossError as err:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainharmony.io import InputDataError, PathLike, atomic_path, config_digest
+from brainharmony.io import InputDataError, PathLike, atomic_path, config_digest, sha256_file
 from brainharmony.train import checkpoint as ckpt
 from brainharmony.train.config import ModelConfig
 from brainharmony.train.data import SeededItems, StreamBatchSampler, _mix
@@ -108,12 +108,25 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _digest(cfg: ModelConfig) -> str:
-    """What must not change for a checkpoint to be resumed (logging cadence may)."""
+def _digest(cfg: ModelConfig, data_files: Sequence[PathLike] = ()) -> str:
+    """What must not change for a checkpoint to be resumed (logging cadence may): the
+    configuration and the bytes of the data files (not their names, so a moved or
+    copied run still resumes)."""
     doc = cfg.to_dict()
     for key in ("log_every", "ckpt_every", "num_workers"):
         doc["train"].pop(key, None)
+    doc["data_files"] = [_content_digest(Path(f)) for f in data_files]
     return config_digest(doc)
+
+
+def _content_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes; of a folder's files (names relative to it, sorted)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return config_digest({str(f.relative_to(path)): sha256_file(f) for f in files})
+    if not path.is_file():
+        raise InputDataError(path, "training input not found")
+    return sha256_file(path)
 
 
 def _finite(value: float) -> bool:
@@ -175,6 +188,7 @@ def train(
     threads: int | None = None,
     device: str | None = None,
     inputs: Sequence[PathLike] = (),
+    data_files: Sequence[PathLike] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train (or resume training) one model.
@@ -205,6 +219,11 @@ def train(
         Default: CUDA when available.
     inputs : sequence of path-like
         Data files, recorded in ``config.json``'s provenance.
+    data_files : sequence of path-like, optional
+        Files (or folders) whose bytes the checkpoint is tied to (default ``inputs``): a
+        checkpoint left by training on other data is not resumed. Without this, a
+        rerun after the data changed would pick up the finished checkpoint of the old
+        data and write its weights again.
     progress : bool
         Show a tqdm progress bar (rank 0).
 
@@ -228,6 +247,7 @@ def train(
                 init_from=init_from,
                 max_steps_this_call=max_steps_this_call,
                 inputs=inputs,
+                data_files=inputs if data_files is None else data_files,
                 progress=progress,
             )
     finally:
@@ -245,6 +265,7 @@ def _train(
     init_from: PathLike | None,
     max_steps_this_call: int | None,
     inputs: Sequence[PathLike],
+    data_files: Sequence[PathLike],
     progress: bool,
 ) -> TrainResult:
     from brainharmony.models.registry import build_model
@@ -262,14 +283,15 @@ def _train(
         raise TypeError(f"model {type(model).__name__} has no forward_loss(batch)")
 
     ckpt_path = state_dir / ckpt.CHECKPOINT_NAME
-    digest = _digest(cfg)
+    digest = _digest(cfg, data_files)
     state = _readable_checkpoint(ckpt_path)
     if state is not None and state["digest"] != digest:
-        # A changed configuration makes the workflow rerun the job: resuming would mix two
-        # trainings, so the stale state is ignored (and overwritten by the next checkpoint).
+        # A changed configuration or changed data makes the workflow rerun the job:
+        # resuming would mix two trainings (or, from a finished checkpoint, write the old
+        # weights again), so the stale state is ignored (and overwritten by the next one).
         logger.warning(
-            "%s belongs to a different configuration than %r (model, optim, train or data "
-            "changed): starting over",
+            "%s belongs to a different configuration or other data than %r (model, optim, "
+            "train, data settings or the data files changed): starting over",
             ckpt_path,
             cfg.name,
         )
