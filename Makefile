@@ -23,8 +23,14 @@ install: $(STAMP)
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# --max-jobs-per-timespan: Snakemake's default rate limit (100/1s) re-runs its scheduler
+# every second while jobs wait for a free core, checking every waiting job's inputs each
+# time: on 2 cores that cost the main process about a third of a core (docs/performance.md).
+# Every 10 s is enough locally (a finished job wakes the scheduler at once); Snakemake
+# may wait up to that long before it exits.
 demo: install
-	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --printshellcmds
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --printshellcmds \
+		--max-jobs-per-timespan 100/10s
 
 test: install system-deps
 	$(BIN)/python -m pytest tests

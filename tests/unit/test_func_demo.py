@@ -265,6 +265,14 @@ def test_derivatives_mode_reproduces_the_native_result(derivative_run, atlas3, t
     both = np.isfinite(res.denoised) & np.isfinite(out.denoised)
     assert both.sum() > 0.9 * np.isfinite(res.denoised).sum()
     np.testing.assert_allclose(out.denoised[both], res.denoised[both], atol=1e-3)
+    # A threshold no frame passes: the run is excluded (reason, no frames), not refused.
+    import dataclasses
+
+    strict = dataclasses.replace(NativeSettings().denoise, fd_threshold=1e-6)
+    out = process_derivatives(files, atlas3[0], denoise_settings=strict)
+    assert "frames remain after censoring" in out.excluded
+    assert out.denoised.shape == (0, res.denoised.shape[1])
+    assert out.raw_series.shape == res.raw_series.shape
 
 
 def _table(demo: Path) -> None:
