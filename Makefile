@@ -25,7 +25,7 @@ system-deps:
 
 # --max-jobs-per-timespan: Snakemake's default rate limit (100/1s) re-runs its scheduler
 # every second while jobs wait for a free core, checking every waiting job's inputs each
-# time: on 2 cores that cost the main process about a third of a core (docs/performance.md).
+# time: on 2 cores that cost the main process about a third of a core (docs/hpc.md).
 # Every 10 s is enough locally (a finished job wakes the scheduler at once); Snakemake
 # may wait up to that long before it exits.
 demo: install
