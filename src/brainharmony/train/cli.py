@@ -123,8 +123,14 @@ def run(args: argparse.Namespace) -> int:
     )
     inputs = [p for pair in shards for p in pair if p is not None]
     inputs += [p for p in (args.scaling, args.rows_from, args.init) if p is not None]
-    # A checkpoint is tied to these bytes; fused token indexes name their token files.
+    # A checkpoint is tied to these bytes: the data, the token files a fused index
+    # names, and the geometry tables the model reads (model.harmonics/gradients).
     data_files = [*inputs, *(p for _, index in shards for p in _token_files(index, kind))]
+    data_files += [
+        Path(str(cfg.model[key]))
+        for key in ("harmonics", "gradients")
+        if cfg.model.get(key) and Path(str(cfg.model[key])).is_file()
+    ]
     try:
         result = train(
             cfg,
