@@ -139,6 +139,6 @@ def test_source_tr_is_packed_unchanged_and_decimate_is_reproducible(tmp_path):
     resample_and_pack(m, 3000, tmp_path / "b.npy", tmp_path / "b.tsv", method="decimate", seed=3)
     resample_and_pack(m, 3000, tmp_path / "c.npy", tmp_path / "c.tsv", method="decimate", seed=3)
     np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), np.load(tmp_path / "c.npy"))
-    with pytest.raises(InputDataError, match="no series has a source TR"):
+    with pytest.raises(InputDataError, match="no usable series has a source TR"):
         resample_and_pack(m, 1500, tmp_path / "d.npy", tmp_path / "d.tsv")
     assert not (tmp_path / "d.npy").exists()
