@@ -168,7 +168,7 @@ def write_parcel_series(
         },
         **dict(denoised_extra or {}),
     }
-    excluded = getattr(result, "excluded", "")
+    excluded = result.excluded
     if excluded:
         # The header row only: a reader that ignores the flag gets no frames, never
         # numbers that were not computed.

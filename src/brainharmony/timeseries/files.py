@@ -119,12 +119,19 @@ def read_usable_series(paths: Sequence[PathLike]) -> tuple[list[Series], list[di
     excluded: list[dict[str, str]] = []
     for path in paths:
         series = read_series(path, require_finite=False)
-        if series.excluded:
-            logger.warning("%s: left out (excluded by func: %s)", path, series.excluded)
-            excluded.append({"path": str(path), "reason": series.excluded})
-        else:
+        if not set_aside(series, path, excluded):
             usable.append(series)
     return usable, excluded
+
+
+def set_aside(series: Series, path: PathLike, excluded: list[dict[str, str]]) -> bool:
+    """If the func stage excluded ``series``, log it, append ``{"path", "reason"}`` to
+    ``excluded`` and return True (the caller leaves it out); else return False."""
+    if not series.excluded:
+        return False
+    logger.warning("%s: left out (excluded by func: %s)", path, series.excluded)
+    excluded.append({"path": str(path), "reason": series.excluded})
+    return True
 
 
 def write_series(path: PathLike, data: np.ndarray, roi_names: Sequence[str] | None = None) -> Path:

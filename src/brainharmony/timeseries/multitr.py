@@ -198,7 +198,7 @@ def resample_and_pack(
     """
     from brainharmony.io import provenance
     from brainharmony.packing import pack_series
-    from brainharmony.timeseries.files import read_series
+    from brainharmony.timeseries.files import read_series, set_aside
     from brainharmony.timeseries.resample import censored_volumes, resample_to_tr
 
     target = target_ms / 1000.0
@@ -213,9 +213,7 @@ def resample_and_pack(
                 continue
             path = Path(rec["path"])
             series = read_series(path, require_finite=False)
-            if series.excluded:
-                logger.warning("%s: left out (excluded by func: %s)", path, series.excluded)
-                excluded.append({"path": str(path), "reason": series.excluded})
+            if set_aside(series, path, excluded):
                 continue
             try:
                 if round(factor) == 1:

@@ -73,15 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _token_files(index: Path, kind: object) -> list[Path]:
-    """The token files a fused-data index lists (``path``, relative to the index)."""
+    """The token files a fused-data index lists."""
     if kind != "fused":
         return []
-    import pandas as pd
+    from brainharmony.models.harmonizer_data import read_token_index
 
-    table = pd.read_csv(index, sep="\t", dtype=str, keep_default_na=False)
-    if "path" not in table.columns:
-        return []
-    return [index.parent / p for p in table["path"]]
+    return [Path(p) for p in read_token_index(index)["path"]]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -123,10 +123,23 @@ def _content_digest(path: Path) -> str:
     """SHA-256 of a file's bytes; of a folder's files (names relative to it, sorted)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        return config_digest({str(f.relative_to(path)): sha256_file(f) for f in files})
+        return config_digest({str(f.relative_to(path)): _file_digest(f) for f in files})
     if not path.is_file():
         raise InputDataError(path, "training input not found")
-    return sha256_file(path)
+    return _file_digest(path)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """:func:`sha256_file`, read once per process for a file whose size and mtime stay
+    the same (the predictor's cross-validation calls :func:`train` per fold and step)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
 
 
 def _finite(value: float) -> bool:
