@@ -245,8 +245,10 @@ def test_cli_evaluate_tables_and_metrics_recomputable_from_predictions(tmp_path)
     tests = pd.read_csv(tmp_path / "tables" / "tests.csv")
     probe = tests.loc[(tests["model"] == "probe_bh_f") & (tests["role"] == "vs_null")]
     assert (probe["mean_diff"] > 0).all()
-    # n counts folds x seeds
+    # n counts folds x seeds, and the table's note says so
     assert set(written["n"]) <= {6, 0}
+    note = "Mean ± std over 6 test partitions (every fold of every split seed)"
+    assert note in (tmp_path / "tables" / "paper_table.md").read_text()
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):

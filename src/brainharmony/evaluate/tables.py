@@ -255,7 +255,7 @@ def build_paper_table(
         f"{kind}: {METRIC_LABELS[m]}" for kind, m in settings.primary_metric.items()
     )
     note = (
-        f"Mean ± std over the test partitions of {n_text} folds x seeds "
+        f"Mean ± std over {n_text} test partitions (every fold of every split seed) "
         f"(hyperparameters chosen on validation partitions only). Classification "
         f"metrics in %. Bold: best mean per column. {MARK}: better than the task's best "
         f"baseline at p < {settings.alpha:g} ({TEST_NAME}, on the primary metric: "
