@@ -54,16 +54,18 @@ def probe(features: pd.DataFrame, phenotypes: pd.DataFrame, folds: int, repeats:
     age = rows["age"].to_numpy(float)
     cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=0)
     auc, bacc, mae = [], [], []
-    for train, test in cv.split(x, dx):
-        clf = make_pipeline(
-            StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-3, 2, 6), max_iter=2000)
-        ).fit(x[train], dx[train])
-        p = clf.predict_proba(x[test])[:, 1]
-        auc.append(roc_auc_score(dx[test], p))
-        bacc.append(balanced_accuracy_score(dx[test], p > 0.5))
-        reg = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
-        reg.fit(x[train], age[train])
-        mae.append(mean_absolute_error(age[test], reg.predict(x[test])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter of the inner CV
+        for train, test in cv.split(x, dx):
+            clf = make_pipeline(
+                StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-3, 2, 6), max_iter=2000)
+            ).fit(x[train], dx[train])
+            p = clf.predict_proba(x[test])[:, 1]
+            auc.append(roc_auc_score(dx[test], p))
+            bacc.append(balanced_accuracy_score(dx[test], p > 0.5))
+            reg = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
+            reg.fit(x[train], age[train])
+            mae.append(mean_absolute_error(age[test], reg.predict(x[test])))
     return float(np.mean(auc)), float(np.mean(bacc)), float(np.mean(mae)), float(age.std())
 
 
@@ -78,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     phenotypes.index = phenotypes["participant_id"].str.removeprefix("sub-")
     for path in args.embeddings:
         features = subject_features(path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence chatter of the inner CV
-            auc, bacc, mae, sd = probe(features, phenotypes, args.folds, args.repeats)
+        auc, bacc, mae, sd = probe(features, phenotypes, args.folds, args.repeats)
         print(
             f"{path}: {features.shape[0]} subjects x {features.shape[1]} features; "
             f"diagnosis AUC {auc:.3f}, BACC {bacc:.3f}; age MAE {mae:.2f} (age SD {sd:.2f})"
