@@ -32,15 +32,13 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from brainharmony.evaluate.data import read_embeddings
+
 
 def subject_features(path: Path) -> pd.DataFrame:
     """Features averaged per subject (index: subject label without ``sub-``)."""
-    with np.load(path, allow_pickle=False) as data:
-        subjects = np.asarray(data["subject"]).astype(str)
-        features = np.asarray(data["features"], dtype=np.float64)
-    frame = pd.DataFrame(features)
-    frame["subject"] = subjects
-    return frame.groupby("subject").mean()
+    table = read_embeddings(path)
+    return pd.DataFrame(table.values, index=pd.Index(table.subjects, name="subject"))
 
 
 def probe(features: pd.DataFrame, phenotypes: pd.DataFrame, folds: int, repeats: int):

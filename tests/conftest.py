@@ -1,5 +1,6 @@
 """Session-wide test helpers shared by unit and workflow tests."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -30,6 +31,14 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.C
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir, check=False
     )
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` (not a package) as a module, for its tests."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -11,16 +10,12 @@ import pandas as pd
 import pytest
 
 from brainharmony.timeseries.files import write_series
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fc_fidelity.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def fc_fidelity():
-    spec = importlib.util.spec_from_file_location("fc_fidelity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("fc_fidelity")
 
 
 def _dataset(root: Path, noise: float, n: int = 20, n_rois: int = 12) -> tuple[Path, Path]:

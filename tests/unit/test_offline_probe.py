@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "offline_probe.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def offline_probe():
-    spec = importlib.util.spec_from_file_location("offline_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("offline_probe")
 
 
 def _cohort(tmp_path: Path, signal: float) -> tuple[Path, Path]:
