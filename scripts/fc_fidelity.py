@@ -13,10 +13,17 @@ correlation over uncensored frames, averaged in z over a subject's runs). It pri
   by inner cross-validation) under repeated stratified K-fold cross-validation, once on
   the truth FC and once on the denoised FC of the same subjects.
 
-The numbers quoted in ``docs/demo-data.md`` came from::
+With ``--strategies``, each named confound strategy (``func.strategy`` values) is also
+applied afresh to every run's ``desc-preproc_timeseries.tsv`` (the parcel means before
+denoising) with its ``desc-confounds_timeseries.tsv``; every other denoising setting is
+the default (:class:`brainharmony.func.denoise.DenoiseSettings`: FD 0.5 mm censoring,
+0.01-0.1 Hz, ``regress-filter``). The same two lines are printed per strategy, so the
+strategies are compared on the same subjects and folds.
+
+The numbers quoted in ``docs/demo-data.md`` and ``docs/func.md`` came from::
 
     .venv/bin/python scripts/fc_fidelity.py --truth resources/demo/demoB-truth \\
-        --denoised results/func/demoB
+        --denoised results/func/demoB --strategies 24P+WM+CSF+GS 36P 18P 9P 3P
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 
 from brainharmony.evaluate.data import FeatureTable, fc_from_series_files
 
+logger = logging.getLogger(__name__)
+
 
 def read_fc(truth: Path, denoised: Path) -> tuple[FeatureTable, FeatureTable]:
     """Subject-level FC of the truth series and of the denoised series."""
@@ -43,6 +52,59 @@ def read_fc(truth: Path, denoised: Path) -> tuple[FeatureTable, FeatureTable]:
     if not denoised_files:
         raise SystemExit(f"{denoised}: no sub-*/**/*_desc-denoised_timeseries.tsv series")
     return fc_from_series_files(truth_files), fc_from_series_files(denoised_files)
+
+
+def _run_confounds(preproc: Path) -> Path:
+    stem = preproc.name.split("_space-")[0]
+    return preproc.with_name(f"{stem}_desc-confounds_timeseries.tsv")
+
+
+def redenoised_fc(func_dir: Path, strategy: str) -> FeatureTable:
+    """Subject-level FC of every run's parcel means denoised afresh with ``strategy``.
+
+    Runs that censoring leaves too short under the default settings are skipped with a
+    warning, as the func stage excludes them.
+    """
+    from brainharmony.evaluate.data import fisher_z_fc
+    from brainharmony.func.denoise import (
+        DenoiseSettings,
+        censor_mask,
+        confound_matrix,
+        denoise_run,
+    )
+    from brainharmony.io import InputDataError
+    from brainharmony.timeseries.files import read_series
+
+    settings = DenoiseSettings(strategy=strategy)
+    files = sorted(func_dir.glob("sub-*/**/*_desc-preproc_timeseries.tsv"))
+    if not files:
+        raise SystemExit(f"{func_dir}: no sub-*/**/*_desc-preproc_timeseries.tsv series")
+    subjects, rows = [], []
+    for path in files:
+        series = read_series(path, require_finite=False)
+        if series.tr is None:
+            raise InputDataError(path, "no RepetitionTime in the sidecar")
+        conf_path = _run_confounds(path)
+        if not conf_path.is_file():
+            raise InputDataError(conf_path, "confounds table not found")
+        table = pd.read_csv(conf_path, sep="\t", na_values=["n/a"])
+        if "framewise_displacement" not in table.columns:
+            raise InputDataError(conf_path, "no framewise_displacement column")
+        fd = table["framewise_displacement"].fillna(0.0).to_numpy(np.float64)
+        keep = censor_mask(fd, settings.fd_threshold, min_segment=settings.min_segment)
+        conf, _ = confound_matrix(table, strategy)
+        out, _, excluded = denoise_run(
+            series.data, series.tr, confounds=conf, keep=keep, settings=settings, scale="none"
+        )
+        if excluded:
+            logger.warning("%s: skipped for %s (%s)", path, strategy, excluded)
+            continue
+        rows.append(fisher_z_fc(out))
+        subjects.append(path.name.split("_")[0].removeprefix("sub-"))
+    if not rows:
+        raise SystemExit(f"{func_dir}: no run survives censoring for {strategy}")
+    frame = pd.DataFrame(np.vstack(rows)).groupby(np.asarray(subjects)).mean()
+    return FeatureTable(frame.index.to_numpy(str), frame.to_numpy(), f"fc:{strategy}")
 
 
 def edge_agreement(a: FeatureTable, b: FeatureTable) -> pd.Series:
@@ -71,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--denoised", type=Path, required=True, help="results/func/<dataset>")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        default=[],
+        metavar="STRATEGY",
+        help="also denoise the preproc parcel series afresh with each of these strategies",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
@@ -88,7 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     y = phenotypes.reindex(subjects)["is_patient"].astype(float).to_numpy()
     if np.isnan(y).any() or len(np.unique(y)) < 2:
         raise SystemExit(f"{args.truth / 'phenotypes.tsv'}: is_patient missing or constant")
-    for name, table in (("truth", truth_fc), ("denoised", denoised_fc)):
+    tables = [("truth", truth_fc), ("denoised", denoised_fc)]
+    for strategy in args.strategies:
+        table = redenoised_fc(args.denoised, strategy)
+        r = edge_agreement(truth_fc, table).reindex(subjects)
+        if r.isna().any():
+            raise SystemExit(f"{strategy}: no FC for subjects {list(r.index[r.isna()])}")
+        print(
+            f"re-denoised with {strategy}: truth vs denoised FC: mean {r.mean():.3f} "
+            f"(min {r.min():.3f}, max {r.max():.3f})"
+        )
+        tables.append((f"{strategy} re-denoised", table))
+    for name, table in tables:
         auc, bacc = diagnosis_cv(table.take(subjects), y.astype(int), args.folds, args.repeats)
         print(
             f"diagnosis from {name} FC ({args.repeats} x {args.folds}-fold ridge): "

@@ -245,6 +245,10 @@ def test_strategies_pick_fmriprep_columns():
     assert m36.shape == (n, 36) and "global_signal_derivative1_power2" in names36
     assert np.isfinite(m36).all()  # first derivative row (n/a) becomes 0
     assert len(STRATEGIES["24P"]) == 24
+    m18, names18 = confound_matrix(table, "18P")
+    assert m18.shape == (n, 18) and names18[:2] == ["trans_x", "trans_x_derivative1"]
+    assert names18[-2:] == ["global_signal", "global_signal_derivative1"]
+    assert not any(name.endswith("power2") for name in names18)
     with pytest.raises(ValueError, match="lacks columns"):
         confound_matrix(pd.DataFrame({"trans_x": np.zeros(n)}), "24P")
 

@@ -57,6 +57,13 @@ STRATEGIES: dict[str, tuple[str, ...]] = {
     "24P+WM+CSF+GS": (*_MOTION24, "white_matter", "csf", "global_signal"),
     # Satterthwaite et al. 2013: 9 regressors with derivatives and squares.
     "36P": (*_MOTION24, *[f"{t}{e}" for t in TISSUES for e in EXPANSIONS]),
+    # The CBIG regression (Kong et al. 2019, Li et al. 2019): the 6 motion parameters,
+    # white matter, CSF (ventricles) and global signal, each with its first derivative.
+    "18P": tuple(
+        f"{c}{e}"
+        for c in (*PARAM_NAMES, "white_matter", "csf", "global_signal")
+        for e in ("", "_derivative1")
+    ),
     "24P": tuple(_MOTION24),
     "9P": (*PARAM_NAMES, "white_matter", "csf", "global_signal"),
     # Tissue signals only (Ciric et al. 2017's 2P; 3P adds the global signal).
