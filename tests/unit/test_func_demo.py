@@ -3,7 +3,7 @@
 Checks (issue 4 acceptance, on the ``tiny`` preset):
 
 * head motion recovered within 0.1 mm / 0.1 deg (median absolute error, per run);
-* denoised parcel series (default strategy ``24P+WM+CSF+GS``) correlate with the
+* denoised parcel series (default strategy ``18P``) correlate with the
   planted HRF-convolved parcel BOLD at median r >= 0.9 on clean and moderate-motion
   runs, and above a measured floor on high-motion runs after censoring; the series
   without denoising correlate clearly less;
@@ -38,7 +38,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-DEFAULT_STRATEGY = "24P+WM+CSF+GS"
+DEFAULT_STRATEGY = "18P"
 #: (dataset, motion class): the first such run in the truth's runs.tsv. demoA: TR 0.735 s,
 #: 5 mm, LAS-stored; demoB: TR 2.0 s, 6 mm, LPS-stored, sessions.
 RUNS = [(ds, level) for ds in ("demoA", "demoB") for level in ("clean", "moderate", "high")]
@@ -46,16 +46,17 @@ RUNS = [(ds, level) for ds in ("demoA", "demoB") for level in ("clean", "moderat
 DERIVATIVE_RUNS = [("demoA", "high"), ("demoB", "clean")]
 #: Least median r (denoised vs planted through the same operator), default strategy.
 #: 0.9 is the issue's requirement; the high-motion floor is the worst case measured on
-#: this preset over seeds 7, 1, 2 and the tests' seed (0.82), less a margin.
+#: this preset over seeds 7, 1, 2 and the tests' seed (0.83), less a margin.
 FLOOR = {"clean": 0.9, "moderate": 0.9, "high": 0.8}
 #: Without denoising (raw parcel means against the unfiltered truth) r is lower by at
-#: least this much (measured: 0.26 or more).
+#: least this much (measured: 0.25 or more).
 DENOISING_GAIN = 0.2
 #: Strategies and orders of the docs table (script mode).
 TABLE_COLUMNS = (
     ("2P", "regress-filter"),
     ("3P", "regress-filter"),
     (DEFAULT_STRATEGY, "regress-filter"),
+    ("24P+WM+CSF+GS", "regress-filter"),
     ("36P", "regress-filter"),
     (DEFAULT_STRATEGY, "filter-regress"),
 )

@@ -25,10 +25,10 @@ def test_names():
 
 def test_settings_from_config_defaults_and_options():
     plan = planning.settings_from_config({"datasets": {}})
-    assert plan.backend == "native" and plan.strategy == "24P+WM+CSF+GS"
+    assert plan.backend == "native" and plan.strategy == "18P"
     assert plan.band == (0.01, 0.1) and plan.coreg == "header"
     opts = planning.denoise_options(plan)
-    assert "--strategy 24P+WM+CSF+GS" in opts and "--high-pass 0.01" in opts
+    assert "--strategy 18P" in opts and "--high-pass 0.01" in opts
     plan = planning.settings_from_config(
         {"func": {"band": [None, 0.08], "fd_threshold": None, "strategy": "36P", "detrend": False}}
     )

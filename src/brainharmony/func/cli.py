@@ -51,10 +51,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 
 def _add_denoise(p: argparse.ArgumentParser) -> None:
-    from brainharmony.func.denoise import ORDERS, STRATEGIES
+    from brainharmony.func.denoise import DEFAULT_STRATEGY, ORDERS, STRATEGIES
 
     g = p.add_argument_group("denoising")
-    g.add_argument("--strategy", default="24P+WM+CSF+GS", choices=sorted(STRATEGIES))
+    g.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
     g.add_argument(
         "--fd-threshold", type=_optional_float, default=0.5, help="mm; 'none' disables censoring"
     )

@@ -46,19 +46,22 @@ import pandas as pd
 
 from brainharmony.func.confounds import EXPANSIONS, TISSUES
 from brainharmony.func.motion import PARAM_NAMES
+from brainharmony.func.planning import DEFAULT_STRATEGY
 
 logger = logging.getLogger(__name__)
 
 _MOTION24 = [f"{p}{e}" for p in PARAM_NAMES for e in EXPANSIONS]
 #: Confound columns of each strategy (fMRIPrep names).
 STRATEGIES: dict[str, tuple[str, ...]] = {
-    # 24 motion (6 + derivatives + squares of both) + WM + CSF + GS: as described for
-    # BrainHarmonix (motion, WM, CSF, global signal).
+    # 24 motion (6 + derivatives + squares of both) + WM + CSF + GS (the default until
+    # 2026-12-06).
     "24P+WM+CSF+GS": (*_MOTION24, "white_matter", "csf", "global_signal"),
     # Satterthwaite et al. 2013: 9 regressors with derivatives and squares.
     "36P": (*_MOTION24, *[f"{t}{e}" for t in TISSUES for e in EXPANSIONS]),
-    # The CBIG regression (Kong et al. 2019, Li et al. 2019): the 6 motion parameters,
-    # white matter, CSF (ventricles) and global signal, each with its first derivative.
+    # The CBIG regression (Kong et al. 2019, Li et al. 2019), the default: the 6 motion
+    # parameters, white matter, CSF (ventricles) and global signal, each with its first
+    # derivative. BrainHarmonix describes motion, WM, CSF and global-signal regression
+    # in a CBIG-style pipeline.
     "18P": tuple(
         f"{c}{e}"
         for c in (*PARAM_NAMES, "white_matter", "csf", "global_signal")
@@ -126,7 +129,7 @@ class DenoiseSettings:
         on the kept frames.
     """
 
-    strategy: str = "24P+WM+CSF+GS"
+    strategy: str = DEFAULT_STRATEGY
     fd_threshold: float | None = 0.5
     min_segment: int = 5
     censor_before: int = 0

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 BACKENDS: tuple[str, ...] = ("native", "fmriprep", "fmriprep-derivatives")
+#: Default confound strategy (a key of ``brainharmony.func.denoise.STRATEGIES``; defined
+#: here so the Snakefile's planning does not import numpy; docs/func.md says why).
+DEFAULT_STRATEGY = "18P"
 FDIR = r"sub-[a-zA-Z0-9]+(/ses-[a-zA-Z0-9]+)?"
 FSTEM = r"sub-[a-zA-Z0-9]+(_ses-[a-zA-Z0-9]+)?_task-[a-zA-Z0-9]+(_run-[a-zA-Z0-9]+)?"
 #: Scheduler hints (per run; measured on the demo and extrapolated, see docs/func.md).
@@ -32,7 +35,7 @@ class FuncPlan:
 
     backend: str = "native"
     resolution_mm: float = 2.0
-    strategy: str = "24P+WM+CSF+GS"
+    strategy: str = DEFAULT_STRATEGY
     fd_threshold: float | None = 0.5
     min_segment: int = 5
     censor_before: int = 0
@@ -108,7 +111,7 @@ def settings_from_config(config: Mapping[str, Any]) -> FuncPlan:
     return FuncPlan(
         backend=str(block.get("backend", "native")),
         resolution_mm=float(block.get("resolution_mm", 2.0)),
-        strategy=str(block.get("strategy", "24P+WM+CSF+GS")),
+        strategy=str(block.get("strategy", DEFAULT_STRATEGY)),
         fd_threshold=None if fd is None else float(fd),
         min_segment=int(block.get("min_segment", 5)),
         censor_before=int(block.get("censor_before", 0)),
