@@ -130,8 +130,8 @@ def token_variance(tokens_index: Path) -> dict[str, float]:
             keep = valid.all(axis=0)  # positions valid in every item
             x = x[:, keep]
         total = x.reshape(-1, x.shape[-1]).var(axis=0).sum()
-        within_position = x.var(axis=0).sum(axis=-1).mean()
-        out[name] = float(within_position / total) if total > 0 else float("nan")
+        between_items = x.var(axis=0).sum(axis=-1).mean()  # per position, then averaged
+        out[name] = float(between_items / total) if total > 0 else float("nan")
     return out
 
 
