@@ -11,7 +11,9 @@ correlation over uncensored frames, averaged in z over a subject's runs). It pri
   (79,800 edges for Schaefer-400), and
 * for the planted diagnosis, the AUC and balanced accuracy of a ridge classifier (penalty
   by inner cross-validation) under repeated stratified K-fold cross-validation, once on
-  the truth FC and once on the denoised FC of the same subjects.
+  the truth FC and once on the denoised FC of the same subjects;
+* when ``phenotypes.tsv`` has an ``age`` for every subject, the MAE (mean ± SD over folds)
+  of a ridge regression of age under repeated K-fold cross-validation, same subjects.
 
 With ``--strategies``, each named confound strategy (``func.strategy`` values) is also
 applied afresh to every run's ``desc-preproc_timeseries.tsv`` (the parcel means before
@@ -34,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import RidgeClassifierCV
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.linear_model import RidgeClassifierCV, RidgeCV
+from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, roc_auc_score
+from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
 
 from brainharmony.evaluate.data import FeatureTable, fc_from_series_files
 
@@ -127,6 +129,16 @@ def diagnosis_cv(x: np.ndarray, y: np.ndarray, folds: int, repeats: int) -> tupl
     return float(np.mean(auc)), float(np.mean(bacc))
 
 
+def age_cv(x: np.ndarray, age: np.ndarray, folds: int, repeats: int) -> tuple[float, float]:
+    """Mean and SD over folds of the MAE of a ridge regression under repeated K-fold CV."""
+    cv = RepeatedKFold(n_splits=folds, n_repeats=repeats, random_state=0)
+    mae = []
+    for train, test in cv.split(x):
+        model = RidgeCV(alphas=np.logspace(-1, 5, 13)).fit(x[train], age[train])
+        mae.append(mean_absolute_error(age[test], model.predict(x[test])))
+    return float(np.mean(mae)), float(np.std(mae))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--truth", type=Path, required=True, help="<dataset>-truth folder")
@@ -168,12 +180,24 @@ def main(argv: list[str] | None = None) -> int:
             f"(min {r.min():.3f}, max {r.max():.3f})"
         )
         tables.append((f"{strategy} re-denoised", table))
+    age = None
+    if "age" in phenotypes.columns:
+        age = pd.to_numeric(phenotypes.reindex(subjects)["age"], errors="coerce").to_numpy()
+        if np.isnan(age).any():
+            age = None
     for name, table in tables:
-        auc, bacc = diagnosis_cv(table.take(subjects), y.astype(int), args.folds, args.repeats)
+        x = table.take(subjects)
+        auc, bacc = diagnosis_cv(x, y.astype(int), args.folds, args.repeats)
         print(
             f"diagnosis from {name} FC ({args.repeats} x {args.folds}-fold ridge): "
             f"AUC {auc:.3f}, BACC {bacc:.3f}"
         )
+        if age is not None:
+            mae, sd = age_cv(x, age, args.folds, args.repeats)
+            print(
+                f"age from {name} FC ({args.repeats} x {args.folds}-fold ridge): "
+                f"MAE {mae:.2f} ± {sd:.2f}"
+            )
     return 0
 
 

@@ -54,7 +54,7 @@ def _dataset(root: Path, noise: float, n: int = 20, n_rois: int = 12) -> tuple[P
             },
         )
         write_tsv(preproc.parent / f"{stem}_desc-confounds_timeseries.tsv", table)
-        rows.append({"participant_id": f"sub-{sub}", "is_patient": patient})
+        rows.append({"participant_id": f"sub-{sub}", "is_patient": patient, "age": 20 + i})
     pd.DataFrame(rows).to_csv(truth / "phenotypes.tsv", sep="\t", index=False)
     return truth, func
 
@@ -79,6 +79,7 @@ def test_cli_reports_and_names_missing_inputs(fc_fidelity, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "20 subjects: truth vs denoised FC" in out
     assert "diagnosis from truth FC" in out and "diagnosis from denoised FC" in out
+    assert "age from truth FC (1 x 4-fold ridge): MAE" in out
     expected = re.escape("nothing: no sub-*/**/*_desc-denoised_timeseries.tsv series")
     with pytest.raises(SystemExit, match=expected):
         fc_fidelity.main(["--truth", str(truth), "--denoised", str(tmp_path / "nothing")])
@@ -104,3 +105,13 @@ def test_cli_compares_strategies_and_names_a_missing_confounds_table(fc_fidelity
     gone.unlink()
     with pytest.raises(InputDataError, match="confounds table not found"):
         fc_fidelity.redenoised_fc(func, "2P")
+
+
+def test_age_cv_recovers_a_linear_age_signal(fc_fidelity):
+    rng = np.random.default_rng(0)
+    age = rng.uniform(20, 80, size=60)
+    x = rng.normal(size=(60, 200))
+    x[:, :20] += 0.1 * (age[:, None] - 50)  # 20 features carry age, SD about 1.7
+    mae, sd = fc_fidelity.age_cv(x, age, folds=5, repeats=2)
+    shuffled, _ = fc_fidelity.age_cv(x, rng.permutation(age), folds=5, repeats=2)
+    assert mae < 0.3 * age.std() < shuffled and sd >= 0
