@@ -75,7 +75,7 @@ def sign_split(
     import torch
 
     from brainharmony.io import InputDataError
-    from brainharmony.models.embed import _collate, _series_window, load_frozen
+    from brainharmony.models.embed import collate_rows, load_frozen, series_window
     from brainharmony.packing import PackedSeriesDataset, read_index
 
     net, kind = load_frozen(model)
@@ -92,14 +92,16 @@ def sign_split(
     data = PackedSeriesDataset(
         shard,
         table,
-        window=_series_window(net, table["tr"].to_numpy(np.float64)),
+        window=series_window(net, table["tr"].to_numpy(np.float64)),
         crop="start",
         scaling=stats,
     )
     plus, minus = [], []
     with torch.no_grad():
         for start in range(0, len(table), batch_size):
-            batch = dict(_collate(data, range(start, min(start + batch_size, len(table))), "cpu"))
+            batch = dict(
+                collate_rows(data, range(start, min(start + batch_size, len(table))), "cpu")
+            )
             plus.append(net.encode(batch).float().numpy())
             batch["x"] = -batch["x"]
             minus.append(net.encode(batch).float().numpy())

@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "add_arguments",
+    "collate_rows",
     "embed_encoders",
     "embed_harmonizer",
     "embed_roi_similarity",
@@ -68,6 +69,7 @@ __all__ = [
     "read_features",
     "roi_similarity",
     "run",
+    "series_window",
     "token_file_name",
     "write_features",
 ]
@@ -227,14 +229,20 @@ def _batches(rows: Sequence[int], size: int) -> Iterable[list[int]]:
         yield rows[start : start + size]
 
 
-def _collate(dataset: Any, rows: Sequence[int], device: Any) -> dict[str, Any]:
+def collate_rows(dataset: Any, rows: Iterable[int], device: Any) -> dict[str, Any]:
+    """One batch of ``dataset[row]`` items (default collation), tensors on ``device``."""
     from torch.utils.data import default_collate
 
     batch = default_collate([dataset[int(r)] for r in rows])
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def _series_window(model: Any, trs: np.ndarray) -> int:
+def series_window(model: Any, trs: np.ndarray) -> int:
+    """Frames a BrainHarmonix-F model sees at the longest of ``trs``' windows.
+
+    ``n_patches * k`` with ``k = round(tau / TR)``, maximised over the distinct TRs: the
+    model's whole field of view, the window ``embed encoders`` reads from each series.
+    """
     from brainharmony.models.tape import patch_frames
 
     tape = model.encoder.tape
@@ -287,7 +295,7 @@ def embed_encoders(
     f_data = PackedSeriesDataset(
         series_shard,
         f_index,
-        window=_series_window(f_net, f_index["tr"].to_numpy(np.float64)),
+        window=series_window(f_net, f_index["tr"].to_numpy(np.float64)),
         crop="start",
         scaling=stats,
     )
@@ -308,8 +316,8 @@ def embed_encoders(
             part = paired.iloc[chunk]
             f_rows = part["series_row"].tolist()
             s_rows = part["volume_row"].tolist()
-            f_batch = _collate(f_data, f_rows, device)
-            s_batch = _collate(s_data, s_rows, device)
+            f_batch = collate_rows(f_data, f_rows, device)
+            s_batch = collate_rows(s_data, s_rows, device)
             f_tok, f_val = f_net.encode_tokens(f_batch)
             s_tok, _ = s_net.encode_tokens(s_batch)
             for r, feat in zip(f_rows, f_net.encode(f_batch).cpu().numpy(), strict=True):
@@ -340,11 +348,11 @@ def embed_encoders(
                 )
         rest_f = [r for r in range(len(f_index)) if r not in f_pooled]
         for chunk in _batches(rest_f, batch_size):
-            feats = f_net.encode(_collate(f_data, chunk, device)).cpu().numpy()
+            feats = f_net.encode(collate_rows(f_data, chunk, device)).cpu().numpy()
             f_pooled.update(zip(chunk, feats, strict=True))
         rest_s = [r for r in range(len(s_index)) if r not in s_pooled]
         for chunk in _batches(rest_s, batch_size):
-            feats = s_net.encode(_collate(s_data, chunk, device)).cpu().numpy()
+            feats = s_net.encode(collate_rows(s_data, chunk, device)).cpu().numpy()
             s_pooled.update(zip(chunk, feats, strict=True))
 
     index = pd.DataFrame.from_records(records, columns=[*INDEX_COLUMNS, *extra])
@@ -424,7 +432,7 @@ def embed_harmonizer(
     feats = []
     with torch.no_grad():
         for chunk in _batches(range(len(data)), batch_size):
-            feats.append(net.encode(_collate(data, chunk, device)).float().cpu().numpy())
+            feats.append(net.encode(collate_rows(data, chunk, device)).float().cpu().numpy())
     if not feats:
         raise InputDataError(Path(tokens_index), "token index has no rows")
     features = np.concatenate(feats)
