@@ -70,7 +70,6 @@ def redenoised_fc(func_dir: Path, strategy: str) -> FeatureTable:
     from brainharmony.evaluate.data import fisher_z_fc
     from brainharmony.func.denoise import (
         DenoiseSettings,
-        censor_mask,
         confound_matrix,
         denoise_run,
     )
@@ -92,8 +91,7 @@ def redenoised_fc(func_dir: Path, strategy: str) -> FeatureTable:
         table = pd.read_csv(conf_path, sep="\t", na_values=["n/a"])
         if "framewise_displacement" not in table.columns:
             raise InputDataError(conf_path, "no framewise_displacement column")
-        fd = table["framewise_displacement"].fillna(0.0).to_numpy(np.float64)
-        keep = censor_mask(fd, settings.fd_threshold, min_segment=settings.min_segment)
+        keep = settings.keep(table["framewise_displacement"].to_numpy(dtype=float))
         conf, _ = confound_matrix(table, strategy)
         out, _, excluded = denoise_run(
             series.data, series.tr, confounds=conf, keep=keep, settings=settings, scale="none"

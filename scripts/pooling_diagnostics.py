@@ -50,6 +50,12 @@ import numpy as np
 import pandas as pd
 
 
+def _rows(table: pd.DataFrame) -> pd.DataFrame:
+    """``subject`` and ``session`` (``n/a`` without sessions) of each index row."""
+    session = table["session"].astype(str) if "session" in table.columns else "n/a"
+    return pd.DataFrame({"subject": table["subject"].astype(str), "session": session})
+
+
 def between_variance(features: np.ndarray) -> float:
     """Summed over features, the variance of the rows (between items)."""
     x = np.asarray(features, dtype=np.float64)
@@ -75,27 +81,12 @@ def sign_split(
     import torch
 
     from brainharmony.io import InputDataError
-    from brainharmony.models.embed import collate_rows, load_frozen, series_window
-    from brainharmony.packing import PackedSeriesDataset, read_index
+    from brainharmony.models.embed import collate_rows, frozen_series_data, load_frozen
 
     net, kind = load_frozen(model)
     if kind != "bh_f":
         raise InputDataError(model, f"is a {kind!r} model; expected 'bh_f'")
-    table = read_index(index)
-    if "tr" not in table.columns:
-        raise InputDataError(index, "series index has no 'tr' column")
-    stats = None
-    if scaling is not None:
-        from brainharmony.timeseries.scaling import load_stats
-
-        stats = load_stats(scaling)
-    data = PackedSeriesDataset(
-        shard,
-        table,
-        window=series_window(net, table["tr"].to_numpy(np.float64)),
-        crop="start",
-        scaling=stats,
-    )
+    table, data = frozen_series_data(net, shard, index, scaling)
     plus, minus = [], []
     with torch.no_grad():
         for start in range(0, len(table), batch_size):
@@ -105,15 +96,7 @@ def sign_split(
             plus.append(net.encode(batch).float().numpy())
             batch["x"] = -batch["x"]
             minus.append(net.encode(batch).float().numpy())
-    rows = pd.DataFrame(
-        {
-            "subject": table["subject"].astype(str).to_numpy(),
-            "session": table["session"].astype(str).to_numpy()
-            if "session" in table.columns
-            else "n/a",
-        }
-    )
-    return rows, np.concatenate(plus), np.concatenate(minus)
+    return _rows(table), np.concatenate(plus), np.concatenate(minus)
 
 
 def token_variance(tokens_index: Path) -> dict[str, float]:
@@ -167,15 +150,7 @@ def network_amplitude(shard: Path, index: Path, frames: int) -> tuple[pd.DataFra
         if len(x) < 3:
             raise InputDataError(shard, f"series of sub-{row.subject}: < 3 uncensored frames")
         out.append([x[:, labels == name].mean(axis=1).std() for name in NETWORKS])
-    rows = pd.DataFrame(
-        {
-            "subject": table["subject"].astype(str).to_numpy(),
-            "session": table["session"].astype(str).to_numpy()
-            if "session" in table.columns
-            else "n/a",
-        }
-    )
-    return rows, np.asarray(out)
+    return _rows(table), np.asarray(out)
 
 
 def _write(path: Path, rows: pd.DataFrame, features: np.ndarray, what: str) -> None:

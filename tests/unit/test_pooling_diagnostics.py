@@ -38,14 +38,6 @@ def _shard(folder: Path, n_series: int, frames: int, n_rois: int, rng) -> tuple[
     return folder / "series.npy", folder / "series.tsv"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sign_split_parts_and_the_odd_part_averages_out(diag, tmp_path):
     h, g = _tables(tmp_path)
     raw = {

@@ -178,6 +178,16 @@ class DenoiseSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def keep(self, fd: np.ndarray) -> np.ndarray:
+        """:func:`censor_mask` of a run's framewise displacement with these settings."""
+        return censor_mask(
+            fd,
+            self.fd_threshold,
+            min_segment=self.min_segment,
+            before=self.censor_before,
+            after=self.censor_after,
+        )
+
 
 @dataclass(frozen=True)
 class DenoiseResult:

@@ -338,7 +338,6 @@ def process_derivatives(
     from brainharmony.func.denoise import (
         DenoiseSettings,
         butterworth_sos,
-        censor_mask,
         confound_matrix,
         denoise_run,
         filter_min_volumes,
@@ -391,13 +390,7 @@ def process_derivatives(
     )
     if "framewise_displacement" not in table:
         raise InputDataError(files.confounds, "no framewise_displacement column")
-    keep = censor_mask(
-        table["framewise_displacement"].to_numpy(dtype=float),
-        d.fd_threshold,
-        min_segment=d.min_segment,
-        before=d.censor_before,
-        after=d.censor_after,
-    )
+    keep = d.keep(table["framewise_displacement"].to_numpy(dtype=float))
     try:
         design, names = confound_matrix(table, d.strategy)
     except ValueError as err:

@@ -360,7 +360,6 @@ def preprocess_run(
     from brainharmony.func import confounds as conf
     from brainharmony.func.denoise import (
         butterworth_sos,
-        censor_mask,
         confound_matrix,
         denoise_run,
         filter_min_volumes,
@@ -513,13 +512,7 @@ def preprocess_run(
         min_voxels=settings.min_parcel_voxels,
     )
     raw = parcels_out.series
-    keep = censor_mask(
-        table["framewise_displacement"].to_numpy(),
-        d.fd_threshold,
-        min_segment=d.min_segment,
-        before=d.censor_before,
-        after=d.censor_after,
-    )
+    keep = d.keep(table["framewise_displacement"].to_numpy())
     design, names = confound_matrix(table, d.strategy)
     try:
         denoised, info, excluded = denoise_run(

@@ -64,12 +64,12 @@ __all__ = [
     "embed_encoders",
     "embed_harmonizer",
     "embed_roi_similarity",
+    "frozen_series_data",
     "load_frozen",
     "pair_sessions",
     "read_features",
     "roi_similarity",
     "run",
-    "series_window",
     "token_file_name",
     "write_features",
 ]
@@ -237,16 +237,46 @@ def collate_rows(dataset: Any, rows: Iterable[int], device: Any) -> dict[str, An
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def series_window(model: Any, trs: np.ndarray) -> int:
-    """Frames a BrainHarmonix-F model sees at the longest of ``trs``' windows.
-
-    ``n_patches * k`` with ``k = round(tau / TR)``, maximised over the distinct TRs: the
-    model's whole field of view, the window ``embed encoders`` reads from each series.
-    """
+def _series_window(model: Any, trs: np.ndarray) -> int:
     from brainharmony.models.tape import patch_frames
 
     tape = model.encoder.tape
     return max(tape.n_patches * patch_frames(float(tr), tape.tau) for tr in np.unique(trs))
+
+
+def frozen_series_data(
+    model: Any, shard: PathLike, index: PathLike, scaling: PathLike | None = None
+) -> tuple[pd.DataFrame, Any]:
+    """A packed series shard as a frozen BrainHarmonix-F model reads it for embedding.
+
+    Each series from its first frame for the model's whole field of view (``n_patches *
+    k`` frames, ``k = round(tau / TR)``, at the longest of the shard's TRs), robust-scaled
+    with the statistics file when one is given.
+
+    Returns
+    -------
+    index : pandas.DataFrame
+        The shard's index (it must have a ``tr`` column).
+    dataset : brainharmony.packing.PackedSeriesDataset
+    """
+    from brainharmony.packing import PackedSeriesDataset, read_index
+
+    table = read_index(index)
+    if "tr" not in table.columns:
+        raise InputDataError(Path(index), "series index has no 'tr' column")
+    stats = None
+    if scaling is not None:
+        from brainharmony.timeseries.scaling import load_stats
+
+        stats = load_stats(scaling)
+    data = PackedSeriesDataset(
+        shard,
+        table,
+        window=_series_window(model, table["tr"].to_numpy(np.float64)),
+        crop="start",
+        scaling=stats,
+    )
+    return table, data
 
 
 def embed_encoders(
@@ -275,7 +305,7 @@ def embed_encoders(
     import torch
 
     from brainharmony.models.harmonizer_data import INDEX_COLUMNS, write_token_file
-    from brainharmony.packing import PackedSeriesDataset, PackedVolumeDataset, read_index
+    from brainharmony.packing import PackedVolumeDataset, read_index
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -284,21 +314,7 @@ def embed_encoders(
     s_net, s_kind = load_frozen(s_model, device)
     _expect_kind(s_kind, "bh_s", s_model)
     s_index = read_index(volume_index)
-    f_index = read_index(series_index)
-    if "tr" not in f_index.columns:
-        raise InputDataError(Path(series_index), "series index has no 'tr' column")
-    stats = None
-    if scaling is not None:
-        from brainharmony.timeseries.scaling import load_stats
-
-        stats = load_stats(scaling)
-    f_data = PackedSeriesDataset(
-        series_shard,
-        f_index,
-        window=series_window(f_net, f_index["tr"].to_numpy(np.float64)),
-        crop="start",
-        scaling=stats,
-    )
+    f_index, f_data = frozen_series_data(f_net, series_shard, series_index, scaling)
     s_data = PackedVolumeDataset(volume_shard, s_index)
     pairs = pair_sessions(f_index, s_index)
     f_pooled: dict[int, np.ndarray] = {}
