@@ -40,7 +40,7 @@ from sklearn.linear_model import RidgeClassifierCV, RidgeCV
 from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, roc_auc_score
 from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
 
-from brainharmony.evaluate.data import FeatureTable, fc_from_series_files
+from brainharmony.evaluate.data import FeatureTable, average_by_subject, fc_from_series_files
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,7 @@ def redenoised_fc(func_dir: Path, strategy: str) -> FeatureTable:
         subjects.append(path.name.split("_")[0].removeprefix("sub-"))
     if not rows:
         raise SystemExit(f"{func_dir}: no run survives censoring for {strategy}")
-    frame = pd.DataFrame(np.vstack(rows)).groupby(np.asarray(subjects)).mean()
-    return FeatureTable(frame.index.to_numpy(str), frame.to_numpy(), f"fc:{strategy}")
+    return average_by_subject(subjects, np.vstack(rows), f"fc:{strategy}")
 
 
 def edge_agreement(a: FeatureTable, b: FeatureTable) -> pd.Series:

@@ -296,7 +296,8 @@ class FeatureTable:
         return self.values[[pos[s] for s in subjects]]
 
 
-def _average_by_subject(subjects: Sequence[str], rows: np.ndarray, source: str) -> FeatureTable:
+def average_by_subject(subjects: Sequence[str], rows: np.ndarray, source: str) -> FeatureTable:
+    """Rows (one per run or session) averaged per subject, subjects sorted."""
     frame = pd.DataFrame({"subject": [str(s) for s in subjects]})
     order = sorted(set(frame["subject"]))
     codes = pd.Categorical(frame["subject"], categories=order).codes
@@ -340,7 +341,7 @@ def fc_from_series_files(paths: Iterable[PathLike]) -> FeatureTable:
         subjects.append(ent["sub"])
     if not rows:
         raise InputDataError(None, "no series file gave an FC matrix")
-    return _average_by_subject(subjects, np.vstack(rows), "fc:series")
+    return average_by_subject(subjects, np.vstack(rows), "fc:series")
 
 
 def fc_from_shard(shard: PathLike, index: PathLike) -> FeatureTable:
@@ -363,7 +364,7 @@ def fc_from_shard(shard: PathLike, index: PathLike) -> FeatureTable:
         subjects.append(str(subject))
     if not rows:
         raise InputDataError(shard, "no series in the shard gave an FC matrix")
-    return _average_by_subject(subjects, np.vstack(rows), "fc:shard")
+    return average_by_subject(subjects, np.vstack(rows), "fc:shard")
 
 
 def merge_tables(tables: Sequence[FeatureTable]) -> FeatureTable:
@@ -403,7 +404,7 @@ def read_embeddings(path: PathLike) -> FeatureTable:
         )
     if not np.isfinite(features).all():
         raise InputDataError(p, "features contain NaN or infinite values")
-    return _average_by_subject(subjects, features, f"embedding:{p}")
+    return average_by_subject(subjects, features, f"embedding:{p}")
 
 
 def parse_named(items: Sequence[str] | None, what: str) -> dict[str, list[Path]]:
