@@ -1,11 +1,14 @@
 """The fsl / freesurfer anat backends with stand-in executables, and planning-time refusal.
 
-The stand-ins are small Python programs put on PATH under the real tools' names. Each
-appends its argv to a JSON-lines log and writes plausible outputs: reoriented copies,
-a brain mask, and a registration that is the *true* pose of a synthetic head, written
-in the tool's own convention (FLIRT scaled-voxel matrix, FreeSurfer RAS-to-RAS LTA).
-So the tests check the command lines, the wiring between steps, and the conversion of
-each tool's transform into the outputs' world matrices.
+The stand-ins (:mod:`tests.workflow.anat_standins`) are put on PATH under the real tools'
+names. Each parses its argv against the real tool's option list (read from the tool's
+source, cited there) and fails with the real tool's usage error on anything the tool
+would reject; otherwise it appends its argv to a JSON-lines log and writes plausible
+outputs: reoriented copies, a brain mask, and a registration that is the *true* pose of
+a synthetic head, written in the tool's own convention (FLIRT scaled-voxel matrix,
+``mri_coreg``'s voxel-to-voxel LTA). So the tests check that the command lines are ones
+the real tools accept, the wiring between steps, and the conversion of each tool's
+transform into the outputs' world matrices.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -24,158 +26,13 @@ import numpy as np
 import pytest
 import yaml
 
+from brainharmony.anat import nipype_backends
 from brainharmony.anat.nipype_backends import BackendUnavailableError, check_backend
 from brainharmony.anat.phantom import make_phantom
 from brainharmony.anat.pipeline import run_anat
 from brainharmony.anat.settings import AnatSettings
 from tests.conftest import REPO, snakemake_exe
-
-STANDIN = r'''
-import json, os, sys
-from pathlib import Path
-import numpy as np
-import nibabel as nib
-from scipy import ndimage as ndi
-
-tool = Path(sys.argv[0]).name
-args = sys.argv[1:]
-with open(os.environ["ANAT_STANDIN_LOG"], "a") as log:
-    log.write(json.dumps({"tool": tool, "argv": args}) + "\n")
-WORLD = np.array(json.loads(os.environ.get("ANAT_STANDIN_WORLD", "null") or "null")
-                 or np.eye(4).tolist())
-
-
-def opt(name):
-    """Value of '-x v' / '--x v' / '--x=v' options."""
-    for i, a in enumerate(args):
-        if a == name:
-            return args[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
-def save(img, path):
-    path = str(path)
-    if not path.endswith((".nii", ".nii.gz")):
-        path += ".nii.gz"
-    nib.save(img, path)
-
-
-def fsl_scaled(img):
-    a = img.affine
-    out = np.diag([*np.linalg.norm(a[:3, :3], axis=0), 1.0])
-    if np.linalg.det(a[:3, :3]) > 0:
-        flip = np.eye(4); flip[0, 0] = -1; flip[0, 3] = img.shape[0] - 1
-        out = out @ flip
-    return out
-
-
-def resample(src, ref, world, order):
-    """src resampled on ref's grid, ref point p taking src at inv(world) p."""
-    m = np.linalg.inv(src.affine) @ np.linalg.inv(world) @ ref.affine
-    data = np.asarray(src.dataobj, np.float32)
-    if data.ndim == 4:
-        data = data[..., 0]
-    out = ndi.affine_transform(data, m[:3, :3], m[:3, 3], output_shape=ref.shape[:3],
-                               order=order)
-    return nib.Nifti1Image(out.astype(np.float32), ref.affine)
-
-
-def brain_mask(img):
-    d = np.asarray(img.dataobj, np.float32)
-    head = ndi.binary_fill_holes(d > 0.15 * np.percentile(d, 99))
-    z = np.linalg.norm(img.affine[:3, :3], axis=0)
-    dist = ndi.distance_transform_edt(head, sampling=z)
-    labels, n = ndi.label(dist > 9.0)
-    if n > 1:
-        labels = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    return ndi.binary_fill_holes(labels > 0)
-
-
-def strip(inp, out, mask_out):
-    img = nib.load(inp)
-    m = brain_mask(img)
-    save(nib.Nifti1Image(np.asarray(img.dataobj, np.float32) * m, img.affine), out)
-    save(nib.Nifti1Image(m.astype(np.uint8), img.affine), mask_out)
-
-
-def vol_info(img):
-    a = img.affine
-    z = np.linalg.norm(a[:3, :3], axis=0)
-    d = a[:3, :3] / z
-    c = a[:3, :3] @ (np.array(img.shape[:3]) / 2) + a[:3, 3]
-    rows = ["valid = 1  # volume info valid", "filename = x.nii.gz",
-            "volume = %d %d %d" % img.shape[:3], "voxelsize = %f %f %f" % tuple(z)]
-    rows += [f"{k}ras   = %f %f %f" % tuple(d[:, i]) for i, k in enumerate("xyz")]
-    rows.append("cras   = %f %f %f" % tuple(c))
-    return "\n".join(rows)
-
-
-if tool == "fslreorient2std":
-    img = nib.as_closest_canonical(nib.load(args[0]))
-    las = img.as_reoriented(np.array([[0, -1], [1, 1], [2, 1]]))  # radiological LAS
-    save(las, args[1])
-elif tool in ("bet", "mri_synthstrip"):
-    if tool == "bet":
-        inp, out = args[0], args[1]
-        mask_out = (out[:-7] if out.endswith(".nii.gz") else out) + "_mask.nii.gz"
-    else:
-        inp, out, mask_out = opt("-i"), opt("-o"), opt("-m")
-    strip(inp, out, mask_out)
-elif tool == "flirt":
-    moving, ref = nib.load(opt("-in")), nib.load(opt("-ref"))
-    m = fsl_scaled(ref) @ np.linalg.inv(ref.affine) @ WORLD @ moving.affine @ np.linalg.inv(
-        fsl_scaled(moving))
-    np.savetxt(opt("-omat"), m, fmt="%.10f")
-    if opt("-out"):
-        save(resample(moving, ref, WORLD, 1), opt("-out"))
-elif tool == "fnirt":
-    ref = nib.load(opt("--ref"))
-    save(nib.Nifti1Image(np.zeros((*ref.shape[:3], 3), np.float32), ref.affine), opt("--cout"))
-    if opt("--iout"):
-        save(resample(nib.load(opt("--in")), ref, WORLD, 1), opt("--iout"))
-    if opt("--logout"):
-        Path(opt("--logout")).write_text("stand-in fnirt\n")
-elif tool == "applywarp":
-    order = 0 if opt("--interp") == "nn" else 1
-    save(resample(nib.load(opt("--in")), nib.load(opt("--ref")), WORLD, order), opt("--out"))
-elif tool == "invwarp":
-    ref = nib.load(opt("--ref"))
-    save(nib.Nifti1Image(np.zeros((*ref.shape[:3], 3), np.float32), ref.affine), opt("--out"))
-elif tool == "mri_convert":
-    save(nib.as_closest_canonical(nib.load(opt("--input_volume"))), opt("--output_volume"))
-elif tool == "mri_coreg":
-    mov, ref = nib.load(opt("--mov")), nib.load(opt("--ref"))
-    rows = "\n".join(" ".join(f"{v:.10f}" for v in r) for r in WORLD)
-    Path(opt("--lta")).write_text(
-        "# transform file (stand-in)\ntype      = 1 # LINEAR_RAS_TO_RAS\nnxforms   = 1\n"
-        "mean      = 0.0000 0.0000 0.0000\nsigma     = 1.0000\n1 4 4\n" + rows + "\n"
-        "src volume info\n" + vol_info(mov) + "\ndst volume info\n" + vol_info(ref) + "\n")
-else:
-    sys.exit(f"stand-in: unknown tool {tool}")
-'''
-
-TOOLS = (
-    "fslreorient2std",
-    "bet",
-    "flirt",
-    "fnirt",
-    "applywarp",
-    "invwarp",
-    "mri_convert",
-    "mri_synthstrip",
-    "mri_coreg",
-)
-
-
-def install_standins(bin_dir: Path, tools=TOOLS) -> None:
-    """Write one stand-in executable per tool name into ``bin_dir``."""
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    for tool in tools:
-        path = bin_dir / tool
-        path.write_text(f"#!{sys.executable}\n{STANDIN}")
-        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+from tests.workflow.anat_standins import SOURCES, TOOLS, UsageError, install_standins, parse_args
 
 
 def read_log(path: Path) -> list[dict]:
@@ -229,6 +86,7 @@ def test_fsl_backend_commands_and_wiring(standins, phantom_file, tmp_path):
     paths = run_anat(t1w, tmp_path / "out", "01", settings=settings, work_dir=tmp_path / "work")
     calls = read_log(standins)
     assert [c["tool"] for c in calls] == ["fslreorient2std", "bet", "flirt"]
+    assert all(c["accepted"] for c in calls)
     reorient, bet, flirt = (c["argv"] for c in calls)
     assert reorient[0].endswith("t1w.nii.gz")
     assert bet[0].endswith("t1w_n4.nii.gz") and {"-m", "-R"} <= set(bet)
@@ -270,6 +128,7 @@ def test_fsl_nonlinear_uses_fnirt_applywarp_invwarp(standins, phantom_file, tmp_
         "applywarp",
     ]
     calls = read_log(standins)
+    assert all(c["accepted"] for c in calls)
     fnirt = calls[3]["argv"]
     flirt_mat = calls[2]["argv"][calls[2]["argv"].index("-omat") + 1]
     assert f"--aff={flirt_mat}" in fnirt
@@ -289,7 +148,11 @@ def test_freesurfer_backend_commands_and_wiring(standins, phantom_file, tmp_path
     )
     calls = read_log(standins)
     assert [c["tool"] for c in calls] == ["mri_convert", "mri_synthstrip", "mri_coreg"]
+    assert all(c["accepted"] for c in calls)
+    # SynthStrip's threads go through the environment (FreeSurfer 7.3/7.4 have no flag).
+    assert calls[1]["OMP_NUM_THREADS"] == "1"
     convert, strip, coreg = (c["argv"] for c in calls)
+    assert strip[strip.index("-m") + 1].endswith("t1w_brain_mask.nii.gz")
     assert convert[convert.index("--out_orientation") + 1] == "RAS"
     assert strip[strip.index("-i") + 1].endswith("t1w_n4.nii.gz")
     assert coreg[coreg.index("--mov") + 1] == strip[strip.index("-o") + 1]
@@ -317,6 +180,98 @@ def test_check_backend_names_missing_tools(tmp_path):
     }
     with pytest.raises(BackendUnavailableError, match="nonlinear: true is not available"):
         check_backend("freesurfer", nonlinear=True, path=str(bin_dir))
+
+
+# --- the stand-ins bite --------------------------------------------------------------
+
+#: Command lines each real tool rejects (per the sources cited in anat_standins), with
+#: the exit status it ends with. The first is the bug this suite once let through.
+REJECTED = [
+    ("mri_synthstrip", ["-i", "in.nii.gz", "-o", "out.nii.gz", "-n", "1"], 2),
+    ("mri_synthstrip", ["-i", "in.nii.gz", "-o", "out.nii.gz", "-t", "1"], 2),  # not in 7.3/7.4
+    ("mri_synthstrip", ["-o", "out.nii.gz"], 2),  # -i/--image is required
+    ("mri_synthstrip", ["-i", "in.nii.gz"], 1),  # neither -o nor -m
+    ("bet", ["in.nii.gz", "out.nii.gz", "-Q"], 1),
+    ("bet", ["in.nii.gz", "out.nii.gz", "-f"], 1),  # -f without its value
+    ("bet", ["in.nii.gz"], 1),  # no output operand
+    ("flirt", ["-in", "a.nii.gz", "-ref", "b.nii.gz", "-bogus", "1"], 255),
+    ("flirt", ["-in", "a.nii.gz", "-ref", "b.nii.gz", "-displayinit"], 255),
+    ("flirt", ["-in", "a.nii.gz", "-ref", "b.nii.gz", "-cost", "ssd"], 255),
+    ("flirt", ["-ref", "b.nii.gz", "-omat", "m.mat"], 2),  # no -in
+    ("fnirt", ["--ref=b.nii.gz", "--in=a.nii.gz", "--bogus=1"], 1),
+    ("fnirt", ["--ref", "b.nii.gz", "--in=a.nii.gz"], 1),  # long options need '='
+    ("fnirt", ["--ref=b.nii.gz", "--in=a.nii.gz", "--basis=dct"], 1),  # declared, not added
+    ("fnirt", ["--in=a.nii.gz"], 1),  # no --ref
+    ("applywarp", ["-i", "a.nii.gz", "-r", "b.nii.gz", "-o", "c.nii.gz", "--usesqform"], 1),
+    ("applywarp", ["-i", "a.nii.gz", "-r", "b.nii.gz"], 1),  # no -o
+    ("invwarp", ["-w", "w.nii.gz", "-o", "i.nii.gz"], 1),  # no -r
+    ("fslreorient2std", ["-m", "x.mat", "a.nii.gz", "b.nii.gz"], 2),
+    ("mri_convert", ["--bogus", "a.nii.gz", "b.nii.gz"], 1),
+    ("mri_convert", ["--out_orientation", "RAX", "a.nii.gz", "b.nii.gz"], 1),
+    ("mri_convert", ["a.nii.gz", "b.nii.gz", "c.nii.gz"], 1),
+    ("mri_convert", ["--out_orientation", "RAS", "a.nii.gz"], 1),  # no output
+    ("mri_coreg", ["--mov", "a.nii.gz", "--ref", "b.nii.gz", "--lta", "r.lta", "--bogus"], 255),
+    ("mri_coreg", ["--mov", "a.nii.gz", "--ref", "b.nii.gz"], 1),  # no --reg/--lta
+]
+
+
+def test_every_standin_cites_its_source():
+    assert set(SOURCES) == set(TOOLS)
+    for tool, source in SOURCES.items():
+        assert source.startswith("https://github.com/"), (tool, source)
+
+
+@pytest.mark.parametrize(("tool", "argv", "status"), REJECTED)
+def test_standin_parser_rejects_what_the_tool_rejects(tool, argv, status):
+    with pytest.raises(UsageError) as err:
+        parse_args(tool, argv)
+    assert err.value.status == status
+
+
+def test_standin_executables_exit_with_usage_errors(tmp_path):
+    """The installed executables, run as nipype runs them, fail before writing anything."""
+    bin_dir = tmp_path / "bin"
+    install_standins(bin_dir)
+    log = tmp_path / "log.jsonl"
+    env = dict(os.environ, ANAT_STANDIN_LOG=str(log))
+    cases = [("mri_synthstrip", ["-i", "in.nii.gz", "-o", "out.nii.gz", "-n", "1"], 2)]
+    cases += [("bet", ["in.nii.gz", "out.nii.gz", "-Q"], 1)]
+    cases += [("flirt", ["-in", "a.nii.gz", "-ref", "b.nii.gz", "-bogus", "1"], 255)]
+    for tool, argv, status in cases:
+        out = subprocess.run(
+            [str(bin_dir / tool), *argv], capture_output=True, text=True, env=env, check=False
+        )
+        assert out.returncode == status, (tool, out.stderr)
+        assert out.stderr.strip(), tool
+    assert [entry["accepted"] for entry in read_log(log)] == [False] * len(cases)
+    assert list(tmp_path.glob("*.nii.gz")) == []
+
+
+@pytest.mark.parametrize(
+    ("backend", "tool", "extra"),
+    [("freesurfer", "mri_synthstrip", "-n 1"), ("fsl", "flirt", "-bogus 1")],
+)
+def test_backend_fails_when_a_command_line_has_a_bad_option(
+    standins, phantom_file, tmp_path, monkeypatch, backend, tool, extra
+):
+    """Give one command an option its tool rejects: the backend run must fail there."""
+    run = nipype_backends._run
+
+    def run_with_extra(interface, work, log):
+        if interface.cmd == tool:
+            interface.inputs.args = extra
+        return run(interface, work, log)
+
+    monkeypatch.setattr(nipype_backends, "_run", run_with_extra)
+    settings = AnatSettings(backend=backend, resolution_mm=2)
+    bad = rf"(?is){tool} .*{re.escape(extra)}.* failed \(exit status (2|255)\):.*unrecogni[sz]ed"
+    with pytest.raises(nipype_backends.ExternalToolError, match=bad):
+        run_anat(
+            phantom_file[0], tmp_path / "out", "01", settings=settings, work_dir=tmp_path / "w"
+        )
+    calls = read_log(standins)
+    assert calls[-1]["tool"] == tool and not calls[-1]["accepted"]
+    assert all(c["accepted"] for c in calls[:-1])
 
 
 # --- the workflow ---------------------------------------------------------------------

@@ -10,8 +10,12 @@ FNIRT warps, which FSL's ``applywarp`` applies).
     ``fslreorient2std`` -> N4 -> ``bet -R -m`` -> ``flirt -dof 12 -cost corratio``
     (brain to the template brain) [-> ``fnirt`` + ``applywarp`` + ``invwarp``].
 ``freesurfer``
-    ``mri_convert --out_orientation RAS`` -> N4 -> ``mri_synthstrip`` -> ``mri_coreg
-    --dof 12`` (brain to the template brain; an LTA). No nonlinear option.
+    ``mri_convert --out_orientation RAS`` -> N4 -> ``mri_synthstrip -i -o -m -b 1`` ->
+    ``mri_coreg --dof 12`` (brain to the template brain; an LTA). No nonlinear option.
+
+Every command line uses only options the tools' own parsers accept (FSL 6.0,
+FreeSurfer >= 7.3); ``tests/workflow/anat_standins.py`` checks that against option lists
+read from their sources.
 
 The template is written to the work folder as NIfTI (brain-only T1 and mask), so the
 tools never see anything but plain files.
@@ -64,6 +68,10 @@ HINTS: dict[str, str] = {
 
 class BackendUnavailableError(RuntimeError):
     """A selected backend cannot run here. The message lists what is missing."""
+
+
+class ExternalToolError(RuntimeError):
+    """An FSL or FreeSurfer command failed (non-zero exit status or missing outputs)."""
 
 
 def required_executables(backend: str, nonlinear: bool) -> tuple[str, ...]:
@@ -239,7 +247,13 @@ def read_lta(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _synthstrip_interface() -> Any:
-    """A nipype interface for ``mri_synthstrip`` (nipype ships none)."""
+    """A nipype interface for ``mri_synthstrip`` (nipype ships none).
+
+    Only the options of the script FreeSurfer 7.3 and 7.4 ship are used (``-i -o -m -b``;
+    see ``mri_synthstrip/mri_synthstrip`` in freesurfer/freesurfer). That script has no
+    thread option (``-t/--threads`` came with later standalone SynthStrip releases), so
+    the thread count goes through ``OMP_NUM_THREADS``, which sets PyTorch's CPU threads.
+    """
     from nipype.interfaces.base import (
         CommandLine,
         CommandLineInputSpec,
@@ -255,7 +269,6 @@ def _synthstrip_interface() -> Any:
         out_file = File(mandatory=True, argstr="-o %s", desc="skull-stripped image")
         mask_file = File(mandatory=True, argstr="-m %s", desc="brain mask")
         border = traits.Int(1, usedefault=True, argstr="-b %d", desc="mask border (mm)")
-        threads = traits.Int(1, usedefault=True, argstr="-n %d", desc="threads")
 
     class SynthStripOutputSpec(TraitedSpec):
         """Outputs of ``mri_synthstrip``."""
@@ -280,9 +293,30 @@ def _synthstrip_interface() -> Any:
 
 
 def _run(interface: Any, work: Path, log: list[dict[str, Any]]) -> Any:
-    logger.info("running: %s", interface.cmdline)
-    log.append({"Command": interface.cmdline})
-    result = interface.run(cwd=str(work))
+    """Run one nipype command-line interface in ``work``; its outputs, or raise.
+
+    nipype does not raise on a non-zero exit status (it only fails later if an output
+    file is missing, which stale files from an earlier run can hide), so the status is
+    checked here.
+
+    Raises
+    ------
+    ExternalToolError
+        The command exited non-zero or its outputs are missing; the message has the
+        command line, the exit status and the end of its stderr.
+    """
+    cmdline = interface.cmdline
+    logger.info("running: %s", cmdline)
+    log.append({"Command": cmdline})
+    result = interface.run(cwd=str(work), ignore_exception=True)
+    runtime = result.runtime
+    status = getattr(runtime, "returncode", None)
+    if status != 0 or result.outputs is None:
+        detail = getattr(runtime, "stderr", None) or getattr(runtime, "traceback", None) or ""
+        detail = str(detail).strip()[-2000:]
+        raise ExternalToolError(
+            f"{cmdline} failed (exit status {status})" + (f":\n{detail}" if detail else "")
+        )
     return result.outputs
 
 
@@ -451,7 +485,7 @@ def _freesurfer(
             in_file=str(corrected_path),
             out_file=str(work / "t1w_brain.nii.gz"),
             mask_file=str(work / "t1w_brain_mask.nii.gz"),
-            threads=threads,
+            environ={"OMP_NUM_THREADS": str(threads)},
         ),
         work,
         log,
