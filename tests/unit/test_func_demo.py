@@ -98,7 +98,9 @@ def _preprocess(demo: Path, dataset: str, sub: str, ses: str | None, atlas_image
         t1w_to_template=np.linalg.inv(pose),  # the anatomy stage's job, from the truth
         t1w=demo / dataset / rel / "anat" / f"{prefix}_T1w.nii.gz",
     )
-    result = preprocess_run(inputs, atlas_image, NativeSettings())
+    # The demo's T1w and BOLD share the scanner world exactly and no anatomy-stage brain
+    # mask is at hand here: the header is the truth (registration: test_func_register).
+    result = preprocess_run(inputs, atlas_image, NativeSettings(coreg="header"))
     return {"result": result, "truth": truth, "stem": stem, "prefix": prefix}
 
 

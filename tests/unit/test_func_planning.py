@@ -26,7 +26,11 @@ def test_names():
 def test_settings_from_config_defaults_and_options():
     plan = planning.settings_from_config({"datasets": {}})
     assert plan.backend == "native" and plan.strategy == "18P"
-    assert plan.band == (0.01, 0.1) and plan.coreg == "header"
+    assert plan.band == (0.01, 0.1) and plan.coreg == planning.DEFAULT_COREG == "bbr"
+    assert "--coreg bbr" in planning.native_options(plan)
+    assert planning.settings_from_config({"func": {"coreg": "rigid"}}).coreg == "mi"
+    with pytest.raises(ValueError, match="coreg"):
+        planning.settings_from_config({"func": {"coreg": "flirt"}})
     opts = planning.denoise_options(plan)
     assert "--strategy 18P" in opts and "--high-pass 0.01" in opts
     plan = planning.settings_from_config(
@@ -41,6 +45,38 @@ def test_settings_from_config_defaults_and_options():
         planning.settings_from_config({"func": {"backend": "afni"}})
     with pytest.raises(ValueError, match="band"):
         planning.settings_from_config({"func": {"band": [0.01]}})
+
+
+def test_coreg_defaults_are_defined_once():
+    """Schema, plan, NativeSettings, CoregSettings and CLI defaults of the coregistration."""
+    from pathlib import Path
+
+    import yaml
+
+    from brainharmony.func import cli
+    from brainharmony.func.pipeline import NativeSettings
+    from brainharmony.func.register import CoregSettings
+
+    schema = yaml.safe_load(
+        (Path(__file__).parents[2] / "workflow/schemas/config.schema.yaml").read_text()
+    )
+    block = schema["properties"]["func"]["properties"]
+    plan, native, coreg = planning.FuncPlan(), NativeSettings(), CoregSettings()
+    assert block["coreg"]["default"] == plan.coreg == native.coreg == planning.DEFAULT_COREG
+    for key, attr in (
+        ("coreg_min_dice", "min_dice"),
+        ("coreg_max_bbr_cost", "max_bbr_cost"),
+        ("coreg_min_nmi", "min_nmi"),
+    ):
+        assert block[key]["default"] == getattr(plan, key) == getattr(native, key)
+        assert getattr(native.coreg_settings(), attr) == getattr(coreg, attr)
+    parser = __import__("argparse").ArgumentParser()
+    cli.add_arguments(parser)
+    required = ["--bold", "b", "--t1w-to-template", "x", "--subject", "01", "--out-dir", "o"]
+    args = parser.parse_args(["native", *required, "--atlas", "a", "--atlas-labels", "l"])
+    assert args.coreg == plan.coreg and args.coreg_min_dice == plan.coreg_min_dice
+    assert args.coreg_max_bbr_cost == plan.coreg_max_bbr_cost
+    assert args.coreg_min_nmi == plan.coreg_min_nmi
 
 
 def test_fmriprep_options_and_paths():

@@ -1,7 +1,9 @@
 # Functional stage: BOLD runs -> denoised Schaefer-400 time series (+ confounds, motion, QC).
 # Jobs come from the rows of the ingest checkpoint's scans.tsv (only runs that exist).
 # Backends (config func.backend): native (default), fmriprep, fmriprep-derivatives.
-#   native: func_native (motion, slice timing, BOLD->T1w->template in one resampling,
+#   native: func_native (motion, slice timing, BOLD->T1w (registered to the anatomy
+#           stage's T1w brain, func.coreg; an anatomy-excluded T1w or a registration
+#           failing its QC gate writes the run excluded) ->template in one resampling,
 #           then the same denoising and parcellation code as func_denoise, in memory;
 #           the 4-D template BOLD is written only with func.keep_bold).
 #   fmriprep: fmriprep (one job per participant) -> func_denoise.
@@ -44,12 +46,15 @@ if FUNC.backend == "native":
             t1w_to_template=lambda wildcards: func_planning.anat_inputs(
                 FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
             )["t1w_to_template"],
-            template_t1w=lambda wildcards: func_planning.anat_inputs(
+            t1w_brain=lambda wildcards: func_planning.anat_inputs(
                 FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
-            )["template_t1w"],
-            template_mask=lambda wildcards: func_planning.anat_inputs(
+            )["t1w_brain"],
+            t1w_brain_mask=lambda wildcards: func_planning.anat_inputs(
                 FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
-            )["template_mask"],
+            )["t1w_brain_mask"],
+            anat_sidecar=lambda wildcards: func_planning.anat_inputs(
+                FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+            )["anat_sidecar"],
             atlas=rules.func_atlas.output.image,
             labels=rules.func_atlas.output.labels,
             tissues=rules.func_atlas.output.tissues,
@@ -93,7 +98,8 @@ if FUNC.backend == "native":
         shell:
             "{params.bh} -v func native {params.keep_bold} --bold {input.bold:q} "
             "{params.sidecar} --t1w {input.t1w:q} --t1w-to-template {input.t1w_to_template:q} "
-            "--template-t1w {input.template_t1w:q} --template-mask {input.template_mask:q} "
+            "--t1w-brain {input.t1w_brain:q} --t1w-brain-mask {input.t1w_brain_mask:q} "
+            "--anat-sidecar {input.anat_sidecar:q} "
             "--atlas {input.atlas:q} --atlas-labels {input.labels:q} "
             "--tissue-masks {input.tissues:q} --out-dir {params.out_dir:q} {params.run} "
             "{params.options} {params.denoise} --threads {threads} > {log} 2>&1"

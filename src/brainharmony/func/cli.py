@@ -74,6 +74,15 @@ def _add_denoise(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``func`` sub-commands to ``parser``."""
+    from brainharmony.func.planning import (
+        COREG_ALIASES,
+        COREG_MAX_BBR_COST,
+        COREG_METHODS,
+        COREG_MIN_DICE,
+        COREG_MIN_NMI,
+        DEFAULT_COREG,
+    )
+
     sub = parser.add_subparsers(dest="func_command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser("atlas", help="write the Schaefer-400 atlas resource files")
@@ -84,7 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("native", help="native preprocessing of one BOLD run")
     p.add_argument("--bold", required=True, type=Path)
     p.add_argument("--bold-sidecar", type=Path, default=None)
-    p.add_argument("--t1w", type=Path, default=None, help="raw T1w (registration grid)")
+    p.add_argument(
+        "--t1w", type=Path, default=None, help="raw T1w (registration target without --t1w-brain)"
+    )
     p.add_argument(
         "--t1w-to-template",
         required=True,
@@ -92,9 +103,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="anatomy-stage transform: preproc T1w JSON sidecar (T1wToTemplateRAS), "
         "an ITK from-T1w_to-<tpl> .txt, or a .npy/.txt 4x4 RAS matrix (T1w -> template)",
     )
-    p.add_argument("--template-t1w", type=Path, default=None)
-    p.add_argument("--template-mask", type=Path, default=None)
-    p.add_argument("--coreg", default="header", choices=("header", "rigid"))
+    p.add_argument(
+        "--t1w-brain",
+        type=Path,
+        default=None,
+        help="anatomy-stage bias-corrected T1w in its own world (<p>_desc-preproc_T1w)",
+    )
+    p.add_argument(
+        "--t1w-brain-mask",
+        type=Path,
+        default=None,
+        help="anatomy-stage brain mask on that grid (<p>_desc-brain_mask)",
+    )
+    p.add_argument(
+        "--anat-sidecar",
+        type=Path,
+        default=None,
+        help="sidecar of the template-space T1w: Excluded there excludes the run",
+    )
+    p.add_argument("--coreg", default=DEFAULT_COREG, choices=(*COREG_METHODS, *COREG_ALIASES))
+    p.add_argument("--coreg-min-dice", type=float, default=COREG_MIN_DICE)
+    p.add_argument("--coreg-max-bbr-cost", type=float, default=COREG_MAX_BBR_COST)
+    p.add_argument("--coreg-min-nmi", type=float, default=COREG_MIN_NMI)
     p.add_argument("--stc-method", default="fourier", choices=("fourier", "cubic"))
     p.add_argument("--stc-ref", type=float, default=0.5)
     p.add_argument("--no-slice-timing", action="store_true")
@@ -268,6 +298,9 @@ def _run_native(args: argparse.Namespace) -> int:
         stc_method=args.stc_method,
         stc_ref=args.stc_ref,
         coreg=args.coreg,
+        coreg_min_dice=args.coreg_min_dice,
+        coreg_max_bbr_cost=args.coreg_max_bbr_cost,
+        coreg_min_nmi=args.coreg_min_nmi,
         min_parcel_voxels=args.min_parcel_voxels,
         scale=args.scale,
         denoise=denoise,
@@ -278,8 +311,9 @@ def _run_native(args: argparse.Namespace) -> int:
         metadata=metadata,
         t1w_to_template=read_t1w_to_template(args.t1w_to_template),
         t1w=args.t1w,
-        template_t1w=args.template_t1w,
-        template_mask=args.template_mask,
+        t1w_brain=args.t1w_brain,
+        t1w_brain_mask=args.t1w_brain_mask,
+        anat_sidecar=args.anat_sidecar,
     )
     result = preprocess_run(inputs, atlas, settings, parcels=not args.preproc_only, tissues=tissues)
     zooms = np.linalg.norm(np.asarray(atlas.affine)[:3, :3], axis=0)
@@ -290,7 +324,14 @@ def _run_native(args: argparse.Namespace) -> int:
         run_outputs(args.out_dir, *_run_entities(args), resolution_mm=float(zooms[0])),
         table,
         denoise,
-        inputs=(args.bold, args.t1w, args.t1w_to_template, args.atlas),
+        inputs=(
+            args.bold,
+            args.t1w,
+            args.t1w_brain,
+            args.t1w_brain_mask,
+            args.t1w_to_template,
+            args.atlas,
+        ),
         parameters={
             **settings.to_dict(),
             "fd_threshold": denoise.fd_threshold,

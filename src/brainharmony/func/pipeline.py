@@ -27,6 +27,14 @@ import pandas as pd
 
 from brainharmony.func.denoise import DenoiseSettings
 from brainharmony.func.motion import MotionSettings
+from brainharmony.func.planning import (
+    COREG_MAX_BBR_COST,
+    COREG_MIN_DICE,
+    COREG_MIN_NMI,
+    DEFAULT_COREG,
+    canonical_coreg,
+)
+from brainharmony.func.register import CoregSettings
 from brainharmony.io import InputDataError, PathLike
 
 logger = logging.getLogger(__name__)
@@ -43,11 +51,15 @@ class NativeSettings:
     stc_method : {"fourier", "cubic"}
     stc_ref : float
         Reference time as a fraction of the slice acquisition range (0.5: middle).
-    coreg : {"header", "rigid"}
-        BOLD -> T1w: the scanner header (default: T1w and BOLD of a session share the
-        scanner's world), or a rigid mutual-information registration. On the demo the
-        header is exact and the registration of 5-6 mm EPI lands 2-10 mm off (see
-        docs/func.md), so ``rigid`` is for data whose T1w was acquired elsewhere.
+    coreg : {"bbr", "mi", "header"}
+        BOLD -> T1w: a rigid registration of the BOLD reference to the T1w brain from
+        the images (:func:`~.register.register_bold_to_t1w`), refined on the
+        white-matter boundary (``bbr``, default) or by mutual information only
+        (``mi``; ``rigid`` is accepted for it), or the scanner headers taken as exact
+        (``header``: identity). See docs/func.md.
+    coreg_min_dice, coreg_max_bbr_cost, coreg_min_nmi : float
+        The registration's QC gate (:class:`~.register.CoregSettings`); a run that
+        fails it is written excluded, with the reason.
     min_parcel_voxels : int
         Parcels with fewer usable voxels in the run get a NaN column (reported).
     max_nonfinite_fraction : float
@@ -64,7 +76,10 @@ class NativeSettings:
     slice_timing: bool = True
     stc_method: str = "fourier"
     stc_ref: float = 0.5
-    coreg: str = "header"
+    coreg: str = DEFAULT_COREG
+    coreg_min_dice: float = COREG_MIN_DICE
+    coreg_max_bbr_cost: float = COREG_MAX_BBR_COST
+    coreg_min_nmi: float = COREG_MIN_NMI
     min_parcel_voxels: int = 3
     max_nonfinite_fraction: float = 0.1
     scale: str = "psc"
@@ -77,8 +92,8 @@ class NativeSettings:
             raise ValueError(f"stc_method must be 'fourier' or 'cubic', got {self.stc_method!r}")
         if not 0.0 <= self.stc_ref <= 1.0:
             raise ValueError(f"stc_ref must be in [0, 1], got {self.stc_ref!r}")
-        if self.coreg not in ("rigid", "header"):
-            raise ValueError(f"coreg must be 'rigid' or 'header', got {self.coreg!r}")
+        object.__setattr__(self, "coreg", canonical_coreg(self.coreg))
+        self.coreg_settings()  # validates the thresholds
         if self.min_parcel_voxels < 1:
             raise ValueError(f"min_parcel_voxels must be >= 1, got {self.min_parcel_voxels!r}")
         if not 0.0 <= self.max_nonfinite_fraction < 1.0:
@@ -87,6 +102,14 @@ class NativeSettings:
             )
         if self.scale not in ("psc", "none"):
             raise ValueError(f"scale must be 'psc' or 'none', got {self.scale!r}")
+
+    def coreg_settings(self) -> CoregSettings:
+        """The registration settings with this block's QC thresholds."""
+        return CoregSettings(
+            min_dice=self.coreg_min_dice,
+            max_bbr_cost=self.coreg_max_bbr_cost,
+            min_nmi=self.coreg_min_nmi,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,10 +256,16 @@ class RunInputs:
     t1w_to_template : ndarray of shape (4, 4)
         T1w world -> template world (RAS mm), from the anatomy stage.
     t1w : Path, optional
-        Raw T1w (its grid hosts the registration target).
-    template_t1w, template_mask : Path, optional
-        The anatomy stage's template-space preprocessed T1w and brain mask; with
-        ``t1w`` they give a skull-stripped, bias-corrected registration target.
+        Raw T1w: the registration target only when ``t1w_brain`` is not given (its
+        head mask then stands in for the brain).
+    t1w_brain, t1w_brain_mask : Path, optional
+        The anatomy stage's bias-corrected T1w and brain mask in the T1w's own world
+        (``<p>_desc-preproc_T1w``, ``<p>_desc-brain_mask``): the registration target
+        (the T1w masked to the brain).
+    anat_sidecar : Path, optional
+        Sidecar of the anatomy stage's template-space T1w; ``Excluded: true`` there
+        excludes the run (reason ``anatomy excluded: <its reason>``) without
+        registration.
     """
 
     bold: Path
@@ -244,8 +273,9 @@ class RunInputs:
     metadata: dict[str, Any]
     t1w_to_template: np.ndarray
     t1w: Path | None = None
-    template_t1w: Path | None = None
-    template_mask: Path | None = None
+    t1w_brain: Path | None = None
+    t1w_brain_mask: Path | None = None
+    anat_sidecar: Path | None = None
 
 
 @dataclass
@@ -296,38 +326,49 @@ def _slice_times(metadata: dict[str, Any], header: Any, t_r: float) -> tuple[Any
 def _coreg_target(
     inputs: RunInputs,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-    """Registration target in T1w world: (data, affine, mask or None, description)."""
+    """Registration target in T1w world: (data, affine, brain mask or None, description)."""
     import nibabel as nib
 
-    from brainharmony.func.register import resample_image
-
+    if inputs.t1w_brain is not None:
+        if inputs.t1w_brain_mask is None:
+            raise ValueError("t1w_brain needs t1w_brain_mask (the anatomy stage's brain mask)")
+        t1 = nib.load(inputs.t1w_brain)
+        mask_img = nib.load(inputs.t1w_brain_mask)
+        if mask_img.shape[:3] != t1.shape[:3] or not np.allclose(
+            mask_img.affine, t1.affine, atol=1e-3
+        ):
+            raise InputDataError(inputs.t1w_brain_mask, "brain mask is not on the T1w's grid")
+        mask = np.asarray(mask_img.dataobj) > 0.5
+        what = "anatomy-stage T1w (bias-corrected) within its brain mask"
+        return np.asarray(t1.dataobj, np.float32), np.asarray(t1.affine), mask, what
     if inputs.t1w is None:
-        raise ValueError("rigid BOLD -> T1w registration needs the T1w (t1w)")
+        raise ValueError("BOLD -> T1w registration needs t1w_brain (+ mask) or t1w")
     t1 = nib.load(inputs.t1w)
-    if inputs.template_t1w is not None and inputs.template_mask is not None:
-        tpl = nib.load(inputs.template_t1w)
-        mask = nib.load(inputs.template_mask)
-        shape = t1.shape[:3]
-        # T1w grid point (world x) -> template world t1w_to_template @ x.
-        data = resample_image(
-            np.asarray(tpl.dataobj, np.float32),
-            tpl.affine,
-            t1.affine,
-            shape,
-            world_map=inputs.t1w_to_template,
-        )
-        brain = (
-            resample_image(
-                np.asarray(mask.dataobj, np.float32),
-                mask.affine,
-                t1.affine,
-                shape,
-                world_map=inputs.t1w_to_template,
-            )
-            > 0.5
-        )
-        return data, np.asarray(t1.affine), brain, "anatomy-stage T1w (bias-corrected, brain)"
-    return np.asarray(t1.dataobj, np.float32), np.asarray(t1.affine), None, "raw T1w"
+    return np.asarray(t1.dataobj, np.float32), np.asarray(t1.affine), None, "raw T1w (head)"
+
+
+def anatomy_exclusion(sidecar: PathLike | None) -> str:
+    """Why the anatomy stage excluded the run's T1w ("" when it did not, or no sidecar).
+
+    Parameters
+    ----------
+    sidecar : path-like or None
+        JSON sidecar of the anatomy stage's template-space T1w.
+
+    Returns
+    -------
+    str
+        ``"anatomy excluded: <ExclusionReason>"`` when the sidecar says ``Excluded``.
+    """
+    if sidecar is None or not Path(sidecar).exists():
+        return ""
+    try:
+        content = json.loads(Path(sidecar).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputDataError(sidecar, f"cannot read the anatomy sidecar: {err}") from err
+    if not (isinstance(content, dict) and content.get("Excluded")):
+        return ""
+    return f"anatomy excluded: {content.get('ExclusionReason') or 'no reason given'}"
 
 
 def preprocess_run(
@@ -427,16 +468,33 @@ def preprocess_run(
     }
 
     # 4. Registration and the single resampling.
-    if settings.coreg == "rigid":
+    excluded = anatomy_exclusion(inputs.anat_sidecar)
+    if excluded:
+        bold_to_t1w = np.eye(4)
+        report["Coregistration"] = {
+            "Method": "none (anatomy excluded); scanner header (identity) used",
+            "Passed": False,
+            "FailureReason": excluded,
+        }
+    elif settings.coreg != "header":
         target, target_affine, target_mask, what = _coreg_target(inputs)
         coreg = register_bold_to_t1w(
-            motion.reference, bold.affine, target, target_affine, t1w_mask=target_mask
+            motion.reference,
+            bold.affine,
+            target,
+            target_affine,
+            t1w_mask=target_mask,
+            method=settings.coreg,
+            settings=settings.coreg_settings(),
         )
         bold_to_t1w = coreg.bold_to_t1w
+        excluded = coreg.failed
         report["Coregistration"] = {**coreg.report, "Target": what}
     else:
         bold_to_t1w = np.eye(4)
         report["Coregistration"] = {"Method": "scanner header (identity)"}
+    if excluded:
+        logger.warning("%s: excluded from the later stages: %s", path, excluded)
     grid_affine = np.asarray(atlas_image.affine, dtype=np.float64)
     grid_shape = tuple(int(n) for n in atlas_image.shape[:3])
     labels_grid = np.asarray(atlas_image.dataobj).astype(np.int64)
@@ -468,9 +526,13 @@ def preprocess_run(
     try:
         tissue = conf.tissue_signals(samples, point_masks, coverage)
     except ValueError as err:
-        raise InputDataError(path, f"{err} (is the run's field of view on the brain?)") from err
+        if not excluded:
+            raise InputDataError(path, f"{err} (is the run's field of view on the brain?)") from err
+        # An excluded run (misregistered) is still written; its tissue signals are n/a.
+        tissue = {k: np.full(n_vol, np.nan) for k in ("global_signal", "csf", "white_matter")}
     brain_cov = point_masks["brain"] & coverage
-    table = conf.build_confounds(motion.params, tissue, dvars_values=conf.dvars(samples[brain_cov]))
+    dvars = conf.dvars(samples[brain_cov]) if brain_cov.sum() > 1 else np.full(n_vol, np.nan)
+    table = conf.build_confounds(motion.params, tissue, dvars_values=dvars)
 
     common = {
         "t_r": t_r,
@@ -502,6 +564,7 @@ def preprocess_run(
             parcel_counts=np.zeros(0, dtype=np.int64),
             atlas_counts=np.zeros(0, dtype=np.int64),
             small_parcels=[],
+            excluded=excluded,
         )
     # Parcels, censoring, denoising.
     parcels_out = parcel_means(
@@ -514,14 +577,19 @@ def preprocess_run(
     raw = parcels_out.series
     keep = d.keep(table["framewise_displacement"].to_numpy())
     design, names = confound_matrix(table, d.strategy)
-    try:
-        denoised, info, excluded = denoise_run(
-            raw, t_r, confounds=design, keep=keep, settings=d, scale=settings.scale
-        )
-    except ValueError as err:
-        raise InputDataError(path, str(err)) from err
     if excluded:
-        logger.warning("%s: excluded from the later stages: %s", path, excluded)
+        # Excluded before denoising (anatomy or coregistration): no series computed.
+        denoised = np.empty((0, raw.shape[1]))
+        info = {"Excluded": True, "ExclusionReason": excluded}
+    else:
+        try:
+            denoised, info, excluded = denoise_run(
+                raw, t_r, confounds=design, keep=keep, settings=d, scale=settings.scale
+            )
+        except ValueError as err:
+            raise InputDataError(path, str(err)) from err
+        if excluded:
+            logger.warning("%s: excluded from the later stages: %s", path, excluded)
     report["Denoising"] = {**info, "Confounds": names}
     return RunResult(
         **common,

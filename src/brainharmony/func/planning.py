@@ -22,6 +22,17 @@ BACKENDS: tuple[str, ...] = ("native", "fmriprep", "fmriprep-derivatives")
 #: Default confound strategy (a key of ``brainharmony.func.denoise.STRATEGIES``; defined
 #: here so the Snakefile's planning does not import numpy; docs/func.md says why).
 DEFAULT_STRATEGY = "18P"
+#: BOLD -> T1w coregistration methods (``func.coreg``) and the default; ``rigid`` (the
+#: former name of the mutual-information registration) is accepted for ``mi``. The
+#: QC gate's thresholds (``func.coreg_min_dice``, ``func.coreg_max_bbr_cost``,
+#: ``func.coreg_min_nmi``) are defined here for the same reason as DEFAULT_STRATEGY;
+#: measured values behind them are in docs/func.md.
+COREG_METHODS: tuple[str, ...] = ("bbr", "mi", "header")
+COREG_ALIASES: dict[str, str] = {"rigid": "mi"}
+DEFAULT_COREG = "bbr"
+COREG_MIN_DICE = 0.75
+COREG_MAX_BBR_COST = 0.8
+COREG_MIN_NMI = 1.05
 FDIR = r"sub-[a-zA-Z0-9]+(/ses-[a-zA-Z0-9]+)?"
 FSTEM = r"sub-[a-zA-Z0-9]+(_ses-[a-zA-Z0-9]+)?_task-[a-zA-Z0-9]+(_run-[a-zA-Z0-9]+)?"
 #: Scheduler hints (per run; measured on the demo and extrapolated, see docs/func.md).
@@ -50,7 +61,10 @@ class FuncPlan:
     scale: str = "psc"
     slice_timing: bool = True
     stc_method: str = "fourier"
-    coreg: str = "header"
+    coreg: str = DEFAULT_COREG
+    coreg_min_dice: float = COREG_MIN_DICE
+    coreg_max_bbr_cost: float = COREG_MAX_BBR_COST
+    coreg_min_nmi: float = COREG_MIN_NMI
     keep_bold: bool = False
     atlas_source: str = "offline"
     anat_template: str = "MNI152NLin2009aAsym"
@@ -60,6 +74,7 @@ class FuncPlan:
         if self.backend not in BACKENDS:
             raise ValueError(f"func.backend must be one of {BACKENDS}, got {self.backend!r}")
         self.denoise_settings()  # validates strategy, band, order...
+        canonical_coreg(self.coreg)
 
     def denoise_settings(self) -> Any:
         from brainharmony.func.denoise import DenoiseSettings
@@ -91,6 +106,21 @@ class FuncPlan:
         from brainharmony.func.naming import res_label
 
         return res_label(self.resolution_mm)
+
+
+def canonical_coreg(method: str) -> str:
+    """A ``func.coreg`` value by its canonical name (``rigid`` -> ``mi``).
+
+    Raises
+    ------
+    ValueError
+        An unknown method.
+    """
+    method = COREG_ALIASES.get(method, method)
+    if method not in COREG_METHODS:
+        accepted = (*COREG_METHODS, *COREG_ALIASES)
+        raise ValueError(f"func.coreg must be one of {accepted}, got {method!r}")
+    return method
 
 
 def settings_from_config(config: Mapping[str, Any]) -> FuncPlan:
@@ -129,7 +159,10 @@ def settings_from_config(config: Mapping[str, Any]) -> FuncPlan:
         scale=str(block.get("scale", "psc")),
         slice_timing=bool(block.get("slice_timing", True)),
         stc_method=str(block.get("stc_method", "fourier")),
-        coreg=str(block.get("coreg", "header")),
+        coreg=canonical_coreg(str(block.get("coreg", DEFAULT_COREG))),
+        coreg_min_dice=float(block.get("coreg_min_dice", COREG_MIN_DICE)),
+        coreg_max_bbr_cost=float(block.get("coreg_max_bbr_cost", COREG_MAX_BBR_COST)),
+        coreg_min_nmi=float(block.get("coreg_min_nmi", COREG_MIN_NMI)),
         keep_bold=bool(block.get("keep_bold", False)),
         atlas_source=str(block.get("atlas_source", "offline")),
         anat_template=str((config.get("anat") or {}).get("template", DEFAULT_TEMPLATE)),
@@ -296,14 +329,21 @@ def denoise_outputs(plan: FuncPlan) -> dict[str, str]:
 
 
 def anat_inputs(plan: FuncPlan, dataset: str, row: RunRow) -> dict[str, str]:
-    """The anatomy-stage files a native run needs (its paired T1w's outputs)."""
+    """The anatomy-stage files a native run needs (its paired T1w's outputs).
+
+    ``t1w_brain`` and ``t1w_brain_mask`` (the bias-corrected T1w and its brain mask in
+    the T1w's own world) are the coregistration target; ``anat_sidecar`` (the sidecar
+    of the template-space T1w) says whether the anatomy stage excluded the T1w.
+    """
     from brainharmony.anat.derivatives import anat_paths
+    from brainharmony.io import sidecar_path
 
     paths = anat_paths(f"results/anat/{dataset}", row.subject, row.t1w_session, plan.anat_template)
     return {
         "t1w_to_template": str(paths.xfm_to_template),
-        "template_t1w": str(paths.preproc),
-        "template_mask": str(paths.mask),
+        "t1w_brain": str(paths.native_preproc),
+        "t1w_brain_mask": str(paths.native_mask),
+        "anat_sidecar": str(sidecar_path(paths.preproc)),
     }
 
 
@@ -375,7 +415,13 @@ def denoise_options(plan: FuncPlan) -> str:
 
 def native_options(plan: FuncPlan) -> str:
     """``brainharmony func native`` options of the preprocessing settings."""
-    opts = [f"--coreg {plan.coreg}", f"--stc-method {plan.stc_method}"]
+    opts = [
+        f"--coreg {plan.coreg}",
+        f"--coreg-min-dice {plan.coreg_min_dice!r}",
+        f"--coreg-max-bbr-cost {plan.coreg_max_bbr_cost!r}",
+        f"--coreg-min-nmi {plan.coreg_min_nmi!r}",
+        f"--stc-method {plan.stc_method}",
+    ]
     if not plan.slice_timing:
         opts.append("--no-slice-timing")
     return " ".join(opts)

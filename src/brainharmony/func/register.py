@@ -27,6 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from brainharmony.func.planning import (
+    COREG_MAX_BBR_COST,
+    COREG_MIN_DICE,
+    COREG_MIN_NMI,
+    DEFAULT_COREG,
+)
 from brainharmony.io import InputDataError, PathLike
 
 logger = logging.getLogger(__name__)
@@ -121,42 +127,81 @@ def write_itk_affine(path: PathLike, fixed_to_moving_ras: np.ndarray) -> Path:
 # --------------------------------------------------------------------------------------
 # BOLD -> T1w
 # --------------------------------------------------------------------------------------
+#: Radius (mm) that turns rotation angles (rad) into millimetres in the optimiser's
+#: parameters and in the displacement reports (as framewise displacement does).
+RADIUS_MM = 50.0
+
+
 @dataclass(frozen=True)
 class CoregSettings:
-    """Settings of :func:`register_bold_to_t1w` (SimpleITK Mattes mutual information).
+    """Settings of :func:`register_bold_to_t1w` (rigid, 6 degrees of freedom).
 
     Attributes
     ----------
     bins : int
-        Histogram bins of the metric.
-    sampling_fraction : float
-        Fraction of the fixed-image voxels sampled (fixed seed: reproducible).
-    shrink : tuple of int
-        Multi-resolution shrink factors of the T1w (coarse to fine). The finest level
-        stops at half the T1w resolution: BOLD voxels are coarser still, and the full
-        resolution cost 5-10x the time for no gain on the demo data.
-    smoothing_mm : tuple of float
-        Gaussian smoothing per level (mm).
-    iterations : int
-        Optimiser iterations per level.
-    max_step_mm : float
-        Largest allowed distance from the header alignment (translation plus 50 mm x
-        rotation): beyond it the registration is rejected and the header alignment
-        kept, with a warning (both recorded in the sidecar).
+        Histogram bins (per image) of the normalised mutual information.
+    rim_mm : float
+        The mutual information is evaluated on T1w points inside the brain mask
+        dilated by this much (the brain outline is the strongest shared feature).
+    coarse_mm, fine_mm : float
+        Spacing of the T1w sample points of the coarse (multi-start) and fine levels.
+    coarse_fwhm_mm : float
+        Extra Gaussian smoothing (FWHM) of both images at the coarse level.
+    start_angles_deg : tuple of float
+        Rotations tried about each axis at the start (all combinations).
+    start_shifts_mm : tuple of float
+        Translations tried along each axis (one axis at a time) around the
+        centre-of-mass alignment.
+    n_refine : int
+        Best starts refined at the coarse level.
+    bbr_points : int
+        White-matter boundary points sampled for boundary-based registration.
+    bbr_wm_mm, bbr_gm_mm : float
+        Distances inside (white matter) and outside (grey matter) the boundary at
+        which the BOLD reference is sampled.
+    bbr_slope : float
+        Slope of the per-point cost ``1 - tanh(slope * Q)``, ``Q`` the percent
+        contrast (grey minus white matter, T2*-weighted BOLD).
+    min_dice : float
+        QC gate: least Dice overlap of the BOLD brain mask (mapped to the T1w) with
+        the T1w brain mask.
+    max_bbr_cost : float
+        QC gate (``bbr``): largest final boundary cost (0 perfect contrast, 1 none).
+    min_nmi : float
+        QC gate (``mi``, and ``bbr`` without a T1w brain mask): least normalised mutual
+        information ``(H(A) + H(B)) / H(A, B)`` at the fine level (1: independent).
+    seed : int
+        Seed of the boundary-point subsampling (reproducible).
     """
 
     bins: int = 32
-    sampling_fraction: float = 0.1
-    shrink: tuple[int, ...] = (4, 2)
-    smoothing_mm: tuple[float, ...] = (4.0, 2.0)
-    iterations: int = 60
-    max_step_mm: float = 20.0
+    rim_mm: float = 8.0
+    coarse_mm: float = 8.0
+    fine_mm: float = 4.0
+    coarse_fwhm_mm: float = 8.0
+    start_angles_deg: tuple[float, ...] = (-12.0, 0.0, 12.0)
+    start_shifts_mm: tuple[float, ...] = (-10.0, 10.0)
+    n_refine: int = 2
+    bbr_points: int = 4000
+    bbr_wm_mm: float = 2.0
+    bbr_gm_mm: float = 2.0
+    bbr_slope: float = 0.1
+    min_dice: float = COREG_MIN_DICE
+    max_bbr_cost: float = COREG_MAX_BBR_COST
+    min_nmi: float = COREG_MIN_NMI
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.shrink) != len(self.smoothing_mm):
-            raise ValueError("shrink and smoothing_mm must have the same length")
-        if not 0 < self.sampling_fraction <= 1:
-            raise ValueError(f"sampling_fraction must be in (0, 1], got {self.sampling_fraction}")
+        if self.bins < 4:
+            raise ValueError(f"bins must be >= 4, got {self.bins}")
+        if min(self.coarse_mm, self.fine_mm) <= 0:
+            raise ValueError("coarse_mm and fine_mm must be > 0")
+        if not 0.0 <= self.min_dice <= 1.0:
+            raise ValueError(f"min_dice must be in [0, 1], got {self.min_dice}")
+        if not 0.0 <= self.max_bbr_cost <= 2.0:
+            raise ValueError(f"max_bbr_cost must be in [0, 2], got {self.max_bbr_cost}")
+        if self.min_nmi < 1.0:
+            raise ValueError(f"min_nmi must be >= 1, got {self.min_nmi}")
 
 
 @dataclass(frozen=True)
@@ -168,25 +213,271 @@ class CoregResult:
     bold_to_t1w : ndarray of shape (4, 4)
         boldref world -> T1w world (RAS mm).
     report : dict
-        Metric value, step from the header alignment, whether it was accepted.
+        Method, QC metrics (``Dice``, ``NMI``, ``BBRCost``), the thresholds, the
+        distance from the header alignment and the time taken.
+    failed : str
+        Why the QC gate rejects the registration ("" when it passes).
     """
 
     bold_to_t1w: np.ndarray
     report: dict[str, Any] = field(default_factory=dict)
+    failed: str = ""
 
 
-def _to_sitk(data: np.ndarray, affine: np.ndarray) -> Any:
-    """A SimpleITK image (LPS) from a RAS voxel array and its affine."""
-    import SimpleITK as sitk
+def _zooms(affine: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
 
-    img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data, np.float32).T))
-    zooms = np.linalg.norm(affine[:3, :3], axis=0)
-    direction = (FLIP4[:3, :3] @ affine[:3, :3]) / zooms
-    origin = FLIP4[:3, :3] @ affine[:3, 3]
-    img.SetSpacing([float(z) for z in zooms])
-    img.SetDirection([float(v) for v in direction.ravel()])
-    img.SetOrigin([float(v) for v in origin])
-    return img
+
+def epi_brain_mask(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Brain mask of a BOLD reference from its own intensities.
+
+    Otsu's threshold of the lightly smoothed image (intensities clipped to their
+    0.5-99.5th percentiles), the largest connected component, an opening of 1.5
+    voxels (detaches thin scalp signal), the largest component again and hole
+    filling. EPI brain is much brighter than the scalp and the background, so this is
+    the brain with some partial-volume rim.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n_x, n_y, n_z)
+    affine : ndarray of shape (4, 4)
+
+    Returns
+    -------
+    ndarray of bool, same shape
+    """
+    from scipy import ndimage as ndi
+
+    from brainharmony.anat.skullstrip import ball, largest_component, otsu_threshold
+
+    zooms = _zooms(affine)
+    smooth = ndi.gaussian_filter(np.asarray(data, np.float32), sigma=0.5)
+    lo, hi = np.percentile(smooth, [0.5, 99.5])
+    threshold = otsu_threshold(np.clip(smooth, lo, hi).ravel())
+    mask = largest_component(smooth > threshold)
+    opened = ndi.binary_opening(mask, structure=ball(1.5 * float(zooms.min()), zooms))
+    if opened.any():
+        mask = largest_component(opened)
+    return np.asarray(ndi.binary_fill_holes(mask))
+
+
+def _euler(params: np.ndarray) -> np.ndarray:
+    """Rotation matrix of ``params[3:]`` (rotation angles x ``RADIUS_MM``, about x, y, z)."""
+    ax, ay, az = np.asarray(params[3:6], dtype=np.float64) / RADIUS_MM
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+class _Problem:
+    """The two images, prepared once; costs of a T1w -> BOLD world map.
+
+    A parameter vector ``p`` (translations in mm, rotations as angle x RADIUS_MM)
+    gives the T1w world -> boldref world map
+    ``x_b = R(p) (x_t - c_t) + c_b + t(p)``, with ``c_t`` and ``c_b`` the centres of
+    mass of the two brain masks: ``p = 0`` is the centre-of-mass alignment, and
+    rotations turn about the brain's centre.
+    """
+
+    def __init__(
+        self,
+        boldref: np.ndarray,
+        bold_affine: np.ndarray,
+        bold_mask: np.ndarray,
+        t1w: np.ndarray,
+        t1w_affine: np.ndarray,
+        t1w_mask: np.ndarray,
+        settings: CoregSettings,
+        *,
+        boundary: bool,
+    ) -> None:
+        from scipy import ndimage as ndi
+
+        self.settings = settings
+        self.bold_affine = bold_affine
+        self.bold_inv = np.linalg.inv(bold_affine)
+        self.bold_shape = np.array(boldref.shape)
+        zb = _zooms(bold_affine)
+        zt = _zooms(t1w_affine)
+        self.c_b = bold_affine[:3, :3] @ np.argwhere(bold_mask).mean(0) + bold_affine[:3, 3]
+        self.c_t = t1w_affine[:3, :3] @ np.argwhere(t1w_mask).mean(0) + t1w_affine[:3, 3]
+        inside = boldref[bold_mask]
+        self.bold_max = float(np.percentile(inside, 99.0)) if inside.size else 1.0
+        bold = np.asarray(boldref, np.float32) / max(self.bold_max, 1e-12)
+        sigma_c = settings.coarse_fwhm_mm / 2.3548
+        self.bold = {
+            "fine": bold,
+            "coarse": ndi.gaussian_filter(bold, sigma_c / zb),
+        }
+        self.bold_mask = np.asarray(bold_mask, np.float32)
+        brain_t1 = np.where(t1w_mask, np.asarray(t1w, np.float32), 0.0)
+        t1_max = float(np.percentile(brain_t1[t1w_mask], 99.0))
+        brain_t1 /= max(t1_max, 1e-12)
+        self.points: dict[str, np.ndarray] = {}
+        self.t1_bins: dict[str, np.ndarray] = {}
+        for level, spacing, fwhm in (
+            ("coarse", settings.coarse_mm, np.hypot(settings.coarse_fwhm_mm, float(zb.mean()))),
+            ("fine", settings.fine_mm, float(zb.mean())),
+        ):
+            step = np.maximum(1, np.round(spacing / zt).astype(int))
+            smooth = ndi.gaussian_filter(brain_t1, (fwhm / 2.3548) / zt)
+            sub = tuple(slice(0, None, int(s)) for s in step)
+            rim = ndi.binary_dilation(t1w_mask[sub], structure=_ball(settings.rim_mm, zt * step))
+            ijk = np.argwhere(rim) * step
+            values = smooth[tuple(ijk.T)]
+            self.points[level] = ijk @ t1w_affine[:3, :3].T + t1w_affine[:3, 3]
+            self.t1_bins[level] = np.clip(
+                (values * (settings.bins - 1) + 0.5).astype(np.int64), 0, settings.bins - 1
+            )
+        # Dice: T1w grid points at about the BOLD resolution.
+        step = np.maximum(1, np.round(zb.mean() / zt).astype(int))
+        sub = tuple(slice(0, None, int(s)) for s in step)
+        grid = np.argwhere(np.ones(t1w_mask[sub].shape, bool)) * step
+        self.dice_points = grid @ t1w_affine[:3, :3].T + t1w_affine[:3, 3]
+        self.dice_t1 = t1w_mask[tuple(grid.T)]
+        self.wm_points: np.ndarray | None = None
+        if boundary:
+            self._boundary(brain_t1, t1w_mask, t1w_affine)
+
+    def _boundary(self, brain_t1: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> None:
+        """White-matter boundary points and their outward normals (world mm)."""
+        from scipy import ndimage as ndi
+
+        from brainharmony.anat.skullstrip import largest_component, otsu_threshold
+
+        s = self.settings
+        zt = _zooms(affine)
+        smooth = ndi.gaussian_filter(brain_t1, 0.5 / zt)
+        threshold = otsu_threshold(smooth[mask])
+        wm = largest_component((smooth > threshold) & mask)
+        edge = wm & ~ndi.binary_erosion(wm)
+        field_ = ndi.gaussian_filter(wm.astype(np.float32), 1.5 / zt)
+        grads = np.stack(np.gradient(field_), axis=-1)[edge]  # per voxel index
+        ijk = np.argwhere(edge)
+        # d/dx_world = inv(A)^T d/dijk; outward: down the white-matter fraction.
+        normals = -grads @ np.linalg.inv(affine[:3, :3])
+        length = np.linalg.norm(normals, axis=1)
+        ok = length > 1e-3
+        ijk, normals = ijk[ok], normals[ok] / length[ok, None]
+        rng = np.random.default_rng(s.seed)
+        if len(ijk) > s.bbr_points:
+            pick = rng.choice(len(ijk), s.bbr_points, replace=False)
+            ijk, normals = ijk[pick], normals[pick]
+        centres = ijk @ affine[:3, :3].T + affine[:3, 3]
+        self.wm_points = centres - s.bbr_wm_mm * normals
+        self.gm_points = centres + s.bbr_gm_mm * normals
+        self.wm_threshold = threshold
+
+    # ------------------------------------------------------------------ transforms
+    def t1w_to_bold(self, params: np.ndarray) -> np.ndarray:
+        """T1w world -> boldref world (4 x 4) of a parameter vector."""
+        r = _euler(params)
+        m = np.eye(4)
+        m[:3, :3] = r
+        m[:3, 3] = self.c_b + np.asarray(params[:3]) - r @ self.c_t
+        return m
+
+    def _sample(self, image: np.ndarray, points: np.ndarray, params: np.ndarray) -> np.ndarray:
+        from scipy import ndimage as ndi
+
+        m = self.bold_inv @ self.t1w_to_bold(params)
+        ijk = points @ m[:3, :3].T + m[:3, 3]
+        return ndi.map_coordinates(image, ijk.T, order=1, mode="constant", cval=0.0)
+
+    # ----------------------------------------------------------------------- costs
+    def nmi(self, params: np.ndarray, level: str = "fine") -> float:
+        """Normalised mutual information (partial-volume histogram of the BOLD side)."""
+        bins = self.settings.bins
+        b = np.clip(self._sample(self.bold[level], self.points[level], params), 0.0, 1.0)
+        b = b * (bins - 1)
+        b0 = np.minimum(b.astype(np.int64), bins - 2)
+        w = b - b0
+        idx = self.t1_bins[level] * bins + b0
+        joint = np.bincount(idx, 1.0 - w, minlength=bins * bins)
+        joint += np.bincount(idx + 1, w, minlength=bins * bins)
+        joint /= joint.sum()
+        joint = joint.reshape(bins, bins)
+
+        def entropy(p: np.ndarray) -> float:
+            p = p[p > 0]
+            return float(-(p * np.log(p)).sum())
+
+        return (entropy(joint.sum(1)) + entropy(joint.sum(0))) / max(entropy(joint), 1e-12)
+
+    def bbr_cost(self, params: np.ndarray) -> float:
+        """Mean ``1 - tanh(slope * Q)``; points with a sample off the BOLD grid count 1."""
+        assert self.wm_points is not None
+        both = np.concatenate([self.wm_points, self.gm_points])
+        values = self._sample(self.bold["fine"], both, params)
+        w, g = values[: len(self.wm_points)], values[len(self.wm_points) :]
+        total = w + g
+        ok = (w > 0) & (g > 0)
+        q = np.zeros_like(w)
+        q[ok] = 200.0 * (g[ok] - w[ok]) / total[ok]
+        cost = 1.0 - np.tanh(self.settings.bbr_slope * q)
+        cost[~ok] = 1.0
+        return float(cost.mean())
+
+    def dice(self, params: np.ndarray) -> float:
+        """Dice of the BOLD brain mask mapped to the T1w with the T1w brain mask.
+
+        Counted within the BOLD field of view only (a slab that leaves out the
+        cerebellum is not a misregistration).
+        """
+        from scipy import ndimage as ndi
+
+        m = self.bold_inv @ self.t1w_to_bold(params)
+        ijk = self.dice_points @ m[:3, :3].T + m[:3, 3]
+        inside = np.all((ijk >= -0.5) & (ijk <= self.bold_shape - 0.5), axis=1)
+        values = ndi.map_coordinates(self.bold_mask, ijk[inside].T, order=1, mode="nearest")
+        bold = values >= 0.5
+        t1 = self.dice_t1[inside]
+        denom = int(bold.sum()) + int(t1.sum())
+        return 2.0 * float((bold & t1).sum()) / max(denom, 1)
+
+
+def _ball(radius_mm: float, zooms: np.ndarray) -> np.ndarray:
+    from brainharmony.anat.skullstrip import ball
+
+    return ball(radius_mm, zooms)
+
+
+def _minimise(cost: Any, x0: np.ndarray, xtol: float, maxfev: int) -> tuple[np.ndarray, float]:
+    """Powell's method from ``x0`` (unit steps of 1 mm or 1/RADIUS_MM rad)."""
+    from scipy.optimize import minimize
+
+    res = minimize(
+        cost,
+        np.asarray(x0, np.float64),
+        method="Powell",
+        options={"xtol": xtol, "ftol": 1e-5, "maxfev": maxfev, "direc": np.eye(6) * 2.0},
+    )
+    return np.asarray(res.x), float(res.fun)
+
+
+def _prepare_t1w(
+    t1w: np.ndarray, affine: np.ndarray, mask: np.ndarray, finest_mm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The T1w and mask on a grid no finer than ``finest_mm`` (block means)."""
+    zooms = _zooms(affine)
+    factor = np.maximum(1, np.floor(finest_mm / zooms + 1e-6).astype(int))
+    if np.all(factor == 1):
+        return t1w, affine, mask
+    shape = np.array(t1w.shape) // factor
+    cut = tuple(slice(0, int(n * f)) for n, f in zip(shape, factor, strict=True))
+
+    def block(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, np.float32)[cut]
+        return a.reshape(shape[0], factor[0], shape[1], factor[1], shape[2], factor[2]).mean(
+            axis=(1, 3, 5)
+        )
+
+    new = affine.copy()
+    new[:3, :3] = affine[:3, :3] * factor
+    new[:3, 3] = affine[:3, :3] @ ((factor - 1) / 2.0) + affine[:3, 3]
+    return block(t1w), new, block(mask) >= 0.5
 
 
 def register_bold_to_t1w(
@@ -196,13 +487,27 @@ def register_bold_to_t1w(
     t1w_affine: np.ndarray,
     *,
     t1w_mask: np.ndarray | None = None,
+    method: str = DEFAULT_COREG,
     settings: CoregSettings | None = None,
-    seed: int = 1,
 ) -> CoregResult:
-    """Rigid registration of the BOLD reference to the T1w (mutual information).
+    """Rigid registration of the BOLD reference to the T1w brain, from the images.
 
-    The search starts from the header alignment (the two images share the scanner's
-    world frame), which is the identity here.
+    1. Brain masks: the BOLD reference's own (:func:`epi_brain_mask`); the T1w's
+       given (the anatomy stage's), else the T1w's foreground (head) from the same
+       Otsu procedure.
+    2. Start: the centres of mass of the two masks aligned, then every combination of
+       ``start_angles_deg`` about the three axes, each also shifted by
+       ``start_shifts_mm`` along each axis, scored by the normalised mutual
+       information (NMI) of smoothed images on coarse points; the ``n_refine`` best
+       refined there (Powell), the best of those refined on fine points.
+    3. ``bbr`` (with a T1w brain mask): boundary-based refinement (bbregister's
+       cost): the BOLD reference sampled ``bbr_wm_mm`` inside and ``bbr_gm_mm``
+       outside the T1w white-matter boundary (Otsu within the brain), per-point cost
+       ``1 - tanh(slope * Q)``, ``Q = 200 (g - w) / (g + w)`` (grey matter brighter
+       than white matter in T2*-weighted BOLD).
+    4. QC: Dice of the BOLD brain mask mapped onto the T1w brain mask, the NMI and
+       (``bbr``) the boundary cost, against the settings' thresholds; ``failed`` says
+       which failed. No limit on the distance from the header alignment.
 
     Parameters
     ----------
@@ -210,85 +515,131 @@ def register_bold_to_t1w(
         BOLD reference volume (moving).
     bold_affine : ndarray of shape (4, 4)
     t1w : ndarray of shape (m_x, m_y, m_z)
-        T1w (fixed), ideally bias-corrected and brain-extracted.
+        Bias-corrected T1w (fixed).
     t1w_affine : ndarray of shape (4, 4)
     t1w_mask : ndarray of bool, shape (m_x, m_y, m_z), optional
-        Where the metric is evaluated (brain).
+        Brain mask of the T1w. Without it the T1w's head mask stands in, the
+        boundary refinement and the Dice gate are skipped (``bbr`` then works as
+        ``mi``).
+    method : {"bbr", "mi"}
     settings : CoregSettings, optional
-    seed : int
-        Seed of the metric's random sampling.
 
     Returns
     -------
     CoregResult
     """
-    import SimpleITK as sitk
+    import time
 
+    from brainharmony.func.planning import canonical_coreg
+
+    start = time.perf_counter()
     settings = settings or CoregSettings()
+    method = canonical_coreg(method)
+    if method == "header":
+        raise ValueError("method 'header' needs no registration (use the identity)")
     bold_affine = _check_matrix("bold_affine", bold_affine)
     t1w_affine = _check_matrix("t1w_affine", t1w_affine)
-    if np.asarray(boldref).ndim != 3 or np.asarray(t1w).ndim != 3:
+    boldref = np.asarray(boldref, np.float32)
+    t1w = np.asarray(t1w, np.float32)
+    if boldref.ndim != 3 or t1w.ndim != 3:
         raise ValueError("boldref and t1w must be 3-D arrays")
-    fixed = _to_sitk(t1w, t1w_affine)
-    moving = _to_sitk(boldref, bold_affine)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(settings.sampling_fraction, seed)
-    if t1w_mask is not None:
-        mask = _to_sitk(np.asarray(t1w_mask, dtype=np.float32), t1w_affine)
-        reg.SetMetricFixedMask(sitk.Cast(mask > 0.5, sitk.sitkUInt8))
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0,
-        minStep=1e-3,
-        numberOfIterations=settings.iterations,
-        relaxationFactor=0.5,
-        gradientMagnitudeTolerance=1e-6,
+    have_brain = t1w_mask is not None
+    if t1w_mask is None:
+        t1w_mask = epi_brain_mask(t1w, t1w_affine)  # the head, for a raw T1w
+    t1w_mask = np.asarray(t1w_mask, bool)
+    if t1w_mask.shape != t1w.shape:
+        raise ValueError(f"t1w_mask shape {t1w_mask.shape} differs from the T1w {t1w.shape}")
+    if not t1w_mask.any():
+        raise ValueError("the T1w brain mask is empty")
+    bold_mask = epi_brain_mask(boldref, bold_affine)
+    t1w, t1w_affine, t1w_mask = _prepare_t1w(
+        t1w, t1w_affine, t1w_mask, min(2.0, settings.fine_mm / 1.5)
     )
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(list(settings.shrink))
-    reg.SetSmoothingSigmasPerLevel(list(settings.smoothing_mm))
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    # Rotation centre: the centre of the BOLD field of view.
-    shape = np.array(np.asarray(boldref).shape)
-    center_ras = bold_affine[:3, :3] @ ((shape - 1) / 2) + bold_affine[:3, 3]
-    init = sitk.Euler3DTransform()
-    init.SetCenter([float(v) for v in FLIP4[:3, :3] @ center_ras])
-    reg.SetInitialTransform(init, inPlace=False)
-    reg.SetNumberOfThreads(1)
-    try:
-        result = reg.Execute(fixed, moving)
-    except RuntimeError as err:
-        logger.warning("BOLD -> T1w registration failed (%s); keeping the header alignment", err)
-        return CoregResult(np.eye(4), {"Accepted": False, "Reason": str(err)})
-    euler = sitk.Euler3DTransform(sitk.CompositeTransform(result).GetNthTransform(0))
-    m = np.eye(4)
-    m[:3, :3] = np.array(euler.GetMatrix()).reshape(3, 3)
-    c = np.array(euler.GetCenter())
-    m[:3, 3] = np.array(euler.GetTranslation()) + c - m[:3, :3] @ c
-    t1w_to_bold = FLIP4 @ m @ FLIP4  # fixed (T1w) -> moving (BOLD), RAS
-    bold_to_t1w = np.linalg.inv(t1w_to_bold)
-    angles = np.array(euler.GetParameters()[:3])
-    step = float(np.linalg.norm(bold_to_t1w[:3, 3] + bold_to_t1w[:3, :3] @ center_ras - center_ras))
-    step += 50.0 * float(np.abs(angles).sum())
-    report = {
-        "Method": "SimpleITK Euler3D, Mattes mutual information, regular-step gradient",
-        "Metric": float(reg.GetMetricValue()),
-        "Iterations": int(reg.GetOptimizerIteration()),
-        "StepFromHeaderMM": round(step, 4),
-        "Accepted": step <= settings.max_step_mm,
+    boundary = method == "bbr" and have_brain
+    problem = _Problem(
+        boldref, bold_affine, bold_mask, t1w, t1w_affine, t1w_mask, settings, boundary=boundary
+    )
+
+    # Multi-start on coarse points.
+    angles = np.asarray(settings.start_angles_deg, np.float64) * np.pi / 180.0 * RADIUS_MM
+    shifts = [np.zeros(3)] + [
+        np.eye(3)[axis] * s for axis in range(3) for s in settings.start_shifts_mm
+    ]
+    starts = [
+        np.r_[shift, ax, ay, az]
+        for ax in angles
+        for ay in angles
+        for az in angles
+        for shift in shifts
+    ]
+
+    def coarse(p: np.ndarray) -> float:
+        return -problem.nmi(p, "coarse")
+
+    scores = np.array([coarse(p) for p in starts])
+    best = np.argsort(scores)[: settings.n_refine]
+    refined = [_minimise(coarse, starts[i], 1.0, 400) for i in best]
+    x, _ = min(refined, key=lambda r: r[1])
+    x, neg_nmi = _minimise(lambda p: -problem.nmi(p, "fine"), x, 0.2, 400)
+    report: dict[str, Any] = {
+        "Method": (
+            "rigid; centre-of-mass alignment, multi-start, normalised mutual information"
+            + (", boundary-based refinement (bbregister cost)" if boundary else "")
+        ),
+        "Target": "T1w brain (brain mask given)" if have_brain else "T1w head (no brain mask)",
+        "Starts": len(starts),
     }
-    if step > settings.max_step_mm:
-        logger.warning(
-            "BOLD -> T1w registration moved %.1f mm from the header alignment (limit %.1f); "
-            "keeping the header alignment",
-            step,
-            settings.max_step_mm,
+    if boundary:
+        report["NMIStage"] = round(-neg_nmi, 5)
+        x, _ = _minimise(problem.bbr_cost, x, 0.1, 600)
+        report["BBRCost"] = round(problem.bbr_cost(x), 5)
+        report["WhiteMatterPoints"] = len(problem.wm_points)
+    report["NMI"] = round(problem.nmi(x, "fine"), 5)
+    report["Dice"] = round(problem.dice(x), 5)
+    t1w_to_bold = problem.t1w_to_bold(x)
+    bold_to_t1w = np.linalg.inv(t1w_to_bold)
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], np.float64) * (
+        np.array(boldref.shape) - 1
+    )
+    world = corners @ bold_affine[:3, :3].T + bold_affine[:3, 3]
+    moved = world @ bold_to_t1w[:3, :3].T + bold_to_t1w[:3, 3]
+    report["MeanShiftFromHeaderMM"] = round(float(np.linalg.norm(moved - world, axis=1).mean()), 3)
+    report["RotationFromHeaderDeg"] = round(
+        float(np.degrees(np.arccos(np.clip((np.trace(bold_to_t1w[:3, :3]) - 1) / 2, -1, 1)))), 3
+    )
+    failures = []
+    thresholds: dict[str, float] = {"NMIMin": settings.min_nmi}
+    if have_brain:
+        thresholds["DiceMin"] = settings.min_dice
+        if report["Dice"] < settings.min_dice:
+            failures.append(f"Dice {report['Dice']:.3f} < {settings.min_dice}")
+    if boundary:
+        thresholds["BBRCostMax"] = settings.max_bbr_cost
+        if report["BBRCost"] > settings.max_bbr_cost:
+            failures.append(f"BBR cost {report['BBRCost']:.3f} > {settings.max_bbr_cost}")
+    if report["NMI"] < settings.min_nmi:
+        failures.append(f"NMI {report['NMI']:.4f} < {settings.min_nmi}")
+    failed = (
+        "BOLD -> T1w coregistration failed its QC gate: " + "; ".join(failures) if failures else ""
+    )
+    report.update(
+        {
+            "Thresholds": thresholds,
+            "Passed": not failures,
+            "FailureReason": failed,
+            "Seconds": round(time.perf_counter() - start, 2),
+        }
+    )
+    if failed:
+        logger.warning("%s", failed)
+    else:
+        logger.info(
+            "BOLD -> T1w: Dice %.3f, NMI %.4f, %.1f mm from the header",
+            report["Dice"],
+            report["NMI"],
+            report["MeanShiftFromHeaderMM"],
         )
-        return CoregResult(np.eye(4), report)
-    logger.info("BOLD -> T1w: %.3f mm from the header alignment", step)
-    return CoregResult(bold_to_t1w, report)
+    return CoregResult(bold_to_t1w, report, failed)
 
 
 # --------------------------------------------------------------------------------------
