@@ -8,6 +8,7 @@ and writes the transforms and sidecars, the same way for every backend.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from brainharmony.anat.gate import qc_failures
 from brainharmony.anat.images import (
     T1wImage,
     itk_affine_to_lps_matrix,
@@ -25,7 +27,7 @@ from brainharmony.anat.images import (
     nib_to_sitk,
     sitk_to_nib,
 )
-from brainharmony.anat.model_input import model_ready
+from brainharmony.anat.model_input import box_shape, model_ready
 from brainharmony.anat.qc import registration_figure
 from brainharmony.anat.settings import AnatSettings
 from brainharmony.anat.templates import DEFAULT_TEMPLATE, Template
@@ -242,6 +244,20 @@ def write_transform(path: PathLike, transform: sitk.Transform) -> Path:
     return Path(path)
 
 
+def qc_thresholds(settings: AnatSettings) -> dict[str, Any]:
+    """The QC gate's thresholds as recorded in the sidecar."""
+    return {
+        "MinNCCWithTemplateInBrain": settings.qc_min_ncc,
+        "MinMaskDiceWithTemplateMask": settings.qc_min_dice,
+        "NativeBrainVolumeMLRange": list(settings.qc_brain_volume_ml),
+        "TransformScaleFactorRange": list(settings.qc_scale_range),
+    }
+
+
+def _exclusion(reason: str) -> dict[str, Any]:
+    return {"Excluded": True, "ExclusionReason": reason}
+
+
 def write_derivatives(
     paths: AnatPaths,
     t1w: T1wImage,
@@ -307,7 +323,14 @@ def write_derivatives(
             float((np.asarray(native_mask.dataobj) > 0).sum() * np.prod(zooms) / 1000), 3
         ),
         "AffineDeterminant": round(float(np.linalg.det(template_to_t1w[:3, :3])), 6),
+        "TransformScaleFactors": [
+            round(float(v), 6) for v in np.linalg.svd(t1w_to_template[:3, :3], compute_uv=False)
+        ],
     }
+    failures = qc_failures(metrics, settings)
+    exclusion = _exclusion("; ".join(failures)) if failures else {}
+    if failures:
+        logger.warning("%s: excluded by the QC gate: %s", subject_label, "; ".join(failures))
 
     write_nifti(paths.preproc, preproc_img)
     write_nifti(paths.mask, mask_img)
@@ -334,7 +357,8 @@ def write_derivatives(
         tpl_data,
         mask,
         title=f"{subject_label} -> {template.name} ({settings.resolution_mm} mm, "
-        f"{settings.backend}); NCC {metrics['NCCWithTemplateInBrain']:.3f}",
+        f"{settings.backend}); NCC {metrics['NCCWithTemplateInBrain']:.3f}, Dice "
+        f"{metrics['MaskDiceWithTemplateMask']:.3f}" + ("; EXCLUDED" if failures else ""),
         zooms=[float(template.resolution_mm)] * 3,
     )
 
@@ -374,6 +398,7 @@ def write_derivatives(
         "Backend": settings.backend,
         "Sources": [str(t1w.path)],
         "Provenance": prov,
+        **exclusion,
     }
     preproc_sidecar = {
         **common,
@@ -382,6 +407,7 @@ def write_derivatives(
         "Input": t1w.report,
         "Transforms": transforms,
         "Metrics": metrics,
+        "QCThresholds": qc_thresholds(settings),
         "Steps": result.reports,
         "Outputs": {k: rel(v) for k, v in asdict(paths).items()},
     }
@@ -422,3 +448,87 @@ def write_derivatives(
     )
     logger.info("%s: anat outputs written (%s)", subject_label, metrics)
     return preproc_sidecar
+
+
+def write_excluded(
+    paths: AnatPaths,
+    t1w_path: PathLike,
+    template: Template,
+    settings: AnatSettings,
+    subject_label: str,
+    reason: str,
+) -> dict[str, Any]:
+    """Write every output of a T1w that could not be processed, flagged as excluded.
+
+    The workflow's jobs need their files; these hold no data (zeros on the template
+    grid, identity transforms) and every sidecar says ``Excluded: true`` with the
+    reason, so no later stage uses them.
+
+    Parameters
+    ----------
+    paths : AnatPaths
+    t1w_path : path-like
+        The input that failed.
+    template : Template
+        At ``settings.resolution_mm``.
+    settings : AnatSettings
+    subject_label : str
+    reason : str
+        Why the T1w could not be processed (the error message).
+
+    Returns
+    -------
+    dict
+        The preprocessed T1w's sidecar (also written).
+    """
+    logger.warning("%s: excluded: %s", subject_label, reason)
+    zeros = np.zeros(template.shape, np.float32)
+    empty = _template_image(zeros, template, np.uint8)
+    write_nifti(paths.preproc, _template_image(zeros, template, np.float32))
+    write_nifti(paths.mask, empty)
+    box = box_shape(settings.model_box_mm, settings.resolution_mm)
+    model_img = nib.Nifti1Image(np.zeros(box, np.float32), template.affine)
+    write_nifti(paths.model, model_img)
+    write_nifti(paths.native_preproc, _template_image(zeros, template, np.float32))
+    write_nifti(paths.native_mask, empty)
+    identity = sitk.AffineTransform(3)
+    write_transform(paths.xfm_to_template, identity)
+    write_transform(paths.xfm_from_template, identity)
+    for path in (paths.nonlinear_to_template, paths.nonlinear_from_template):
+        if path is None:
+            continue
+        if path.name.endswith(".nii.gz"):
+            write_nifti(path, _template_image(np.zeros((*template.shape, 3)), template, np.float32))
+        else:
+            write_transform(path, sitk.CompositeTransform([identity]))
+    tpl_data = np.asarray(template.image.dataobj, np.float32)
+    registration_figure(
+        paths.figure,
+        zeros,
+        tpl_data,
+        np.zeros(template.shape, bool),
+        title=f"{subject_label}: EXCLUDED ({reason[:80]})",
+        zooms=[float(template.resolution_mm)] * 3,
+    )
+    common = {
+        "SpatialReference": template.name,
+        "Backend": settings.backend,
+        "Sources": [str(t1w_path)],
+        "Provenance": provenance(
+            step=f"anat-{settings.backend}",
+            inputs=[Path(t1w_path)],
+            parameters=settings.to_dict(),
+            config=settings.to_dict(),
+        ),
+        **_exclusion(reason),
+    }
+    described = {
+        paths.preproc: "No data: the T1w could not be processed (see ExclusionReason).",
+        paths.mask: "No data (excluded).",
+        paths.model: "No data (excluded).",
+        paths.native_preproc: "No data (excluded); template grid, not the T1w's.",
+        paths.native_mask: "No data (excluded); template grid, not the T1w's.",
+    }
+    for path, text in described.items():
+        write_json(sidecar_path(path), {**common, "Description": text})
+    return json.loads(sidecar_path(paths.preproc).read_text())

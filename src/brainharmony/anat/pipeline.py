@@ -11,15 +11,32 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from brainharmony.anat.derivatives import AnatPaths, anat_paths, write_derivatives
+from brainharmony.anat.brain_extraction import BrainExtractionError
+from brainharmony.anat.derivatives import (
+    AnatPaths,
+    anat_paths,
+    write_derivatives,
+    write_excluded,
+)
 from brainharmony.anat.images import itk_threads, load_t1w
 from brainharmony.anat.native import REGISTRATION_MM, native_backend
 from brainharmony.anat.register import RegistrationSettings
 from brainharmony.anat.settings import AnatSettings
 from brainharmony.anat.templates import load_template
-from brainharmony.io import PathLike
+from brainharmony.io import InputDataError, PathLike
 
 logger = logging.getLogger(__name__)
+
+#: Errors that make one T1w unusable (its outputs are written excluded, with the
+#: message as the reason) rather than stopping the workflow: unreadable or implausible
+#: input, no brain found, a registration that cannot run (SimpleITK raises
+#: RuntimeError), an external tool that failed.
+PROCESSING_ERRORS: tuple[type[BaseException], ...] = (
+    InputDataError,
+    BrainExtractionError,
+    ValueError,
+    RuntimeError,
+)
 
 
 def run_anat(
@@ -54,7 +71,9 @@ def run_anat(
     Returns
     -------
     AnatPaths
-        The files written.
+        The files written. A T1w that cannot be processed (:data:`PROCESSING_ERRORS`)
+        or fails the QC gate (:mod:`.gate`) still has every file, its sidecars
+        carrying ``Excluded: true`` and ``ExclusionReason``.
     """
     settings = settings or AnatSettings()
     registration = replace(registration or RegistrationSettings(), nonlinear=settings.nonlinear)
@@ -62,25 +81,41 @@ def run_anat(
         dataset_dir, subject, session, settings.template, settings.nonlinear, settings.backend
     )
     label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
-    t1w = load_t1w(t1w_path, settings.max_nonfinite_fraction)
     folder = None if template_dir is None else str(template_dir)
     template = load_template(settings.template, settings.resolution_mm, folder)
-    with itk_threads(registration.threads):
-        if settings.backend == "native":
-            reg_template = load_template(
-                settings.template, max(REGISTRATION_MM, settings.resolution_mm), folder
-            )
-            fine = load_template(settings.template, 1, folder)
-            result = native_backend(t1w, template, reg_template, registration, fine_template=fine)
-            write_derivatives(paths, t1w, result, template, settings, label, registration.threads)
-            return paths
-        from brainharmony.anat.nipype_backends import run_external_backend
+    try:
+        t1w = load_t1w(t1w_path, settings.max_nonfinite_fraction)
+    except InputDataError as err:
+        write_excluded(paths, t1w_path, template, settings, label, f"unusable T1w: {err}")
+        return paths
+    with itk_threads(registration.threads), contextlib.ExitStack() as stack:
+        try:
+            if settings.backend == "native":
+                reg_template = load_template(
+                    settings.template, max(REGISTRATION_MM, settings.resolution_mm), folder
+                )
+                fine = load_template(settings.template, 1, folder)
+                result = native_backend(
+                    t1w,
+                    template,
+                    reg_template,
+                    registration,
+                    fine_template=fine,
+                    brain_extraction=settings.brain_extraction,
+                    network_shape=settings.deepbet_shape,
+                )
+            else:
+                from brainharmony.anat.nipype_backends import run_external_backend
 
-        with contextlib.ExitStack() as stack:
-            if work_dir is None:
-                work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bh-anat-"))
-            work = Path(work_dir).resolve()
-            work.mkdir(parents=True, exist_ok=True)
-            result = run_external_backend(t1w, template, settings, work, registration.threads)
-            write_derivatives(paths, t1w, result, template, settings, label, registration.threads)
+                if work_dir is None:
+                    work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bh-anat-"))
+                work = Path(work_dir).resolve()
+                work.mkdir(parents=True, exist_ok=True)
+                result = run_external_backend(t1w, template, settings, work, registration.threads)
+        except PROCESSING_ERRORS as err:
+            logger.debug("anat processing failed", exc_info=True)
+            reason = f"{settings.backend} backend failed on {t1w_path}: {err}"
+            write_excluded(paths, t1w_path, template, settings, label, reason)
+            return paths
+        write_derivatives(paths, t1w, result, template, settings, label, registration.threads)
     return paths

@@ -1,21 +1,34 @@
-"""Registration of a whole-head T1w to a brain-only template (SimpleITK).
+"""Registration of a T1w to a brain-only template (SimpleITK).
 
-The template has no scalp, skull or neck; the T1w does. The route:
+Two routes, both ending in an affine (optionally + B-spline) template -> T1w transform:
+
+**Brain to brain** (:func:`register_brain_to_template`, the default): the brain was
+extracted from the image itself (:mod:`.brain_extraction`), so the skull-stripped T1w
+is registered to the skull-stripped template and the transform is then applied to the
+whole head.
+
+1. **Initialisation from the brain's own centre and extent**: the brain mask's centroid
+   is matched to the template mask's, and each world axis is scaled by the ratio of
+   the two masks' spreads (standard deviations of their voxel coordinates).
+2. **Coarse search** of rotations and translations around it, scored by mutual
+   information on 6 mm images (numpy, every voxel of the template region); the best
+   few are refined by a coarse affine registration and the best is kept.
+3. **Affine** registration at 4 then 2 mm: Mattes mutual information, regular-step
+   gradient descent, the metric region the template brain mask dilated by a few mm.
+
+**Whole head** (:func:`register_to_template`, the fallback when no brain extractor is
+used: ``anat.brain_extraction: template``): the template has no scalp, skull or neck;
+the T1w does.
 
 1. **Initial translation** from the head mask: the centroid of the upper cranium (a
    slab 10-80 mm below the top of the head) is matched to the same slab of the
    template brain mask dilated by the expected scalp thickness.
-2. **Coarse search** over a grid of rotations and translations around it, scored by
-   mutual information on 6 mm images (numpy, all voxels of the template region; no
-   randomness); the best few candidates are refined by a coarse rigid registration and
-   the best is kept.
-3. **Rigid, then affine** registration: Mattes mutual information, a regular-step
-   gradient descent, a multi-resolution shrink/smoothing schedule, the metric sampled
-   only in the template's brain mask dilated by a few millimetres.
-4. **Masked refinement**, repeated until the transform stops changing: the template
+2. **Coarse search** as above, then rigid and affine registrations.
+3. **Masked refinement**, repeated until the transform stops changing: the template
    brain mask (dilated) is carried back onto the T1w, the T1w is masked with it (so it
    looks like the brain-only template) and the affine is registered again.
-5. Optional **B-spline** (nonlinear) stage on top of the affine.
+
+Either route may add a **B-spline** (nonlinear) stage on top of the affine.
 
 Metric sampling is random with a fixed seed and the thread count is fixed, so the
 result is reproducible to the bit.
@@ -26,7 +39,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +78,10 @@ class RegistrationSettings:
         Offsets tried along each axis by the coarse search.
     search_keep : int
         Candidates of the coarse search refined by a coarse rigid registration.
+    brain_search_rotations_deg, brain_search_translations_mm
+        The same grid for the brain-to-brain route. Its start already puts the two
+        brains' centroids together and each rotation turns about that centroid, so it
+        needs no translations but can afford wider rotations.
     max_refinements : int
         Most rounds of the masked refinement.
     convergence_mm : float
@@ -96,6 +113,12 @@ class RegistrationSettings:
     )
     search_translations_mm: tuple[float, ...] = (-10.0, 0.0, 10.0)
     search_keep: int = 2
+    brain_search_rotations_deg: tuple[tuple[float, ...], ...] = (
+        (-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0),
+        (-15.0, 0.0, 15.0),
+        (-15.0, 0.0, 15.0),
+    )
+    brain_search_translations_mm: tuple[float, ...] = (0.0,)
     max_refinements: int = 4
     convergence_mm: float = 0.1
     nonlinear: bool = False
@@ -237,15 +260,29 @@ def _mi(fixed_bins: np.ndarray, moving: np.ndarray, lo: float, hi: float, bins: 
     return float(np.sum(p[nz] * np.log(p[nz] / (px @ py)[nz])))
 
 
+def _candidate(
+    base: sitk.Transform, angles_deg: Sequence[float], shift_lps: Sequence[float]
+) -> sitk.AffineTransform:
+    """``base`` preceded by a rotation about its centre and followed by a shift (LPS)."""
+    rotation = np.asarray(_euler((0.0, 0.0, 0.0), angles_deg, (0.0, 0.0, 0.0)).GetMatrix())
+    out = sitk.AffineTransform(3)
+    out.SetCenter(base.GetCenter())  # type: ignore[attr-defined]
+    matrix = np.asarray(base.GetMatrix(), float).reshape(3, 3)  # type: ignore[attr-defined]
+    out.SetMatrix([float(v) for v in (matrix @ rotation.reshape(3, 3)).ravel()])
+    translation = np.asarray(base.GetTranslation(), float) + np.asarray(shift_lps, float)  # type: ignore[attr-defined]
+    out.SetTranslation([float(v) for v in translation])
+    return out
+
+
 def coarse_search(
     fixed: sitk.Image,
     fixed_mask: sitk.Image,
     moving: sitk.Image,
-    initial: sitk.Euler3DTransform,
+    initial: sitk.Transform,
     settings: RegistrationSettings,
     grid_mm: float = 6.0,
-) -> list[tuple[float, sitk.Euler3DTransform]]:
-    """Score a grid of rigid poses around ``initial`` by mutual information.
+) -> list[tuple[float, sitk.AffineTransform]]:
+    """Score a grid of poses around ``initial`` by mutual information.
 
     Both images are smoothed (sigma ``grid_mm / 2``) and the fixed one is sampled on a
     ``grid_mm`` grid inside its mask; every candidate is scored on all those points.
@@ -258,9 +295,9 @@ def coarse_search(
         Metric region on the template grid (uint8).
     moving : SimpleITK.Image
         The T1w.
-    initial : SimpleITK.Euler3DTransform
-        Template -> T1w start; the grid's rotations are about its centre and its
-        translations are added to its translation.
+    initial : SimpleITK.Transform
+        Template -> T1w start (Euler, similarity or affine); each candidate rotates
+        template points about its centre before applying it, then shifts the result.
     settings : RegistrationSettings
         ``search_rotations_deg``, ``search_translations_mm``, ``search_keep``.
     grid_mm : float
@@ -287,15 +324,11 @@ def coarse_search(
     m_data = _array(m_small)
     m_inv = np.linalg.inv(sitk_affine(m_small))
     m_lo, m_hi = np.percentile(m_data, [1, 99.5])
-    center = np.asarray(initial.GetCenter())
-    base_angles = np.degrees([initial.GetAngleX(), initial.GetAngleY(), initial.GetAngleZ()])
-    base_shift = np.asarray(initial.GetTranslation())
     scored: list[tuple[float, tuple[float, ...]]] = []
     rotations = list(itertools.product(*settings.search_rotations_deg))
     shifts = list(itertools.product(settings.search_translations_mm, repeat=3))
     for angles in rotations:
-        tx = _euler(center, base_angles + np.asarray(angles), base_shift)
-        lin = itk_affine_to_lps_matrix(tx)
+        lin = itk_affine_to_lps_matrix(_candidate(initial, angles, (0.0, 0.0, 0.0)))
         moved = pts_lps @ lin[:3, :3].T + lin[:3, 3]
         for shift in shifts:
             ras = (moved + np.asarray(shift)) * np.array([-1.0, -1.0, 1.0])
@@ -304,10 +337,10 @@ def coarse_search(
             score = _mi(f_bins, vals, m_lo, m_hi, bins)
             scored.append((score, (*angles, *shift)))
     scored.sort(key=lambda item: -item[0])
-    out = []
-    for score, params in scored[: max(1, settings.search_keep)]:
-        tx = _euler(center, base_angles + np.asarray(params[:3]), base_shift + params[3:])
-        out.append((score, tx))
+    out = [
+        (score, _candidate(initial, params[:3], params[3:]))
+        for score, params in scored[: max(1, settings.search_keep)]
+    ]
     logger.info(
         "coarse search: %d poses, best MI %.4f at rotation %s deg, shift %s mm",
         len(scored),
@@ -366,7 +399,14 @@ def _run(
 
 
 def _as_euler(tx: sitk.Transform) -> sitk.Euler3DTransform:
-    return sitk.Euler3DTransform(tx) if not isinstance(tx, sitk.Euler3DTransform) else tx
+    """A rigid transform (Euler or an affine whose matrix is a rotation) as an Euler one."""
+    if isinstance(tx, sitk.Euler3DTransform):
+        return tx
+    out = sitk.Euler3DTransform()
+    out.SetCenter(tx.GetCenter())  # type: ignore[attr-defined]
+    out.SetMatrix(tx.GetMatrix(), 1e-6)  # type: ignore[attr-defined]
+    out.SetTranslation(tx.GetTranslation())  # type: ignore[attr-defined]
+    return out
 
 
 def _as_affine(tx: sitk.Transform) -> sitk.AffineTransform:
@@ -560,6 +600,129 @@ def register_to_template(
 
     report["FinalMetricAllVoxels"] = evaluate_mi(
         template, metric_region, moving, result.forward, settings
+    )
+    return result
+
+
+def initial_brain_transform(
+    template_mask: sitk.Image,
+    brain_mask: sitk.Image,
+    max_scale: float = 1.5,
+) -> tuple[sitk.AffineTransform, dict[str, Any]]:
+    """Start from the brain's own centre and extent.
+
+    The template brain's centroid goes to the T1w brain's centroid, and each world axis
+    is scaled by the ratio of the two masks' spreads (standard deviations of their
+    voxel coordinates along that axis), clipped to ``[1 / max_scale, max_scale]``.
+
+    Parameters
+    ----------
+    template_mask : SimpleITK.Image
+        Template brain mask (uint8).
+    brain_mask : SimpleITK.Image
+        T1w brain mask (uint8), from the image itself.
+    max_scale : float
+
+    Returns
+    -------
+    transform : SimpleITK.AffineTransform
+        Template -> T1w, centred on the template brain's centroid.
+    report : dict
+    """
+    t_pts = _world_points(_array(template_mask) > 0, sitk_affine(template_mask))
+    s_pts = _world_points(_array(brain_mask) > 0, sitk_affine(brain_mask))
+    if len(s_pts) < 100:
+        raise ValueError(f"the brain mask has {len(s_pts)} voxels: too few to register")
+    t_centre, s_centre = t_pts.mean(axis=0), s_pts.mean(axis=0)
+    scale = np.clip(s_pts.std(axis=0) / t_pts.std(axis=0), 1 / max_scale, max_scale)
+    tx = sitk.AffineTransform(3)
+    tx.SetCenter([float(c) for c in FLIP @ t_centre])
+    # Diagonal scales commute with the RAS <-> LPS flip.
+    tx.SetMatrix([float(v) for v in np.diag(scale).ravel()])
+    tx.SetTranslation([float(v) for v in FLIP @ (s_centre - t_centre)])
+    report = {
+        "Method": "brain centroid and per-axis spread of the brain masks",
+        "TemplateBrainCentroidRAS": t_centre.round(3).tolist(),
+        "T1wBrainCentroidRAS": s_centre.round(3).tolist(),
+        "InitialScale": scale.round(4).tolist(),
+    }
+    logger.info("initial shift (RAS mm): %s, scales %s", np.round(s_centre - t_centre, 1), scale)
+    return tx, report
+
+
+def register_brain_to_template(
+    brain: sitk.Image,
+    brain_mask: sitk.Image,
+    template: sitk.Image,
+    template_mask: sitk.Image,
+    settings: RegistrationSettings | None = None,
+) -> RegistrationResult:
+    """Affine (optionally + B-spline) registration of an extracted brain to a brain template.
+
+    Parameters
+    ----------
+    brain : SimpleITK.Image
+        Bias-corrected T1w, already masked by its brain mask (float32).
+    brain_mask : SimpleITK.Image
+        The brain mask (uint8), same grid.
+    template : SimpleITK.Image
+        Brain-only template (float32) on the grid the registration works on (its
+        spacing is the finest level).
+    template_mask : SimpleITK.Image
+        The template's brain mask, uint8, same grid as ``template``.
+    settings : RegistrationSettings, optional
+
+    Returns
+    -------
+    RegistrationResult
+        The transform maps template points to T1w points; applied to the whole head.
+    """
+    settings = settings or RegistrationSettings()
+    report: dict[str, Any] = {"Route": "brain to brain", "Settings": settings.to_dict()}
+    factors = [
+        max(1, int(f // m)) for f, m in zip(template.GetSpacing(), brain.GetSpacing(), strict=True)
+    ]
+    if max(factors) > 1:
+        brain = sitk.BinShrink(brain, factors)
+        brain_mask = sitk.Cast(
+            sitk.BinShrink(sitk.Cast(brain_mask, sitk.sitkFloat32), factors) >= 0.5,
+            sitk.sitkUInt8,
+        )
+        report["MovingBinShrink"] = factors
+    metric_region = dilate_mask(template_mask, settings.metric_dilation_mm)
+    start, report["Initialisation"] = initial_brain_transform(template_mask, brain_mask)
+
+    grid = replace(
+        settings,
+        search_rotations_deg=settings.brain_search_rotations_deg,
+        search_translations_mm=settings.brain_search_translations_mm,
+    )
+    candidates = coarse_search(template, metric_region, brain, start, grid)
+    best: tuple[float, sitk.Transform] | None = None
+    tried = []
+    for score, cand in candidates:
+        reg = _method(settings, metric_region, [4], [4.0], 100, 2.0)
+        tx, value, _ = _run(reg, template, brain, cand)
+        tried.append({"SearchMI": round(score, 5), "CoarseAffineMetric": round(value, 6)})
+        if best is None or value < best[0]:
+            best = (value, tx)
+    assert best is not None
+    report["SearchCandidates"] = tried
+
+    reg = _method(settings, metric_region, [2, 1], [2.0, 1.0], 200, 0.5)
+    affine, affine_metric, iterations = _run(reg, template, brain, _as_affine(best[1]))
+    affine = _as_affine(affine)
+    report["AffineMetric"] = affine_metric
+    report["AffineIterations"] = iterations
+    result = RegistrationResult(affine=affine, report=report)
+    if settings.nonlinear:
+        wide_region = dilate_mask(template_mask, settings.strip_dilation_mm + 4.0)
+        result.nonlinear, result.nonlinear_inverse, nl_report = _bspline(
+            template, wide_region, brain, affine, settings
+        )
+        report["Nonlinear"] = nl_report
+    report["FinalMetricAllVoxels"] = evaluate_mi(
+        template, metric_region, brain, result.forward, settings
     )
     return result
 

@@ -16,6 +16,9 @@ from brainharmony.anat.templates import DEFAULT_TEMPLATE, check_template_availab
 MAX_NONFINITE_FRACTION = 0.02
 
 BACKENDS: tuple[str, ...] = ("native", "fsl", "freesurfer")
+#: How the native backend finds the brain: a network on the image (deepbet) or, as a
+#: fallback, the template's mask carried back through a whole-head registration.
+BRAIN_EXTRACTIONS: tuple[str, ...] = ("deepbet", "template")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,23 @@ class AnatSettings:
         Intensity normalisation of the model-ready box (see :mod:`.model_input`).
     max_nonfinite_fraction : float
         Largest fraction of NaN/Inf voxels set to 0 (above it the T1w is refused).
+    brain_extraction : {"deepbet", "template"}
+        Native backend only: deepbet's networks on the image (default), or the
+        template's mask carried back through a whole-head registration (fallback).
+    deepbet_shape : int
+        Side of the cube deepbet's main network segments (deepbet: 256; smaller is
+        faster and coarser, docs/anat.md).
+    qc_min_ncc : float
+        QC gate: least correlation of the T1w in template space with the template,
+        inside the template's brain mask.
+    qc_min_dice : float
+        QC gate: least Dice of the brain mask carried into template space with the
+        template's brain mask.
+    qc_brain_volume_ml : (float, float)
+        QC gate: plausible range of the T1w-space brain mask's volume (mL).
+    qc_scale_range : (float, float)
+        QC gate: plausible range of the transform's scale factors (the singular values
+        of its linear part, T1w -> template).
     """
 
     backend: str = "native"
@@ -47,6 +67,12 @@ class AnatSettings:
     model_box_mm: tuple[int, int, int] = PAPER_BOX_MM
     normalisation: str = "zscore_brain"
     max_nonfinite_fraction: float = MAX_NONFINITE_FRACTION
+    brain_extraction: str = "deepbet"
+    deepbet_shape: int = 256
+    qc_min_ncc: float = 0.8
+    qc_min_dice: float = 0.85
+    qc_brain_volume_ml: tuple[float, float] = (600.0, 2600.0)
+    qc_scale_range: tuple[float, float] = (0.67, 1.5)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -58,6 +84,22 @@ class AnatSettings:
             )
         check_template_available(self.template, self.resolution_mm)
         box_shape(self.model_box_mm, self.resolution_mm)
+        if self.brain_extraction not in BRAIN_EXTRACTIONS:
+            raise ValueError(
+                f"brain_extraction must be one of {', '.join(BRAIN_EXTRACTIONS)}; "
+                f"got {self.brain_extraction!r}"
+            )
+        if self.deepbet_shape < 64 or self.deepbet_shape % 16:
+            raise ValueError(
+                f"deepbet_shape must be a multiple of 16 >= 64; got {self.deepbet_shape}"
+            )
+        for name in ("qc_brain_volume_ml", "qc_scale_range"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo < hi:
+                raise ValueError(f"{name} must be a range 0 < low < high; got {[lo, hi]}")
+        for name in ("qc_min_ncc", "qc_min_dice"):
+            if not -1 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [-1, 1]; got {getattr(self, name)}")
         if not 0 <= self.max_nonfinite_fraction < 1:
             raise ValueError(
                 f"max_nonfinite_fraction must be in [0, 1); got {self.max_nonfinite_fraction}"
@@ -66,5 +108,6 @@ class AnatSettings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready mapping (for sidecars and provenance)."""
         out = asdict(self)
-        out["model_box_mm"] = list(self.model_box_mm)
+        for name in ("model_box_mm", "qc_brain_volume_ml", "qc_scale_range"):
+            out[name] = list(getattr(self, name))
         return out
