@@ -11,10 +11,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install system-deps demo test test-fast lint format lock clean-results
 
-$(STAMP): pyproject.toml requirements/lock-cpu.txt
+$(STAMP): pyproject.toml requirements/lock-cpu.txt requirements/lock-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements/lock-cpu.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/lock-nodeps.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -55,7 +56,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 lock: install
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^brainharmony' \
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -e '^brainharmony' -e '^deepbet==' \
 	  | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > requirements/lock-cpu.txt.new
 	mv requirements/lock-cpu.txt.new requirements/lock-cpu.txt
 

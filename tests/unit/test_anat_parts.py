@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import yaml
 from scipy import ndimage as ndi
 
+from brainharmony.anat import cli as anat_cli
 from brainharmony.anat.bias import N4Settings, n4_correct
+from brainharmony.anat.gate import qc_failures
 from brainharmony.anat.images import nib_to_sitk, sitk_to_nib
 from brainharmony.anat.model_input import box_shape, box_start, crop, model_ready, normalise
 from brainharmony.anat.nipype_backends import flirt_to_world, read_lta, world_to_flirt
-from brainharmony.anat.planning import cli_options, rule_outputs, settings_from_config, t1w_rows
+from brainharmony.anat.planning import (
+    WORKFLOW_RESOLUTION_MM,
+    cli_options,
+    rule_outputs,
+    settings_from_config,
+    t1w_rows,
+)
 from brainharmony.anat.settings import AnatSettings
 from brainharmony.anat.skullstrip import head_mask_array, otsu_threshold
 from brainharmony.anat.templates import (
@@ -22,6 +35,8 @@ from brainharmony.anat.templates import (
 )
 
 # --- templates ------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_nilearn_template_and_mask_at_2mm():
@@ -240,8 +255,61 @@ def test_rule_outputs_and_options_match_the_package():
     assert cli_options(s) == (
         "--backend native --template MNI152NLin2009aAsym --resolution-mm 2 "
         "--model-box-mm 160 192 160 --normalisation zscore_brain "
-        "--max-nonfinite-fraction 0.02 --nonlinear"
+        "--max-nonfinite-fraction 0.02 --brain-extraction deepbet --deepbet-shape 256 "
+        "--qc-min-ncc 0.8 --qc-min-dice 0.85 --qc-brain-volume-ml 600.0 2600.0 "
+        "--qc-scale-range 0.67 1.5 --nonlinear"
     )
+    # The options parse back into the same settings.
+    parser = argparse.ArgumentParser()
+    anat_cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--t1w", "t", "--out-dir", "o", "--subject", "01", *cli_options(s).split()]
+    )
+    assert anat_cli.settings_from_args(args) == s
+
+
+def test_schema_defaults_equal_the_settings_defaults():
+    """Each ``anat:`` key of the schema has the dataclass's default (the one source)."""
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    block = schema["properties"]["anat"]["properties"]
+    library = AnatSettings()
+    for field in dataclasses.fields(AnatSettings):
+        assert field.name in block, f"anat.{field.name} is not in the schema"
+        value = getattr(library, field.name)
+        if field.name == "resolution_mm":  # the workflow's grid is the paper's
+            assert block[field.name]["default"] == WORKFLOW_RESOLUTION_MM
+            continue
+        expected = list(value) if isinstance(value, tuple) else value
+        assert block[field.name]["default"] == expected, field.name
+    assert settings_from_config({}) == dataclasses.replace(
+        library, resolution_mm=WORKFLOW_RESOLUTION_MM
+    )
+
+
+def test_qc_gate_fails_each_metric_with_a_reason():
+    s = AnatSettings()
+    good = {
+        "NCCWithTemplateInBrain": 0.93,
+        "MaskDiceWithTemplateMask": 0.95,
+        "NativeBrainVolumeML": 1400.0,
+        "TransformScaleFactors": [1.1, 1.05, 0.98],
+    }
+    assert qc_failures(good, s) == []
+    cases = {
+        "NCCWithTemplateInBrain": (0.79, "correlation with the template in its brain mask 0.790"),
+        "MaskDiceWithTemplateMask": (0.6, "Dice of the brain mask with the template's 0.600"),
+        "NativeBrainVolumeML": (4210.0, "brain volume 4210 mL outside"),
+        "TransformScaleFactors": ([1.58, 1.0, 1.0], "scale factors (1.580, 1.000, 1.000)"),
+    }
+    for key, (value, text) in cases.items():
+        (reason,) = qc_failures({**good, key: value}, s)
+        assert text in reason
+    # NaN never passes.
+    assert qc_failures({**good, "NCCWithTemplateInBrain": float("nan")}, s)
+    with pytest.raises(ValueError, match="qc_scale_range"):
+        AnatSettings(qc_scale_range=(1.5, 0.67))
+    with pytest.raises(ValueError, match="brain_extraction"):
+        AnatSettings(brain_extraction="bet")
 
 
 def test_t1w_rows_are_distinct_t1ws(tmp_path):

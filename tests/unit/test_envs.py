@@ -20,8 +20,11 @@ def _pyproject_requirements() -> dict[str, Requirement]:
 
 
 def _lock() -> dict[str, str]:
+    """Pins of lock-cpu.txt and lock-nodeps.txt (installed without their dependencies)."""
     pins = {}
-    for line in (REPO / "requirements" / "lock-cpu.txt").read_text().splitlines():
+    lines = (REPO / "requirements" / "lock-cpu.txt").read_text().splitlines()
+    lines += (REPO / "requirements" / "lock-nodeps.txt").read_text().splitlines()
+    for line in lines:
         line = line.split("#", 1)[0].strip()
         if line:
             req = Requirement(line)

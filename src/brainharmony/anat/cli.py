@@ -13,7 +13,12 @@ import logging
 from pathlib import Path
 
 from brainharmony.anat.model_input import NORMALISATIONS, PAPER_BOX_MM
-from brainharmony.anat.settings import BACKENDS, MAX_NONFINITE_FRACTION, AnatSettings
+from brainharmony.anat.settings import (
+    BACKENDS,
+    BRAIN_EXTRACTIONS,
+    MAX_NONFINITE_FRACTION,
+    AnatSettings,
+)
 from brainharmony.anat.templates import DEFAULT_TEMPLATE, RESOLUTIONS_MM, TEMPLATES
 
 logger = logging.getLogger(__name__)
@@ -49,10 +54,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest fraction of NaN/Inf voxels set to 0; above it the T1w is refused",
     )
     parser.add_argument(
+        "--brain-extraction",
+        choices=BRAIN_EXTRACTIONS,
+        default=AnatSettings.brain_extraction,
+        help="native backend: deepbet's networks on the image (default) or the template "
+        "mask carried back through a whole-head registration (fallback)",
+    )
+    parser.add_argument(
+        "--deepbet-shape",
+        type=int,
+        default=AnatSettings.deepbet_shape,
+        help="side of the cube deepbet's main network segments (default: %(default)s)",
+    )
+    gate = parser.add_argument_group("QC gate (a T1w outside a threshold is excluded)")
+    gate.add_argument("--qc-min-ncc", type=float, default=AnatSettings.qc_min_ncc)
+    gate.add_argument("--qc-min-dice", type=float, default=AnatSettings.qc_min_dice)
+    gate.add_argument(
+        "--qc-brain-volume-ml",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=list(AnatSettings.qc_brain_volume_ml),
+    )
+    gate.add_argument(
+        "--qc-scale-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=list(AnatSettings.qc_scale_range),
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="SimpleITK threads (1: results identical to the bit between runs)",
+        help="SimpleITK and torch threads (1: results identical to the bit between runs)",
     )
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="scratch folder for fsl/freesurfer (kept)"
@@ -76,6 +111,12 @@ def settings_from_args(args: argparse.Namespace) -> AnatSettings:
         model_box_mm=tuple(args.model_box_mm),
         normalisation=args.normalisation,
         max_nonfinite_fraction=args.max_nonfinite_fraction,
+        brain_extraction=args.brain_extraction,
+        deepbet_shape=args.deepbet_shape,
+        qc_min_ncc=args.qc_min_ncc,
+        qc_min_dice=args.qc_min_dice,
+        qc_brain_volume_ml=tuple(args.qc_brain_volume_ml),
+        qc_scale_range=tuple(args.qc_scale_range),
     )
 
 

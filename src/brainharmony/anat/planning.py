@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from brainharmony.anat.settings import MAX_NONFINITE_FRACTION, AnatSettings
-from brainharmony.anat.templates import DEFAULT_TEMPLATE
+from brainharmony.anat.settings import AnatSettings
 from brainharmony.io import PathLike
+
+#: ``anat.resolution_mm`` when a workflow config omits it (the schema's default).
+WORKFLOW_RESOLUTION_MM = 1
 
 #: Scheduler hints per output resolution (measured: docs/anat.md).
 MEM_MB: dict[int, int] = {1: 4000, 2: 2000}
@@ -36,14 +38,24 @@ def settings_from_config(config: Mapping[str, Any]) -> AnatSettings:
         An invalid value (the message names it).
     """
     block = dict(config.get("anat") or {})
+    d = AnatSettings
     return AnatSettings(
-        backend=str(block.get("backend", "native")),
-        template=str(block.get("template", DEFAULT_TEMPLATE)),
-        resolution_mm=int(block.get("resolution_mm", 1)),
-        nonlinear=bool(block.get("nonlinear", False)),
-        model_box_mm=tuple(int(v) for v in block.get("model_box_mm", (160, 192, 160))),
-        normalisation=str(block.get("normalisation", "zscore_brain")),
-        max_nonfinite_fraction=float(block.get("max_nonfinite_fraction", MAX_NONFINITE_FRACTION)),
+        backend=str(block.get("backend", d.backend)),
+        template=str(block.get("template", d.template)),
+        # The workflow's default grid is the paper's 1 mm (the library's is 2 mm).
+        resolution_mm=int(block.get("resolution_mm", WORKFLOW_RESOLUTION_MM)),
+        nonlinear=bool(block.get("nonlinear", d.nonlinear)),
+        model_box_mm=tuple(int(v) for v in block.get("model_box_mm", d.model_box_mm)),
+        normalisation=str(block.get("normalisation", d.normalisation)),
+        max_nonfinite_fraction=float(block.get("max_nonfinite_fraction", d.max_nonfinite_fraction)),
+        brain_extraction=str(block.get("brain_extraction", d.brain_extraction)),
+        deepbet_shape=int(block.get("deepbet_shape", d.deepbet_shape)),
+        qc_min_ncc=float(block.get("qc_min_ncc", d.qc_min_ncc)),
+        qc_min_dice=float(block.get("qc_min_dice", d.qc_min_dice)),
+        qc_brain_volume_ml=tuple(
+            float(v) for v in block.get("qc_brain_volume_ml", d.qc_brain_volume_ml)
+        ),
+        qc_scale_range=tuple(float(v) for v in block.get("qc_scale_range", d.qc_scale_range)),
     )
 
 
@@ -106,6 +118,12 @@ def cli_options(settings: AnatSettings) -> str:
         "--model-box-mm " + " ".join(str(v) for v in settings.model_box_mm),
         f"--normalisation {settings.normalisation}",
         f"--max-nonfinite-fraction {settings.max_nonfinite_fraction!r}",
+        f"--brain-extraction {settings.brain_extraction}",
+        f"--deepbet-shape {settings.deepbet_shape}",
+        f"--qc-min-ncc {settings.qc_min_ncc!r}",
+        f"--qc-min-dice {settings.qc_min_dice!r}",
+        "--qc-brain-volume-ml " + " ".join(repr(float(v)) for v in settings.qc_brain_volume_ml),
+        "--qc-scale-range " + " ".join(repr(float(v)) for v in settings.qc_scale_range),
     ]
     if settings.nonlinear:
         opts.append("--nonlinear")
