@@ -17,7 +17,11 @@ Volume shards
 Model-ready T1 volumes likewise: one ``.npy`` of shape ``(n, X, Y, Z)`` (float16
 by default: half the bytes, ample for z-scored intensities; a value that does not
 fit is an error) and an index ``subject, session, offset, ...``;
-:class:`PackedVolumeDataset` returns ``(1, X, Y, Z)`` float32 tensors.
+:class:`PackedVolumeDataset` returns ``(1, X, Y, Z)`` float32 tensors. A volume whose
+JSON sidecar says ``Excluded: true`` (the anatomy stage's QC gate, see
+:mod:`brainharmony.anat.gate`) is left out of the shard and listed with its reason in
+the shard sidecar's ``ExcludedSources``; when every volume is excluded no shard is
+written and packing stops with an error naming the shard (so its dataset).
 
 Robust scaling (:mod:`brainharmony.timeseries.scaling`) is applied on the fly
 from a statistics file given to the dataset, never computed inside it.
@@ -354,6 +358,66 @@ class PackedSeriesDataset:
         return item
 
 
+def volume_exclusion(path: PathLike) -> str:
+    """Why the anatomy stage excluded a model-ready volume ("" when it is usable).
+
+    Reads the volume's JSON sidecar (``x.nii.gz`` -> ``x.json``); a volume without a
+    sidecar (e.g. a hand-made ``.npy``) is usable.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``desc-model_T1w.nii.gz`` (or any volume file).
+
+    Returns
+    -------
+    str
+        The sidecar's ``ExclusionReason`` when it says ``Excluded: true``, else "".
+    """
+    side = sidecar_path(path)
+    if not side.is_file():
+        return ""
+    from brainharmony.anat.gate import exclusion_reason
+
+    try:
+        return exclusion_reason(side)
+    except json.JSONDecodeError as err:
+        raise InputDataError(side, f"not valid JSON: {err}") from None
+
+
+def set_aside_volumes(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Split a volume manifest into the usable rows and the anatomy-excluded ones.
+
+    Parameters
+    ----------
+    manifest : pandas.DataFrame
+        Columns ``subject, session, path`` at least.
+
+    Returns
+    -------
+    kept : pandas.DataFrame
+        The rows whose volume is usable, in manifest order (index reset).
+    excluded : list of dict
+        ``{"subject", "session", "path", "reason"}`` per excluded volume (each logged).
+    """
+    keep = []
+    excluded: list[dict[str, str]] = []
+    for rec in manifest[["subject", "session", "path"]].itertuples(index=False):
+        reason = volume_exclusion(rec.path)
+        keep.append(not reason)
+        if reason:
+            logger.warning("%s: left out (excluded by anat: %s)", rec.path, reason)
+            excluded.append(
+                {
+                    "subject": str(rec.subject),
+                    "session": str(rec.session),
+                    "path": str(rec.path),
+                    "reason": reason,
+                }
+            )
+    return manifest.loc[keep].reset_index(drop=True), excluded
+
+
 def pack_volumes(
     manifest: pd.DataFrame,
     shard_path: PathLike,
@@ -362,6 +426,10 @@ def pack_volumes(
     dtype: Any = np.float16,
 ) -> pd.DataFrame:
     """Stack model-ready volumes (``.nii[.gz]`` or ``.npy``) into one shard.
+
+    Volumes the anatomy stage excluded (``Excluded: true`` in their sidecar) are left
+    out and listed in the shard sidecar's ``ExcludedSources`` (subject, session, path,
+    reason).
 
     Parameters
     ----------
@@ -374,13 +442,30 @@ def pack_volumes(
     Returns
     -------
     pandas.DataFrame
-        The index: ``subject, session, offset, ...``.
+        The index: ``subject, session, offset, ...`` (usable volumes only).
+
+    Raises
+    ------
+    InputDataError
+        Missing columns or files, shapes that differ, values that do not fit
+        ``dtype``, or every volume excluded by the anatomy stage (then nothing is
+        written; the message names the shard and the reasons).
     """
     for col in ("subject", "session", "path"):
         if col not in manifest.columns:
             raise InputDataError(None, f"manifest has no {col!r} column")
     if manifest.empty:
         raise InputDataError(None, "manifest is empty")
+    manifest, excluded = set_aside_volumes(manifest)
+    if manifest.empty:
+        shown = "; ".join(f"sub-{e['subject']}: {e['reason']}" for e in excluded[:3])
+        more = f" (and {len(excluded) - 3} more)" if len(excluded) > 3 else ""
+        raise InputDataError(
+            shard_path,
+            f"the anatomy stage excluded every one of the {len(excluded)} T1w volumes of "
+            f"this dataset ({shown}{more}); no volume shard can be packed. Check the "
+            "anatomy QC figures and the anat.qc_* thresholds, or leave the dataset out",
+        )
     paths = [Path(p) for p in manifest["path"]]
 
     def load(path: Path, mmap: bool = False) -> np.ndarray:
@@ -428,9 +513,12 @@ def pack_volumes(
             "Shape": [len(paths), *shape],
             "DType": np.dtype(dtype).name,
             "Index": Path(index_path).name,
+            "ExcludedSources": excluded,
             **provenance(step="pack-volumes", inputs=paths),
         },
     )
+    if excluded:
+        logger.info("packed %d volumes; %d excluded by anat left out", len(paths), len(excluded))
     return index
 
 
@@ -459,6 +547,12 @@ class PackedVolumeDataset:
         for col in ("offset", *targets):
             if col not in self.index.columns:
                 raise ValueError(f"index has no {col!r} column")
+        if self.index.empty:
+            raise InputDataError(
+                self.shard,
+                "the volume index has no rows (were all T1w volumes of this dataset "
+                "excluded? see ExcludedSources in the shard's sidecar)",
+            )
         self.rows = np.arange(len(self.index)) if rows is None else np.asarray(rows, dtype=np.int64)
         self.offsets = self.index["offset"].to_numpy(np.int64)
         n = np.load(self.shard, mmap_mode="r").shape[0]

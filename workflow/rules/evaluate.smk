@@ -77,6 +77,8 @@ rule evaluate:
         unpack(lambda wildcards: eval_plan.model_inputs(EVAL, wildcards)),
         labels=rules.eval_labels.output.labels,
         splits=lambda wildcards: eval_plan.split_metas(EVAL, wildcards),
+        # FC input, and (their sidecars) the subjects an earlier stage excluded: left
+        # out for every model and listed in predictions.json (SubjectsLeftOut)
         series=lambda wildcards: eval_plan.series(
             EVAL, wildcards, checkpoints.ingest, FUNC, FUNC_TASKS
         ),
@@ -139,9 +141,11 @@ rule eval_tables:
 rule report:
     input:
         tables=rules.eval_tables.output.metrics,
-        # the other stages first, so that their QC is in the page
+        # the other stages first, so that their QC is in the page (anatomy: the preproc
+        # sidecars with the QC metrics and exclusions, and the registration figures)
         stages=lambda wildcards: [
             *rules.ingest_all.input,
+            *anat_planning.targets(DATASETS, checkpoints.ingest, ANAT_SETTINGS),
             *func_planning.targets(DATASETS, checkpoints.ingest, FUNC, FUNC_TASKS),
         ],
     output:

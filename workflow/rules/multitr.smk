@@ -1,6 +1,7 @@
 # Multi-TR: each dataset's denoised series at every target TR, packed into one shard +
 # index per dataset and TR (file names carry the TR in ms); the model-ready T1 volumes
-# packed per dataset; robust-scaling statistics over the pretraining set.
+# packed per dataset (minus the T1ws the anatomy stage excluded); robust-scaling
+# statistics over the pretraining set.
 # Outputs under results/multitr/: see docs/multitr.md.
 
 
@@ -40,6 +41,11 @@ rule pack_volumes:
         scans=lambda wildcards: bh_plan.scans_of(wildcards.dataset, checkpoints.ingest),
         volumes=lambda wildcards: bh_plan.model_volumes(
             wildcards.dataset, checkpoints.ingest, ANAT_SETTINGS
+        ),
+        # read next to each volume: a T1w the anatomy QC gate excluded is left out of
+        # the shard and listed in its sidecar (ExcludedSources); all excluded: an error
+        sidecars=lambda wildcards: bh_plan.model_volumes(
+            wildcards.dataset, checkpoints.ingest, ANAT_SETTINGS, "model_json"
         ),
     output:
         shard=bh_plan.VOLUME_SHARD,

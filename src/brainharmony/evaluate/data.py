@@ -344,6 +344,65 @@ def fc_from_series_files(paths: Iterable[PathLike]) -> FeatureTable:
     return average_by_subject(subjects, np.vstack(rows), "fc:series")
 
 
+def subject_exclusions(
+    series: Iterable[PathLike] = (), shards: Iterable[tuple[PathLike, PathLike]] = ()
+) -> dict[str, str]:
+    """Subjects none of whose runs is usable, with the reasons the earlier stages gave.
+
+    Only the JSON sidecars are read. A run is unusable when its sidecar says
+    ``Excluded: true`` (the func stage; a subject whose T1w the anatomy stage excluded
+    has every run excluded with reason ``anatomy excluded: <why>``). A packed shard
+    contributes the subjects of its index (usable) and the runs its sidecar lists in
+    ``ExcludedSources``.
+
+    Parameters
+    ----------
+    series : iterable of path-like
+        Parcel-series files (``sub-<label>`` in the name).
+    shards : iterable of (shard, index)
+        Packed series shards and their indexes.
+
+    Returns
+    -------
+    dict of str to str
+        Subject -> reasons (distinct, ``"; "``-joined), for subjects with at least one
+        excluded run and no usable one.
+    """
+    from brainharmony.io import sidecar_path
+
+    usable: set[str] = set()
+    reasons: dict[str, set[str]] = {}
+
+    def note(path: PathLike, doc: Mapping[str, Any]) -> None:
+        subject = parse_entities(path).get("sub")
+        if subject is None:
+            return
+        if doc.get("Excluded"):
+            why = str(doc.get("ExclusionReason") or doc.get("reason") or "excluded by func")
+            reasons.setdefault(subject, set()).add(why)
+        else:
+            usable.add(subject)
+
+    for path in series:
+        side = sidecar_path(path)
+        doc: dict[str, Any] = {}
+        if side.is_file():
+            try:
+                doc = json.loads(side.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise InputDataError(side, f"not valid JSON: {err}") from None
+        note(path, doc)
+    for shard, index in shards:
+        from brainharmony.packing import read_index
+
+        usable.update(read_index(index)["subject"].astype(str))
+        side = sidecar_path(shard)
+        if side.is_file():
+            for entry in json.loads(side.read_text(encoding="utf-8")).get("ExcludedSources", []):
+                note(entry.get("path", ""), {"Excluded": True, "reason": entry.get("reason")})
+    return {s: "; ".join(sorted(r)) for s, r in sorted(reasons.items()) if s not in usable}
+
+
 def fc_from_shard(shard: PathLike, index: PathLike) -> FeatureTable:
     """Subject-level FC from a packed series shard and its index (NaN rows = censored)."""
     from brainharmony.packing import read_index

@@ -6,8 +6,12 @@ Rules
   seed); the protocol never draws its own.
 * **Same subjects for every model.** A fold's partitions are restricted to the
   subjects that have a label and whose inputs every requested model has (FC,
-  embeddings, external test predictions), so paired comparisons compare like with
-  like; the subjects left out are listed in the sidecar.
+  embeddings, external test predictions): the intersection, so paired comparisons
+  compare like with like. The subjects left out are listed in the sidecar, per model
+  (``SubjectsWithoutInputs``) and with the reason an earlier stage gave
+  (``SubjectsLeftOut``: e.g. ``anatomy excluded: <why>`` for a T1w the anatomy QC
+  gate failed, whose runs the func stage then excluded and whose volume is not in the
+  T1 shard, so no model has it).
 * **Selection on val, numbers on test.** A model sees the labels of train and val
   only (:class:`brainharmony.evaluate.harness.Fold` has no test labels); it chooses
   its hyperparameters on val and returns test predictions of the chosen candidate.
@@ -43,6 +47,7 @@ from brainharmony.evaluate.data import (
     parse_named,
     read_embeddings,
     read_splits,
+    subject_exclusions,
     task_labels,
 )
 from brainharmony.evaluate.harness import Fold, HarnessModel, Output, create, model_info
@@ -119,6 +124,24 @@ def _rows(
     return frame
 
 
+def _left_out(
+    subjects: set[str], have_of: Mapping[str, set[str]], exclusions: Mapping[str, str]
+) -> dict[str, str]:
+    """Subject -> why it is left out for every model.
+
+    The reason an earlier stage recorded (``exclusions``), else the models that have
+    no input for the subject.
+    """
+    out = {}
+    for subject in sorted(subjects):
+        reason = exclusions.get(subject)
+        if not reason:
+            models = [name for name, have in have_of.items() if subject not in have]
+            reason = "no input for " + ", ".join(models)
+        out[subject] = reason
+    return out
+
+
 def evaluate_task(
     task: TaskSpec,
     settings: EvalSettings,
@@ -138,7 +161,10 @@ def evaluate_task(
     splits : sequence of SplitSet
         One per split seed.
     inputs : mapping
-        Model inputs (see :func:`brainharmony.evaluate.harness.create`).
+        Model inputs (see :func:`brainharmony.evaluate.harness.create`); an optional
+        ``"exclusions"`` mapping (subject -> reason, from
+        :func:`brainharmony.evaluate.data.subject_exclusions`) gives the reasons
+        recorded for subjects left out.
     models : sequence of str, optional
         Harness model names; default ``settings.models``.
 
@@ -185,9 +211,11 @@ def evaluate_task(
         )
     eligible = set(split_subjects)
     lost: dict[str, list[str]] = {}
+    have_of: dict[str, set[str]] = {}
     for model in harness:
         have = model.available_subjects()
         if have is not None:
+            have_of[model.name] = have
             gone = sorted(eligible - have)
             if gone:
                 lost[model.name] = gone
@@ -202,6 +230,20 @@ def evaluate_task(
                 name,
                 gone[:10],
             )
+    # a subject an earlier stage excluded (no usable anatomy or runs) is left out even
+    # for models that need no input of it (null model), so every model sees one set
+    exclusions = dict(inputs.get("exclusions") or {})
+    upstream = sorted(eligible & set(exclusions))
+    if upstream:
+        logger.warning(
+            "%s/%s: %d subjects excluded by an earlier stage are left out: %s",
+            task.dataset,
+            task.name,
+            len(upstream),
+            upstream[:10],
+        )
+        eligible -= set(upstream)
+    left_out = _left_out(split_subjects - eligible, have_of, exclusions)
     label_of = labels.to_dict()
     frames: list[pd.DataFrame] = []
     selection: list[dict[str, Any]] = []
@@ -282,6 +324,7 @@ def evaluate_task(
         "Seeds": seeds,
         "SubjectsEvaluated": len(eligible),
         "SubjectsWithoutInputs": lost,
+        "SubjectsLeftOut": left_out,
         "SelectMetric": settings.select_metric[task.type],
     }
     return TaskResult(predictions, pd.DataFrame(selection), info)
@@ -453,6 +496,7 @@ def _run(args: argparse.Namespace) -> int:
         for name, paths in parse_named(args.embedding, "--embedding").items()
     }
     inputs["predictions"] = parse_named(args.external, "--external")
+    inputs["exclusions"] = subject_exclusions(args.series, args.fc_shard)
     dirs = parse_named(args.finetune, "--finetune")
     inputs["model_dir"] = {k: v[0] for k, v in dirs.items()}
     if dirs:

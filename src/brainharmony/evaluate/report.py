@@ -20,6 +20,8 @@ model selection       ``results/eval/*/*/selection.tsv``
 training curves       ``results/models/*/metrics.jsonl``
 ingest QC             ``results/ingest/*/scans.tsv``, ``excluded.tsv``
 anatomy QC            ``results/anat/*/**/*_desc-preproc_T1w.json``, ``figures/*.png``
+                      (a T1w excluded by the QC gate: reason, metrics vs
+                      thresholds and its figure)
 functional QC         ``results/func/*/**/*_desc-denoised_timeseries.json``, QC PNGs
 geometry              ``results/geometry/figures/*.png``, ``results/geometry/**/*gradients.tsv``
 RWMoE experts         ``results/**/*expert*weight*.tsv`` (``roi, expert, weight``)
@@ -34,7 +36,7 @@ import html
 import json
 import logging
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,103 @@ def _table(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
             cells.append(f"<td>{_esc(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+#: The anatomy QC metrics and their thresholds (sidecar ``Metrics`` / ``QCThresholds``):
+#: column, metric key, threshold key, whether the threshold is a minimum or a range.
+_ANAT_QC = (
+    ("NCC in brain", "NCCWithTemplateInBrain", "MinNCCWithTemplateInBrain", "min"),
+    ("mask Dice", "MaskDiceWithTemplateMask", "MinMaskDiceWithTemplateMask", "min"),
+    ("brain volume (mL)", "NativeBrainVolumeML", "NativeBrainVolumeMLRange", "range"),
+    ("scale factors", "TransformScaleFactors", "TransformScaleFactorRange", "range"),
+)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
+
+
+def qc_against_thresholds(
+    metrics: Mapping[str, Any], thresholds: Mapping[str, Any]
+) -> dict[str, str]:
+    """The four anatomy QC metrics of one T1w as text, each against its threshold.
+
+    Parameters
+    ----------
+    metrics : mapping
+        The preprocessed T1w sidecar's ``Metrics`` (may be empty: a T1w that could
+        not be processed has none).
+    thresholds : mapping
+        Its ``QCThresholds``.
+
+    Returns
+    -------
+    dict of str to str
+        Column -> e.g. ``"0.412 (min 0.5) FAIL"``, ``"1450 ([900, 2200])"``, ``"n/a"``.
+    """
+    out = {}
+    for column, key, limit_key, kind in _ANAT_QC:
+        value = metrics.get(key)
+        limit = thresholds.get(limit_key)
+        values = value if isinstance(value, list | tuple) else [value]
+        parsed = [_number(v) for v in values]
+        numbers = [v for v in parsed if v is not None]
+        if value is None or not numbers or len(numbers) != len(parsed):
+            out[column] = "n/a"
+            continue
+        shown = ", ".join(f"{v:.4g}" for v in numbers)
+        low = _number(limit)
+        if kind == "min" and low is not None:
+            ok = all(v >= low for v in numbers)
+            text = f"{shown} (min {low:g})"
+        elif kind == "range" and isinstance(limit, list | tuple) and len(limit) == 2:
+            lo, hi = float(limit[0]), float(limit[1])
+            ok = all(lo <= v <= hi for v in numbers)
+            text = f"{shown} ([{lo:g}, {hi:g}])"
+        else:
+            out[column] = shown
+            continue
+        out[column] = text if ok else f"{text} FAIL"
+    return out
+
+
+def _left_out_subjects(meta: Mapping[str, Any]) -> str:
+    """The subject set of every task and the subjects left out for every model."""
+    rows, counts = [], []
+    for key, entry in (meta.get("Tasks") or {}).items():
+        dataset, _, task = str(key).partition("/")
+        left = entry.get("SubjectsLeftOut")
+        if left is None:  # predictions written before reasons were recorded
+            left = {
+                s: f"no input for {m}"
+                for m, subjects in (entry.get("SubjectsWithoutInputs") or {}).items()
+                for s in subjects
+            }
+        if entry.get("SubjectsEvaluated") is not None:
+            counts.append(f"{dataset}/{task}: {int(entry['SubjectsEvaluated'])}")
+        rows += [
+            {"dataset": dataset, "task": task, "subject": s, "reason": r}
+            for s, r in sorted(left.items())
+        ]
+    out = ""
+    if counts:
+        out += (
+            '<p class="note">Every model of a task is evaluated on the same subjects (those '
+            "with a label and an input for every model); subjects per task: "
+            + _esc("; ".join(counts))
+            + ".</p>"
+        )
+    if rows:
+        out += (
+            "<h3>Subjects left out of the evaluation (for every model)</h3>"
+            '<p class="note">Excluded by an earlier stage (anatomy QC gate, functional '
+            "censoring) or without an input of some model.</p>" + _table(pd.DataFrame(rows))
+        )
+    return out
 
 
 class ReportBuilder:
@@ -334,7 +433,7 @@ class ReportBuilder:
         frame, meta = read_predictions(self._use(self.predictions))
         tasks = task_map(meta)
         test = frame.loc[frame["split"] == "test"]
-        parts = []
+        parts = [_left_out_subjects(meta)]
         for (ds, tk), (spec, classes) in tasks.items():
             sub = test.loc[(test["dataset"] == ds) & (test["task"] == tk)]
             if sub.empty:
@@ -379,7 +478,9 @@ class ReportBuilder:
                         ]
                     )
                 )
-        return "".join(parts) or _absent("The predictions file holds no test rows.")
+        if len(parts) == 1:
+            return parts[0] + _absent("The predictions file holds no test rows.")
+        return "".join(parts)
 
     def section_selection(self) -> str:
         from brainharmony.evaluate.harness import display_name
@@ -469,52 +570,97 @@ class ReportBuilder:
         if not sidecars:
             return _absent("No anatomy outputs (results/anat/*/sub-*/.../*_desc-preproc_T1w.json).")
         rows = []
+        excluded = []
         for p in sidecars:
             doc = json.loads(self._use(p).read_text(encoding="utf-8"))
             metrics = doc.get("Metrics", {}) or {}
+            dataset = p.relative_to(root).parts[0]
+            reason = (
+                str(doc.get("ExclusionReason") or "excluded by the anatomy stage")
+                if doc.get("Excluded")
+                else ""
+            )
             rows.append(
                 {
-                    "dataset": p.relative_to(root).parts[0],
+                    "dataset": dataset,
                     "file": p.name,
+                    "excluded": reason,
                     **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
                 }
             )
+            if reason:
+                excluded.append(
+                    {
+                        "dataset": dataset,
+                        "T1w": p.name.split("_space-")[0],
+                        "reason": reason,
+                        **qc_against_thresholds(metrics, doc.get("QCThresholds") or {}),
+                    }
+                )
         frame = pd.DataFrame(rows)
-        numeric = [c for c in frame.columns if c not in ("dataset", "file")]
+        numeric = [c for c in frame.columns if c not in ("dataset", "file", "excluded")]
         summary = []
         for ds, g in frame.groupby("dataset", sort=True):
-            entry: dict[str, Any] = {"dataset": ds, "T1w": len(g)}
+            entry: dict[str, Any] = {
+                "dataset": ds,
+                "T1w": len(g),
+                "excluded": int((g["excluded"] != "").sum()),
+            }
             for c in numeric:
                 vals = pd.to_numeric(g[c], errors="coerce")
                 entry[f"{c} median"] = vals.median()
                 entry[f"{c} min"] = vals.min()
             summary.append(entry)
         out = _table(pd.DataFrame(summary))
+        imgs = []
+        if excluded:
+            out += (
+                "<h3>T1ws excluded by the anatomy QC gate</h3>"
+                '<p class="note">Left out of every later stage: their runs are excluded by '
+                "the functional stage, their volumes are not packed into the T1 shards, and "
+                "evaluation leaves the subjects out for every model. Each metric is shown "
+                "against its threshold (FAIL: outside it).</p>" + _table(pd.DataFrame(excluded))
+            )
+            cap = 4 * self.max_figures
+            for entry in excluded[:cap]:
+                imgs += self._anat_figures(root, entry["dataset"], entry["T1w"], "EXCLUDED: ")
+            if len(excluded) > cap:
+                out += (
+                    f'<p class="note">Figures of the first {cap} of {len(excluded)} '
+                    "excluded T1ws.</p>"
+                )
+        kept = frame[frame["excluded"] == ""]
         key = "NCCWithTemplateInBrain"
-        if key in frame.columns:
-            frame = frame.sort_values(key, kind="stable")
-            out += "<h3>Lowest template similarity</h3>" + _table(
-                frame.head(self.max_figures)[["dataset", "file", key]]
+        if key in kept.columns and not kept.empty:
+            kept = kept.sort_values(key, kind="stable")
+            out += "<h3>Lowest template similarity (kept T1ws)</h3>" + _table(
+                kept.head(self.max_figures)[["dataset", "file", key]]
             )
         # figures of the least template-like T1ws (the page stays small for big studies)
-        imgs = []
-        for _, row in frame.head(self.max_figures).iterrows():
+        n_excluded_figs = len(imgs)
+        for _, row in kept.head(self.max_figures).iterrows():
             prefix = str(row["file"]).split("_space-")[0]
-            for png in sorted((root / row["dataset"] / "figures").glob(f"{prefix}_desc-*.png"))[:1]:
-                imgs.append(
-                    _img(
-                        self._use(png).read_bytes(),
-                        f"registration {png.stem}",
-                        f"{row['dataset']}: {png.stem}",
-                        width=520,
-                    )
-                )
-        if not imgs:  # figures without sidecar metrics
+            imgs += self._anat_figures(root, str(row["dataset"]), prefix)
+        if len(imgs) == n_excluded_figs and not excluded:  # figures without sidecar metrics
             for png in sorted(root.glob("*/figures/*.png"))[: self.max_figures]:
                 imgs.append(
                     _img(self._use(png).read_bytes(), f"registration {png.stem}", png.stem, 520)
                 )
         return out + _figs(imgs)
+
+    def _anat_figures(self, root: Path, dataset: str, prefix: str, label: str = "") -> list[str]:
+        """The registration figure of one T1w (``<prefix>_desc-*.png``), embedded."""
+        out = []
+        for png in sorted((root / dataset / "figures").glob(f"{prefix}_desc-*.png"))[:1]:
+            out.append(
+                _img(
+                    self._use(png).read_bytes(),
+                    f"registration {png.stem}",
+                    f"{label}{dataset}: {png.stem}",
+                    width=520,
+                )
+            )
+        return out
 
     def section_func(self) -> str:
         root = self.results / "func"

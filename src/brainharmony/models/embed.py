@@ -38,6 +38,7 @@ Pairing and windows
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -220,6 +221,18 @@ def pair_sessions(series_index: pd.DataFrame, volume_index: pd.DataFrame) -> pd.
     )
 
 
+def _excluded_volumes(volume_shard: PathLike) -> dict[str, str]:
+    """Subject -> reason of the T1ws packing left out (the shard sidecar's ``ExcludedSources``)."""
+    side = sidecar_path(volume_shard)
+    if not side.is_file():
+        return {}
+    try:
+        doc = json.loads(side.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
+    return {str(e.get("subject")): str(e.get("reason", "")) for e in doc.get("ExcludedSources", [])}
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -323,9 +336,14 @@ def embed_encoders(
     extra = [c for c in f_index.columns if c not in _SERIES_META]
     records: list[dict[str, Any]] = []
     paired = pairs[pairs["volume_row"] >= 0]
+    anat_excluded = _excluded_volumes(volume_shard)
     for missing in pairs.loc[pairs["volume_row"] < 0].itertuples(index=False):
+        why = anat_excluded.get(str(missing.subject), "")
         logger.warning(
-            "sub-%s ses-%s: no T1 volume; no token file", missing.subject, missing.session
+            "sub-%s ses-%s: no T1 volume%s; no token file",
+            missing.subject,
+            missing.session,
+            f" (excluded by anat: {why})" if why else "",
         )
     with torch.no_grad():
         for chunk in _batches(range(len(paired)), batch_size):

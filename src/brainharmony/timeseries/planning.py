@@ -147,14 +147,28 @@ def multitr_targets(
     return out
 
 
-def model_volumes(dataset: str, ingest_checkpoint: Any, anat_settings: Any) -> list[str]:
-    """The anatomy stage's model-ready T1 volumes of ``dataset``."""
+def model_volumes(
+    dataset: str, ingest_checkpoint: Any, anat_settings: Any, kind: str = "model"
+) -> list[str]:
+    """The anatomy stage's model-ready T1 volumes of ``dataset`` (or their sidecars).
+
+    Parameters
+    ----------
+    dataset : str
+    ingest_checkpoint : snakemake checkpoint
+    anat_settings : AnatSettings
+    kind : {"model", "model_json"}
+        The volumes, or their JSON sidecars (which say whether the anatomy stage
+        excluded a T1w; packing leaves those out).
+    """
     from brainharmony.anat import planning as ap
 
+    if kind not in ("model", "model_json"):
+        raise ValueError(f"kind must be 'model' or 'model_json'; got {kind!r}")
     scans = ingest_checkpoint.get(dataset=dataset).output.scans
     out = []
     for sub, ses, _ in ap.t1w_rows(scans):
-        pattern = ap.rule_outputs(anat_settings, session=ses is not None)["model"]
+        pattern = ap.rule_outputs(anat_settings, session=ses is not None)[kind]
         out.append(pattern.format(dataset=dataset, subject=sub, session=ses or ""))
     return out
 
