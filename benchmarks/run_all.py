@@ -16,6 +16,7 @@ Usage::
     .venv/bin/python benchmarks/run_all.py --quick            # small sizes (smoke test)
     .venv/bin/python benchmarks/run_all.py --only func --only lbo
     .venv/bin/python benchmarks/run_all.py --render-only      # re-render from the JSON
+    .venv/bin/python benchmarks/run_all.py --only anat --update  # rerun one, keep the rest
 
 A full run keeps its results in ``benchmarks/results/report/`` and writes
 ``docs/performance.md``. ``--quick`` and ``--only`` runs keep theirs in
@@ -88,9 +89,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         name="anat",
         script="bench_anat.py",
-        stage="anatomy (issue 3)",
+        stage="anatomy (issues 3, 21)",
         full_args="--no-ants-install",
-        quick_args="--voxel-mm 2 --skip-memory --no-ants-install",
+        quick_args="--quick --no-ants-install",
     ),
     Benchmark(
         name="func",
@@ -411,6 +412,11 @@ def _machine(manifest: Mapping[str, Any]) -> list[str]:
         f"- Source: git {m['git_sha'] or 'unknown'}{tree}",
         f"- Date: {manifest['started']} to {manifest['finished']} (UTC), {minutes:.1f} min in all",
         f"- Command: `{manifest['command']}` ({manifest['mode']} run)",
+        *[
+            f"- Rerun: {', '.join(u['benchmarks'])} by `{u['command']}` on {u['started']} "
+            f"(git {u['git_sha'] or 'unknown'}); the per-benchmark figures below say which run"
+            for u in manifest.get("updates", [])
+        ],
     ]
 
 
@@ -441,6 +447,8 @@ def _section(entry: Mapping[str, Any], doc: Mapping[str, Any] | None) -> list[st
         lines.append(f"- {f['label']}: {benchlib.format_number(f['value'])}{unit}.")
     lines += [f"- {note}" for note in doc["notes"]]
     lines.append("")
+    for table in doc.get("tables", []):  # Markdown the script made from its own figures
+        lines += [table, ""]
     return lines
 
 
@@ -514,6 +522,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="let bench_anat.py create the ANTsPy environment (a download) if missing",
     )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: rerun those benchmarks into the full run's results, keep the "
+        "others' results, and re-render docs/performance.md",
+    )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="s per benchmark")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     return parser.parse_args(argv)
@@ -526,6 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for b in BENCHMARKS:
             print(f"{b.name:14s} {b.script:24s} {b.stage}")
         return 0
+    if args.update:
+        if not args.only or args.quick or args.render_only:
+            raise SystemExit("--update needs --only and no --quick or --render-only")
+        return update(args)
     results_dir = args.results_dir
     if results_dir is None:  # a quick or partial run never overwrites the full run's results
         if args.quick:
@@ -575,6 +593,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     if output is None:
         full = manifest["mode"] == "full" and manifest["complete"]
         output = DEFAULT_OUTPUT if full else results_dir / "performance.md"
+    write_text(output, render(manifest, results))
+    failed = [e["name"] for e in manifest["benchmarks"] if e["status"] != "ok"]
+    print(f"[run_all] wrote {output}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def update(args: argparse.Namespace) -> int:
+    """Rerun ``--only`` benchmarks into a full run's results; re-render its report.
+
+    The other benchmarks' results and manifest entries stay as they were; the manifest
+    records the rerun (command, date, git commit) and the report lists it under Machine.
+    """
+    results_dir = args.results_dir or DEFAULT_RESULTS
+    manifest, _ = load_run(results_dir)
+    shown_argv = shlex.join(["python", "benchmarks/run_all.py", *sys.argv[1:]])
+    record = {
+        "benchmarks": list(dict.fromkeys(args.only)),
+        "command": shown_argv,
+        "started": _now(),
+        "git_sha": git_sha(REPO),
+        "git_uncommitted_files": _uncommitted_files(),
+    }
+    entries = {e["name"]: e for e in manifest["benchmarks"]}
+    for name in record["benchmarks"]:
+        entries[name] = run_benchmark(
+            BY_NAME[name],
+            results_dir,
+            quick=False,
+            install_peers=args.install_peers,
+            timeout_s=args.timeout,
+        )
+    manifest["benchmarks"] = [entries[b.name] for b in BENCHMARKS if b.name in entries]
+    record["finished"] = _now()
+    manifest.setdefault("updates", []).append(record)
+    write_json(results_dir / MANIFEST, manifest)
+    manifest, results = load_run(results_dir)
+    output = args.output or DEFAULT_OUTPUT
     write_text(output, render(manifest, results))
     failed = [e["name"] for e in manifest["benchmarks"] if e["status"] != "ok"]
     print(f"[run_all] wrote {output}" + (f"; failed: {', '.join(failed)}" if failed else ""))
