@@ -136,7 +136,7 @@ def test_pydeface_head_lands_or_is_excluded(real_runs, res):
     """The blurred average head: registered right (Dice), and its correlation is what it
     is (0.68 at the time of writing: the QC gate excludes it, with the reason)."""
     paths = real_runs["pydeface", res]
-    corr, overlap, doc = assert_lands_or_is_excluded(paths)
+    _corr, overlap, doc = assert_lands_or_is_excluded(paths)
     assert overlap >= LAND_DICE, overlap  # the registration itself is right
     volume = doc["Metrics"]["NativeBrainVolumeML"]
     assert 1100 < volume < 1700, volume  # an adult brain, not a head
@@ -147,7 +147,7 @@ def test_pydeface_head_lands_or_is_excluded(real_runs, res):
 @pytest.mark.parametrize("res", [1, 2])
 def test_posed_whole_head_template_lands_with_the_true_pose(real_runs, res):
     paths = real_runs["nlin6", res]
-    corr, overlap, doc = assert_lands_or_is_excluded(paths)
+    _corr, _overlap, doc = assert_lands_or_is_excluded(paths)
     assert not doc.get("Excluded"), doc.get("ExclusionReason")
     # The fitted template -> T1w transform against the planted pose, over brain points.
     # (NLin6Asym and 2009aAsym are both MNI152 but not identical: about 1 mm apart.)

@@ -185,10 +185,15 @@ TABLES = (
 
 
 @pytest.mark.slow
-def test_one_bad_subject_fails_alone_under_keep_going(tiny_run, tmp_path):
-    """A T1w damaged after ingestion (all voxels one value) fails its anat job with a
-    message naming the file; with --keep-going every other anat job finishes, their
-    outputs equal the reference run's, and the failed job leaves no output behind."""
+def test_unusable_t1w_is_excluded_and_the_others_finish(tiny_run, tmp_path):
+    """A T1w damaged after ingestion (all voxels one value): its anat job writes its
+    outputs flagged Excluded with the reason naming the file, the workflow finishes
+    ``anat_all func_all multitr_all`` without --keep-going, the subject's runs are
+    excluded by func ("anatomy excluded: ..."), the T1 shard and the series shards leave
+    the subject out and list it, and every other subject's outputs equal the reference
+    run's byte for byte."""
+    import json
+
     import nibabel as nib
     import numpy as np
 
@@ -200,21 +205,37 @@ def test_one_bad_subject_fails_alone_under_keep_going(tiny_run, tmp_path):
     nib.save(nib.Nifti1Image(np.full(img.shape, 7, np.int16), img.affine, img.header), t1w)
     # Ingest again too: scans.tsv holds absolute paths, into the run that was copied.
     out = run_snakemake(
-        work, "anat_all", "--configfile", str(work / "config.yaml"), "--cores", "2",
-        "--keep-going", "--forcerun", "ingest", "anat",
+        work, "anat_all", "func_all", "multitr_all", "--configfile", str(work / "config.yaml"),
+        "--cores", "2", "--forcerun", "ingest", "anat",
     )  # fmt: skip
-    assert out.returncode != 0
-    log = (work / "logs/anat/demoA/sub-02.log").read_text()
-    assert f"{t1w.name}: the image is constant" in log, log[-2000:]
-    assert not list((work / "results/anat/demoA/sub-02").rglob("*.nii.gz"))
-    ref_models = sorted(tiny_run.glob("results/anat/*/sub-*/anat/*_desc-model_T1w.nii.gz"))
-    assert len(ref_models) > 2
-    for ref in ref_models:
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    anat = work / "results/anat/demoA/sub-02/anat"
+    sidecars = sorted(anat.glob("*.json"))
+    assert len(sidecars) == 5
+    for path in sidecars:
+        doc = json.loads(path.read_text())
+        assert doc["Excluded"] is True, path
+        assert f"{t1w.name}: the image is constant" in doc["ExclusionReason"], doc
+    func = sorted((work / "results/func/demoA/sub-02").rglob("*_desc-denoised_timeseries.json"))
+    assert func
+    for path in func:
+        doc = json.loads(path.read_text())
+        assert doc["Excluded"] is True and doc["ExclusionReason"].startswith("anatomy excluded")
+    volumes = json.loads((work / "results/multitr/demoA/demoA_T1w_volumes.json").read_text())
+    assert [e["subject"] for e in volumes["ExcludedSources"]] == ["02"], volumes
+    index = pd.read_csv(work / "results/multitr/demoA/demoA_T1w_index.tsv", sep="\t", dtype=str)
+    assert "02" not in set(index["subject"])
+    for shard in sorted((work / "results/multitr/demoA").glob("demoA_tr-*_series.json")):
+        listed = json.loads(shard.read_text())["ExcludedSources"]
+        assert any("sub-02" in e["path"] for e in listed), shard
+    ref_files = sorted(tiny_run.glob("results/anat/*/sub-*/**/*.nii.gz"))
+    ref_files += sorted(tiny_run.glob("results/func/*/sub-*/**/*_timeseries.tsv"))
+    assert len(ref_files) > 4
+    for ref in ref_files:
         got = work / ref.relative_to(tiny_run)
         if "demoA/sub-02/" in str(got):
             continue
-        assert got.stat().st_mtime > ref.stat().st_mtime, got  # it was redone...
-        assert got.read_bytes() == ref.read_bytes(), got  # ...with the same result
+        assert got.read_bytes() == ref.read_bytes(), got
 
 
 @pytest.mark.slow
