@@ -626,7 +626,10 @@ def update(args: argparse.Namespace) -> int:
         )
     manifest["benchmarks"] = [entries[b.name] for b in BENCHMARKS if b.name in entries]
     record["finished"] = _now()
-    manifest.setdefault("updates", []).append(record)
+    # An earlier rerun's record stays only while some benchmark it ran was not rerun since.
+    rerun = set(record["benchmarks"])
+    earlier = [u for u in manifest.get("updates", []) if set(u["benchmarks"]) - rerun]
+    manifest["updates"] = [*earlier, record]
     write_json(results_dir / MANIFEST, manifest)
     manifest, results = load_run(results_dir)
     output = args.output or DEFAULT_OUTPUT
