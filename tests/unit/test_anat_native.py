@@ -253,3 +253,38 @@ def test_nonlinear_option_writes_consistent_warps(tiny_demo, tmp_path):
     mask_img = nib.load(paths.native_mask)
     assert dice(np.asarray(mask_img.dataobj) > 0, true_brain_mask(mask_img, pose)) >= 0.95
     assert sidecar(paths)["Transforms"]["NonlinearFormat"].startswith("ITK composite")
+
+
+def _demo_t1ws(demo: Path) -> list[tuple[str, str, str | None]]:
+    """Every T1w of a demo folder: (dataset, subject, session)."""
+    out = []
+    for path in sorted(demo.glob("demo?/sub-*/**/anat/*_T1w.nii.gz")):
+        entities = dict(part.split("-", 1) for part in path.name.split("_")[:-1])
+        out.append((path.relative_to(demo).parts[0], entities["sub"], entities.get("ses")))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("res", [1, 2])
+def test_every_demo_t1w_lands_at_1_and_2_mm(tiny_demo, tmp_path, res):
+    """Every T1w of the tiny preset at the paper's 1 mm and the demo's 2 mm: not excluded,
+    correlation >= 0.85 and Dice >= 0.90 with nilearn's template and mask (computed by
+    nilearn), Dice >= 0.95 with the true brain mask and error <= 1 output voxel."""
+    from tests.unit.test_anat_real import nilearn_metrics
+
+    settings = AnatSettings(resolution_mm=res)
+    cases = _demo_t1ws(tiny_demo)
+    assert len(cases) >= 8
+    for dataset, subject, session in cases:
+        path = t1w_path(tiny_demo, dataset, subject, session)
+        where = (dataset, subject, session, res)
+        paths = run_anat(path, tmp_path / dataset, subject, session, settings=settings)
+        side = sidecar(paths)
+        assert not side.get("Excluded"), (where, side.get("ExclusionReason"))
+        corr, overlap = nilearn_metrics(paths)
+        assert corr >= 0.85 and overlap >= 0.90, (where, corr, overlap)
+        pose = true_pose(tiny_demo, dataset, subject, session)
+        assert registration_error_voxels(paths, pose) * RESOLUTION_MM <= res, where
+        mask_img = nib.load(paths.native_mask)
+        score = dice(np.asarray(mask_img.dataobj) > 0, true_brain_mask(mask_img, pose))
+        assert score >= 0.95, (where, score)
