@@ -3,7 +3,9 @@
 Each case damages one input of one stage's command, runs the command the way a workflow
 rule does (``brainharmony <stage> ...``, in process) and checks three things: the exit
 status is 2 (a clean refusal, not a traceback), the message names the file and the
-problem, and the output folder holds nothing afterwards (no partial output). Cases with
+problem, and the output folder holds nothing afterwards (no partial output). The anatomy
+stage instead excludes an unusable T1w: exit 0, every output written with ``Excluded``
+and a reason naming the file and the problem, so one bad subject never stops the others. Cases with
 documented handling instead of a refusal (non-finite voxels under the limit, parcels
 without voxels, a damaged training checkpoint) check that handling.
 
@@ -113,12 +115,27 @@ ANAT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
 
 
 @pytest.mark.parametrize("kind", list(ANAT_CASES))
-def test_anat_refuses_bad_t1w_naming_it_and_writes_nothing(tmp_path, capsys, kind):
+def test_anat_excludes_bad_t1w_naming_it(tmp_path, capsys, kind):
+    """An unusable T1w costs its subject, not the workflow: the command succeeds and
+    writes every output flagged Excluded, the reason naming the file and the problem
+    (the later stages leave the subject out; docs/anat.md)."""
+    from brainharmony.anat.derivatives import anat_paths
+
     make, problem = ANAT_CASES[kind]
     t1w = make(tmp_path / "bids" / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     out = tmp_path / "anat"
     argv = ["anat", "--t1w", str(t1w), "--out-dir", str(out), "--subject", "01"]
-    _refused(capsys, argv, out, t1w, problem)
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    paths = anat_paths(out, "01", None)
+    assert all(p.exists() for p in paths.files())
+    for data in (paths.preproc, paths.mask, paths.model, paths.native_preproc):
+        doc = json.loads(data.with_name(data.name.replace(".nii.gz", ".json")).read_text())
+        assert doc["Excluded"] is True
+        assert str(t1w) in doc["ExclusionReason"], doc["ExclusionReason"]
+        assert re.search(problem, doc["ExclusionReason"]), doc["ExclusionReason"]
 
 
 # ---- function -------------------------------------------------------------------------
