@@ -15,8 +15,9 @@ Shared preprocessing, computed once per input with the native backend's own sequ
 deepbet brain mask, the corrected T1w masked by it. Every method then registers *that*
 extracted brain (and its mask) to the *same* brain-only template (the package's
 MNI152NLin2009aAsym, 2 mm) and its brain mask, with one thread, after one untimed
-warm-up run each; the timed runs are interleaved (round by round, the order rotated)
-and their median is reported, timed around the registration call only:
+warm-up run each; the timed runs are interleaved (round by round, the order rotated;
+round r gives every method the random seed 20251122 + r for its metric sampling) and
+their median is reported, timed around the registration call only:
 
 * **native**: :func:`brainharmony.anat.register.register_brain_to_template`;
 * **SimpleITK**: a standard recipe (``CenteredTransformInitializer`` MOMENTS, affine,
@@ -69,7 +70,7 @@ import venv
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +265,7 @@ def prepare(name: str, path: Path, work: Path, threads: int, shape: int) -> Prep
 
 
 # ----------------------------------------------------------------------------- methods
-def sitk_recipe(fixed, fixed_mask, moving, moving_mask):
+def sitk_recipe(fixed, fixed_mask, moving, moving_mask, seed: int = SEED):
     """A standard SimpleITK affine recipe (moments initialisation, Mattes MI, RSGD)."""
     import SimpleITK as sitk
 
@@ -274,7 +275,7 @@ def sitk_recipe(fixed, fixed_mask, moving, moving_mask):
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.10, SEED)
+    reg.SetMetricSamplingPercentage(0.10, seed)
     reg.SetMetricFixedMask(fixed_mask)
     reg.SetMetricMovingMask(moving_mask)
     reg.SetInterpolator(sitk.sitkLinear)
@@ -333,8 +334,10 @@ class AntsWorker:
             env=env,
         )
 
-    def register(self, fixed: Path, fixed_mask: Path, prep: Prepared) -> tuple[Any, float]:
-        """ANTs' affine registration of ``prep``'s brain; (transform, seconds)."""
+    def register(
+        self, fixed: Path, fixed_mask: Path, prep: Prepared, seed: int
+    ) -> tuple[Any, float]:
+        """ANTs' affine registration of ``prep``'s brain with ``seed``; (transform, seconds)."""
         import SimpleITK as sitk
 
         self.calls += 1
@@ -343,7 +346,7 @@ class AntsWorker:
             "fixed_mask": str(fixed_mask),
             "moving": str(prep.files["brain"]),
             "moving_mask": str(prep.files["mask"]),
-            "seed": SEED,
+            "seed": seed,
             "outprefix": str(self.work / f"ants{self.calls:03d}_"),
         }
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -600,7 +603,7 @@ def registration_table(results: dict[str, Any]) -> str:
     """Time and accuracy side by side per input and method, with ratios to native."""
     lines = [
         f"Registration of the same extracted brain to the 2 mm template, {results['threads']} "
-        f"thread(s), median of {results['repeats']} interleaved run(s)"
+        f"thread(s), median of {results['repeats']} interleaved run(s) (one seed each)"
         + (" after one warm-up run each:" if results["warmup"] else " (no warm-up):"),
         "",
         "| input | method | time (s) | time / native | correlation | Dice | pose error (mm) "
@@ -676,7 +679,8 @@ NOTES = [
     "Every method registers the same N4-corrected, deepbet-extracted brain (computed once per "
     "input, as the native backend computes it) and its mask to the same brain-only template "
     "(MNI152NLin2009aAsym, 2 mm) and its mask, with one thread, after one untimed warm-up "
-    "run; timed runs are interleaved and the median reported. The machine is shared with "
+    "run; timed runs are interleaved, round r giving every method the same new seed for its "
+    "metric sampling, and the median over rounds (seeds) reported. The machine is shared with "
     "other work (2 cores): the seconds are noisy, the ratios less so.",
     "Accuracy, the same for every method: the fitted transform carries the corrected T1w and "
     "the deepbet mask into nilearn's MNI152 template grid (nilearn resampling); correlation "
@@ -699,7 +703,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument("--threads", type=int, default=1, help="threads for every tool")
-    parser.add_argument("--repeats", type=int, default=3, help="timed registration rounds")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed registration rounds (one seed each)"
+    )
     parser.add_argument("--deepbet-repeats", type=int, default=2)
     parser.add_argument("--anat-repeats", type=int, default=2, help="run_anat subjects")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="downloaded inputs")
@@ -806,26 +812,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 preps["nimare"].mask_array, preps["nimare-posed"].mask_array
             )
 
-        runners: dict[str, Callable[[Prepared], tuple[Any, float]]] = {}
+        # Round r gives every method the seed SEED + r (metric sampling): the medians are
+        # over seeds, and a method that fails with some seeds shows it.
+        runners: dict[str, Callable[[Prepared, int], tuple[Any, float]]] = {}
 
-        def run_native(prep: Prepared) -> tuple[Any, float]:
+        def run_native(prep: Prepared, seed: int) -> tuple[Any, float]:
+            seeded = replace(settings, seed=seed)
             t0 = time.perf_counter()
-            out = register_brain_to_template(prep.brain, prep.mask, fixed, fixed_mask, settings)
+            out = register_brain_to_template(prep.brain, prep.mask, fixed, fixed_mask, seeded)
             return out.affine, time.perf_counter() - t0
 
-        def run_sitk(prep: Prepared) -> tuple[Any, float]:
+        def run_sitk(prep: Prepared, seed: int) -> tuple[Any, float]:
             t0 = time.perf_counter()
-            out = sitk_recipe(fixed, fixed_mask, prep.brain, prep.mask)
+            out = sitk_recipe(fixed, fixed_mask, prep.brain, prep.mask, seed)
             return out, time.perf_counter() - t0
 
         runners["native"] = run_native
         runners["simpleitk"] = run_sitk
         if ants is not None:
-            runners["antspy"] = lambda prep: ants.register(fixed_path, fixed_mask_path, prep)
+            runners["antspy"] = lambda prep, seed: ants.register(
+                fixed_path, fixed_mask_path, prep, seed
+            )
         if not quick:  # one untimed warm-up run of each method
             for method, run in runners.items():
                 print(f"warm-up {method}", file=sys.stderr, flush=True)
-                run(preps[cases[0]])
+                run(preps[cases[0]], SEED - 1)
         fits: dict[str, dict[str, list[tuple[np.ndarray, float]]]] = {
             c: {m: [] for m in runners} for c in cases
         }
@@ -833,7 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in range(repeats):
             for case in cases:
                 for method in order[r % len(order) :] + order[: r % len(order)]:
-                    tx, seconds = runners[method](preps[case])
+                    tx, seconds = runners[method](preps[case], SEED + r)
                     fits[case][method].append((ras_matrix(tx), seconds))
                     print(f"round {r + 1} {case} {method}: {seconds:.1f} s", file=sys.stderr)
         if ants is not None:
