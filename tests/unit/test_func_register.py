@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -200,9 +201,10 @@ def main() -> None:  # pragma: no cover - the docs table
             for k in range(8):
                 offset = OFFSETS[0] if k == 0 else np.r_[rng.uniform(-30, 30, 3),
                                                          rng.uniform(-10, 10, 3)]  # fmt: skip
+                tic = time.perf_counter()
                 error, result = recovery_error(subject, data, affine, offset, method)
+                seconds.append(time.perf_counter() - tic)
                 errors.append(error)
-                seconds.append(result.report["Seconds"])
             print(
                 f"{vox:.0f} mm {method}: mean {np.mean(errors):.2f} mm, max {np.max(errors):.2f} "
                 f"mm over {len(errors)} offsets; Dice {result.report['Dice']:.3f}, "

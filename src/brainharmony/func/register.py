@@ -627,17 +627,19 @@ def register_bold_to_t1w(
             "Thresholds": thresholds,
             "Passed": not failures,
             "FailureReason": failed,
-            "Seconds": round(time.perf_counter() - start, 2),
         }
     )
+    # The time goes to the log, not the report: sidecars are identical from run to run.
+    seconds = time.perf_counter() - start
     if failed:
-        logger.warning("%s", failed)
+        logger.warning("%s (%.1f s)", failed, seconds)
     else:
         logger.info(
-            "BOLD -> T1w: Dice %.3f, NMI %.4f, %.1f mm from the header",
+            "BOLD -> T1w: Dice %.3f, NMI %.4f, %.1f mm from the header (%.1f s)",
             report["Dice"],
             report["NMI"],
             report["MeanShiftFromHeaderMM"],
+            seconds,
         )
     return CoregResult(bold_to_t1w, report, failed)
 
