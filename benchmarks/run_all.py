@@ -414,7 +414,13 @@ def _machine(manifest: Mapping[str, Any]) -> list[str]:
         f"- Command: `{manifest['command']}` ({manifest['mode']} run)",
         *[
             f"- Rerun: {', '.join(u['benchmarks'])} by `{u['command']}` on {u['started']} "
-            f"(git {u['git_sha'] or 'unknown'}); the per-benchmark figures below say which run"
+            f"(git {u['git_sha'] or 'unknown'}"
+            + (
+                f" plus uncommitted changes in {u['git_uncommitted_files']} tracked file(s)"
+                if u.get("git_uncommitted_files")
+                else ""
+            )
+            + "); the per-benchmark figures below say which run"
             for u in manifest.get("updates", [])
         ],
     ]
