@@ -203,10 +203,11 @@ def test_unusable_t1w_is_excluded_and_the_others_finish(tiny_run, tmp_path):
     t1w = next((work / "resources/demo/demoA/sub-02/anat").glob("*_T1w.nii.gz"))
     img = nib.load(t1w)
     nib.save(nib.Nifti1Image(np.full(img.shape, 7, np.int16), img.affine, img.header), t1w)
-    # Ingest again too: scans.tsv holds absolute paths, into the run that was copied.
+    # Ingest again too (scans.tsv holds absolute paths, into the run that was copied); by
+    # file times only the damaged subject's jobs and the shards are redone.
     out = run_snakemake(
         work, "anat_all", "func_all", "multitr_all", "--configfile", str(work / "config.yaml"),
-        "--cores", "2", "--forcerun", "ingest", "anat",
+        "--cores", "2", "--forcerun", "ingest", "--rerun-triggers", "mtime",
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     anat = work / "results/anat/demoA/sub-02/anat"
