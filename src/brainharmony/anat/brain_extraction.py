@@ -33,8 +33,8 @@ DEEPBET_VERSION = "1.0.2"
 #: Side of the cube the main network segments (deepbet's default: 256). Smaller is
 #: faster and coarser (docs/anat.md gives the measured Dice against 256).
 DEFAULT_SHAPE = 256
-#: Sides the main network accepts (its U-Net halves the grid four times).
-SHAPE_MULTIPLE = 16
+#: Sides the main network accepts (its U-Net halves the grid five times; 144 fails).
+SHAPE_MULTIPLE = 32
 
 
 class BrainExtractionError(RuntimeError):
@@ -94,7 +94,7 @@ def deepbet_mask(
     zooms : ndarray of shape (3,)
         Voxel sizes in mm (for the reported volume).
     shape : int
-        Side of the cube the main network segments (a multiple of 16).
+        Side of the cube the main network segments (a multiple of 32: the U-Net halves the grid five times).
     threads : int
         torch CPU threads.
     threshold : float

@@ -89,9 +89,9 @@ class AnatSettings:
                 f"brain_extraction must be one of {', '.join(BRAIN_EXTRACTIONS)}; "
                 f"got {self.brain_extraction!r}"
             )
-        if self.deepbet_shape < 64 or self.deepbet_shape % 16:
+        if self.deepbet_shape < 64 or self.deepbet_shape % 32:
             raise ValueError(
-                f"deepbet_shape must be a multiple of 16 >= 64; got {self.deepbet_shape}"
+                f"deepbet_shape must be a multiple of 32 >= 64; got {self.deepbet_shape}"
             )
         for name in ("qc_brain_volume_ml", "qc_scale_range"):
             lo, hi = getattr(self, name)
