@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -450,6 +450,49 @@ def evaluate_mi(
     return float(reg.MetricEvaluate(fixed, moving))
 
 
+def _shrink_to(
+    template: sitk.Image, moving: sitk.Image, mask: sitk.Image, report: dict[str, Any]
+) -> tuple[sitk.Image, sitk.Image]:
+    """Block-average a T1w (and its mask) finer than the template grid to about its spacing.
+
+    The metric only samples the moving image at template points, and each level's
+    smoothing of a 1 mm image would otherwise dominate the cost.
+    """
+    factors = [
+        max(1, int(f // m)) for f, m in zip(template.GetSpacing(), moving.GetSpacing(), strict=True)
+    ]
+    if max(factors) == 1:
+        return moving, mask
+    report["MovingBinShrink"] = factors
+    shrunk = sitk.BinShrink(sitk.Cast(mask, sitk.sitkFloat32), factors) >= 0.5
+    return sitk.BinShrink(moving, factors), sitk.Cast(shrunk, sitk.sitkUInt8)
+
+
+def _best_candidate(
+    template: sitk.Image,
+    region: sitk.Image,
+    moving: sitk.Image,
+    start: sitk.Transform,
+    settings: RegistrationSettings,
+    report: dict[str, Any],
+    kind: Callable[[sitk.Transform], sitk.Transform],
+) -> sitk.Transform:
+    """Coarse search around ``start``, each kept candidate refined by a 4 mm registration
+    of the transform ``kind`` (``_as_euler``: rigid, head route; ``_as_affine``: brain
+    route); the best."""
+    best: tuple[float, sitk.Transform] | None = None
+    tried = []
+    for score, cand in coarse_search(template, region, moving, start, settings):
+        reg = _method(settings, region, [4], [4.0], 100, 2.0)
+        tx, value, _ = _run(reg, template, moving, kind(cand))
+        tried.append({"SearchMI": round(score, 5), "CoarseMetric": round(value, 6)})
+        if best is None or value < best[0]:
+            best = (value, tx)
+    assert best is not None
+    report["SearchCandidates"] = tried
+    return best[1]
+
+
 # --- the procedure -------------------------------------------------------------------
 
 
@@ -521,18 +564,7 @@ def register_to_template(
     """
     settings = settings or RegistrationSettings()
     report: dict[str, Any] = {"Settings": settings.to_dict()}
-    # A T1w finer than the template grid is block-averaged to about its spacing: the
-    # metric only samples the moving image at template points, and each level's
-    # smoothing of a 1 mm head would otherwise dominate the cost.
-    factors = [
-        max(1, int(f // m)) for f, m in zip(template.GetSpacing(), moving.GetSpacing(), strict=True)
-    ]
-    if max(factors) > 1:
-        moving = sitk.BinShrink(moving, factors)
-        head_mask = sitk.Cast(
-            sitk.BinShrink(sitk.Cast(head_mask, sitk.sitkFloat32), factors) >= 0.5, sitk.sitkUInt8
-        )
-        report["MovingBinShrink"] = factors
+    moving, head_mask = _shrink_to(template, moving, head_mask, report)
     metric_region = dilate_mask(template_mask, settings.metric_dilation_mm)
     brain_pts = _world_points(_array(template_mask) > 0, sitk_affine(template_mask))
     rng = np.random.default_rng(0)
@@ -542,22 +574,12 @@ def register_to_template(
     start, init_report = initial_transform(template_mask, head_mask, settings.scalp_mm)
     report["Initialisation"] = init_report
 
-    # Coarse search, then a coarse rigid registration from each kept candidate.
-    candidates = coarse_search(template, metric_region, moving, start, settings)
-    best: tuple[float, sitk.Transform] | None = None
-    tried = []
-    for score, cand in candidates:
-        reg = _method(settings, metric_region, [4], [4.0], 100, 2.0)
-        tx, value, _ = _run(reg, template, moving, cand)
-        tried.append({"SearchMI": round(score, 5), "CoarseRigidMetric": round(value, 6)})
-        if best is None or value < best[0]:
-            best = (value, tx)
-    assert best is not None
-    report["SearchCandidates"] = tried
+    # Coarse search (each kept candidate refined by a coarse rigid registration).
+    best = _best_candidate(template, metric_region, moving, start, settings, report, _as_euler)
 
     # Rigid, then affine, on the whole head.
     reg = _method(settings, metric_region, [4, 2], [4.0, 2.0], 200, 1.0)
-    rigid, rigid_metric, _ = _run(reg, template, moving, _as_euler(best[1]))
+    rigid, rigid_metric, _ = _run(reg, template, moving, _as_euler(best))
     reg = _method(settings, metric_region, [2, 1], [2.0, 1.0], 200, 0.5)
     affine, affine_metric, _ = _run(reg, template, moving, _as_affine(rigid))
     affine = _as_affine(affine)
@@ -679,16 +701,7 @@ def register_brain_to_template(
     """
     settings = settings or RegistrationSettings()
     report: dict[str, Any] = {"Route": "brain to brain", "Settings": settings.to_dict()}
-    factors = [
-        max(1, int(f // m)) for f, m in zip(template.GetSpacing(), brain.GetSpacing(), strict=True)
-    ]
-    if max(factors) > 1:
-        brain = sitk.BinShrink(brain, factors)
-        brain_mask = sitk.Cast(
-            sitk.BinShrink(sitk.Cast(brain_mask, sitk.sitkFloat32), factors) >= 0.5,
-            sitk.sitkUInt8,
-        )
-        report["MovingBinShrink"] = factors
+    brain, brain_mask = _shrink_to(template, brain, brain_mask, report)
     metric_region = dilate_mask(template_mask, settings.metric_dilation_mm)
     start, report["Initialisation"] = initial_brain_transform(template_mask, brain_mask)
 
@@ -697,20 +710,10 @@ def register_brain_to_template(
         search_rotations_deg=settings.brain_search_rotations_deg,
         search_translations_mm=settings.brain_search_translations_mm,
     )
-    candidates = coarse_search(template, metric_region, brain, start, grid)
-    best: tuple[float, sitk.Transform] | None = None
-    tried = []
-    for score, cand in candidates:
-        reg = _method(settings, metric_region, [4], [4.0], 100, 2.0)
-        tx, value, _ = _run(reg, template, brain, cand)
-        tried.append({"SearchMI": round(score, 5), "CoarseAffineMetric": round(value, 6)})
-        if best is None or value < best[0]:
-            best = (value, tx)
-    assert best is not None
-    report["SearchCandidates"] = tried
+    best = _best_candidate(template, metric_region, brain, start, grid, report, _as_affine)
 
     reg = _method(settings, metric_region, [2, 1], [2.0, 1.0], 200, 0.5)
-    affine, affine_metric, iterations = _run(reg, template, brain, _as_affine(best[1]))
+    affine, affine_metric, iterations = _run(reg, template, brain, _as_affine(best))
     affine = _as_affine(affine)
     report["AffineMetric"] = affine_metric
     report["AffineIterations"] = iterations
