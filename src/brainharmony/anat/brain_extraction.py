@@ -94,7 +94,8 @@ def deepbet_mask(
     zooms : ndarray of shape (3,)
         Voxel sizes in mm (for the reported volume).
     shape : int
-        Side of the cube the main network segments (a multiple of 32: the U-Net halves the grid five times).
+        Side of the cube the main network segments (a multiple of 32: the U-Net
+        halves the grid five times).
     threads : int
         torch CPU threads.
     threshold : float
