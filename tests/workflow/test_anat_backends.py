@@ -67,6 +67,11 @@ def standins(tmp_path, monkeypatch, phantom_file):
     return log
 
 
+#: The stand-ins' skull strips return the phantom's whole head (about 2.8 L), not a brain:
+#: the QC gate's volume range is widened for them; its other thresholds still apply.
+STANDIN_VOLUME_ML = (100.0, 10000.0)
+
+
 def _sidecar(paths):
     return json.loads(
         paths.preproc.with_name(paths.preproc.name.replace(".nii.gz", ".json")).read_text()
@@ -75,6 +80,9 @@ def _sidecar(paths):
 
 def _assert_pose(paths, mni_to_t1w):
     side = _sidecar(paths)
+    # A tool that refused its command line would leave the T1w excluded (run_anat turns
+    # ExternalToolError into an exclusion): every backend test fails then.
+    assert not side.get("Excluded"), side.get("ExclusionReason")
     est = np.asarray(side["Transforms"]["TemplateToT1wRAS"])
     np.testing.assert_allclose(est, mni_to_t1w, atol=1e-4)
     return side
@@ -82,7 +90,12 @@ def _assert_pose(paths, mni_to_t1w):
 
 def test_fsl_backend_commands_and_wiring(standins, phantom_file, tmp_path):
     t1w, mni_to_t1w = phantom_file
-    settings = AnatSettings(backend="fsl", resolution_mm=2, model_box_mm=(160, 192, 160))
+    settings = AnatSettings(
+        backend="fsl",
+        resolution_mm=2,
+        model_box_mm=(160, 192, 160),
+        qc_brain_volume_ml=STANDIN_VOLUME_ML,
+    )
     paths = run_anat(t1w, tmp_path / "out", "01", settings=settings, work_dir=tmp_path / "work")
     calls = read_log(standins)
     assert [c["tool"] for c in calls] == ["fslreorient2std", "bet", "flirt"]
@@ -115,7 +128,9 @@ def test_fsl_backend_commands_and_wiring(standins, phantom_file, tmp_path):
 
 def test_fsl_nonlinear_uses_fnirt_applywarp_invwarp(standins, phantom_file, tmp_path):
     t1w, mni_to_t1w = phantom_file
-    settings = AnatSettings(backend="fsl", resolution_mm=2, nonlinear=True)
+    settings = AnatSettings(
+        backend="fsl", resolution_mm=2, nonlinear=True, qc_brain_volume_ml=STANDIN_VOLUME_ML
+    )
     paths = run_anat(t1w, tmp_path / "out", "01", settings=settings, work_dir=tmp_path / "work")
     tools = [c["tool"] for c in read_log(standins)]
     assert tools == [
@@ -142,7 +157,9 @@ def test_fsl_nonlinear_uses_fnirt_applywarp_invwarp(standins, phantom_file, tmp_
 
 def test_freesurfer_backend_commands_and_wiring(standins, phantom_file, tmp_path):
     t1w, mni_to_t1w = phantom_file
-    settings = AnatSettings(backend="freesurfer", resolution_mm=2)
+    settings = AnatSettings(
+        backend="freesurfer", resolution_mm=2, qc_brain_volume_ml=STANDIN_VOLUME_ML
+    )
     paths = run_anat(
         t1w, tmp_path / "out", "01", "1", settings=settings, work_dir=tmp_path / "work"
     )
@@ -254,7 +271,9 @@ def test_standin_executables_exit_with_usage_errors(tmp_path):
 def test_backend_fails_when_a_command_line_has_a_bad_option(
     standins, phantom_file, tmp_path, monkeypatch, backend, tool, extra
 ):
-    """Give one command an option its tool rejects: the backend run must fail there."""
+    """Give one command an option its tool rejects: the backend fails there with
+    ExternalToolError, which run_anat turns into the subject's exclusion (the reason
+    names the command, the exit status and the tool's usage error)."""
     run = nipype_backends._run
 
     def run_with_extra(interface, work, log):
@@ -263,12 +282,16 @@ def test_backend_fails_when_a_command_line_has_a_bad_option(
         return run(interface, work, log)
 
     monkeypatch.setattr(nipype_backends, "_run", run_with_extra)
-    settings = AnatSettings(backend=backend, resolution_mm=2)
+    settings = AnatSettings(backend=backend, resolution_mm=2, qc_brain_volume_ml=STANDIN_VOLUME_ML)
     bad = rf"(?is){tool} .*{re.escape(extra)}.* failed \(exit status (2|255)\):.*unrecogni[sz]ed"
-    with pytest.raises(nipype_backends.ExternalToolError, match=bad):
-        run_anat(
-            phantom_file[0], tmp_path / "out", "01", settings=settings, work_dir=tmp_path / "w"
-        )
+    paths = run_anat(
+        phantom_file[0], tmp_path / "out", "01", settings=settings, work_dir=tmp_path / "w"
+    )
+    side = _sidecar(paths)
+    assert side["Excluded"] is True
+    assert re.search(bad, side["ExclusionReason"]), side["ExclusionReason"]
+    with pytest.raises(AssertionError, match=r"failed \(exit status"):
+        _assert_pose(paths, phantom_file[1])
     calls = read_log(standins)
     assert calls[-1]["tool"] == tool and not calls[-1]["accepted"]
     assert all(c["accepted"] for c in calls[:-1])
