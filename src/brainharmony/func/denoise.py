@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 
 from brainharmony.func.confounds import EXPANSIONS, TISSUES
+from brainharmony.func.defaults import DEFAULT_STRATEGY
 from brainharmony.func.motion import PARAM_NAMES
-from brainharmony.func.planning import DEFAULT_STRATEGY
 
 logger = logging.getLogger(__name__)
 

@@ -18,21 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Shared defaults live in a leaf module (re-exported here for the rules and the CLI).
+from brainharmony.func.defaults import (
+    COREG_ALIASES,
+    COREG_MAX_BBR_COST,
+    COREG_METHODS,
+    COREG_MIN_DICE,
+    COREG_MIN_NMI,
+    DEFAULT_COREG,
+    DEFAULT_STRATEGY,
+)
+
 BACKENDS: tuple[str, ...] = ("native", "fmriprep", "fmriprep-derivatives")
-#: Default confound strategy (a key of ``brainharmony.func.denoise.STRATEGIES``; defined
-#: here so the Snakefile's planning does not import numpy; docs/func.md says why).
-DEFAULT_STRATEGY = "18P"
-#: BOLD -> T1w coregistration methods (``func.coreg``) and the default; ``rigid`` (the
-#: former name of the mutual-information registration) is accepted for ``mi``. The
-#: QC gate's thresholds (``func.coreg_min_dice``, ``func.coreg_max_bbr_cost``,
-#: ``func.coreg_min_nmi``) are defined here for the same reason as DEFAULT_STRATEGY;
-#: measured values behind them are in docs/func.md.
-COREG_METHODS: tuple[str, ...] = ("bbr", "mi", "header")
-COREG_ALIASES: dict[str, str] = {"rigid": "mi"}
-DEFAULT_COREG = "bbr"
-COREG_MIN_DICE = 0.75
-COREG_MAX_BBR_COST = 0.8
-COREG_MIN_NMI = 1.05
+
 FDIR = r"sub-[a-zA-Z0-9]+(/ses-[a-zA-Z0-9]+)?"
 FSTEM = r"sub-[a-zA-Z0-9]+(_ses-[a-zA-Z0-9]+)?_task-[a-zA-Z0-9]+(_run-[a-zA-Z0-9]+)?"
 #: Scheduler hints (per run; measured on the demo and extrapolated, see docs/func.md).

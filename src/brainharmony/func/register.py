@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from brainharmony.func.planning import (
+from brainharmony.func.defaults import (
     COREG_MAX_BBR_COST,
     COREG_MIN_DICE,
     COREG_MIN_NMI,
