@@ -74,7 +74,7 @@ def _add_denoise(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``func`` sub-commands to ``parser``."""
-    from brainharmony.func.planning import (
+    from brainharmony.func.defaults import (
         COREG_ALIASES,
         COREG_MAX_BBR_COST,
         COREG_METHODS,
