@@ -30,8 +30,8 @@ system-deps:
 # Every 10 s is enough locally (a finished job wakes the scheduler at once); Snakemake
 # may wait up to that long before it exits.
 demo: install
-	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --printshellcmds \
-		--max-jobs-per-timespan 100/10s
+	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES) --rerun-incomplete \
+		--printshellcmds --max-jobs-per-timespan 100/10s
 
 test: install system-deps
 	$(BIN)/python -m pytest tests

@@ -1,13 +1,23 @@
 # brainharmony: raw BIDS MRI -> brain foundation models -> paper tables.
 # Entry point only: config, validation, rule files, final target.
-# Run:  snakemake --cores 2            (main job on the embedded demo data)
+# Run:  snakemake --cores 2 --configfile my-config.yaml   (your data: README "Running on
+#                                                        your own data")
+#       snakemake --cores 2            (no --configfile: the demo, config/demo.yaml)
 #       snakemake ingest_all           (one stage; see README "Rerunning one stage")
+from pathlib import Path
+
+from snakemake.logging import logger
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A --configfile defines the whole run: the demo config is read only when none is given
+# (Snakemake would otherwise merge the user's config into it, demo datasets included).
+if not workflow.overwrite_configfiles:
+
+    configfile: str(Path(workflow.basedir) / "config" / "demo.yaml")
+
 
 
 include: "workflow/rules/common.smk"
@@ -19,7 +29,15 @@ include: "workflow/rules/geometry.smk"
 include: "workflow/rules/multitr.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/qc.smk"
 include: "workflow/rules/targets.smk"
+
+
+if not EVAL.tasks:
+    logger.warning(
+        "evaluate.tasks is empty: `all` stops after train_all (no evaluation, no report); "
+        "add tasks to run them (docs/evaluation.md)"
+    )
 
 
 rule all:
@@ -28,7 +46,8 @@ rule all:
         rules.ingest_all.input,
         rules.anat_all.input,
         rules.func_all.input,
+        rules.qc_all.input,
         rules.geometry_all.input,
         rules.multitr_all.input,
         rules.train_all.input,
-        rules.evaluate_all.input,
+        rules.evaluate_all.input if EVAL.tasks else [],

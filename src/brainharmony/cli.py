@@ -21,6 +21,10 @@ from brainharmony.io import STORAGE_ERRNOS, InputDataError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("brainharmony.demo.cli", "generate demo BIDS datasets with planted truth"),
     "ingest": ("brainharmony.ingest", "index a BIDS dataset into scans.tsv / excluded.tsv"),
+    "run": (
+        "brainharmony.bids_app",
+        "BIDS-App entry point: BIDS_DIR OUTPUT_DIR participant|group [-- snakemake options]",
+    ),
     "validate-config": ("brainharmony.config", "validate a workflow config file"),
     "anat": (
         "brainharmony.anat.cli",
@@ -61,6 +65,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tables": (
         "brainharmony.evaluate.tables",
         "merge predictions; metrics, paired tests and paper-layout tables",
+    ),
+    "group-qc": (
+        "brainharmony.qc.cli",
+        "group QC table of one dataset (every run and exclusion) and one page per subject",
     ),
     "report": ("brainharmony.evaluate.report", "the self-contained HTML report"),
     "train": (
@@ -106,9 +114,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: Sub-commands that pass the arguments after ``--`` on to another program.
+PASSTHROUGH = ("run",)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if _chosen_command(argv) in PASSTHROUGH and "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    args.passthrough = passthrough
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(args._module)

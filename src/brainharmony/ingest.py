@@ -156,6 +156,7 @@ def ingest_dataset(
     phenotypes: Mapping[str, PhenotypeKind] | None = None,
     site_column: str | None = None,
     exclude_subjects: Iterable[str] = (),
+    participant_label: Iterable[str] | None = None,
 ) -> IngestResult:
     """Index a raw BIDS dataset: usable BOLD/T1w pairs and everything left out.
 
@@ -180,6 +181,11 @@ def ingest_dataset(
         participants.tsv column holding the site; default: the site is the dataset.
     exclude_subjects : iterable of str
         Subject labels (with or without ``sub-``) to leave out.
+    participant_label : iterable of str, optional
+        Subject labels to keep (the BIDS-Apps ``--participant-label``); every other
+        subject is left out with that reason. ``None`` (default): every subject.
+        A label in either list that names no subject folder is an error that lists
+        the closest existing labels.
 
     Returns
     -------
@@ -198,7 +204,12 @@ def ingest_dataset(
     kinds = _check_parameters(
         dataset, task, min_volumes, tr_tolerance, tr_conflict, phenotypes, site_column
     )
-    skip = _normalise_subjects(exclude_subjects)
+    skip = _normalise_subjects(exclude_subjects, "exclude_subjects")
+    keep = (
+        _normalise_subjects(participant_label, "participant_label")
+        if participant_label  # None or empty: every subject
+        else None
+    )
     root = Path(os.path.abspath(os.fspath(bids_dir)))
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
@@ -211,6 +222,7 @@ def ingest_dataset(
         "phenotypes": dict(kinds),
         "site_column": site_column,
         "exclude_subjects": sorted(skip, key=natural_key),
+        "participant_label": None if keep is None else sorted(keep, key=natural_key),
     }
     warnings: list[str] = []
     description = root / "dataset_description.json"
@@ -222,6 +234,7 @@ def ingest_dataset(
     )
     warnings.extend(participants.warnings)
     tree = walk_dataset(root)
+    _check_labels_exist(root, dataset, tree.subjects, skip, keep)
     skip_paths = [*tree.broken_json(), *(e.path for e in tree.rejected)]
     layout = index_with_pybids(root, skip_paths, f"dataset {dataset!r}")
     indexed = indexed_files(layout)
@@ -232,6 +245,10 @@ def ingest_dataset(
     rows: list[dict[str, Any]] = []
     excluded: list[Exclusion] = list(tree.rejected)
     for subject in sorted(tree.subjects, key=natural_key):
+        if keep is not None and subject not in keep:
+            reason = "subject not in participant_label"
+            excluded.append(Exclusion(subject, NA, NA, tree.subjects[subject], reason))
+            continue
         if subject in skip:
             reason = "subject listed in exclude_subjects"
             excluded.append(Exclusion(subject, NA, NA, tree.subjects[subject], reason))
@@ -240,8 +257,6 @@ def ingest_dataset(
         rows += outcome.rows
         excluded += outcome.excluded
         warnings += outcome.warnings
-    for label in sorted(skip - set(tree.subjects), key=natural_key):
-        warnings.append(f"exclude_subjects lists sub-{label}, which has no folder")
 
     warnings += _attach_participants(rows, participants, dataset, site_column, set(tree.subjects))
     warnings = list(dict.fromkeys(warnings))
@@ -453,6 +468,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LABEL",
         help="subjects to leave out (space- or comma-separated, with or without sub-)",
     )
+    parser.add_argument(
+        "--participant-label",
+        nargs="*",
+        type=_subject_labels,
+        default=None,
+        metavar="LABEL",
+        help="subjects to keep, all others are left out (default: every subject)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -463,6 +486,11 @@ def run(args: argparse.Namespace) -> int:
     the CLI turns into exit status 2.
     """
     labels = [label for group in args.exclude_subjects for label in group]
+    keep = (
+        None
+        if args.participant_label is None
+        else [label for group in args.participant_label for label in group]
+    )
     out_dir = Path(args.out_dir)
     try:
         result = ingest_dataset(
@@ -475,6 +503,7 @@ def run(args: argparse.Namespace) -> int:
             phenotypes=args.phenotypes,
             site_column=args.site_column,
             exclude_subjects=labels,
+            participant_label=keep,
         )
     except NoUsableScansError as err:
         path = write_excluded(err.result, out_dir)
@@ -529,17 +558,44 @@ def _check_parameters(
     return kinds
 
 
-def _normalise_subjects(labels: Iterable[str]) -> set[str]:
+def _normalise_subjects(labels: Iterable[str], name: str) -> set[str]:
     if isinstance(labels, str):
-        raise ValueError("exclude_subjects must be a collection of labels, not one string")
+        raise ValueError(f"{name} must be a collection of labels, not one string")
     found = set()
     for raw in labels:
         label = str(raw).strip().removeprefix("sub-")
         problem = label_problem("sub", label)
         if problem is not None:
-            raise ValueError(f"exclude_subjects: {problem}")
+            raise ValueError(f"{name}: {problem}")
         found.add(label)
     return found
+
+
+def _check_labels_exist(
+    root: Path,
+    dataset: str,
+    subjects: Mapping[str, Any],
+    skip: set[str],
+    keep: set[str] | None,
+) -> None:
+    """A participant_label or exclude_subjects entry that names no subject folder is
+    an error (a typo would otherwise silently process everyone, or no one)."""
+    import difflib
+
+    existing = sorted(subjects, key=natural_key)
+    problems = []
+    for name, labels in (("participant_label", keep or set()), ("exclude_subjects", skip)):
+        for label in sorted(labels - set(existing), key=natural_key):
+            close = difflib.get_close_matches(label, existing, n=3, cutoff=0.5)
+            hint = (
+                "closest: " + ", ".join(f"sub-{c}" for c in close)
+                if close
+                else f"{len(existing)} subjects, e.g. "
+                + ", ".join(f"sub-{c}" for c in existing[:3])
+            )
+            problems.append(f"{name} names sub-{label}, which has no folder ({hint})")
+    if problems:
+        raise InputDataError(root, f"dataset {dataset!r}: " + "; ".join(problems))
 
 
 def _attach_participants(

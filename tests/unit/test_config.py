@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_config_is_valid_and_points_at_demo_data():
-    config = load_config(REPO / "config" / "config.yaml")
+    config = load_config(REPO / "config" / "demo.yaml")
     assert set(config["datasets"]) == {"demoA", "demoB", "demoC"}
     assert all(ds["demo"] for ds in config["datasets"].values())
     assert config["demo"]["preset"] == "default"
@@ -32,6 +32,7 @@ def test_minimal_config_gets_every_default():
             "diagnosis": "category",
         },
         "exclude_subjects": [],
+        "participant_label": None,
     }
     assert config["ingest"] == {"min_volumes": 50, "tr_tolerance": 0.01, "tr_conflict": "warn"}
     assert config["demo"]["preset"] == "default"
@@ -83,7 +84,7 @@ def test_load_config_errors_name_the_file(tmp_path):
 def test_cli_validate_config(tmp_path, capsys):
     from brainharmony.cli import main
 
-    assert main(["validate-config", str(REPO / "config" / "config.yaml")]) == 0
+    assert main(["validate-config", str(REPO / "config" / "demo.yaml")]) == 0
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"datasets": {"s": {"bids_dir": "x", "demo": "yes"}}}))
     assert main(["validate-config", str(bad)]) == 1

@@ -265,8 +265,16 @@ def test_demo_yaml_matches_the_demo_encoders() -> None:
     assert harm["f_dim"] == f_cfg["dim"]
     assert harm["f_grid"] == [f_cfg["n_rois"], f_cfg["n_patches"]]
     assert harm["s_dim"] == s_cfg["dim"]
-    assert harm["s_grid"] == [s // s_cfg["patch"] for s in s_cfg["img_size"]]
-    assert build(harm).n_hubs == 16
+    # Both follow the anatomy stage's box: the workflow passes the grid for s_grid: auto.
+    assert s_cfg["img_size"] == "auto" and harm["s_grid"] == "auto"
+    from brainharmony.train.planning import TrainPlan, harmonizer_sets, volume_grid
+
+    plan = TrainPlan(models={}, basedir=str(REPO))
+    box = (160, 192, 160)
+    assert volume_grid(plan.yaml("bh_s"), box, 2) == [5, 6, 5]
+    assert volume_grid(plan.yaml("bh_s"), box, 1) == [10, 12, 10]
+    assert harmonizer_sets(plan, box, 1) == "--set 'model.s_grid=[10, 12, 10]'"
+    assert build({**harm, "s_grid": [5, 6, 5]}).n_hubs == 16
 
 
 @pytest.mark.slow

@@ -583,6 +583,45 @@ def test_other_tasks_are_ignored_and_exclude_subjects_is_honoured(tmp_path):
     assert list(motor.scans["subject"]) == ["01", "03"]
 
 
+def test_participant_label_keeps_only_those_subjects(tmp_path):
+    root = bf.make_dataset(tmp_path / "ds", subjects=("01", "02", "03", "10"))
+    result = ingest_dataset(root, "demoA", participant_label=["01", "sub-10"])
+    assert list(result.scans["subject"]) == ["01", "10"]
+    assert dict(zip(result.excluded["subject"], result.excluded["reason"], strict=True)) == {
+        "02": "subject not in participant_label",
+        "03": "subject not in participant_label",
+    }
+    assert result.parameters["participant_label"] == ["01", "10"]
+    both = ingest_dataset(root, "demoA", participant_label=["01", "02"], exclude_subjects=["02"])
+    assert list(both.scans["subject"]) == ["01"]
+    assert ingest_dataset(root, "demoA", participant_label=[]).scans["subject"].tolist() == [
+        "01",
+        "02",
+        "03",
+        "10",
+    ]
+
+
+@pytest.mark.parametrize("option", ["participant_label", "exclude_subjects"])
+def test_a_label_that_names_nobody_is_an_error_with_the_closest_labels(tmp_path, option):
+    root = bf.make_dataset(tmp_path / "ds", subjects=("01", "02", "103"))
+    with pytest.raises(InputDataError) as info:
+        ingest_dataset(root, "demoA", **{option: ["01", "013"]})
+    message = str(info.value)
+    assert f"{option} names sub-013, which has no folder" in message
+    assert "closest: sub-01" in message and "sub-103" in message
+    assert str(root) in message
+
+
+def test_cli_participant_label(tmp_path, ingest_cli):
+    root = bf.make_dataset(tmp_path / "ds", subjects=("01", "02", "03"))
+    out = tmp_path / "out"
+    base = ["ingest", "--bids-dir", str(root), "--dataset", "demoA", "--out-dir", str(out)]
+    assert ingest_cli([*base, "--participant-label", "01", "sub-03"]) == 0
+    assert list(read_scans(out / "scans.tsv")["subject"]) == ["01", "03"]
+    assert ingest_cli([*base, "--participant-label", "04"]) == 2
+
+
 # -------------------------------------------------------------- nothing usable, CLI
 
 

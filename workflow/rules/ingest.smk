@@ -15,6 +15,8 @@ def _ingest_options(wildcards):
         opts.append(f"--site-column {shlex.quote(ds['site_column'])}")
     if ds["exclude_subjects"]:
         opts.append("--exclude-subjects " + " ".join(map(shlex.quote, ds["exclude_subjects"])))
+    if ds["participant_label"]:
+        opts.append("--participant-label " + " ".join(map(shlex.quote, ds["participant_label"])))
     phen = _phenotype_arg(wildcards)
     if phen:
         opts.append(f"--phenotypes {shlex.quote(phen)}")

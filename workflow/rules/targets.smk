@@ -17,6 +17,13 @@ rule func_all:
         lambda wildcards: func_planning.targets(DATASETS, checkpoints.ingest, FUNC, FUNC_TASKS),
 
 
+rule qc_all:
+    input:
+        expand(rules.group_qc.output.table, dataset=DATASETS),
+        expand(rules.group_qc.output.sidecar, dataset=DATASETS),
+        expand(rules.group_qc.output.pages, dataset=DATASETS),
+
+
 rule geometry_all:
     input:
         bh_plan.harmonics_table(GEOMETRY),
@@ -43,7 +50,10 @@ rule train_all:
         expand(rules.embed_harmonizer.output, dataset=DATASETS),
 
 
+# The one stage that needs more than the schema defaults: evaluate.tasks (which
+# phenotypes to predict). Without tasks it stops with a message that says so.
 rule evaluate_all:
     input:
-        rules.eval_tables.output,
-        rules.report.output,
+        lambda wildcards: eval_plan.require_tasks(
+            EVAL, [*rules.eval_tables.output, *rules.report.output]
+        ),

@@ -137,6 +137,10 @@ rule train_harmonizer:
         out=lambda wildcards, output: train_plan.folder_of(output.weights),
         state=lambda wildcards, output: train_plan.state_dir(train_plan.folder_of(output.weights)),
         index=lambda wildcards, input: " ".join(f"--index {i}" for i in input.tokens),
+        # s_grid: auto -> BrainHarmonix-S's token grid at anat.resolution_mm
+        grid=train_plan.harmonizer_sets(
+            TRAIN, ANAT_SETTINGS.model_box_mm, ANAT_SETTINGS.resolution_mm
+        ),
         opts=TRAIN_OPTS,
     log:
         "logs/train/harmonizer.log",
@@ -151,7 +155,8 @@ rule train_harmonizer:
         str(ENVS / "train.yaml")
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
-        "--state {params.state:q} {params.index} --threads {threads} {params.opts} > {log} 2>&1"
+        "--state {params.state:q} {params.index} {params.grid} --threads {threads} "
+        "{params.opts} > {log} 2>&1"
 
 
 rule embed_harmonizer:

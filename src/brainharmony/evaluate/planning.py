@@ -36,6 +36,28 @@ def settings_json(settings: EvalSettings) -> str:
     return json.dumps(settings.to_dict(), sort_keys=True)
 
 
+NO_TASKS = (
+    "evaluate.tasks is empty: evaluation needs at least one downstream task, e.g.\n"
+    "  evaluate:\n"
+    "    tasks:\n"
+    "      <dataset>:\n"
+    "        age: {target: age, type: regression}\n"
+    "(targets are participants.tsv columns; docs/evaluation.md)"
+)
+
+
+def require_tasks(settings: EvalSettings, targets: Sequence[str]) -> list[str]:
+    """``targets`` when the config defines tasks; else the error that says so.
+
+    Evaluation is the one stage that cannot run on the schema defaults alone: which
+    phenotype to predict is the user's choice. ``all`` leaves it out then (the
+    Snakefile says so); ``evaluate_all`` stops with this message.
+    """
+    if not settings.tasks:
+        raise ValueError(NO_TASKS)
+    return list(targets)
+
+
 def tasks(settings: EvalSettings) -> list[tuple[str, str]]:
     """``(evaluation dataset, task)`` pairs in config order."""
     return [(t.dataset, t.name) for t in settings.tasks]

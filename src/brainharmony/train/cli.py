@@ -81,6 +81,35 @@ def _token_files(index: Path, kind: object) -> list[Path]:
     return [Path(p) for p in read_token_index(index)["path"]]
 
 
+def _resolve_img_size(cfg: object, shards: list[tuple[Path | None, Path]]) -> object:
+    """``model.img_size: auto`` -> the volume shards' voxel grid.
+
+    The workflow's default BrainHarmonix-S YAML says ``auto`` so that it trains on
+    whatever box the anatomy stage writes (``anat.model_box_mm / anat.resolution_mm``);
+    the trained folder's config.json records the resolved size.
+    """
+    import numpy as np
+
+    from brainharmony.train.config import ModelConfigError, with_overrides
+
+    left = sorted(k for k, v in cfg.model.items() if v == "auto" and k != "img_size")
+    if left:
+        raise ModelConfigError(
+            cfg.name,
+            f"model.{left[0]}: auto is resolved by the workflow; give it with "
+            f"--set model.{left[0]}=<value>",
+        )
+    if cfg.model.get("img_size") != "auto":
+        return cfg
+    if cfg.data.get("kind") != "volumes" or not shards or shards[0][0] is None:
+        raise ModelConfigError(
+            cfg.name, "model.img_size: auto needs volume data (data.kind: volumes)"
+        )
+    shape = [int(n) for n in np.load(shards[0][0], mmap_mode="r").shape[-3:]]
+    logger.info("%s: model.img_size auto -> %s (the volume shards' grid)", cfg.name, shape)
+    return with_overrides(cfg, [f"model.img_size={shape}"])
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony train``; returns the exit status."""
     from brainharmony.train.config import load_config, with_overrides
@@ -118,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         fold=args.fold,
         split=args.split,
     )
+    cfg = _resolve_img_size(cfg, shards)
     inputs = [p for pair in shards for p in pair if p is not None]
     inputs += [p for p in (args.scaling, args.rows_from, args.init) if p is not None]
     # A checkpoint is tied to these bytes: the data, the token files a fused index

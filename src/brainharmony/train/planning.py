@@ -163,12 +163,53 @@ def check_volume_shape(yaml_path: str, model_box_mm: Sequence[int], resolution_m
         raise ValueError(f"train.models.bh_s: {path} not found")
     with path.open(encoding="utf-8") as fh:
         raw = yaml.safe_load(fh) or {}
-    size = list((raw.get("model") or {}).get("img_size") or [])
+    size = (raw.get("model") or {}).get("img_size") or []
+    if size == "auto":  # the volumes' own grid, resolved by `brainharmony train`
+        return str(path)
+    size = list(size)
     box = [round(float(m) / float(resolution_mm)) for m in model_box_mm]
     if size and size != box:
         raise ValueError(
             f"{path}: model.img_size {size} differs from the anatomy stage's model-ready box "
             f"{box} (anat.model_box_mm {list(model_box_mm)} at {resolution_mm} mm); use the "
-            "matching YAML (bh_s_demo: 2 mm, bh_s_paper: 1 mm) or change anat.resolution_mm"
+            "matching YAML (bh_s_paper: 1 mm), `img_size: auto` (bh_s_demo: any resolution) "
+            "or change anat.resolution_mm"
         )
     return str(path)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    from pathlib import Path
+
+    import yaml
+
+    with Path(path).open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+def volume_grid(bh_s_yaml: str, model_box_mm: Sequence[int], resolution_mm: float) -> list[int]:
+    """BrainHarmonix-S's token grid (``img_size / patch``) for the anatomy stage's box.
+
+    ``img_size: auto`` is the box at ``resolution_mm`` (what ``brainharmony train``
+    resolves it to from the volume shards).
+    """
+    model = _read_yaml(bh_s_yaml).get("model") or {}
+    size = model.get("img_size", "auto")
+    if size == "auto":
+        size = [round(float(m) / float(resolution_mm)) for m in model_box_mm]
+    patch = int(model.get("patch", 16))
+    return [int(s) // patch for s in size]
+
+
+def harmonizer_sets(plan: TrainPlan, model_box_mm: Sequence[int], resolution_mm: float) -> str:
+    """``--set model.s_grid=[...]`` when the Harmonizer YAML says ``s_grid: auto``.
+
+    The Harmonizer's S position grid must be BrainHarmonix-S's token grid, which
+    follows ``anat.resolution_mm`` when that YAML's ``img_size`` is ``auto``; an
+    explicit grid is passed through unchanged (and checked by the model at load).
+    """
+    model = _read_yaml(plan.yaml("harmonizer")).get("model") or {}
+    if model.get("s_grid") != "auto":
+        return ""
+    grid = volume_grid(plan.yaml("bh_s"), model_box_mm, resolution_mm)
+    return sets([f"model.s_grid={grid}"])
