@@ -78,18 +78,23 @@ def _env() -> dict[str, str]:
 
 
 def run_slurm_snakemake(
-    workdir: Path, *args: str, snakefile: Path = REPO / "Snakefile", timeout: int = 420
+    workdir: Path,
+    *args: str,
+    snakefile: Path = REPO / "Snakefile",
+    timeout: int = 420,
+    profiles: tuple[Path, ...] = (PROFILE, CI_PROFILE),
 ) -> subprocess.CompletedProcess:
     """Run a workflow in ``workdir`` through the shipped profile plus the test overrides.
 
     ``timeout -k 20`` is the hard limit (Snakemake ignores SIGTERM while it waits for
-    job states); the Python-side timeout is only a backstop.
+    job states); the Python-side timeout is only a backstop. ``profiles`` replaces the
+    profile stack (e.g. the shipped profile alone, without ``slurm-status-command``).
     """
     cmd = [
         "timeout", "-k", "20", str(timeout),
         snakemake_exe(), "-s", str(snakefile), "--directory", str(workdir),
         *args,
-        "--profile", str(PROFILE), "--profile", str(CI_PROFILE),
+        *(arg for profile in profiles for arg in ("--profile", str(profile))),
     ]  # fmt: skip
     return subprocess.run(
         cmd, capture_output=True, text=True, env=_env(), cwd=workdir,

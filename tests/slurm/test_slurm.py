@@ -9,7 +9,10 @@ What is proven here:
   `gpu_model` -> --gpus=<model>:N, `cpus_per_gpu` -> --cpus-per-gpu, and torchrun starts
   one worker per allocated GPU;
 - `group:` + `--group-components` puts several rule jobs into one SLURM job;
-- a failing job is reported as failed (no hang).
+- a failing job is reported as failed (no hang);
+- the shipped profile alone, on this cluster without job accounting, switches the status
+  command to squeue before submitting (or stops at once when squeue cannot help either)
+  instead of waiting forever on sacct.
 
 Growing with the workflow:
 - New stages: point `test_tiny_demo_runs_through_sbatch` at their targets (`all` once
@@ -32,9 +35,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from snakemake.cli import get_profile_dir
 
 from tests.conftest import run_snakemake
@@ -119,6 +124,78 @@ def test_tiny_demo_runs_through_sbatch(slurm_cluster, tiny_reference, tmp_path):
             got = workdir / "results" / "ingest" / dataset / name
             want = tiny_reference / "results" / "ingest" / dataset / name
             assert normalized(got, workdir) == normalized(want, tiny_reference), got
+
+
+#: What brainharmony.hpc logs when it switches the status command, or stops.
+NO_ACCOUNTING = "SLURM job accounting does not answer: `sacct` exited with status 1"
+
+
+def _shipped_profile_only(tmp_path: Path, init_seconds: int = 2) -> tuple[Path, ...]:
+    """The shipped profile plus an override of timings only (no status command)."""
+    override = tmp_path / "override"
+    override.mkdir()
+    settings = {"latency-wait": 5, "slurm-init-seconds-before-status-checks": init_seconds}
+    (override / "config.yaml").write_text(yaml.safe_dump(settings))
+    return (PROFILE, override)
+
+
+@pytest.mark.slurm
+@pytest.mark.workflow
+def test_shipped_profile_without_accounting_does_not_hang(slurm_cluster, tiny_reference, tmp_path):
+    # The test cluster has no slurmdbd: sacct, the plugin's default status command,
+    # fails, and this run (shipped profile, no `slurm-status-command`) used to wait
+    # forever after its first submission. The workflow's onstart check now switches to
+    # squeue before submitting. 240 s: two ingest jobs take 35-70 s here, and the plugin
+    # learns their end only at its next poll (2, 14, 36, 68 s after submission).
+    workdir = copy_run(tiny_reference, tmp_path / "run")
+    start = time.monotonic()
+    out = run_slurm_snakemake(
+        workdir, "ingest_all", "--forcerun", "ingest", "--configfile", str(workdir / "tiny.yaml"),
+        timeout=240, profiles=_shipped_profile_only(tmp_path),
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert out.returncode not in (124, 137), f"hung ({elapsed:.0f} s)" + _tail(out)
+    assert out.returncode == 0, _tail(out)
+    log = out.stdout + out.stderr
+    said = log.find(NO_ACCOUNTING)
+    assert said >= 0, _tail(out)
+    assert "Slurm accounting storage is disabled" in log[said:]
+    assert "using `squeue` instead" in log[said:]
+    assert "`slurm-status-command: squeue`" in log[said:]
+    assert said < log.find("has been submitted with SLURM jobid"), "switched after submitting"
+    jobs = slurm_jobs(workdir)
+    assert sorted(job.comment for job in jobs) == [
+        "rule_ingest_wildcards_demoA",
+        "rule_ingest_wildcards_demoB",
+    ]
+    assert {job.state for job in jobs} == {"COMPLETED"}, jobs
+
+
+@pytest.mark.slurm
+@pytest.mark.workflow
+def test_shipped_profile_stops_before_submitting_when_squeue_cannot_help(
+    slurm_cluster, tiny_reference, tmp_path
+):
+    # With 300 s before the first status query, MinJobAge (600 s) is below the plugin's
+    # 3 x 300 s threshold and the plugin would use sacct even if told squeue: no status
+    # command works, so the run must stop at once, submit nothing and say what to set.
+    workdir = copy_run(tiny_reference, tmp_path / "run")
+    start = time.monotonic()
+    out = run_slurm_snakemake(
+        workdir, "ingest_all", "--forcerun", "ingest", "--configfile", str(workdir / "tiny.yaml"),
+        timeout=60, profiles=_shipped_profile_only(tmp_path, init_seconds=300),
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert out.returncode not in (124, 137), f"hung ({elapsed:.0f} s)" + _tail(out)
+    assert out.returncode != 0, _tail(out)
+    log = out.stdout + out.stderr
+    assert NO_ACCOUNTING in log, _tail(out)
+    assert "Nothing was submitted" in log
+    assert "add `slurm-status-command: squeue` to your profile" in log
+    assert "`slurm-init-seconds-before-status-checks` to at most 200" in log
+    assert "has been submitted" not in log
+    assert slurm_jobs(workdir) == []
+    assert elapsed < 60
 
 
 def _field(record: str, name: str) -> str:

@@ -3,9 +3,11 @@ import shlex
 import sys
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
 from brainharmony.config import validate_config
+from brainharmony.hpc import check_slurm_status_queries
 
 validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
@@ -17,6 +19,15 @@ wildcard_constraints:
     run=r"[a-zA-Z0-9]+",
     task=r"[a-zA-Z0-9]+",
     seed=r"\d+",
+
+
+# Before the first sbatch: can SLURM report job states? Without job accounting the
+# plugin's default status command (sacct) fails silently and the run would wait forever;
+# this switches it to squeue or stops with the profile line to add (docs/hpc.md,
+# "Clusters without job accounting"). Snakemake runs onstart only in the main process of
+# a real run (not with -n, not inside jobs: they get --no-hooks); local runs pass through.
+onstart:
+    check_slurm_status_queries(workflow, logger)
 
 
 DATASETS = sorted(config["datasets"])
