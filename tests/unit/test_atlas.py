@@ -112,3 +112,16 @@ def test_provenance_names_sources_space_and_method() -> None:
     assert "nilearn" in prov["Sources"]["grey_matter"]
     assert prov["Parameters"]["MAX_DISTANCE_MM"] == atlas.MAX_DISTANCE_MM
     assert "sub-region" in prov["LabelNames"]
+
+
+def test_rebuild_is_named_and_described_as_a_rebuild(tmp_path) -> None:
+    prov = atlas.schaefer400_provenance(2.0)
+    assert prov["Official"] is False and "NOT the published" in prov["NotOfficial"]
+    atlas.schaefer400_volume(5.0, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("*.nii.gz")
+    assert "atlas-Schaefer400rebuilt" in cached.name and "Schaefer2018" not in cached.name
+
+
+def test_another_space_needs_its_grey_matter() -> None:
+    with pytest.raises(ValueError, match="needs that template's 1 mm grey-matter"):
+        atlas.schaefer400_volume(4.0, space="MNI152NLin2009cAsym")

@@ -175,23 +175,19 @@ def test_atlas_resource_tissue_masks_equal_the_computed_ones(tmp_path):
         read_tissue_masks(other.tissues, img)
 
 
-def test_atlas_resource_from_nilearn_fetcher(tmp_path, monkeypatch):
-    """The network source, with the fetcher replaced by the offline volume."""
+def test_atlas_lookup_never_downloads(tmp_path, monkeypatch):
+    """``auto`` with nothing on disk rebuilds; nilearn's fetcher is never called."""
     import nilearn.datasets
 
-    from brainharmony.atlas import schaefer400_labels, schaefer400_volume
     from brainharmony.func.atlas_resource import build_atlas
 
-    img, _ = schaefer400_volume(6.0)
-    names = schaefer400_labels()["name"].tolist()
+    def no_download(*args, **kwargs):
+        raise AssertionError("the atlas lookup must not download")
 
-    def fake_fetch(n_rois, yeo_networks, resolution_mm):
-        assert (n_rois, yeo_networks) == (400, 7)
-        return {"maps": img, "labels": ["Background", *names]}
-
-    monkeypatch.setattr(nilearn.datasets, "fetch_atlas_schaefer_2018", fake_fetch)
-    files = build_atlas(tmp_path, 6.0, source="nilearn")
-    table = pd.read_csv(files.labels, sep="\t")
-    assert table["network"].iloc[0] == "Vis" and table["hemisphere"].iloc[-1] == "RH"
+    monkeypatch.setattr(nilearn.datasets, "fetch_atlas_schaefer_2018", no_download)
+    for var, sub in (("TEMPLATEFLOW_HOME", "tf"), ("NILEARN_DATA", "nl"), ("HOME", "home")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    files = build_atlas(tmp_path / "out", 6.0)
+    assert "atlas-Schaefer400rebuilt" in files.image.name
     with pytest.raises(ValueError, match="source"):
-        build_atlas(tmp_path, 6.0, source="web")
+        build_atlas(tmp_path, 6.0, source="nilearn")

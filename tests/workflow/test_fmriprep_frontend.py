@@ -85,13 +85,23 @@ def _bids(root: Path, subjects=("01", "02"), n_volumes: int = 60, t_r: float = 2
 
 @pytest.fixture(scope="module")
 def atlas6(tmp_path_factory):
-    """The 6 mm atlas resource files and a file cache of the volume (built once)."""
+    """The 6 mm MNI152NLin2009cAsym atlas resource, a file cache of the volume the
+    fMRIPrep stand-in plants signal with, and the TemplateFlow home (built once).
+
+    fMRIPrep's BOLD is in MNI152NLin2009cAsym, so its atlas must be too: with no
+    official volume at 6 mm, the rebuild on the home's 2009cAsym grey matter (a
+    stand-in, ``tests/atlas_standins.py``).
+    """
     from brainharmony.atlas import schaefer400_volume
+    from brainharmony.func.atlas_lookup import AtlasChoice
     from brainharmony.func.atlas_resource import build_atlas
+    from tests.atlas_standins import C_ASYM, grey_matter_2009c
 
     root = tmp_path_factory.mktemp("atlas6")
     schaefer400_volume(6.0, cache_dir=root / "cache")
-    return build_atlas(root / "resource", 6.0), root / "cache"
+    gm = grey_matter_2009c(root / "templateflow")
+    choice = AtlasChoice("rebuild", C_ASYM, 6.0, grey_matter=gm)
+    return build_atlas(root / "resource", 6.0, choice=choice), root / "cache", root / "templateflow"
 
 
 @pytest.fixture
@@ -253,9 +263,52 @@ def test_run_then_denoise_through_the_cli(tmp_path, standins, atlas6, runner):
         ).read_text()
     )
     assert side["RepetitionTime"] == 2.0
+    # The atlas used is named: the rebuild in fMRIPrep's own space.
+    assert side["AtlasSource"] == "rebuild" and side["AtlasFile"] == image.name
+    assert "offline rebuild" in side["Atlas"] and "MNI152NLin2009cAsym" in side["Atlas"]
+    assert side["AtlasResampling"].startswith("nearest neighbour")  # 6 mm atlas, 2 mm BOLD
     assert side["Denoising"]["Strategy"] == "36P"
     assert len(side["Denoising"]["Confounds"]) == 36
     assert (run_dir / "sub-01_task-rest_desc-confounds_timeseries.tsv").exists()
+
+
+def test_derivatives_refuse_an_atlas_in_another_space(tmp_path, standins):
+    """A 2009a atlas is never put on fMRIPrep's 2009cAsym BOLD (no nearest-neighbour
+    shortcut between template spaces)."""
+    from brainharmony.func.atlas_resource import build_atlas
+
+    bids = _bids(tmp_path / "bids", subjects=("01",))
+    out = tmp_path / "fmriprep"
+    res = _cli(
+        "fmriprep",
+        "--bids-dir",
+        str(bids),
+        "--fmriprep-dir",
+        str(out),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--participant-label",
+        "01",
+    )
+    assert res.returncode == 0, res.stderr
+    files = build_atlas(tmp_path / "atlas", 6.0, source="rebuild", space="MNI152NLin2009aAsym")
+    res = _cli(
+        "derivatives",
+        "--fmriprep-dir",
+        str(out),
+        "--subject",
+        "01",
+        "--out-dir",
+        str(tmp_path / "results"),
+        "--atlas",
+        str(files.image),
+        "--atlas-labels",
+        str(files.labels),
+        "--no-qc",
+    )
+    assert res.returncode == 2
+    assert "MNI152NLin2009aAsym but the BOLD is in MNI152NLin2009cAsym" in res.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_derivatives_mode_refuses_missing_files(tmp_path):
@@ -279,7 +332,8 @@ def _wired() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _wired(), reason="Snakefile does not include func.smk yet")
-def test_workflow_runs_the_fmriprep_backend(tmp_path, standins):
+def test_workflow_runs_the_fmriprep_backend(tmp_path, standins, atlas6, monkeypatch):
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(atlas6[2]))  # 2009cAsym grey matter
     bids = _bids(tmp_path / "bids")
     lic = tmp_path / "license.txt"
     lic.write_text("fake\n")
@@ -307,3 +361,13 @@ def test_workflow_runs_the_fmriprep_backend(tmp_path, standins):
             run_dir / f"sub-{s}_task-rest_space-MNI152NLin2009cAsym_atlas-Schaefer400"
             "_desc-denoised_timeseries.tsv"
         ).exists()
+        side = json.loads(
+            (
+                run_dir / f"sub-{s}_task-rest_space-MNI152NLin2009cAsym_atlas-Schaefer400"
+                "_desc-denoised_timeseries.json"
+            ).read_text()
+        )
+        assert side["AtlasSource"] == "rebuild"
+        assert side["AtlasFile"] == (
+            "tpl-MNI152NLin2009cAsym_res-6_atlas-Schaefer400rebuilt_desc-7Networks_dseg.nii.gz"
+        )

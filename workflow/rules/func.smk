@@ -16,14 +16,18 @@ FUNC = func_planning.settings_from_config(config)
 FUNC_TASKS = {name: ds.get("task", "rest") for name, ds in config["datasets"].items()}
 
 
+# The atlas of the BOLD's template space, looked up offline now (func.atlas; docs/func.md):
+# the official Schaefer2018 volume when found, else the offline rebuild, named apart.
 rule func_atlas:
+    input:
+        **func_planning.atlas_inputs(FUNC),
     output:
         **func_planning.atlas_outputs(FUNC),
     params:
         bh=BH,
         out_dir=lambda wildcards, output: str(Path(output.image).parent),
         resolution=FUNC.resolution_mm,
-        source=FUNC.atlas_source,
+        atlas=func_planning.atlas_options(FUNC),
     log:
         f"logs/func/atlas_res-{FUNC.res}.log",
     threads: 1
@@ -34,7 +38,7 @@ rule func_atlas:
         str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v func atlas --resolution {params.resolution} "
-        "--out-dir {params.out_dir:q} --source {params.source} > {log} 2>&1"
+        "--out-dir {params.out_dir:q} {params.atlas} > {log} 2>&1"
 
 
 if FUNC.backend == "native":

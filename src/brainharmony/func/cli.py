@@ -85,10 +85,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sub = parser.add_subparsers(dest="func_command", metavar="SUBCOMMAND", required=True)
 
+    from brainharmony.func.atlas_lookup import ORIGINS, SOURCES
+
     p = sub.add_parser("atlas", help="write the Schaefer-400 atlas resource files")
     p.add_argument("--resolution", type=float, required=True, help="mm")
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--source", default="offline", choices=("offline", "nilearn"))
+    p.add_argument("--space", default=None, help="template space of the BOLD")
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=SOURCES,
+        help="auto: the official volume when found offline, else the rebuild",
+    )
+    p.add_argument("--path", type=Path, default=None, help="an official volume to use")
+    p.add_argument("--labels", type=Path, default=None, help="its label table")
+    p.add_argument("--path-space", default=None, help="its space (else from its name)")
+    p.add_argument("--origin", default="config", choices=ORIGINS, help="where --path came from")
+    p.add_argument(
+        "--grey-matter", type=Path, default=None, help="1 mm GM map for the rebuild's space"
+    )
 
     p = sub.add_parser("native", help="native preprocessing of one BOLD run")
     p.add_argument("--bold", required=True, type=Path)
@@ -234,13 +249,44 @@ def _set_threads(n: int) -> None:
 
 
 def _atlas_json(atlas_path: Path) -> dict[str, Any]:
+    """The atlas resource's identity and provenance (``File``, ``Identity``,
+    ``AtlasSource``, ``Space`` and the sidecar's ``Atlas`` block)."""
     from brainharmony.io import sidecar_path
 
     side = sidecar_path(atlas_path)
     if side.exists():
         content = json.loads(side.read_text())
-        return {"File": atlas_path.name, **content.get("Atlas", {})}
+        keys = ("Identity", "AtlasSource", "Space")
+        return {
+            "File": atlas_path.name,
+            **{k: content[k] for k in keys if k in content},
+            **content.get("Atlas", {}),
+        }
     return {"File": atlas_path.name}
+
+
+def check_atlas_space(atlas_path: Path, space: str) -> None:
+    """Refuse an atlas resource whose template space is not the BOLD's ``space``.
+
+    The space is the atlas sidecar's ``Space``, else the file name's ``tpl-`` entity.
+
+    Raises
+    ------
+    InputDataError
+        Another space, or none stated.
+    """
+    from brainharmony.func.atlas_lookup import space_of_file
+
+    atlas_space = _atlas_json(atlas_path).get("Space") or space_of_file(atlas_path)
+    if atlas_space is None:
+        raise InputDataError(atlas_path, "the atlas does not state its template space")
+    if atlas_space != space:
+        raise InputDataError(
+            atlas_path,
+            f"the atlas is in {atlas_space} but the BOLD is in {space}; an atlas is never "
+            f"moved between template spaces: write one for {space} (func atlas --space "
+            f"{space})",
+        )
 
 
 def _run_entities(args: argparse.Namespace) -> tuple[str, str | None, str, str | None]:
@@ -349,6 +395,7 @@ def _run_derivatives(args: argparse.Namespace) -> int:
     from brainharmony.func.naming import run_outputs
     from brainharmony.func.outputs import write_derivative_outputs
 
+    check_atlas_space(args.atlas, args.space)
     atlas, table = read_atlas(args.atlas, args.atlas_labels)
     files = find_run_files(
         args.fmriprep_dir, *_run_entities(args), space=args.space, res=_na(args.res)
@@ -427,9 +474,31 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch a ``func`` sub-command."""
     command = args.func_command
     if command == "atlas":
+        from brainharmony.func.atlas_lookup import AtlasChoice, config_atlas
         from brainharmony.func.atlas_resource import build_atlas
+        from brainharmony.func.naming import template_space
 
-        build_atlas(args.out_dir, args.resolution, source=args.source)
+        choice = None
+        space = args.space or template_space()
+        if args.source == "official" and args.path is not None:
+            # The workflow's resolved choice: use exactly this file.
+            official = config_atlas(
+                args.path, space, path_space=args.path_space, labels=args.labels, origin=args.origin
+            )
+            choice = AtlasChoice("official", space, float(args.resolution), official)
+        elif args.source == "rebuild" and args.grey_matter is not None:
+            choice = AtlasChoice(
+                "rebuild", space, float(args.resolution), grey_matter=args.grey_matter
+            )
+        build_atlas(
+            args.out_dir,
+            args.resolution,
+            source=args.source,
+            space=space,
+            path=args.path,
+            path_space=args.path_space,
+            choice=choice,
+        )
         return 0
     if command == "native":
         return _run_native(args)
@@ -448,9 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from brainharmony.func.atlas_lookup import AtlasUnavailableError
+
     try:
         return run(args)
-    except InputDataError as err:
+    except (InputDataError, AtlasUnavailableError) as err:
         print(f"brainharmony func {args.func_command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -9,9 +9,11 @@
   in an fMRIPrep output folder; :func:`process_derivatives` denoises and parcellates
   them with the same code as the native backend (:mod:`.denoise`, :mod:`.parcellate`).
 
-fMRIPrep writes MNI152NLin2009cAsym outputs; the Schaefer atlas here is on nilearn's
-MNI152 2009a grid, so it is resampled to the BOLD grid by nearest neighbour (the two
-MNI spaces differ by a few millimetres; the sidecar records it).
+fMRIPrep writes MNI152NLin2009cAsym outputs, and the atlas applied to them is in that
+space too (:mod:`.atlas_lookup`: TemplateFlow's official volume, else the offline rebuild
+on TemplateFlow's 2009cAsym grey matter; an atlas in another space is refused by
+``brainharmony func derivatives``). Only when the atlas grid differs from the BOLD's
+(another resolution of the same space) is it resampled, by nearest neighbour.
 """
 
 from __future__ import annotations
@@ -320,7 +322,8 @@ def process_derivatives(
     ----------
     files : FmriprepRun
     atlas_image : nibabel.Nifti1Image
-        Schaefer-400 labels (resampled to the BOLD grid by nearest neighbour).
+        Schaefer-400 labels in the BOLD's template space (resampled to the BOLD grid
+        by nearest neighbour when the grids differ).
     t_r : float, optional
         Repetition time in seconds; default the BOLD sidecar's ``RepetitionTime``.
     denoise_settings : DenoiseSettings, optional
@@ -374,6 +377,9 @@ def process_derivatives(
         raise InputDataError(
             files.confounds, f"{len(table)} confound rows but the BOLD has {n_vol} volumes"
         )
+    same_grid = tuple(atlas_image.shape[:3]) == tuple(img.shape[:3]) and np.allclose(
+        atlas_image.affine, img.affine, atol=1e-4
+    )
     labels = resample_labels(
         np.asarray(atlas_image.dataobj), atlas_image.affine, img.affine, img.shape[:3]
     )
@@ -414,10 +420,10 @@ def process_derivatives(
             "Mask": None if files.mask is None else str(files.mask),
         },
         "NonFiniteVoxels": n_nonfinite,
-        "AtlasResampling": "nearest neighbour onto the fMRIPrep BOLD grid",
-        "SpaceNote": (
-            "fMRIPrep space (e.g. MNI152NLin2009cAsym) differs by a few mm from the "
-            "atlas' MNI152 2009a grid"
+        "AtlasResampling": (
+            "none (the atlas is on the fMRIPrep BOLD grid)"
+            if same_grid
+            else "nearest neighbour onto the fMRIPrep BOLD grid (same template space)"
         ),
         "Denoising": {**info, "Confounds": names},
     }

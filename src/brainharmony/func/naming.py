@@ -11,7 +11,10 @@ from pathlib import Path
 
 from brainharmony.io import PathLike
 
-#: Atlas entity used in file names.
+#: Atlas entity of the parcel-series file names: the 400-parcel layout, the same for the
+#: official Schaefer-2018 volume and the offline rebuild (their resource files are named
+#: apart, :func:`brainharmony.func.atlas_resource.atlas_files`; each series sidecar's
+#: ``Atlas`` and ``AtlasSource`` say which one was used).
 ATLAS_ENTITY = "Schaefer400"
 
 

@@ -50,8 +50,14 @@ def series_sidecar(
     atlas_json: Mapping[str, Any] | None,
     extra: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Sidecar of a parcel time-series TSV."""
+    """Sidecar of a parcel time-series TSV.
+
+    ``Atlas`` names the atlas actually used (official volume or offline rebuild, from
+    the atlas resource's ``Identity``); ``AtlasSource`` is ``official``, ``rebuild`` or
+    ``unknown`` (no atlas sidecar); ``AtlasFile`` the resource file name.
+    """
     keep = np.asarray(keep, dtype=bool)
+    atlas = dict(atlas_json or {})
     return {
         "RepetitionTime": float(t_r),
         "StartTime": float(start_time),
@@ -60,8 +66,13 @@ def series_sidecar(
         "CensoredVolumes": np.flatnonzero(~keep).tolist(),
         "CensoredVolumesNote": "0-based row indices; those rows are n/a",
         "Space": space,
-        "Atlas": "Schaefer2018 400 parcels, 7 networks (columns in Schaefer order)",
-        "AtlasProvenance": dict(atlas_json or {}),
+        "Atlas": atlas.get(
+            "Identity", "Schaefer 400 parcels 7 networks (source unknown: no atlas sidecar)"
+        ),
+        "AtlasSource": atlas.get("AtlasSource", "unknown"),
+        "AtlasFile": atlas.get("File"),
+        "ParcelOrder": "columns in Schaefer order, parcels 1-400",
+        "AtlasProvenance": atlas,
         "SmallParcels": dict(small),
         **dict(extra),
     }
@@ -461,7 +472,6 @@ def write_derivative_outputs(
         common={"Source": result.report.get("Source", {}), "Preprocessing": "fMRIPrep"},
         denoised_extra={
             "AtlasResampling": result.report.get("AtlasResampling"),
-            "SpaceNote": result.report.get("SpaceNote"),
         },
     )
     if qc:

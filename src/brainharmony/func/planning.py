@@ -64,7 +64,9 @@ class FuncPlan:
     coreg_max_bbr_cost: float = COREG_MAX_BBR_COST
     coreg_min_nmi: float = COREG_MIN_NMI
     keep_bold: bool = False
-    atlas_source: str = "offline"
+    atlas_source: str = "auto"
+    atlas_path: str | None = None
+    atlas_space: str | None = None
     anat_template: str = "MNI152NLin2009aAsym"
     fmriprep: Mapping[str, Any] = field(default_factory=dict)
 
@@ -73,6 +75,14 @@ class FuncPlan:
             raise ValueError(f"func.backend must be one of {BACKENDS}, got {self.backend!r}")
         self.denoise_settings()  # validates strategy, band, order...
         canonical_coreg(self.coreg)
+        from brainharmony.func.atlas_lookup import SOURCES
+
+        if self.atlas_source not in SOURCES:
+            raise ValueError(
+                f"func.atlas.source must be one of {SOURCES}, got {self.atlas_source!r}"
+            )
+        if self.atlas_path and self.atlas_source == "rebuild":
+            raise ValueError("func.atlas.path is set but func.atlas.source is 'rebuild'")
 
     def denoise_settings(self) -> Any:
         from brainharmony.func.denoise import DenoiseSettings
@@ -136,6 +146,7 @@ def settings_from_config(config: Mapping[str, Any]) -> FuncPlan:
     if not isinstance(band, list | tuple) or len(band) != 2:
         raise ValueError(f"func.band must be [high_pass, low_pass] in Hz, got {band!r}")
     fd = block.get("fd_threshold", 0.5)
+    atlas = dict(block.get("atlas") or {})
     return FuncPlan(
         backend=str(block.get("backend", "native")),
         resolution_mm=float(block.get("resolution_mm", 2.0)),
@@ -162,7 +173,9 @@ def settings_from_config(config: Mapping[str, Any]) -> FuncPlan:
         coreg_max_bbr_cost=float(block.get("coreg_max_bbr_cost", COREG_MAX_BBR_COST)),
         coreg_min_nmi=float(block.get("coreg_min_nmi", COREG_MIN_NMI)),
         keep_bold=bool(block.get("keep_bold", False)),
-        atlas_source=str(block.get("atlas_source", "offline")),
+        atlas_source=str(atlas.get("source", "auto")),
+        atlas_path=None if atlas.get("path") is None else str(atlas["path"]),
+        atlas_space=None if atlas.get("space") is None else str(atlas["space"]),
         anat_template=str((config.get("anat") or {}).get("template", DEFAULT_TEMPLATE)),
         fmriprep=dict(block.get("fmriprep") or {}),
     )
@@ -259,11 +272,58 @@ def _outputs(plan: FuncPlan, space: str | None = None) -> Any:
     )
 
 
+def atlas_choice(plan: FuncPlan) -> Any:
+    """The atlas for the BOLD's space (:attr:`FuncPlan.space`), looked up offline now.
+
+    The official Schaefer-2018 volume when found, else the offline rebuild
+    (:func:`brainharmony.func.atlas_lookup.resolve_atlas`, ``func.atlas``).
+
+    Raises
+    ------
+    brainharmony.func.atlas_lookup.AtlasUnavailableError
+        Nothing usable in that space (the message says what to provide).
+    """
+    from brainharmony.func.atlas_lookup import resolve_atlas
+
+    return resolve_atlas(
+        plan.space,
+        plan.resolution_mm,
+        source=plan.atlas_source,
+        path=plan.atlas_path,
+        path_space=plan.atlas_space,
+    )
+
+
+def atlas_options(plan: FuncPlan) -> str:
+    """``brainharmony func atlas`` options that write :func:`atlas_choice`'s atlas."""
+    return shlex.join(atlas_choice(plan).cli_args())
+
+
+def atlas_inputs(plan: FuncPlan) -> dict[str, str]:
+    """Files outside the workflow that :func:`atlas_choice`'s atlas is made from.
+
+    The official volume and its label table, or the rebuild's grey-matter map when it
+    is not nilearn's (so the atlas is rebuilt when they change).
+    """
+    choice = atlas_choice(plan)
+    if choice.official is not None:
+        return {
+            "official": str(choice.official.image),
+            "official_labels": str(choice.official.labels),
+        }
+    return {} if choice.grey_matter is None else {"grey_matter": str(choice.grey_matter)}
+
+
 def atlas_outputs(plan: FuncPlan) -> dict[str, str]:
-    """The atlas resource files of the configured resolution."""
+    """The atlas resource files of the configured space, resolution and atlas.
+
+    Named for what :func:`atlas_choice` found: ``atlas-Schaefer2018_desc-
+    400Parcels7Networks`` (official) or ``atlas-Schaefer400rebuilt_desc-7Networks``.
+    """
     from brainharmony.func.atlas_resource import atlas_files
 
-    files = atlas_files("resources/atlas", plan.resolution_mm, plan.anat_template)
+    choice = atlas_choice(plan)
+    files = atlas_files("resources/atlas", plan.resolution_mm, choice.space, choice.source)
     return {
         "image": str(files.image),
         "labels": str(files.labels),
