@@ -352,3 +352,56 @@ def test_kill_during_training_resumes_to_identical_weights_and_tables(tiny_run, 
         assert (work / rel).read_bytes() == (tiny_run / rel).read_bytes(), rel
     for rel in TABLES:
         assert (work / rel).read_bytes() == (tiny_run / rel).read_bytes(), rel
+
+
+@pytest.mark.slow
+def test_group_qc_table_per_dataset_and_report_links_the_subject_pages(tiny_run):
+    """`all` wrote one group QC table per dataset (one row per run of scans.tsv plus
+    one per ingest exclusion, every run's QC filled in) with its column sidecar, one
+    page per subject linking figures that exist, and the report links every page."""
+    import json
+    from html.parser import HTMLParser
+    from urllib.parse import unquote
+
+    from brainharmony.qc.group import COLUMNS, page_name, read_group_qc
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.links = []
+
+        def handle_starttag(self, tag, attrs):
+            self.links += [v for k, v in attrs if k in ("href", "src") and v]
+
+    def links(page: Path) -> list[str]:
+        parser = Links()
+        parser.feed(page.read_text())
+        return [x for x in parser.links if not x.startswith(("data:", "#"))]
+
+    res = tiny_run / "results"
+    report = res / "report" / "index.html"
+    report_links = links(report)
+    for name in TINY["datasets"]:
+        qc = res / "qc" / name
+        table = read_group_qc(qc / "group_qc.tsv")
+        assert list(table.columns) == list(COLUMNS)
+        scans = pd.read_csv(res / "ingest" / name / "scans.tsv", sep="\t", dtype=str)
+        excluded = pd.read_csv(res / "ingest" / name / "excluded.tsv", sep="\t", dtype=str)
+        assert len(table) == len(scans) + len(excluded)
+        runs = table[table["exclusion_stage"] != "ingest"]
+        assert sorted(runs["source"]) == sorted(Path(p).name for p in scans["bold"])
+        assert runs[["n_volumes", "frames_kept", "mean_fd", "tsnr", "anat_ncc"]].notna().all().all()
+        assert (runs["atlas"] != "n/a").all()
+        assert set(table["excluded"]) <= {"yes", "no"}
+        assert (table.loc[table["excluded"] == "yes", "exclusion_reason"] != "n/a").all()
+        side = json.loads((qc / "group_qc.json").read_text())
+        assert all(side[c]["Description"] for c in COLUMNS)
+        for subject in sorted(set(table["subject"])):
+            page = qc / "subjects" / page_name(subject)
+            assert page.is_file(), page
+            assert f"../qc/{name}/subjects/{page.name}" in report_links, subject
+            for link in links(page):
+                assert (page.parent / unquote(link)).resolve().is_file(), (page, link)
+        first = links(qc / "subjects" / page_name(scans["subject"].iloc[0]))
+        assert sum(x.endswith(".png") for x in first) >= 4  # T1w + FD, carpet, FC of a run
+    assert '<section id="groupqc">' in report.read_text()

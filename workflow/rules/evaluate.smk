@@ -148,6 +148,8 @@ rule report:
             *anat_planning.targets(DATASETS, checkpoints.ingest, ANAT_SETTINGS),
             *func_planning.targets(DATASETS, checkpoints.ingest, FUNC, FUNC_TASKS),
         ],
+        # the group QC tables and subject pages (rendered and linked in the page)
+        qc=lambda wildcards: rules.qc_all.input,
     output:
         report("results/report/index.html", category="Report"),
     params:

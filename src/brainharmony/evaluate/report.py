@@ -23,6 +23,8 @@ anatomy QC            ``results/anat/*/**/*_desc-preproc_T1w.json``, ``figures/*
                       (a T1w excluded by the QC gate: reason, metrics vs
                       thresholds and its figure)
 functional QC         ``results/func/*/**/*_desc-denoised_timeseries.json``, QC PNGs
+group QC              ``results/qc/*/group_qc.tsv`` (rendered, excluded rows highlighted)
+                      and ``results/qc/*/subjects/*.html`` (linked, relative to the page)
 geometry              ``results/geometry/figures/*.png``, ``results/geometry/**/*gradients.tsv``
 RWMoE experts         ``results/**/*expert*weight*.tsv`` (``roi, expert, weight``)
 hub-token attention   ``results/**/*hub*attention*.tsv`` (``roi`` + a value column)
@@ -86,6 +88,9 @@ td:first-child,th:first-child{text-align:left}
 .figs figure{margin:0}
 figcaption{font-size:11px;color:#555;max-width:520px}
 img{max-width:100%;height:auto;border:1px solid #eee}
+td.text,th.text{text-align:left}
+tr.excluded td{background:#fde2e2}
+.subjects a{margin-right:8px}
 pre{background:#f5f5f5;padding:8px;font-size:11.5px;overflow-x:auto;max-height:420px}
 """
 
@@ -122,6 +127,11 @@ def _table(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
             cells.append(f"<td>{_esc(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+#: Rows of a dataset's group QC table shown in the page (every excluded row, then the
+#: first kept ones); the TSV beside it holds them all.
+QC_TABLE_ROWS = 500
 
 
 #: The anatomy QC metrics and their thresholds (sidecar ``Metrics`` / ``QCThresholds``):
@@ -239,6 +249,9 @@ class ReportBuilder:
     centroids : ndarray of shape (n_rois, 3), optional
         ROI coordinates for brain figures (default: Schaefer-400 centroids, when
         available).
+    out_dir : path-like, optional
+        The folder the page is written to (default ``<results>/report``): links to the
+        subject QC pages are relative to it.
     """
 
     def __init__(
@@ -249,6 +262,7 @@ class ReportBuilder:
         configs: Sequence[PathLike] = (),
         max_figures: int = 3,
         centroids: np.ndarray | None = None,
+        out_dir: PathLike | None = None,
     ) -> None:
         self.results = Path(results)
         self.tables = Path(tables) if tables is not None else self.results / "tables"
@@ -258,6 +272,7 @@ class ReportBuilder:
             else self.results / "eval" / "predictions.tsv"
         )
         self.configs = [Path(c) for c in configs]
+        self.out_dir = Path(out_dir) if out_dir is not None else self.results / "report"
         self.max_figures = max(1, int(max_figures))
         self._centroids = centroids
         self._centroids_tried = centroids is not None
@@ -728,6 +743,63 @@ class ReportBuilder:
             )
         return out + _figs(imgs)
 
+    def section_group_qc(self) -> str:
+        """Per dataset: the group QC table, the atlas used and links to the subject pages."""
+        from brainharmony.qc.group import PAGES_DIR, TABLE_NAME, read_group_qc
+        from brainharmony.qc.pages import href, subject_links, table_html
+
+        files = sorted((self.results / "qc").glob(f"*/{TABLE_NAME}"))
+        if not files:
+            return _absent(
+                f"No group QC tables (results/qc/*/{TABLE_NAME}; rule group_qc, target qc_all)."
+            )
+        parts = [
+            '<p class="note">One row per BOLD run and per file or subject the ingest left '
+            "out; excluded rows are highlighted, with the stage and the reason. Columns: "
+            "docs/evaluation.md (Group QC) and the JSON sidecar of each table.</p>"
+        ]
+        for path in files:
+            dataset = path.parent.name
+            frame = read_group_qc(self._use(path))
+            runs = frame[frame["exclusion_stage"] != "ingest"]
+            excluded = frame[frame["excluded"] == "yes"]
+            subjects = list(dict.fromkeys(frame["subject"].astype(str)))
+            atlases = sorted(
+                {
+                    f"{a} (source: {s})"
+                    for a, s in zip(runs["atlas"], runs["atlas_source"], strict=True)
+                }
+            )
+            links = subject_links(subjects, path.parent / PAGES_DIR, self.out_dir)
+            parts.append(
+                f"<h3>{_esc(dataset)}</h3>"
+                f'<p class="note">{len(runs)} runs of {runs["subject"].nunique()} subjects, '
+                f"{int((runs['excluded'] == 'yes').sum())} runs excluded; "
+                f"{len(frame) - len(runs)} ingest exclusions. Table: "
+                f'<a href="{href(path, self.out_dir)}">{_esc(TABLE_NAME)}</a>.</p>'
+                f'<p class="note">Atlas: {_esc("; ".join(atlases) or "n/a")}.</p>'
+            )
+            if links:
+                parts.append(
+                    '<p class="note subjects">Subject pages: '
+                    + " ".join(f'<a href="{h}">{_esc(s)}</a>' for s, h in links.items())
+                    + "</p>"
+                )
+            else:
+                parts.append(_absent(f"No subject pages ({path.parent / PAGES_DIR})."))
+            shown = frame
+            if len(frame) > QC_TABLE_ROWS:
+                keep = excluded.index.union(
+                    frame.index.difference(excluded.index)[: max(0, QC_TABLE_ROWS - len(excluded))]
+                )
+                shown = frame.loc[keep]
+                parts.append(
+                    f'<p class="note">{len(shown)} of {len(frame)} rows shown: every excluded '
+                    "row, then the first kept ones; the TSV has them all.</p>"
+                )
+            parts.append(table_html(shown, links))
+        return "".join(parts)
+
     def section_geometry(self) -> str:
         root = self.results / "geometry"
         pngs = sorted((root / "figures").glob("*.png"))
@@ -851,6 +923,7 @@ class ReportBuilder:
         self.add("ingest", "QC: ingestion", self.section_ingest)
         self.add("anat", "QC: anatomy", self.section_anat)
         self.add("func", "QC: functional", self.section_func)
+        self.add("groupqc", "QC: per dataset (group table, subject pages)", self.section_group_qc)
         self.add("geometry", "Geometric modes and gradients", self.section_geometry)
         self.add("experts", "RWMoE expert weights", self.section_experts)
         self.add("hubs", "Hub-token attention", self.section_hubs)
@@ -879,7 +952,9 @@ def build_report(
     centroids: np.ndarray | None = None,
 ) -> Path:
     """Write the report page atomically and return its path."""
-    builder = ReportBuilder(results, tables, predictions, configs, max_figures, centroids)
+    builder = ReportBuilder(
+        results, tables, predictions, configs, max_figures, centroids, out_dir=Path(out).parent
+    )
     page = builder.build()
     return write_text(out, page)
 

@@ -1,0 +1,44 @@
+# Group QC, per dataset: one table of every BOLD run and every file or subject the ingest
+# left out (motion, frames kept, tSNR, the anatomy QC gate's and the coregistration's
+# metrics, the atlas; excluded yes/no, by which stage and why), with a JSON sidecar of
+# its columns, and one HTML page per subject with the QC figures the anat and func
+# stages wrote (linked, relative). The report renders the tables and links the pages.
+# Inputs: every anat and func output of the dataset (the planning helpers of anat_all
+# and func_all, restricted to it). See docs/evaluation.md ("Group QC").
+
+
+rule group_qc:
+    input:
+        scans=rules.ingest.output.scans,
+        excluded=rules.ingest.output.excluded,
+        anat=lambda wildcards: anat_planning.targets(
+            [wildcards.dataset], checkpoints.ingest, ANAT_SETTINGS
+        ),
+        func=lambda wildcards: func_planning.targets(
+            [wildcards.dataset], checkpoints.ingest, FUNC, FUNC_TASKS
+        ),
+    output:
+        table="results/qc/{dataset}/group_qc.tsv",
+        sidecar="results/qc/{dataset}/group_qc.json",
+        pages=directory("results/qc/{dataset}/subjects"),
+    params:
+        bh=BH,
+        anat_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
+        func_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
+        out_dir=subpath(output.table, parent=True),
+        task=lambda wildcards: FUNC_TASKS[wildcards.dataset],
+        template=ANAT_SETTINGS.template,
+        space=FUNC.space,
+    log:
+        "logs/qc/{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        str(ENVS / "preproc.yaml")
+    shell:
+        "{params.bh} -v group-qc --dataset {wildcards.dataset} --scans {input.scans:q} "
+        "--excluded {input.excluded:q} --anat-dir {params.anat_dir:q} "
+        "--func-dir {params.func_dir:q} --task {params.task:q} --template {params.template:q} "
+        "--space {params.space:q} --out-dir {params.out_dir:q} > {log} 2>&1"
