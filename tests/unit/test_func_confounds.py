@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from brainharmony.func.confounds import build_confounds, dvars, expand, tissue_masks
+from brainharmony.func.confounds import (
+    build_confounds,
+    dvars,
+    expand,
+    outlier_columns,
+    outlier_frames,
+    tissue_masks,
+    with_motion_outliers,
+)
 
 
 def test_columns_follow_fmriprep():
@@ -55,3 +63,50 @@ def test_tissue_masks_on_a_coarse_grid():
         assert masks[name].sum() >= 5
         assert not (masks[name] & ~masks["brain"]).any()
     assert report["WMVoxels"] > report["CSFVoxels"] > 0
+
+
+def test_outlier_columns_follow_fmriprep():
+    import pandas as pd
+
+    frames = np.zeros(8, dtype=bool)
+    frames[[2, 5]] = True
+    cols = outlier_columns(frames)
+    assert cols.columns.tolist() == ["motion_outlier00", "motion_outlier01"]
+    assert cols["motion_outlier00"].tolist() == [0, 0, 1, 0, 0, 0, 0, 0]
+    assert cols["motion_outlier01"].tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert outlier_columns(np.zeros(4, dtype=bool)).shape == (4, 0)
+    table = pd.concat([pd.DataFrame({"a": np.arange(8.0)}), cols], axis=1)
+    np.testing.assert_array_equal(outlier_frames(table, "motion_outlier"), frames)
+    assert not outlier_frames(table).any()  # no non_steady_state_outlier column
+    table["non_steady_state_outlier00"] = 0.5
+    with pytest.raises(ValueError, match=r"non_steady_state_outlier00.*one-hot"):
+        outlier_frames(table)
+
+
+def test_with_motion_outliers_replaces_input_columns_and_leaves_dummies_alone():
+    import pandas as pd
+
+    n = 10
+    dummies = np.arange(n) < 2
+    table = pd.concat(
+        [
+            pd.DataFrame({"framewise_displacement": np.linspace(0, 1, n)}),
+            outlier_columns(dummies, "non_steady_state_outlier"),
+            outlier_columns(np.arange(n) >= 7),  # a previous censoring: 3 columns
+        ],
+        axis=1,
+    )
+    keep = np.ones(n, dtype=bool)
+    keep[[0, 1, 4, 9]] = False
+    out, replaced = with_motion_outliers(table, keep, dummies)
+    assert replaced == 3
+    motion = outlier_frames(out, "motion_outlier")
+    assert np.flatnonzero(motion).tolist() == [4, 9]
+    np.testing.assert_array_equal(motion | outlier_frames(out), ~keep)
+    assert [c for c in out.columns if not c.startswith("motion_outlier")] == [
+        "framewise_displacement",
+        "non_steady_state_outlier00",
+        "non_steady_state_outlier01",
+    ]
+    with pytest.raises(ValueError, match="rows"):
+        with_motion_outliers(table, keep[:5])

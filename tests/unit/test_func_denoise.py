@@ -44,6 +44,22 @@ def test_censor_mask_threshold_padding_and_min_segment():
     assert censor_mask(np.r_[np.nan, fd[1:]], 0.5)[0]  # NaN first FD counts as 0
 
 
+def test_censor_mask_excluded_frames_are_censored_not_padded():
+    fd = np.zeros(20)
+    fd[8] = 1.0
+    dummies = np.arange(20) < 3
+    keep = censor_mask(fd, 0.5, min_segment=1, before=1, after=1, exclude=dummies)
+    assert np.flatnonzero(~keep).tolist() == [0, 1, 2, 7, 8, 9]  # no padding at frame 3
+    # Frames 3-6 (4 frames) between the dummies and the motion: cut by min_segment 5.
+    keep = censor_mask(fd, 0.5, min_segment=5, before=1, after=1, exclude=dummies)
+    assert np.flatnonzero(~keep).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    # Without displacement censoring the excluded frames are still censored.
+    assert np.flatnonzero(~censor_mask(fd, None, exclude=dummies)).tolist() == [0, 1, 2]
+    assert np.array_equal(DenoiseSettings(fd_threshold=None).keep(fd, exclude=dummies), ~dummies)
+    with pytest.raises(ValueError, match="exclude must have shape"):
+        censor_mask(fd, 0.5, exclude=dummies[:5])
+
+
 def test_cutoff_above_nyquist_is_an_error_naming_both():
     with pytest.raises(ValueError, match=r"low_pass cutoff 0.3 Hz .* Nyquist frequency 0.25 Hz"):
         butterworth_sos(2.0, 0.01, 0.3, 2)

@@ -173,6 +173,17 @@ def test_cli_native_writes_everything(run, tmp_path):
     func = tmp_path / "out" / "sub-01" / "func"
     names = {p.name for p in func.iterdir()}
     assert "sub-01_task-rest_desc-confounds_timeseries.tsv" in names
+    # The censoring as fMRIPrep's one-hot motion_outlierNN columns of the confounds.
+    import pandas as pd
+
+    conf = pd.read_csv(func / "sub-01_task-rest_desc-confounds_timeseries.tsv", sep="\t")
+    series_json = next(func.glob("*_desc-denoised_timeseries.json"))
+    censored = json.loads(series_json.read_text())["CensoredVolumes"]
+    onehot = conf[[c for c in conf.columns if c.startswith("motion_outlier")]].to_numpy()
+    assert onehot.shape[1] == len(censored)
+    assert np.flatnonzero(onehot.sum(axis=1)).tolist() == censored
+    conf_json = json.loads((func / "sub-01_task-rest_desc-confounds_timeseries.json").read_text())
+    assert conf_json["Censoring"]["MotionOutlierColumns"] == len(censored)
     assert any(n.endswith("_desc-denoised_timeseries.tsv") for n in names)
     assert any(n.endswith("_desc-carpetplot_bold.png") for n in names)
     assert not any("desc-preproc_bold" in n for n in names)  # not kept by default

@@ -3,9 +3,11 @@
 The stand-ins are small Python programs put on PATH under the real tools' names. Each
 appends its argv to a JSON-lines log, finds the BIDS and output folders the way the
 real tool would (positional arguments; Apptainer bind mounts), and writes
-fMRIPrep-shaped outputs (``brainharmony.func.fmriprep_fixture``). The tests check
-the command lines, the outputs' discovery, and the denoise/parcellate step on them,
-through the command line and (when the workflow includes ``func.smk``) Snakemake.
+fMRIPrep-shaped outputs (``brainharmony.func.fmriprep_fixture``, with two
+non-steady-state volumes per run). The tests check the command lines, the outputs'
+discovery, and the denoise/parcellate step on them, through the command line and
+(when the workflow includes ``func.smk``) Snakemake. The reader's tests on real
+fMRIPrep confounds files are in ``tests/unit/test_func_fmriprep.py``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ else:  # apptainer / singularity: run [opts] IMAGE /data /out participant ...
 label = args[args.index("--participant-label") + 1]
 sys.exit(subprocess.call([
     os.environ["FMRIPREP_STANDIN_PYTHON"], "-m", "brainharmony.func.fmriprep_fixture",
-    bids, out, "--participant-label", label, "--res", "2",
+    bids, out, "--participant-label", label, "--res", "2", "--dummies", "2",
     "--atlas-cache", os.environ["FMRIPREP_STANDIN_ATLAS"],
 ]))
 """
@@ -269,7 +271,16 @@ def test_run_then_denoise_through_the_cli(tmp_path, standins, atlas6, runner):
     assert side["AtlasResampling"].startswith("nearest neighbour")  # 6 mm atlas, 2 mm BOLD
     assert side["Denoising"]["Strategy"] == "36P"
     assert len(side["Denoising"]["Confounds"]) == 36
-    assert (run_dir / "sub-01_task-rest_desc-confounds_timeseries.tsv").exists()
+    # The two non-steady-state volumes are censored and recorded.
+    assert side["NonSteadyStateVolumes"]["Count"] == 2
+    assert side["CensoredVolumes"][:2] == [0, 1]
+    assert series.iloc[:2].isna().all().all()
+    # The confounds copy: the censoring as fMRIPrep-style one-hot columns.
+    conf = pd.read_csv(run_dir / "sub-01_task-rest_desc-confounds_timeseries.tsv", sep="\t")
+    onehot = [c for c in conf.columns if c.startswith(("motion_outlier", "non_steady_state"))]
+    censored = np.flatnonzero(conf[onehot].to_numpy().sum(axis=1) > 0).tolist()
+    assert censored == side["CensoredVolumes"]
+    assert sum(c.startswith("non_steady_state") for c in onehot) == 2
 
 
 def test_derivatives_refuse_an_atlas_in_another_space(tmp_path, standins):

@@ -7,7 +7,10 @@ Columns (fMRIPrep ``desc-confounds_timeseries.tsv`` names and order within a fam
   ``_power2``;
 * ``global_signal``, ``csf``, ``white_matter`` with the same four expansions;
 * ``framewise_displacement`` (Power et al. 2012, 50 mm sphere, first row n/a);
-* ``dvars`` and ``std_dvars`` (Nichols 2013 standardisation, first row n/a).
+* ``dvars`` and ``std_dvars`` (Nichols 2013 standardisation, first row n/a);
+* one-hot outlier columns: ``non_steady_state_outlierNN`` (fMRIPrep's dummy volumes,
+  read by :func:`outlier_frames`) and ``motion_outlierNN`` (the frames this package
+  censored for motion, written by :func:`with_motion_outliers`).
 
 Tissue masks come from template-space probability maps (nilearn's MNI152 2009 grey
 and white matter at 1 mm): white matter = WM probability >= 0.9, eroded once (1 mm);
@@ -41,6 +44,10 @@ TISSUE_METHOD = (
 )
 #: Smallest number of working-grid voxels for a tissue mask.
 MIN_TISSUE_VOXELS = 5
+#: fMRIPrep's one-hot columns of non-steady-state (dummy) volumes.
+NON_STEADY_STATE_PREFIX = "non_steady_state_outlier"
+#: fMRIPrep's one-hot columns of censored (motion outlier) frames.
+MOTION_OUTLIER_PREFIX = "motion_outlier"
 
 
 def expand(frame: pd.DataFrame) -> pd.DataFrame:
@@ -154,6 +161,106 @@ def build_confounds(
         table["dvars"] = dvars_values[0]
         table["std_dvars"] = dvars_values[1]
     return table
+
+
+# --------------------------------------------------------------------------------------
+# One-hot outlier columns (fMRIPrep's convention)
+# --------------------------------------------------------------------------------------
+def outlier_frames(table: pd.DataFrame, prefix: str = NON_STEADY_STATE_PREFIX) -> np.ndarray:
+    """Frames flagged by the one-hot columns whose names start with ``prefix``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame of shape (n_volumes, n_columns)
+        A confounds table (fMRIPrep names).
+    prefix : str
+        ``non_steady_state_outlier`` (default) or ``motion_outlier``.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_volumes,)
+        True where any such column is 1 (all False when there is no such column).
+
+    Raises
+    ------
+    ValueError
+        A column holds anything but 0 and 1 (the message names the column).
+    """
+    flagged = np.zeros(len(table), dtype=bool)
+    for name in (c for c in table.columns if str(c).startswith(prefix)):
+        values = pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isin(values, (0.0, 1.0))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"column {name!r} must be one-hot (0 or 1 in every row); row {row} holds "
+                f"{table[name].iloc[row]!r}"
+            )
+        flagged |= values == 1.0
+    return flagged
+
+
+def outlier_columns(frames: np.ndarray, prefix: str = MOTION_OUTLIER_PREFIX) -> pd.DataFrame:
+    """One-hot columns ``<prefix>00, <prefix>01, ...``, one per flagged frame, in time order.
+
+    Parameters
+    ----------
+    frames : ndarray of bool, shape (n_volumes,)
+    prefix : str
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_volumes, n_flagged)
+        Integer 0/1 columns, as fMRIPrep writes them.
+    """
+    frames = np.asarray(frames, dtype=bool)
+    if frames.ndim != 1:
+        raise ValueError(f"frames must be 1-D, got shape {frames.shape}")
+    idx = np.flatnonzero(frames)
+    onehot = np.zeros((frames.size, idx.size), dtype=np.int64)
+    onehot[idx, np.arange(idx.size)] = 1
+    return pd.DataFrame(onehot, columns=[f"{prefix}{k:02d}" for k in range(idx.size)])
+
+
+def with_motion_outliers(
+    table: pd.DataFrame, keep: np.ndarray, non_steady: np.ndarray | None = None
+) -> tuple[pd.DataFrame, int]:
+    """The confounds table with this package's censoring as ``motion_outlierNN`` columns.
+
+    Any ``motion_outlier*`` columns already there (fMRIPrep's own, from its FD and DVARS
+    thresholds) are replaced. Frames flagged as non-steady-state stay in their
+    ``non_steady_state_outlier*`` columns and get no ``motion_outlier`` column, so the
+    union of the two families is exactly the censored set (``~keep``), which is how
+    nilearn's ``load_confounds`` and fMRIPrep users read them.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame of shape (n_volumes, n_columns)
+    keep : ndarray of bool, shape (n_volumes,)
+        Frames kept by the censoring.
+    non_steady : ndarray of bool, shape (n_volumes,), optional
+        Frames already flagged by ``non_steady_state_outlier*`` columns of ``table``.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        The other columns unchanged, then the new one-hot columns.
+    replaced : int
+        How many ``motion_outlier*`` columns were dropped.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (len(table),):
+        raise ValueError(f"keep has shape {keep.shape}, the table has {len(table)} rows")
+    censored = ~keep
+    if non_steady is not None:
+        non_steady = np.asarray(non_steady, dtype=bool)
+        if non_steady.shape != keep.shape:
+            raise ValueError(f"non_steady has shape {non_steady.shape}, keep has {keep.shape}")
+        censored &= ~non_steady
+    old = [c for c in table.columns if str(c).startswith(MOTION_OUTLIER_PREFIX)]
+    rest = table.drop(columns=old)
+    extra = outlier_columns(censored).set_index(rest.index)
+    return pd.concat([rest, extra], axis=1), len(old)
 
 
 # --------------------------------------------------------------------------------------

@@ -178,14 +178,19 @@ class DenoiseSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def keep(self, fd: np.ndarray) -> np.ndarray:
-        """:func:`censor_mask` of a run's framewise displacement with these settings."""
+    def keep(self, fd: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+        """:func:`censor_mask` of a run's framewise displacement with these settings.
+
+        ``exclude`` (bool, shape ``(n_volumes,)``): frames censored whatever their
+        motion, e.g. fMRIPrep's non-steady-state volumes.
+        """
         return censor_mask(
             fd,
             self.fd_threshold,
             min_segment=self.min_segment,
             before=self.censor_before,
             after=self.censor_after,
+            exclude=exclude,
         )
 
 
@@ -222,6 +227,7 @@ def censor_mask(
     min_segment: int = 5,
     before: int = 0,
     after: int = 0,
+    exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """Frames to keep after framewise-displacement censoring.
 
@@ -230,11 +236,16 @@ def censor_mask(
     fd : ndarray of shape (n_volumes,)
         Framewise displacement (mm); a NaN first value counts as 0.
     threshold : float or None
-        Frames with ``fd > threshold`` are censored; None keeps every frame.
+        Frames with ``fd > threshold`` are censored; None: no displacement censoring
+        (``exclude`` still applies).
     min_segment : int
         Runs of contiguous kept frames shorter than this are censored as well.
     before, after : int
         Extra frames censored before / after each high-motion frame.
+    exclude : ndarray of bool, shape (n_volumes,), optional
+        Frames censored whatever their displacement (non-steady-state volumes); they
+        are not padded by ``before``/``after``, but the kept runs they cut short fall
+        under ``min_segment`` like any other.
 
     Returns
     -------
@@ -246,13 +257,19 @@ def censor_mask(
         raise ValueError(f"fd must be 1-D, got shape {fd.shape}")
     n = fd.size
     keep = np.ones(n, dtype=bool)
-    if threshold is None:
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool)
+        if exclude.shape != (n,):
+            raise ValueError(f"exclude must have shape ({n},) like fd, got {exclude.shape}")
+        keep &= ~exclude
+    if threshold is None and keep.all():
         return keep
-    values = np.nan_to_num(fd, nan=0.0)
-    bad = np.flatnonzero(values > threshold)
-    for offset in range(-int(before), int(after) + 1):
-        idx = bad + offset
-        keep[idx[(idx >= 0) & (idx < n)]] = False
+    if threshold is not None:
+        values = np.nan_to_num(fd, nan=0.0)
+        bad = np.flatnonzero(values > threshold)
+        for offset in range(-int(before), int(after) + 1):
+            idx = bad + offset
+            keep[idx[(idx >= 0) & (idx < n)]] = False
     if min_segment > 1:
         # Censor short runs of kept frames.
         edges = np.diff(np.concatenate([[0], keep.astype(np.int8), [0]]))

@@ -6,8 +6,10 @@
   and FreeSurfer licence bound into the container.
 * :func:`run_fmriprep` runs it (logging the command; a non-zero exit raises).
 * :func:`find_run_files` locates a run's preprocessed BOLD, confounds and brain mask
-  in an fMRIPrep output folder; :func:`process_derivatives` denoises and parcellates
-  them with the same code as the native backend (:mod:`.denoise`, :mod:`.parcellate`).
+  in an fMRIPrep output folder; :func:`read_confounds` reads and checks its confounds
+  table; :func:`process_derivatives` denoises and parcellates them with the same code
+  as the native backend (:mod:`.denoise`, :mod:`.parcellate`), censoring the volumes
+  fMRIPrep flags as non-steady-state (``non_steady_state_outlierNN``).
 
 fMRIPrep writes MNI152NLin2009cAsym outputs, and the atlas applied to them is in that
 space too (:mod:`.atlas_lookup`: TemplateFlow's official volume, else the offline rebuild
@@ -23,7 +25,7 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,6 +289,83 @@ def find_run_files(
     )
 
 
+#: fMRIPrep 1.0/1.1 (camel-case) confound names and their fMRIPrep >= 1.2 names.
+OLD_CONFOUND_NAMES: dict[str, str] = {
+    "X": "trans_x",
+    "Y": "trans_y",
+    "Z": "trans_z",
+    "RotX": "rot_x",
+    "RotY": "rot_y",
+    "RotZ": "rot_z",
+    "FramewiseDisplacement": "framewise_displacement",
+    "GlobalSignal": "global_signal",
+    "WhiteMatter": "white_matter",
+    "CSF": "csf",
+    "stdDVARS": "std_dvars",
+    "non-stdDVARS": "dvars",
+}
+
+
+def _is_number(text: Any) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def read_confounds(path: PathLike, required: Sequence[str] = ()) -> pd.DataFrame:
+    """Read an fMRIPrep confounds table and check that it has the columns needed.
+
+    fMRIPrep >= 1.2 column names are read: ``desc-confounds_timeseries.tsv``
+    (fMRIPrep >= 20.2) and ``desc-confounds_regressors.tsv`` (1.2 to 20.1) hold the
+    same columns; ``n/a`` is read as NaN.
+
+    Parameters
+    ----------
+    path : path-like
+        The confounds TSV.
+    required : sequence of str
+        Columns needed besides ``framewise_displacement`` (a strategy's columns).
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_volumes, n_columns)
+
+    Raises
+    ------
+    InputDataError
+        The file is empty, has no header row, or lacks ``framewise_displacement`` or a
+        ``required`` column. The message names the file and the missing columns, and
+        says when the columns are fMRIPrep 1.0/1.1's camel-case names (``X``, ``RotX``,
+        ``FramewiseDisplacement``...), which are not read.
+    """
+    with open(path, encoding="utf-8") as handle:
+        first = handle.readline().split()
+    if not first:
+        raise InputDataError(path, "confounds file is empty")
+    if all(_is_number(t) or t == "n/a" for t in first) and any(map(_is_number, first)):
+        raise InputDataError(
+            path,
+            "confounds file has no header row (numbers on its first line); fMRIPrep "
+            "confounds need their column names (fMRIPrep >= 1.2)",
+        )
+    table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    needed = ["framewise_displacement", *(c for c in required if c != "framewise_displacement")]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        problem = f"confounds file lacks columns {missing}"
+        old = [c for c in table.columns if c in OLD_CONFOUND_NAMES]
+        if old:
+            problem += (
+                f"; its columns {old} are fMRIPrep 1.0/1.1's camel-case names (for "
+                f"{[OLD_CONFOUND_NAMES[c] for c in old]}), which are not read: use the "
+                "confounds of fMRIPrep >= 1.2"
+            )
+        raise InputDataError(path, problem)
+    return table
+
+
 @dataclass
 class DerivativeResult:
     """Denoised parcel series from fMRIPrep outputs (arrays; no files)."""
@@ -305,6 +384,8 @@ class DerivativeResult:
     report: dict[str, Any] = field(default_factory=dict)
     excluded: str = ""
     """Why the run is left out of the later stages ("" when it is not)."""
+    non_steady: np.ndarray | None = None
+    """Frames fMRIPrep flagged as non-steady-state (bool, n_volumes); censored."""
 
 
 def process_derivatives(
@@ -333,12 +414,22 @@ def process_derivatives(
     Returns
     -------
     DerivativeResult
+
+    Notes
+    -----
+    Volumes flagged by ``non_steady_state_outlierNN`` columns (fMRIPrep's dummy scans)
+    are censored like high-motion frames: their rows of the denoised series are n/a,
+    nothing of them reaches a kept frame, and ``report["NonSteadyStateVolumes"]``
+    records them. fMRIPrep's ``motion_outlierNN`` columns are not read: censoring
+    follows ``denoise_settings``.
     """
     import json
 
     import nibabel as nib
 
+    from brainharmony.func.confounds import NON_STEADY_STATE_PREFIX, outlier_frames
     from brainharmony.func.denoise import (
+        STRATEGIES,
         DenoiseSettings,
         butterworth_sos,
         confound_matrix,
@@ -371,12 +462,16 @@ def process_derivatives(
             f"{n_vol} volumes are too few: the Butterworth filter needs at least {need} "
             f"and min_kept is {d.min_kept}",
         )
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    table = pd.read_csv(files.confounds, sep="\t", na_values=["n/a"])
+    table = read_confounds(files.confounds, required=STRATEGIES[d.strategy])
     if len(table) != n_vol:
         raise InputDataError(
             files.confounds, f"{len(table)} confound rows but the BOLD has {n_vol} volumes"
         )
+    try:
+        non_steady = outlier_frames(table, NON_STEADY_STATE_PREFIX)
+    except ValueError as err:
+        raise InputDataError(files.confounds, str(err)) from err
+    data = np.asarray(img.dataobj, dtype=np.float32)
     same_grid = tuple(atlas_image.shape[:3]) == tuple(img.shape[:3]) and np.allclose(
         atlas_image.affine, img.affine, atol=1e-4
     )
@@ -394,9 +489,7 @@ def process_derivatives(
     parcels = parcel_means(
         data, labels, label_values=np.arange(1, 401), usable=usable, min_voxels=min_parcel_voxels
     )
-    if "framewise_displacement" not in table:
-        raise InputDataError(files.confounds, "no framewise_displacement column")
-    keep = d.keep(table["framewise_displacement"].to_numpy(dtype=float))
+    keep = d.keep(table["framewise_displacement"].to_numpy(dtype=float), exclude=non_steady)
     try:
         design, names = confound_matrix(table, d.strategy)
     except ValueError as err:
@@ -420,6 +513,15 @@ def process_derivatives(
             "Mask": None if files.mask is None else str(files.mask),
         },
         "NonFiniteVoxels": n_nonfinite,
+        "NonSteadyStateVolumes": {
+            "Count": int(non_steady.sum()),
+            "Volumes": np.flatnonzero(non_steady).tolist(),
+            "Source": "fMRIPrep's non_steady_state_outlier* columns",
+            "Handling": (
+                "censored: n/a rows of the denoised series (in its CensoredVolumes), "
+                "left in the raw parcel series"
+            ),
+        },
         "AtlasResampling": (
             "none (the atlas is on the fMRIPrep BOLD grid)"
             if same_grid
@@ -441,4 +543,5 @@ def process_derivatives(
         carpet_labels=carpet_labels,
         report=report,
         excluded=excluded,
+        non_steady=non_steady,
     )

@@ -7,7 +7,12 @@ Two writers, both producing fMRIPrep's file names, JSON fields and confound colu
   its template-grid BOLD, coverage mask and confounds, so derivatives mode can be
   checked against the native result and the demo truth.
 * :func:`write_synthetic`: planted parcel signals plus noise on the atlas grid, for
-  the stand-in ``fmriprep-docker`` / ``apptainer`` executables of the tests.
+  the stand-in ``fmriprep-docker`` / ``apptainer`` executables of the tests; optionally
+  with bright leading non-steady-state volumes flagged as fMRIPrep flags them
+  (``non_steady_state_outlierNN``).
+
+Both add fMRIPrep's ``motion_outlierNN`` columns (framewise displacement > 0.5 mm or
+``std_dvars`` > 1.5, fMRIPrep's defaults), which the reader replaces by its own censoring.
 
 ``python -m brainharmony.func.fmriprep_fixture BIDS_DIR OUT_DIR --participant-label L``
 writes synthetic outputs for every BOLD run of one participant (what the stand-ins run).
@@ -42,7 +47,6 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "a_comp_cor_01",
     "cosine00",
     "cosine01",
-    "non_steady_state_outlier00",
 )
 
 
@@ -81,18 +85,25 @@ def _description(root: Path) -> None:
         )
 
 
-def _with_extras(table: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+def _with_extras(table: pd.DataFrame, rng: np.random.Generator, n_dummies: int = 0) -> pd.DataFrame:
+    """fMRIPrep's further columns: unused ones, non-steady-state and motion outliers."""
+    from brainharmony.func.confounds import outlier_columns
+
     out = table.copy()
     n = len(out)
     for col in EXTRA_COLUMNS:
-        if col.startswith("non_steady"):
-            out[col] = 0.0
-        elif col.startswith("cosine"):
+        if col.startswith("cosine"):
             k = int(col[-2:]) + 1
             out[col] = np.sqrt(2.0 / n) * np.cos(np.pi * (np.arange(n) + 0.5) * k / n)
         else:
             out[col] = rng.standard_normal(n) * 0.01
-    return out
+    dummies = np.arange(n) < n_dummies
+    outliers = np.nan_to_num(out["framewise_displacement"].to_numpy(float)) > 0.5
+    if "std_dvars" in out.columns:
+        outliers |= np.nan_to_num(out["std_dvars"].to_numpy(float)) > 1.5
+    parts = [out, outlier_columns(dummies, "non_steady_state_outlier")]
+    parts.append(outlier_columns(outliers, "motion_outlier"))
+    return pd.concat([p.set_index(out.index) for p in parts], axis=1)
 
 
 def _write(
@@ -192,11 +203,14 @@ def write_synthetic(
     res: str | None = "2",
     seed: int = 0,
     atlas_cache: PathLike | None = None,
+    n_dummies: int = 0,
 ) -> dict[str, Path]:
     """Synthetic fMRIPrep outputs: smooth parcel signals plus noise on the atlas grid.
 
     ``atlas_cache`` is a folder for :func:`brainharmony.atlas.schaefer400_volume`'s file
-    cache (saves rebuilding the atlas in every process).
+    cache (saves rebuilding the atlas in every process). The first ``n_dummies``
+    volumes are non-steady-state: brighter (by 50 %, 25 %, ... of the signal, as before
+    T1 saturation settles) and flagged by ``non_steady_state_outlierNN`` columns.
 
     Returns
     -------
@@ -217,13 +231,16 @@ def write_synthetic(
     bold = 1000.0 + 10.0 * signals[:, labels].transpose(1, 2, 3, 0)
     bold += rng.standard_normal(bold.shape) * 2.0
     bold[labels == 0] *= 0.5
+    if not 0 <= int(n_dummies) < n:
+        raise ValueError(f"n_dummies must be in [0, {n}), got {n_dummies!r}")
+    bold[..., : int(n_dummies)] *= 1.0 + 0.5 ** np.arange(1, int(n_dummies) + 1)
     params = np.cumsum(rng.standard_normal((n, 6)) * [0.02, 0.02, 0.02, 3e-4, 3e-4, 3e-4], 0)
     tissue = {
         "global_signal": bold.reshape(-1, n).mean(axis=0),
         "csf": 1000 + rng.standard_normal(n),
         "white_matter": 900 + rng.standard_normal(n),
     }
-    table = _with_extras(build_confounds(params, tissue), rng)
+    table = _with_extras(build_confounds(params, tissue), rng, int(n_dummies))
     root = Path(root)
     paths = _paths(root, subject, session, task, run, space, res)
     _description(root)
@@ -267,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--res", default="2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--atlas-cache", default=None, help="atlas file-cache folder")
+    parser.add_argument(
+        "--dummies", type=int, default=0, help="leading non-steady-state volumes per run"
+    )
     args = parser.parse_args(argv)
     runs = bids_runs(args.bids_dir, args.participant_label)
     if not runs:
@@ -282,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             t_r=r["t_r"],
             res=args.res,
             seed=args.seed + i,
+            atlas_cache=args.atlas_cache,
+            n_dummies=args.dummies,
         )
     return 0
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.func.confounds import MOTION_OUTLIER_PREFIX, with_motion_outliers
 from brainharmony.func.naming import RunOutputs
 from brainharmony.io import provenance, sidecar_path, write_json, write_nifti, write_npy, write_tsv
 
@@ -99,6 +100,60 @@ def confounds_sidecar(table: pd.DataFrame, center: np.ndarray | None) -> dict[st
     out["Convention"] = MOTION_CONVENTION
     if center is not None:
         out["MotionCenter"] = [float(c) for c in center]
+    return out
+
+
+def censoring_sidecar(
+    table: pd.DataFrame,
+    keep: np.ndarray,
+    description: Mapping[str, Any],
+    *,
+    non_steady: np.ndarray | None = None,
+    replaced: int = 0,
+) -> dict[str, Any]:
+    """Sidecar entries of the ``motion_outlierNN`` columns and the censoring behind them.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The confounds table as written (:func:`~.confounds.with_motion_outliers`).
+    keep : ndarray of bool, shape (n_volumes,)
+    description : mapping
+        :func:`~.denoise.describe` output (``FDThresholdMM``, ``CensorBefore``,
+        ``CensorAfter``, ``MinSegment``).
+    non_steady : ndarray of bool, optional
+        Non-steady-state volumes (censored, in their own columns).
+    replaced : int
+        How many ``motion_outlier`` columns of the input table were dropped.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    fd = description.get("FDThresholdMM")
+    rule = (
+        f"framewise displacement > {fd} mm, {description.get('CensorBefore', 0)} frames "
+        f"before and {description.get('CensorAfter', 0)} after, kept runs shorter than "
+        f"{description.get('MinSegment')} frames"
+        if fd is not None
+        else "no displacement censoring; kept runs cut short by non-steady-state volumes "
+        f"and shorter than {description.get('MinSegment')} frames"
+    )
+    out: dict[str, Any] = {}
+    for col in (c for c in table.columns if str(c).startswith(MOTION_OUTLIER_PREFIX)):
+        frame = int(np.flatnonzero(table[col].to_numpy() == 1)[0])
+        out[col] = {"Description": f"one-hot: frame {frame} (0-based) censored ({rule})"}
+    n_steady = 0 if non_steady is None else int(np.asarray(non_steady, dtype=bool).sum())
+    out["Censoring"] = {
+        "Rule": rule,
+        "CensoredVolumes": int((~keep).sum()),
+        "MotionOutlierColumns": len(out),
+        "NonSteadyStateVolumes": n_steady,
+        "ReplacedMotionOutlierColumns": int(replaced),
+        "Note": (
+            "the censored frames are the union of the motion_outlier* and "
+            "non_steady_state_outlier* columns (fMRIPrep's convention); motion_outlier* "
+            "columns of the input (fMRIPrep's own FD/DVARS outliers) are replaced by "
+            "this package's censoring"
+        ),
+    }
     return out
 
 
@@ -253,12 +308,21 @@ def write_native_outputs(
     names = atlas_table["name"].tolist()
     report = result.report
 
-    # Confounds and motion.
-    written.append(write_tsv(outputs.confounds, result.confounds, float_format="%.8g"))
+    # Confounds (with the censoring as motion_outlier columns when it was done) and motion.
+    table = result.confounds
+    censoring: dict[str, Any] = {}
+    if parcels:
+        table, _ = with_motion_outliers(table, result.keep)
+        censoring = censoring_sidecar(table, result.keep, parameters.get("denoise_description", {}))
+    written.append(write_tsv(outputs.confounds, table, float_format="%.8g"))
     written.append(
         write_json(
             sidecar_path(outputs.confounds),
-            {**confounds_sidecar(result.confounds, result.motion_center), "Provenance": prov},
+            {
+                **confounds_sidecar(result.confounds, result.motion_center),
+                **censoring,
+                "Provenance": prov,
+            },
         )
     )
     motion = pd.DataFrame(result.params, columns=list(PARAM_NAMES))
@@ -427,9 +491,11 @@ def write_derivative_outputs(
 ) -> list[Path]:
     """Write the outputs of an fMRIPrep-derivatives run (:class:`~.fmriprep.DerivativeResult`).
 
-    The confounds table is fMRIPrep's own (copied); the motion table holds its six
-    parameters and framewise displacement. ``copy_confounds=False`` (native runs,
-    whose confounds and motion files are already there) skips both.
+    The confounds table is fMRIPrep's own (copied), its ``motion_outlier*`` columns
+    replaced by this package's censoring (:func:`~.confounds.with_motion_outliers`);
+    the motion table holds its six parameters and framewise displacement.
+    ``copy_confounds=False`` (native runs, whose confounds and motion files are already
+    there) skips both.
     """
     from brainharmony.func.motion import PARAM_NAMES
 
@@ -440,11 +506,22 @@ def write_derivative_outputs(
     table = result.confounds
     written: list[Path] = []
     if copy_confounds:
-        written.append(write_tsv(outputs.confounds, table, float_format="%.8g"))
+        copied, replaced = with_motion_outliers(table, result.keep, result.non_steady)
+        written.append(write_tsv(outputs.confounds, copied, float_format="%.8g"))
         written.append(
             write_json(
                 sidecar_path(outputs.confounds),
-                {"Source": "fMRIPrep desc-confounds_timeseries.tsv (copied)", "Provenance": prov},
+                {
+                    "Source": "fMRIPrep desc-confounds_timeseries.tsv (copied)",
+                    **censoring_sidecar(
+                        copied,
+                        result.keep,
+                        parameters.get("denoise_description", {}),
+                        non_steady=result.non_steady,
+                        replaced=replaced,
+                    ),
+                    "Provenance": prov,
+                },
             )
         )
         present = [c for c in PARAM_NAMES if c in table.columns]
@@ -469,7 +546,11 @@ def write_derivative_outputs(
         parameters=parameters,
         atlas_json=atlas_json,
         prov=prov,
-        common={"Source": result.report.get("Source", {}), "Preprocessing": "fMRIPrep"},
+        common={
+            "Source": result.report.get("Source", {}),
+            "Preprocessing": "fMRIPrep",
+            "NonSteadyStateVolumes": result.report.get("NonSteadyStateVolumes", {}),
+        },
         denoised_extra={
             "AtlasResampling": result.report.get("AtlasResampling"),
         },
