@@ -83,6 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="subjects to process (with or without sub-); default: every subject",
     )
     parser.add_argument(
+        "--exclude-participant-label",
+        "--exclude_participant_label",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="subjects to leave out (snakebids' option; the config's exclude_subjects)",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         help="a workflow config (scientific settings; workflow/schemas/config.schema.yaml); "
@@ -119,13 +127,15 @@ def build_config(
     *,
     base: dict[str, Any] | None = None,
     participant_label: list[str] | None = None,
+    exclude_label: list[str] | None = None,
     dataset_name: str | None = None,
 ) -> dict[str, Any]:
     """The run's config: ``base`` with ``datasets`` reduced to this BIDS folder.
 
     A dataset of ``base`` whose ``bids_dir`` is this folder keeps its name and settings
     (so ``pretrain``/``evaluate`` entries that name it still apply); otherwise a new
-    entry is made. ``participant_label`` replaces the dataset's include list.
+    entry is made. ``participant_label`` and ``exclude_label`` replace the dataset's
+    include and exclude lists.
     """
     bids_dir = bids_dir.resolve()
     config = dict(base or {})
@@ -150,6 +160,8 @@ def build_config(
     entry.pop("demo", None)
     if participant_label:
         entry["participant_label"] = [str(p).removeprefix("sub-") for p in participant_label]
+    if exclude_label:
+        entry["exclude_subjects"] = [str(p).removeprefix("sub-") for p in exclude_label]
     dropped = sorted(set(datasets) - {name})
     if dropped:
         logger.warning("config datasets %s are not %s; left out of this run", dropped, bids_dir)
@@ -232,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
         bids_dir,
         base=base,
         participant_label=args.participant_label,
+        exclude_label=args.exclude_participant_label,
         dataset_name=args.dataset_name,
     )
     try:
