@@ -367,7 +367,8 @@ def test_subject_pages_show_their_rows_and_link_their_figures_relatively(tmp_pat
     out = _write_all(results)
     page = out / "subjects" / "sub-03.html"
     text = page.read_text()
-    assert text.count('<tr class="excluded">') == 2  # the censored run, the short run
+    # one column per row of the table; the censored run and the short run highlighted
+    assert text.count('<th class="excluded">') == 2 and text.count('<th class="text">sub-03') == 1
     assert FUNC_REASON in text and "8 volumes &lt; min_volumes 50" in text
     links = _links(page).links
     images = [link for link in links if link.endswith(".png")]

@@ -91,6 +91,7 @@ img{max-width:100%;height:auto;border:1px solid #eee}
 td.text,th.text{text-align:left}
 tr.excluded td{background:#fde2e2}
 .subjects a{margin-right:8px}
+.wide{overflow-x:auto}
 pre{background:#f5f5f5;padding:8px;font-size:11.5px;overflow-x:auto;max-height:420px}
 """
 
@@ -787,17 +788,31 @@ class ReportBuilder:
                 )
             else:
                 parts.append(_absent(f"No subject pages ({path.parent / PAGES_DIR})."))
-            shown = frame
+            # a long text the same on every run (atlas, coregistration method) is said
+            # once above the table, not repeated on each row (the TSV keeps the columns)
+            constant = [
+                c for c in ("atlas", "atlas_source", "coreg_method") if runs[c].nunique() <= 1
+            ]
+            if "coreg_method" in constant and len(runs):
+                parts.append(
+                    f'<p class="note">Coregistration (coreg_method): '
+                    f"{_esc(runs['coreg_method'].iloc[0])}.</p>"
+                )
+            shown = frame.drop(columns=constant)
             if len(frame) > QC_TABLE_ROWS:
                 keep = excluded.index.union(
                     frame.index.difference(excluded.index)[: max(0, QC_TABLE_ROWS - len(excluded))]
                 )
-                shown = frame.loc[keep]
+                shown = shown.loc[keep]
                 parts.append(
                     f'<p class="note">{len(shown)} of {len(frame)} rows shown: every excluded '
                     "row, then the first kept ones; the TSV has them all.</p>"
                 )
-            parts.append(table_html(shown, links))
+            # the exclusion first, after the run's name; the metrics follow
+            first = ["subject", "session", "run", "source", "excluded"]
+            first += ["exclusion_stage", "exclusion_reason"]
+            shown = shown[[c for c in first if c in shown] + [c for c in shown if c not in first]]
+            parts.append(f'<div class="wide">{table_html(shown, links)}</div>')
         return "".join(parts)
 
     def section_geometry(self) -> str:

@@ -30,8 +30,9 @@ main{padding:8px 28px 40px 28px}
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0 10px 0}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f0f3f7}
-td.text,th.text{text-align:left}
-tr.excluded td{background:#fde2e2}
+th.text,th.excluded{text-align:left}
+tr.excluded td,td.excluded,th.excluded{background:#fde2e2}
+td.text,td.excluded{text-align:left;max-width:420px}
 .note{font-size:12px;color:#555}
 .figs{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
 figure{margin:0}
@@ -88,6 +89,28 @@ def table_html(frame: pd.DataFrame, subject_links: dict[str, str] | None = None)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def transposed_table_html(frame: pd.DataFrame) -> str:
+    """Rows of a group QC table as columns (one per run or exclusion, fields down the
+    side): how a subject page shows its few rows. Excluded ones have ``class="excluded"``
+    on every cell."""
+    records = frame.to_dict(orient="records")
+    marks = [
+        ' class="excluded"' if str(r.get("excluded")) == "yes" else ' class="text"' for r in records
+    ]
+    head = '<th class="text">column</th>' + "".join(
+        f"<th{m}>{esc(cell_text('source', r.get('source')))}</th>"
+        for r, m in zip(records, marks, strict=True)
+    )
+    body = []
+    for col in frame.columns:
+        cells = "".join(
+            f"<td{m}>{esc(cell_text(col, r[col]))}</td>"
+            for r, m in zip(records, marks, strict=True)
+        )
+        body.append(f'<tr><th class="text">{esc(col)}</th>{cells}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
 def subject_page(qc: GroupQC, subject: str, page_dir: PathLike) -> str:
     """The HTML page of one subject (figures linked relative to ``page_dir``)."""
     rows = qc.table[qc.table["subject"].astype(str) == subject]
@@ -98,7 +121,7 @@ def subject_page(qc: GroupQC, subject: str, page_dir: PathLike) -> str:
         f'<p class="note">Group QC table of the dataset: <a href="{table_link}">'
         f"{esc(TABLE_NAME)}</a> (columns described in its JSON sidecar). "
         f"{len(rows)} row(s), {n_excluded} excluded (highlighted).</p>",
-        table_html(rows),
+        transposed_table_html(rows),
     ]
     figures = qc.figures.get(subject, [])
     if figures:
