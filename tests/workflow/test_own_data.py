@@ -160,7 +160,9 @@ def test_readme_own_data_commands_run_through_to_the_report(own_bids, tmp_path):
     config_text, commands = _readme_commands()
     work = tmp_path / "clone"
     work.mkdir()
-    for name in ("Snakefile", "workflow", "models", "config", "slurm", ".venv"):
+    # A clone's layout (the README's commands run from the repository root), minus the
+    # folders a run writes to (results, logs, resources, benchmarks, work).
+    for name in ("Snakefile", "workflow", "models", "config", "envs", "src", "slurm", ".venv"):
         (work / name).symlink_to(REPO / name)
     substitute = {"/data/mystudy": str(own_bids), "/scratch/mystudy-out": str(tmp_path / "app")}
     for old, new in substitute.items():
