@@ -31,9 +31,22 @@ from brainharmony.anat.model_input import box_shape, model_ready
 from brainharmony.anat.qc import registration_figure
 from brainharmony.anat.settings import AnatSettings
 from brainharmony.anat.templates import DEFAULT_TEMPLATE, Template
+from brainharmony.bids_uri import (
+    RAW,
+    bids_root,
+    bids_uri,
+    source_uris,
+    write_dataset_description,
+)
 from brainharmony.io import PathLike, atomic_path, provenance, sidecar_path, write_json, write_nifti
 
 logger = logging.getLogger(__name__)
+
+#: ``GeneratedBy`` name of ``results/anat/<dataset>`` (BIDS-Derivatives).
+PIPELINE = "brainharmony-anat"
+#: Files BIDS 1.x has no name for: the QC figures and the transforms (BEP014 names,
+#: as fMRIPrep writes them).
+BIDSIGNORE = ("figures", "*_xfm.*")
 
 
 @dataclass(frozen=True)
@@ -254,6 +267,34 @@ def qc_thresholds(settings: AnatSettings) -> dict[str, Any]:
     }
 
 
+def raw_sources(t1w_path: PathLike) -> list[str]:
+    """``Sources`` of an output made from the raw T1w: its ``bids:raw:`` URI.
+
+    Empty when the T1w is a loose file, outside a BIDS tree
+    (:func:`~brainharmony.bids_uri.bids_root`).
+    """
+    root = bids_root(t1w_path)
+    return [] if root is None else source_uris([t1w_path], {RAW: root})
+
+
+def write_description(dataset_dir: PathLike, t1w_path: PathLike) -> Path:
+    """Write ``dataset_description.json`` and ``.bidsignore`` of ``results/anat/<dataset>``.
+
+    Every anat job of the dataset writes the same bytes (``DatasetLinks``: ``raw`` -> the
+    raw dataset holding ``t1w_path``; none for a loose T1w).
+    """
+    return write_dataset_description(
+        dataset_dir,
+        pipeline=PIPELINE,
+        description=(
+            "Anatomy stage: each T1w bias-corrected, brain-masked and registered to a "
+            "template; model-ready box (docs/anat.md)"
+        ),
+        links={RAW: bids_root(t1w_path)},
+        bidsignore=BIDSIGNORE,
+    )
+
+
 def _exclusion(reason: str) -> dict[str, Any]:
     return {"Excluded": True, "ExclusionReason": reason}
 
@@ -396,7 +437,7 @@ def write_derivatives(
         "TemplateSource": template.source,
         "Resolution": f"{settings.resolution_mm} mm isotropic",
         "Backend": settings.backend,
-        "Sources": [str(t1w.path)],
+        "Sources": raw_sources(t1w.path),
         "Provenance": prov,
         **exclusion,
     }
@@ -416,10 +457,14 @@ def write_derivatives(
         sidecar_path(paths.mask),
         {**common, "Type": "Brain", "Description": "Brain mask on the template grid."},
     )
+    # The model box is cut from this dataset's template-space T1w and mask (bids::).
+    own = bids_root(paths.preproc)
+    box_sources = [bids_uri(p, own) for p in (paths.preproc, paths.mask)] if own else []
     write_json(
         sidecar_path(paths.model),
         {
             **common,
+            "Sources": box_sources,
             "Description": "Model-ready T1w box: skull-stripped, normalised, float32.",
             "SkullStripped": True,
             "BoxMM": list(settings.model_box_mm),
@@ -513,7 +558,7 @@ def write_excluded(
     common = {
         "SpatialReference": template.name,
         "Backend": settings.backend,
-        "Sources": [str(t1w_path)],
+        "Sources": raw_sources(t1w_path),
         "Provenance": provenance(
             step=f"anat-{settings.backend}",
             inputs=[Path(t1w_path)],

@@ -16,6 +16,7 @@ from brainharmony.anat.derivatives import (
     AnatPaths,
     anat_paths,
     write_derivatives,
+    write_description,
     write_excluded,
 )
 from brainharmony.anat.images import itk_threads, load_t1w
@@ -83,6 +84,7 @@ def run_anat(
     label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
     folder = None if template_dir is None else str(template_dir)
     template = load_template(settings.template, settings.resolution_mm, folder)
+    write_description(dataset_dir, t1w_path)
     try:
         t1w = load_t1w(t1w_path, settings.max_nonfinite_fraction)
     except InputDataError as err:

@@ -304,15 +304,21 @@ def _write_run(
     *,
     inputs: Sequence[Path | None],
     parameters: Mapping[str, Any],
+    links: Mapping[str, Path | None],
     **options: Any,
 ) -> list[Path]:
     """Write a run's outputs with ``writer`` (:mod:`brainharmony.func.outputs`).
 
     Adds what every backend records: the denoising description to ``parameters``,
     the atlas provenance, the given ``inputs`` (absent ones dropped) and ``--no-qc``.
+    ``--out-dir`` becomes a BIDS-Derivatives folder whose ``DatasetLinks`` are ``links``
+    (name -> dataset root of the inputs; None: not in a BIDS tree), the inputs its
+    sidecars' ``Sources``.
     """
     from brainharmony.func.denoise import describe
+    from brainharmony.func.outputs import write_description
 
+    write_description(args.out_dir, links)
     return writer(
         result,
         outputs,
@@ -321,11 +327,13 @@ def _write_run(
         parameters={**parameters, "denoise_description": describe(denoise, [])},
         atlas_json=_atlas_json(args.atlas),
         qc=not args.no_qc,
+        links={name: root for name, root in links.items() if root is not None},
         **options,
     )
 
 
 def _run_native(args: argparse.Namespace) -> int:
+    from brainharmony.bids_uri import RAW, bids_root
     from brainharmony.func.atlas_resource import read_atlas, read_tissue_masks
     from brainharmony.func.naming import run_outputs
     from brainharmony.func.outputs import write_native_outputs
@@ -383,6 +391,10 @@ def _run_native(args: argparse.Namespace) -> int:
             "fd_threshold": denoise.fd_threshold,
             "min_parcel_voxels": args.min_parcel_voxels,
         },
+        links={
+            RAW: bids_root(args.bold),
+            "anat": bids_root(args.t1w_brain) if args.t1w_brain else None,
+        },
         keep_bold=args.keep_bold,
         parcels=not args.preproc_only,
     )
@@ -422,6 +434,7 @@ def _run_derivatives(args: argparse.Namespace) -> int:
             "min_parcel_voxels": args.min_parcel_voxels,
             "scale": args.scale,
         },
+        links={"fmriprep": args.fmriprep_dir},
     )
     return 0
 

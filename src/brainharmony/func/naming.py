@@ -16,6 +16,12 @@ from brainharmony.io import PathLike
 #: apart, :func:`brainharmony.func.atlas_resource.atlas_files`; each series sidecar's
 #: ``Atlas`` and ``AtlasSource`` say which one was used).
 ATLAS_ENTITY = "Schaefer400"
+#: ``GeneratedBy`` name of ``results/func/<dataset>`` (BIDS-Derivatives).
+PIPELINE = "brainharmony-func"
+#: Files BIDS 1.x has no name for (``.bidsignore``): parcel series and confounds
+#: (``_timeseries``, fMRIPrep's names), transforms (``_xfm``, BEP014), the BOLD reference
+#: (``_boldref``, fMRIPrep's name) and the QC figures.
+BIDSIGNORE = ("*_timeseries.*", "*_xfm.*", "*_boldref.nii.gz", "*.png")
 
 
 def template_space() -> str:
@@ -98,7 +104,7 @@ class RunOutputs:
 
     @property
     def boldref(self) -> Path:
-        return self._p("desc-boldref_bold.nii.gz")
+        return self._p("boldref.nii.gz")
 
     @property
     def preproc_bold(self) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.bids_uri import link_uri, source_uris
 from brainharmony.func.confounds import MOTION_OUTLIER_PREFIX, with_motion_outliers
 from brainharmony.func.naming import RunOutputs
 from brainharmony.io import provenance, sidecar_path, write_json, write_nifti, write_npy, write_tsv
@@ -286,12 +287,15 @@ def write_native_outputs(
     qc: bool = True,
     parcels: bool = True,
     config: Mapping[str, Any] | None = None,
+    links: Mapping[str, Path] | None = None,
 ) -> list[Path]:
     """Write every output of a native run (:class:`~.pipeline.RunResult`).
 
     ``parcels=False`` writes the preprocessing outputs only (BOLD, mask, confounds,
     motion, transforms): the workflow then denoises and parcellates them in a
-    separate job, exactly as it does fMRIPrep's outputs.
+    separate job, exactly as it does fMRIPrep's outputs. ``links`` (dataset name ->
+    root, e.g. ``raw``, ``anat``) turns the ``inputs`` into the sidecars' ``Sources``
+    (BIDS URIs; :func:`~brainharmony.bids_uri.source_uris`).
 
     Returns
     -------
@@ -304,6 +308,7 @@ def write_native_outputs(
     from brainharmony.func.register import write_itk_affine
 
     prov = provenance(step="func native", inputs=inputs, parameters=parameters, config=config)
+    sources = source_uris(inputs, links or {})
     written: list[Path] = []
     names = atlas_table["name"].tolist()
     report = result.report
@@ -321,6 +326,7 @@ def write_native_outputs(
             {
                 **confounds_sidecar(result.confounds, result.motion_center),
                 **censoring,
+                "Sources": sources,
                 "Provenance": prov,
             },
         )
@@ -338,6 +344,7 @@ def write_native_outputs(
                 "MotionCenter": [float(c) for c in result.motion_center],
                 "Units": {"trans": "mm", "rot": "rad"},
                 "Estimation": report.get("Motion", {}),
+                "Sources": sources,
                 "Provenance": prov,
             },
         )
@@ -355,6 +362,7 @@ def write_native_outputs(
                     "BoldToT1wWorldRAS carries boldref world points to T1w world points"
                 ),
                 "Registration": report.get("Coregistration", {}),
+                "Sources": sources,
                 "Provenance": prov,
             },
         )
@@ -366,6 +374,20 @@ def write_native_outputs(
     cov = np.zeros(result.grid_shape, dtype=np.uint8)
     cov[tuple(result.points[result.coverage].T)] = 1
     written.append(write_nifti(outputs.coverage_mask, _int_image(cov, result.grid_affine)))
+    resolution = f"{outputs.res.replace('p', '.')} mm isotropic template grid"
+    written.append(
+        write_json(
+            sidecar_path(outputs.coverage_mask),
+            {
+                "Type": "Brain",
+                "Description": "template-grid voxels inside the run's field of view",
+                "SpatialReference": outputs.space,
+                "Resolution": resolution,
+                "Sources": sources,
+                "Provenance": prov,
+            },
+        )
+    )
     if keep_bold:
         n_vol = result.samples.shape[1]
         vol = np.zeros((*result.grid_shape, n_vol), dtype=np.float32)
@@ -384,6 +406,8 @@ def write_native_outputs(
                     "SkullStripped": False,
                     "Resampling": "trilinear, once from native to template (motion, "
                     "BOLD->T1w and T1w->template composed)",
+                    "Resolution": resolution,
+                    "Sources": sources,
                     "Provenance": prov,
                 },
             )
@@ -404,6 +428,7 @@ def write_native_outputs(
             "MotionCorrection": "rigid, batched inverse-compositional Gauss-Newton",
             "Coverage": report.get("Coverage", {}),
             "Bold": report.get("Bold", {}),
+            "Sources": sources,
         },
     )
     if qc:
@@ -432,6 +457,7 @@ def _int_image(data: np.ndarray, affine: np.ndarray) -> Any:
 
     img = nib.Nifti1Image(data, affine)
     img.header.set_data_dtype(data.dtype)
+    img.header.set_xyzt_units("mm")
     return img
 
 
@@ -488,6 +514,7 @@ def write_derivative_outputs(
     qc: bool = True,
     copy_confounds: bool = True,
     config: Mapping[str, Any] | None = None,
+    links: Mapping[str, Path] | None = None,
 ) -> list[Path]:
     """Write the outputs of an fMRIPrep-derivatives run (:class:`~.fmriprep.DerivativeResult`).
 
@@ -495,13 +522,16 @@ def write_derivative_outputs(
     replaced by this package's censoring (:func:`~.confounds.with_motion_outliers`);
     the motion table holds its six parameters and framewise displacement.
     ``copy_confounds=False`` (native runs, whose confounds and motion files are already
-    there) skips both.
+    there) skips both. ``links`` (e.g. ``fmriprep`` -> its folder) turns the ``inputs``
+    and the ``Source`` files into BIDS URIs (``Sources``).
     """
     from brainharmony.func.motion import PARAM_NAMES
 
     prov = provenance(
         step="func fmriprep-derivatives", inputs=inputs, parameters=parameters, config=config
     )
+    links = links or {}
+    sources = source_uris(inputs, links)
     names = atlas_table["name"].tolist()
     table = result.confounds
     written: list[Path] = []
@@ -520,6 +550,7 @@ def write_derivative_outputs(
                         non_steady=result.non_steady,
                         replaced=replaced,
                     ),
+                    "Sources": sources,
                     "Provenance": prov,
                 },
             )
@@ -535,6 +566,7 @@ def write_derivative_outputs(
                 {
                     "Convention": "fMRIPrep's (its confounds file)",
                     "Units": {"trans": "mm", "rot": "rad"},
+                    "Sources": sources,
                     "Provenance": prov,
                 },
             )
@@ -547,7 +579,11 @@ def write_derivative_outputs(
         atlas_json=atlas_json,
         prov=prov,
         common={
-            "Source": result.report.get("Source", {}),
+            "Source": {
+                k: v and (link_uri(v, links) or v)
+                for k, v in result.report.get("Source", {}).items()
+            },
+            "Sources": sources,
             "Preprocessing": "fMRIPrep",
             "NonSteadyStateVolumes": result.report.get("NonSteadyStateVolumes", {}),
         },
@@ -576,3 +612,24 @@ def write_derivative_outputs(
             excluded=result.excluded,
         )
     return written
+
+
+def write_description(root: Path, links: Mapping[str, Path | None]) -> Path:
+    """Write ``dataset_description.json`` and ``.bidsignore`` of ``results/func/<dataset>``.
+
+    Every run's job writes the same bytes (:func:`~brainharmony.bids_uri.
+    write_dataset_description`); ``links`` names the datasets of its ``Sources``.
+    """
+    from brainharmony.bids_uri import write_dataset_description
+    from brainharmony.func.naming import BIDSIGNORE, PIPELINE
+
+    return write_dataset_description(
+        root,
+        pipeline=PIPELINE,
+        description=(
+            "Functional stage: each BOLD run preprocessed, denoised and parcellated "
+            "(Schaefer-400 series, confounds, motion, QC; docs/func.md)"
+        ),
+        links=links,
+        bidsignore=BIDSIGNORE,
+    )

@@ -351,6 +351,7 @@ def native_outputs(plan: FuncPlan) -> dict[str, str]:
     return {
         **bold,
         "mask": str(o.coverage_mask),
+        "mask_json": str(sidecar_path(o.coverage_mask)),
         "confounds": str(o.confounds),
         "confounds_json": str(sidecar_path(o.confounds)),
         "motion": str(o.motion),
