@@ -56,7 +56,7 @@ def test_lint_has_no_findings(tmp_path):
 
 
 def test_dry_run_default_config_plans_every_stage(repo, tmp_path):
-    out = run_snakemake(tmp_path, "--configfile", str(repo / "config" / "config.yaml"), "-n")
+    out = run_snakemake(tmp_path, "--configfile", str(repo / "config" / "demo.yaml"), "-n")
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
     assert "demo" in text and "ingest" in text
