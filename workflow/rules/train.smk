@@ -138,7 +138,7 @@ rule train_harmonizer:
         state=lambda wildcards, output: train_plan.state_dir(train_plan.folder_of(output.weights)),
         index=lambda wildcards, input: " ".join(f"--index {i}" for i in input.tokens),
         # s_grid: auto -> BrainHarmonix-S's token grid at anat.resolution_mm
-        grid=train_plan.harmonizer_sets(
+        grid=lambda wildcards: train_plan.harmonizer_sets(
             TRAIN, ANAT_SETTINGS.model_box_mm, ANAT_SETTINGS.resolution_mm
         ),
         opts=TRAIN_OPTS,
