@@ -130,10 +130,15 @@ def test_fisher_z_fc_matches_numpy_and_ignores_censored_frames():
     assert np.all(full[2, :] == 0) and np.all(full[:, 2] == 0)
 
 
+BASELINES = ["null_model", "fc_ridge", "fc_kernel_ridge", "fc_logistic"]
+
+
 def test_baselines_beat_the_null_model_on_planted_effects(tmp_path):
     table = planted_cohort(40)
     fc = planted_fc(table)
-    settings = settings_from_mapping({"tasks": TASKS, "seeds": [0, 1], "grids": SMALL_GRIDS})
+    settings = settings_from_mapping(
+        {"tasks": TASKS, "seeds": [0, 1], "grids": SMALL_GRIDS, "models": BASELINES}
+    )
     for spec in settings.tasks:
         labels = _labels(table, tmp_path, spec.target, spec.type)
         splits = [
@@ -149,7 +154,7 @@ def test_baselines_beat_the_null_model_on_planted_effects(tmp_path):
             per_fold,
             settings.primary_metric,
             {spec.key: spec.type},
-            ["null_model", "fc_ridge", "fc_kernel_ridge", "fc_logistic"],
+            BASELINES,
             {spec.key: result.info["TestTrainRatio"]},
         )
         vs_null = tests.loc[tests["role"] == "vs_null"]

@@ -41,8 +41,21 @@ METRIC_LABELS = {
 _LABEL = re.compile(r"^[a-zA-Z0-9]+$")
 _MODEL = re.compile(r"^[a-z0-9_]+$")
 
-#: Harness models run when the config names none (the ones needing only FC and labels).
-DEFAULT_MODELS = ("null_model", "fc_ridge", "fc_kernel_ridge", "fc_logistic")
+#: Harness models run when the config names none: every model the workflow trains (their
+#: probes and the predictor) beside the FC baselines and the null model. The schema's
+#: default is the same list (tests/workflow/test_presets.py checks it). A caller without
+#: embeddings names the models it can run (``brainharmony evaluate --models``).
+DEFAULT_MODELS = (
+    "null_model",
+    "fc_ridge",
+    "fc_kernel_ridge",
+    "fc_logistic",
+    "probe_bh_f",
+    "probe_bh_f_roisim",
+    "probe_bh_s",
+    "probe_harmonizer",
+    "predictor",
+)
 
 
 class SettingsError(ValueError):
