@@ -154,3 +154,15 @@ def test_overrides_set_nested_values_and_are_validated():
         with_overrides(cfg, ["modle.target=age"])
     with pytest.raises(ModelConfigError):
         with_overrides(cfg, ["train.stepz=3"])
+
+
+def test_planning_refuses_a_bh_s_size_that_is_not_the_anatomy_box() -> None:
+    from brainharmony.train.planning import check_volume_shape
+
+    box = (160, 192, 160)
+    auto = str(REPO / "models" / "bh_s_demo.yaml")  # img_size: auto fits any resolution
+    assert check_volume_shape(auto, box, 1) == check_volume_shape(auto, box, 2) == auto
+    paper = str(REPO / "models" / "bh_s_paper.yaml")
+    assert check_volume_shape(paper, box, 1) == paper
+    with pytest.raises(ValueError, match=r"\[160, 192, 160\] differs .* \[80, 96, 80\]"):
+        check_volume_shape(paper, box, 2)

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from brainharmony.config import load_yaml
+
 #: Model roles and their default YAMLs (demo sizes).
 ROLES = ("bh_s", "bh_f", "harmonizer", "lmae", "predictor")
 MODEL_FILES = ("model.safetensors", "config.json", "metrics.jsonl", "curves.png")
@@ -156,13 +158,10 @@ def check_volume_shape(yaml_path: str, model_box_mm: Sequence[int], resolution_m
     """
     from pathlib import Path
 
-    import yaml
-
     path = Path(yaml_path)
     if not path.is_file():
         raise ValueError(f"train.models.bh_s: {path} not found")
-    with path.open(encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
+    raw = load_yaml(path) or {}
     size = (raw.get("model") or {}).get("img_size") or []
     if size == "auto":  # the volumes' own grid, resolved by `brainharmony train`
         return str(path)
@@ -178,22 +177,13 @@ def check_volume_shape(yaml_path: str, model_box_mm: Sequence[int], resolution_m
     return str(path)
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
-    from pathlib import Path
-
-    import yaml
-
-    with Path(path).open(encoding="utf-8") as fh:
-        return yaml.safe_load(fh) or {}
-
-
 def volume_grid(bh_s_yaml: str, model_box_mm: Sequence[int], resolution_mm: float) -> list[int]:
     """BrainHarmonix-S's token grid (``img_size / patch``) for the anatomy stage's box.
 
     ``img_size: auto`` is the box at ``resolution_mm`` (what ``brainharmony train``
     resolves it to from the volume shards).
     """
-    model = _read_yaml(bh_s_yaml).get("model") or {}
+    model = (load_yaml(bh_s_yaml) or {}).get("model") or {}
     size = model.get("img_size", "auto")
     if size == "auto":
         size = [round(float(m) / float(resolution_mm)) for m in model_box_mm]
@@ -208,7 +198,7 @@ def harmonizer_sets(plan: TrainPlan, model_box_mm: Sequence[int], resolution_mm:
     follows ``anat.resolution_mm`` when that YAML's ``img_size`` is ``auto``; an
     explicit grid is passed through unchanged (and checked by the model at load).
     """
-    model = _read_yaml(plan.yaml("harmonizer")).get("model") or {}
+    model = (load_yaml(plan.yaml("harmonizer")) or {}).get("model") or {}
     if model.get("s_grid") != "auto":
         return ""
     grid = volume_grid(plan.yaml("bh_s"), model_box_mm, resolution_mm)
