@@ -136,6 +136,19 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
+def read_json(path: PathLike) -> dict[str, Any]:
+    """A JSON object from a file; a malformed file or another JSON type is an
+    :class:`InputDataError` naming the file."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputDataError(path, f"not valid JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise InputDataError(path, "expected a JSON object")
+    return doc
+
+
 def write_json(path: PathLike, data: Mapping[str, Any]) -> Path:
     """Write a JSON document atomically with sorted keys and a trailing newline."""
     text = json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"

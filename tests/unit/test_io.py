@@ -72,3 +72,20 @@ def test_atomic_writes_respect_the_umask(tmp_path):
         os.umask(old)
     assert a.stat().st_mode & 0o777 == 0o644
     assert b.stat().st_mode & 0o777 == 0o600
+
+
+def test_read_json_names_the_file_of_a_malformed_or_non_object_document(tmp_path):
+    from brainharmony.io import InputDataError, read_json
+
+    good = tmp_path / "good.json"
+    good.write_text('{"a": 1}')
+    assert read_json(good) == {"a": 1}
+    for name, text, problem in (
+        ("bad.json", "{", "not valid JSON"),
+        ("list.json", "[1]", "object"),
+    ):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(InputDataError, match=problem) as info:
+            read_json(path)
+        assert str(path) in str(info.value)

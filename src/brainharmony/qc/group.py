@@ -44,6 +44,7 @@ from brainharmony.io import (
     InputDataError,
     PathLike,
     provenance,
+    read_json,
     sidecar_path,
     write_json,
     write_tsv,
@@ -257,16 +258,6 @@ def mean_framewise_displacement(fd: np.ndarray) -> float:
 # ------------------------------------------------------------------------- readers
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputDataError(path, f"not valid JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise InputDataError(path, "expected a JSON object")
-    return doc
-
-
 def _number(value: Any) -> float:
     try:
         out = float(value)
@@ -312,7 +303,7 @@ def anat_record(sidecar: Path) -> dict[str, Any]:
     """
     if not sidecar.is_file():
         raise InputDataError(sidecar, "anatomy sidecar not found (has the anat stage run?)")
-    doc = _read_json(sidecar)
+    doc = read_json(sidecar)
     metrics = doc.get("Metrics") or {}
     scales = metrics.get("TransformScaleFactors")
     values = [_number(s) for s in scales] if isinstance(scales, list | tuple) and scales else []
@@ -352,7 +343,7 @@ def func_record(outputs: RunOutputs) -> dict[str, Any]:
     side = sidecar_path(outputs.timeseries)
     if not side.is_file():
         raise InputDataError(side, "denoised series sidecar not found (has the func stage run?)")
-    doc = _read_json(side)
+    doc = read_json(side)
     n = _number(doc.get("NumberOfVolumes"))
     kept = _number(doc.get("KeptVolumes"))
     reason = ""
@@ -374,7 +365,7 @@ def func_record(outputs: RunOutputs) -> dict[str, Any]:
     coreg: Mapping[str, Any] = {}
     coreg_side = sidecar_path(outputs.coreg_xfm)
     if coreg_side.is_file():
-        coreg = _read_json(coreg_side).get("Registration") or {}
+        coreg = read_json(coreg_side).get("Registration") or {}
     return {
         "n_volumes": n,
         "frames_kept": kept,

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainharmony.io import InputDataError, PathLike, sidecar_path, write_json
+from brainharmony.io import InputDataError, PathLike, read_json, sidecar_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def resample_and_pack(
     write_json(
         sidecar_path(shard),
         {
-            **_read_json(sidecar_path(shard)),
+            **read_json(sidecar_path(shard)),
             "TargetRepetitionTimeMs": int(target_ms),
             "ResamplingMethod": method,
             "ResamplingDetails": details,
@@ -259,12 +259,6 @@ def resample_and_pack(
         },
     )
     return idx
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def targets_of_scans(
