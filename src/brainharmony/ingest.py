@@ -73,6 +73,9 @@ SCAN_COLUMNS: dict[str, str] = {
     "has_slice_timing": "True when SliceTiming is present and passed the sanity checks.",
     "site": "Acquisition site: the site column of participants.tsv, else the dataset name.",
 }
+#: The names of the fixed scans.tsv columns: a phenotype may not be named like one
+#: (the config schema and :func:`ingest_dataset` both refuse it).
+SCANS_COLUMNS: frozenset[str] = frozenset(SCAN_COLUMNS)
 SCAN_DTYPES: dict[str, str] = {
     **dict.fromkeys(SCAN_COLUMNS, "string"),
     "tr": "float64",
@@ -384,6 +387,16 @@ def read_scans(path: PathLike) -> pd.DataFrame:
 # --------------------------------------------------------------------------- CLI
 
 
+def phenotype_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a phenotype column (it names a fixed scans.tsv column), or None."""
+    if name in SCANS_COLUMNS:
+        return (
+            f"phenotype {name!r} clashes with a scans.tsv column: scans.tsv already has "
+            f"the fixed column {name!r} ({', '.join(SCAN_COLUMNS)}); rename the phenotype"
+        )
+    return None
+
+
 def parse_phenotypes(text: str) -> dict[str, PhenotypeKind]:
     """Parse ``age:number,sex:category`` (empty or ``none``: no phenotypes)."""
     if text.strip().lower() in ("", "none"):
@@ -395,6 +408,9 @@ def parse_phenotypes(text: str) -> dict[str, PhenotypeKind]:
             raise argparse.ArgumentTypeError(
                 f"phenotype {item.strip()!r} is not NAME:number or NAME:category"
             )
+        problem = phenotype_name_problem(name.strip())
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
         kinds[name.strip()] = kind  # type: ignore[assignment]
     return kinds
 
@@ -545,10 +561,11 @@ def _check_parameters(
         raise ValueError(f"tr_conflict must be 'warn' or 'exclude'; got {tr_conflict!r}")
     kinds = dict(DEFAULT_PHENOTYPES if phenotypes is None else phenotypes)
     for name, kind in kinds.items():
-        if not isinstance(name, str) or not name or name in SCAN_COLUMNS:
-            raise ValueError(
-                f"phenotypes: column name {name!r} is empty or clashes with a scans.tsv column"
-            )
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"phenotypes: a column name must be a non-empty string; got {name!r}")
+        problem = phenotype_name_problem(name)
+        if problem is not None:
+            raise ValueError(f"phenotypes: {problem}")
         if kind not in PHENOTYPE_KINDS:
             raise ValueError(
                 f"phenotypes: type of {name!r} must be one of {PHENOTYPE_KINDS}; got {kind!r}"
