@@ -12,7 +12,16 @@ header's time unit; an unknown unit counts as seconds) is only compared with it:
 a header value of 0 or 1, or a non-finite or negative one, is a converter
 placeholder and ignored; any other value that differs from the sidecar by more
 than the relative tolerance is a conflict, which either warns (the sidecar value
-is used) or rejects the run.
+is used) or rejects the run. A sidecar value outside ``tr_range`` (default
+0.1-10 s, :data:`brainharmony.nifti_checks.DEFAULT_TR_RANGE`) rejects the run.
+
+Image checks
+------------
+Shared with the later stages (:mod:`brainharmony.nifti_checks`): a known
+orientation (qform or sform code non-zero, the affine in use finite and not
+singular), a real voxel type (not complex or RGB), a gzip stream intact to its
+end (CRC and length), voxel sizes of 0.1-20 mm and at most
+:data:`~brainharmony.nifti_checks.MAX_VOLUMES` volumes.
 """
 
 from __future__ import annotations
@@ -24,6 +33,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from brainharmony.nifti_checks import (
+    DEFAULT_TR_RANGE,
+    as_number,
+    compressed_data_problem,
+    image_problem,
+    tr_range_problem,
+    volume_count_problem,
+    voxel_size_problem,
+)
 
 #: Header time units (``xyzt_units``) to seconds. "unknown" is read as seconds,
 #: the NIfTI default most converters rely on.
@@ -96,6 +115,26 @@ def load_nifti(path: Path) -> Any:
         raise Rejected(f"cannot read NIfTI: {_error_text(err)}") from err
 
 
+def check_image(path: Path, img: Any) -> None:
+    """Refuse an image whose voxels or orientation cannot be used, or whose compressed
+    data is damaged; raise :class:`Rejected` naming the problem.
+
+    For a gzip file the whole stream is read (CRC and length checked) and the
+    decompressed size compared with what the header announces, which also proves the
+    file complete; an uncompressed file's last frame is read for that.
+    """
+    problem = image_problem(img)
+    if problem is None:
+        problem = voxel_size_problem(img.affine)
+    if problem is not None:
+        raise Rejected(problem)
+    problem = compressed_data_problem(path, img)
+    if problem is not None:
+        raise Rejected(f"cannot read NIfTI data: {problem}")
+    if not path.name.endswith(".gz"):
+        read_last_frame(img)
+
+
 def read_last_frame(img: Any) -> np.ndarray:
     """Read the image's last 3D frame (or last slice of a 3D image) from disk.
 
@@ -124,7 +163,12 @@ def describe_sidecars(sidecars: Sidecars, expected: str) -> str:
     return f"sidecar{'s' if len(sidecars) > 1 else ''} {names}"
 
 
-def repetition_time(metadata: Mapping[str, Any], sidecars: Sidecars, expected: str) -> float:
+def repetition_time(
+    metadata: Mapping[str, Any],
+    sidecars: Sidecars,
+    expected: str,
+    tr_range: Sequence[float] = DEFAULT_TR_RANGE,
+) -> float:
     """The sidecar RepetitionTime in seconds, checked.
 
     Parameters
@@ -136,12 +180,14 @@ def repetition_time(metadata: Mapping[str, Any], sidecars: Sidecars, expected: s
         name the file in messages.
     expected : str
         The file-level sidecar name, for the message when there is no sidecar.
+    tr_range : (float, float)
+        Plausible repetition times in seconds, inclusive.
 
     Raises
     ------
     Rejected
-        When the value is missing, not a number, not finite, not positive, or
-        implausibly large for seconds.
+        When the value is missing, not a number, not finite, not positive,
+        implausibly large for seconds (milliseconds?) or outside ``tr_range``.
     """
     value = metadata.get("RepetitionTime")
     source, _ = sidecar_value(sidecars, "RepetitionTime")
@@ -153,16 +199,20 @@ def repetition_time(metadata: Mapping[str, Any], sidecars: Sidecars, expected: s
             raise Rejected(f"RepetitionTime missing in {describe_sidecars(sidecars, expected)}")
         raise Rejected(f"RepetitionTime missing: {describe_sidecars(sidecars, expected)}")
     where = where or "metadata"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise Rejected(f"RepetitionTime {value!r} in {where} is not a number")
-    tr = float(value)
+    tr = as_number(value)
+    shown = _value_text(value)
+    if tr is None:
+        raise Rejected(f"RepetitionTime {shown} in {where} is not a number")
     if not math.isfinite(tr) or tr <= 0:
-        raise Rejected(f"RepetitionTime {value!r} in {where} is not a positive finite number")
-    if tr > MAX_PLAUSIBLE_TR_S:
+        raise Rejected(f"RepetitionTime {shown} in {where} is not a positive finite number")
+    if tr > MAX_PLAUSIBLE_TR_S and tr > tr_range[1]:
         raise Rejected(
-            f"RepetitionTime {value!r} in {where} is over {MAX_PLAUSIBLE_TR_S:g} s "
+            f"RepetitionTime {shown} in {where} is over {MAX_PLAUSIBLE_TR_S:g} s "
             "(milliseconds? BIDS requires seconds)"
         )
+    problem = tr_range_problem(tr, tr_range)
+    if problem is not None:
+        raise Rejected(f"RepetitionTime {shown} in {where} {problem}")
     return tr
 
 
@@ -216,9 +266,10 @@ def slice_timing_problem(values: Any, n_slices: int, tr: float) -> str | None:
     """
     if not isinstance(values, list) or not values:
         return "SliceTiming is not a non-empty list"
-    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+    numbers = [as_number(v) for v in values]
+    if any(v is None for v in numbers):
         return "SliceTiming has non-numeric values"
-    times = np.asarray(values, dtype=float)
+    times = np.asarray(numbers, dtype=float)
     if not np.all(np.isfinite(times)):
         return "SliceTiming has non-finite values"
     if times.size != n_slices:
@@ -241,6 +292,7 @@ def check_bold(
     min_volumes: int,
     tr_tolerance: float,
     tr_conflict: TrConflict,
+    tr_range: Sequence[float] = DEFAULT_TR_RANGE,
 ) -> BoldFacts:
     """Check one BOLD run; return its facts or raise :class:`Rejected`.
 
@@ -258,6 +310,8 @@ def check_bold(
         Relative header/sidecar TR difference tolerated.
     tr_conflict : {"warn", "exclude"}
         What a larger difference does.
+    tr_range : (float, float)
+        Plausible repetition times in seconds; a sidecar value outside rejects the run.
     """
     img = load_nifti(path)
     shape = tuple(int(n) for n in img.shape)
@@ -265,10 +319,13 @@ def check_bold(
         raise Rejected(f"BOLD is {len(shape)}D (shape {shape_text(shape)}); expected 4D")
     if shape[3] < min_volumes:
         raise Rejected(f"fewer volumes ({shape[3]}) than min_volumes ({min_volumes})")
-    read_last_frame(img)
+    problem = volume_count_problem(shape[3])
+    if problem is not None:
+        raise Rejected(problem)
+    check_image(path, img)
 
     expected = _json_name(path)
-    tr = repetition_time(metadata, sidecars, expected)
+    tr = repetition_time(metadata, sidecars, expected, tr_range)
     header_tr = header_repetition_time(img.header)
     warnings: list[str] = []
     conflict = tr_conflict_text(tr, header_tr, tr_tolerance)
@@ -305,7 +362,7 @@ def check_t1w(path: Path) -> tuple[int, ...]:
     shape = tuple(int(n) for n in img.shape)
     if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
         raise Rejected(f"T1w is {len(shape)}D (shape {shape_text(shape)}); expected 3D")
-    read_last_frame(img)
+    check_image(path, img)
     return shape[:3]
 
 
@@ -315,6 +372,19 @@ def _json_name(path: Path) -> str:
         if name.endswith(ext):
             return name[: -len(ext)] + ".json"
     return path.with_suffix(".json").name
+
+
+def _value_text(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, shortened for messages (a 400-digit integer stays readable)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int beyond sys.get_int_max_str_digits()
+        return f"<integer of more than {limit} digits>"
+    if len(text) > limit:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"<integer of {len(text.lstrip('-'))} digits>"
+        return text[: limit - 3] + "..."
+    return text
 
 
 def _error_text(err: BaseException) -> str:

@@ -35,6 +35,7 @@ from brainharmony.bids_tree import (
     walk_dataset,
 )
 from brainharmony.io import InputDataError, PathLike, provenance, write_json, write_tsv
+from brainharmony.nifti_checks import DEFAULT_TR_RANGE, check_tr_range
 from brainharmony.participants import (
     PHENOTYPE_KINDS,
     Participants,
@@ -99,8 +100,8 @@ TR_POLICY = {
         "values 0 or 1, non-finite or negative values are placeholders and ignored"
     ),
     "Rejected": (
-        "missing, null, non-numeric, non-finite, non-positive, or over "
-        f"{MAX_PLAUSIBLE_TR_S:g} s (taken for milliseconds)"
+        "missing, null, non-numeric, non-finite, non-positive, over "
+        f"{MAX_PLAUSIBLE_TR_S:g} s (taken for milliseconds), or outside PlausibleRange"
     ),
 }
 SLICE_TIMING_POLICY = (
@@ -156,6 +157,7 @@ def ingest_dataset(
     min_volumes: int = 50,
     tr_tolerance: float = 0.01,
     tr_conflict: TrConflict = "warn",
+    tr_range: tuple[float, float] = DEFAULT_TR_RANGE,
     phenotypes: Mapping[str, PhenotypeKind] | None = None,
     site_column: str | None = None,
     exclude_subjects: Iterable[str] = (),
@@ -177,6 +179,9 @@ def ingest_dataset(
         Relative difference between header and sidecar TR tolerated (0.01 = 1 %).
     tr_conflict : {"warn", "exclude"}
         A larger difference warns (the sidecar wins) or excludes the run.
+    tr_range : (float, float)
+        Plausible repetition times in seconds (inclusive); a run whose sidecar
+        RepetitionTime is outside is excluded. Default 0.1-10 s.
     phenotypes : mapping of str to {"number", "category"}, optional
         participants.tsv columns to carry and their types; default
         :data:`DEFAULT_PHENOTYPES`.
@@ -207,6 +212,7 @@ def ingest_dataset(
     kinds = _check_parameters(
         dataset, task, min_volumes, tr_tolerance, tr_conflict, phenotypes, site_column
     )
+    tr_range = check_tr_range(tr_range)
     skip = _normalise_subjects(exclude_subjects, "exclude_subjects")
     keep = (
         _normalise_subjects(participant_label, "participant_label")
@@ -222,6 +228,7 @@ def ingest_dataset(
         "min_volumes": min_volumes,
         "tr_tolerance": tr_tolerance,
         "tr_conflict": tr_conflict,
+        "tr_range": list(tr_range),
         "phenotypes": dict(kinds),
         "site_column": site_column,
         "exclude_subjects": sorted(skip, key=natural_key),
@@ -242,7 +249,11 @@ def ingest_dataset(
     layout = index_with_pybids(root, skip_paths, f"dataset {dataset!r}")
     indexed = indexed_files(layout)
     settings = CheckSettings(
-        task=task, min_volumes=min_volumes, tr_tolerance=tr_tolerance, tr_conflict=tr_conflict
+        task=task,
+        min_volumes=min_volumes,
+        tr_tolerance=tr_tolerance,
+        tr_conflict=tr_conflict,
+        tr_range=tr_range,
     )
 
     rows: list[dict[str, Any]] = []
@@ -337,6 +348,7 @@ def scans_sidecar(result: IngestResult) -> dict[str, Any]:
             **TR_POLICY,
             "RelativeTolerance": result.parameters.get("tr_tolerance"),
             "OnConflict": result.parameters.get("tr_conflict"),
+            "PlausibleRange": result.parameters.get("tr_range"),
         },
         "SliceTimingPolicy": SLICE_TIMING_POLICY,
         "Counts": {
@@ -469,6 +481,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a larger difference warns (sidecar wins) or excludes the run (default: warn)",
     )
     parser.add_argument(
+        "--tr-range",
+        nargs=2,
+        type=float,
+        default=list(DEFAULT_TR_RANGE),
+        metavar=("MIN", "MAX"),
+        help="plausible RepetitionTime in seconds; runs outside are excluded "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--phenotypes",
         type=parse_phenotypes,
         default=None,
@@ -516,6 +537,7 @@ def run(args: argparse.Namespace) -> int:
             min_volumes=args.min_volumes,
             tr_tolerance=args.tr_tolerance,
             tr_conflict=args.tr_conflict,
+            tr_range=tuple(args.tr_range),
             phenotypes=args.phenotypes,
             site_column=args.site_column,
             exclude_subjects=labels,

@@ -26,6 +26,7 @@ from brainharmony.bids_names import (
     parse_name,
 )
 from brainharmony.bids_tree import NA, BidsTree, Candidate, Exclusion, pybids_metadata
+from brainharmony.nifti_checks import DEFAULT_TR_RANGE
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class CheckSettings:
     min_volumes: int = 50
     tr_tolerance: float = 0.01
     tr_conflict: TrConflict = "warn"
+    tr_range: tuple[float, float] = DEFAULT_TR_RANGE
 
 
 @dataclass
@@ -123,6 +125,7 @@ def check_subject(
                     min_volumes=settings.min_volumes,
                     tr_tolerance=settings.tr_tolerance,
                     tr_conflict=settings.tr_conflict,
+                    tr_range=settings.tr_range,
                 )
                 out.warnings.extend(facts.warnings)
                 nearest = sidecars[-1][0] if sidecars else None
