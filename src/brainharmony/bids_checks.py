@@ -40,6 +40,7 @@ from brainharmony.nifti_checks import (
     compressed_data_problem,
     image_problem,
     tr_range_problem,
+    value_text,
     volume_count_problem,
     voxel_size_problem,
 )
@@ -200,7 +201,7 @@ def repetition_time(
         raise Rejected(f"RepetitionTime missing: {describe_sidecars(sidecars, expected)}")
     where = where or "metadata"
     tr = as_number(value)
-    shown = _value_text(value)
+    shown = value_text(value)
     if tr is None:
         raise Rejected(f"RepetitionTime {shown} in {where} is not a number")
     if not math.isfinite(tr) or tr <= 0:
@@ -372,19 +373,6 @@ def _json_name(path: Path) -> str:
         if name.endswith(ext):
             return name[: -len(ext)] + ".json"
     return path.with_suffix(".json").name
-
-
-def _value_text(value: Any, limit: int = 40) -> str:
-    """``repr(value)``, shortened for messages (a 400-digit integer stays readable)."""
-    try:
-        text = repr(value)
-    except ValueError:  # int beyond sys.get_int_max_str_digits()
-        return f"<integer of more than {limit} digits>"
-    if len(text) > limit:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return f"<integer of {len(text.lstrip('-'))} digits>"
-        return text[: limit - 3] + "..."
-    return text
 
 
 def _error_text(err: BaseException) -> str:

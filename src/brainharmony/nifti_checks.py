@@ -116,6 +116,44 @@ def image_problem(img: Any) -> str | None:
     return dtype_problem(img.get_data_dtype()) or orientation_problem(img)
 
 
+def file_problem(path: PathLike, img: Any) -> str | None:
+    """Everything a stage checks before reading the voxels of ``img`` (loaded from
+    ``path``): :func:`image_problem`, then the whole gzip stream
+    (:func:`compressed_data_problem`). None when the image is usable."""
+    problem = image_problem(img)
+    if problem is not None:
+        return problem
+    problem = compressed_data_problem(path, img)
+    if problem is not None:
+        return f"the compressed data is damaged ({problem})"
+    return None
+
+
+def load_checked(path: PathLike, what: str) -> Any:
+    """Load an image with nibabel and apply :func:`file_problem`.
+
+    Raises
+    ------
+    InputDataError
+        Naming ``path`` and the problem (``what`` names the image in the message).
+    """
+    import nibabel as nib
+
+    from brainharmony.io import InputDataError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(path, f"{what} file not found")
+    try:
+        img = nib.load(path)
+    except Exception as err:  # nibabel raises many types for broken files
+        raise InputDataError(path, f"cannot read the {what}: {err}") from err
+    problem = file_problem(path, img)
+    if problem is not None:
+        raise InputDataError(path, f"{what}: {problem}")
+    return img
+
+
 def is_gzip(path: PathLike) -> bool:
     """True when the file starts with the gzip magic bytes (or is named ``*.gz``)."""
     path = Path(path)
@@ -253,6 +291,19 @@ def as_number(value: Any) -> float | None:
         return float(value)
     except OverflowError:
         return math.copysign(math.inf, value)
+
+
+def value_text(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, shortened for messages (a 400-digit integer stays readable)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int beyond sys.get_int_max_str_digits()
+        return f"<integer of more than {limit} digits>"
+    if len(text) > limit:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"<integer of {len(text.lstrip('-'))} digits>"
+        return text[: limit - 3] + "..."
+    return text
 
 
 def implausible_mask(data: np.ndarray, limit: float = MAX_ABS_VOXEL) -> np.ndarray:

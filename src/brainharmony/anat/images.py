@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from brainharmony.anat.settings import MAX_NONFINITE_FRACTION
 from brainharmony.io import InputDataError, PathLike
+from brainharmony.nifti_checks import MAX_ABS_VOXEL, file_problem, implausible_mask
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,10 @@ def load_t1w(path: PathLike, max_nonfinite_fraction: float = MAX_NONFINITE_FRACT
     path : path-like
         A NIfTI file holding one 3D volume (a 4D file with a single volume is accepted).
     max_nonfinite_fraction : float
-        Non-finite voxels (NaN, +-Inf) are set to 0 and counted in the report when they
-        are at most this fraction of all voxels; above it the file is refused.
+        Non-finite voxels (NaN, +-Inf) and corrupt ones (magnitude beyond
+        :data:`~brainharmony.nifti_checks.MAX_ABS_VOXEL`) are set to 0 and counted in
+        the report when they are at most this fraction of all voxels; above it the file
+        is refused.
 
     Returns
     -------
@@ -111,8 +114,10 @@ def load_t1w(path: PathLike, max_nonfinite_fraction: float = MAX_NONFINITE_FRACT
     Raises
     ------
     InputDataError
-        Unreadable file, wrong dimensionality, too small, constant, too many
-        non-finite voxels, singular or sheared affine. The message names the file.
+        Unreadable file (also a gzip stream failing its CRC or length check), unknown
+        orientation (qform and sform codes 0), complex or RGB voxels, wrong
+        dimensionality, too small, constant, too many non-finite voxels, singular or
+        sheared affine. The message names the file.
     """
     if not 0 <= max_nonfinite_fraction < 1:
         raise ValueError(
@@ -125,6 +130,9 @@ def load_t1w(path: PathLike, max_nonfinite_fraction: float = MAX_NONFINITE_FRACT
         raise InputDataError(path, "file not found") from None
     except Exception as err:
         raise InputDataError(path, f"not a readable NIfTI image ({err})") from None
+    problem = file_problem(path, img)
+    if problem is not None:
+        raise InputDataError(path, problem)
     shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -139,22 +147,27 @@ def load_t1w(path: PathLike, max_nonfinite_fraction: float = MAX_NONFINITE_FRACT
     affine = np.asarray(img.affine, dtype=float)
     check_affine(affine, path)
     try:
-        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+        with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: corrupt
+            data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as err:  # truncated or damaged voxel data (the header read fine)
         raise InputDataError(
             path, f"not a readable NIfTI image (voxel data: {type(err).__name__}: {err})"
         ) from None
-    bad = ~np.isfinite(data)
+    bad = implausible_mask(data)
     n_bad = int(bad.sum())
+    n_huge = int((bad & np.isfinite(data)).sum()) if n_bad else 0
     fraction = n_bad / data.size
     if fraction > max_nonfinite_fraction:
         raise InputDataError(
             path,
-            f"{n_bad} non-finite (NaN/Inf) voxels, {100 * fraction:.2f}% of the image; at most "
+            f"{n_bad} non-finite (NaN/Inf) or corrupt (|value| > {MAX_ABS_VOXEL:g}; "
+            f"{n_huge} of them) voxels, {100 * fraction:.2f}% of the image; at most "
             f"{100 * max_nonfinite_fraction:.2f}% can be set to 0 (max_nonfinite_fraction)",
         )
     if n_bad:
-        logger.warning("%s: %d non-finite voxels (%.3f%%) set to 0", path, n_bad, 100 * fraction)
+        logger.warning(
+            "%s: %d non-finite or corrupt voxels (%.3f%%) set to 0", path, n_bad, 100 * fraction
+        )
         data = np.where(bad, np.float32(0), data)
     finite = data[data != 0]
     if finite.size == 0 or float(finite.max() - finite.min()) <= 0:
@@ -170,6 +183,7 @@ def load_t1w(path: PathLike, max_nonfinite_fraction: float = MAX_NONFINITE_FRACT
         "ObliquityDegrees": round(_obliquity_deg(affine), 4),
         "Reoriented": _orientation(affine) != "RAS",
         "NonFiniteVoxels": n_bad,
+        "ImplausibleVoxels": n_huge,
         "NonFiniteFraction": fraction,
         "NonFiniteAction": "set to 0" if n_bad else "none",
         "MaxNonFiniteFraction": max_nonfinite_fraction,

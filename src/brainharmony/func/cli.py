@@ -46,6 +46,15 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--atlas", required=True, type=Path, help="atlas dseg .nii.gz")
     g.add_argument("--atlas-labels", required=True, type=Path, help="atlas dseg .tsv")
     g.add_argument("--tr", type=float, default=None, help="repetition time (s)")
+    g.add_argument(
+        "--tr-range",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="plausible repetition time in seconds; a TR outside is refused "
+        "(default: 0.1 10, as ingest.tr_range)",
+    )
     g.add_argument("--no-qc", action="store_true", help="skip the QC figures")
     g.add_argument("--threads", type=int, default=1)
 
@@ -289,6 +298,17 @@ def check_atlas_space(atlas_path: Path, space: str) -> None:
         )
 
 
+def _tr_range(args: argparse.Namespace) -> tuple[float, float]:
+    from brainharmony.nifti_checks import DEFAULT_TR_RANGE, check_tr_range
+
+    if args.tr_range is None:
+        return DEFAULT_TR_RANGE
+    try:
+        return check_tr_range(args.tr_range)
+    except ValueError as err:
+        raise InputDataError(None, f"--tr-range: {err}") from None
+
+
 def _run_entities(args: argparse.Namespace) -> tuple[str, str | None, str, str | None]:
     """Subject, session, task and run named on the command line (``n/a``: None)."""
     return args.subject, _na(args.session), args.task, _na(args.run)
@@ -337,15 +357,23 @@ def _run_native(args: argparse.Namespace) -> int:
     from brainharmony.func.atlas_resource import read_atlas, read_tissue_masks
     from brainharmony.func.naming import run_outputs
     from brainharmony.func.outputs import write_native_outputs
-    from brainharmony.func.pipeline import NativeSettings, RunInputs, bold_metadata, preprocess_run
+    from brainharmony.func.pipeline import (
+        NativeSettings,
+        RunInputs,
+        bold_metadata,
+        preprocess_run,
+        resolve_repetition_time,
+    )
 
     _set_threads(args.threads)
+    tr_range = _tr_range(args)
+    sources: dict[str, Path] = {}
+    metadata = bold_metadata(args.bold, args.bold_sidecar, sources)
+    t_r = resolve_repetition_time(
+        args.bold, args.tr, metadata, sources.get("RepetitionTime"), tr_range
+    )
     atlas, table = read_atlas(args.atlas, args.atlas_labels)
     tissues = read_tissue_masks(args.tissue_masks, atlas) if args.tissue_masks else None
-    metadata = bold_metadata(args.bold, args.bold_sidecar)
-    t_r = args.tr if args.tr is not None else metadata.get("RepetitionTime")
-    if t_r is None:
-        raise InputDataError(args.bold, "RepetitionTime unknown (no sidecar value, no --tr)")
     denoise = _denoise_settings(args)
     settings = NativeSettings(
         slice_timing=not args.no_slice_timing,
@@ -361,7 +389,7 @@ def _run_native(args: argparse.Namespace) -> int:
     )
     inputs = RunInputs(
         bold=args.bold,
-        t_r=float(t_r),
+        t_r=t_r,
         metadata=metadata,
         t1w_to_template=read_t1w_to_template(args.t1w_to_template),
         t1w=args.t1w,
@@ -417,6 +445,7 @@ def _run_derivatives(args: argparse.Namespace) -> int:
         files,
         atlas,
         t_r=args.tr,
+        tr_range=_tr_range(args),
         denoise_settings=denoise,
         min_parcel_voxels=args.min_parcel_voxels,
         scale=args.scale,

@@ -393,6 +393,7 @@ def process_derivatives(
     atlas_image: Any,
     *,
     t_r: float | None = None,
+    tr_range: tuple[float, float] | None = None,
     denoise_settings: Any = None,
     min_parcel_voxels: int = 3,
     scale: str = "psc",
@@ -407,6 +408,8 @@ def process_derivatives(
         by nearest neighbour when the grids differ).
     t_r : float, optional
         Repetition time in seconds; default the BOLD sidecar's ``RepetitionTime``.
+    tr_range : (float, float), optional
+        Plausible repetition times (s); a TR outside is refused. Default 0.1-10 s.
     denoise_settings : DenoiseSettings, optional
     min_parcel_voxels : int
     scale : {"psc", "none"}
@@ -425,8 +428,6 @@ def process_derivatives(
     """
     import json
 
-    import nibabel as nib
-
     from brainharmony.func.confounds import NON_STEADY_STATE_PREFIX, outlier_frames
     from brainharmony.func.denoise import (
         STRATEGIES,
@@ -437,21 +438,26 @@ def process_derivatives(
         filter_min_volumes,
     )
     from brainharmony.func.parcellate import parcel_means, resample_labels
+    from brainharmony.func.pipeline import resolve_repetition_time
+    from brainharmony.nifti_checks import DEFAULT_TR_RANGE, implausible_mask, load_checked
 
     d = denoise_settings or DenoiseSettings()
     meta: dict[str, Any] = {}
     if files.bold_sidecar is not None:
-        meta = json.loads(files.bold_sidecar.read_text())
-    if t_r is None:
-        t_r = meta.get("RepetitionTime")
-    if t_r is None:
-        raise InputDataError(files.bold, "RepetitionTime unknown (no sidecar and no --tr)")
-    t_r = float(t_r)
+        try:
+            meta = json.loads(files.bold_sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON, UTF-8
+            raise InputDataError(files.bold_sidecar, f"cannot read JSON sidecar: {err}") from err
+        if not isinstance(meta, dict):
+            raise InputDataError(files.bold_sidecar, "the sidecar is not a JSON object")
+    t_r = resolve_repetition_time(
+        files.bold, t_r, meta, files.bold_sidecar, tr_range or DEFAULT_TR_RANGE
+    )
     try:
         sos = butterworth_sos(t_r, d.high_pass, d.low_pass, d.filter_order)
     except ValueError as err:
         raise InputDataError(files.bold, str(err)) from err
-    img = nib.load(files.bold)
+    img = load_checked(files.bold, "preprocessed BOLD")
     if img.ndim != 4:
         raise InputDataError(files.bold, f"preprocessed BOLD must be 4-D, got {img.shape}")
     n_vol = img.shape[3]
@@ -471,21 +477,24 @@ def process_derivatives(
         non_steady = outlier_frames(table, NON_STEADY_STATE_PREFIX)
     except ValueError as err:
         raise InputDataError(files.confounds, str(err)) from err
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: corrupt
+        data = np.asarray(img.dataobj, dtype=np.float32)
     same_grid = tuple(atlas_image.shape[:3]) == tuple(img.shape[:3]) and np.allclose(
         atlas_image.affine, img.affine, atol=1e-4
     )
     labels = resample_labels(
         np.asarray(atlas_image.dataobj), atlas_image.affine, img.affine, img.shape[:3]
     )
-    usable = np.isfinite(data).all(axis=3)
+    corrupt = implausible_mask(data)  # NaN, Inf or beyond MAX_ABS_VOXEL
+    usable = ~corrupt.any(axis=3)
     n_nonfinite = int((~usable).sum())
     if n_nonfinite:
-        data[~usable] = 0.0
+        data[corrupt] = 0.0
+    del corrupt
     sd = data.std(axis=3)
     usable &= sd > 0
     if files.mask is not None:
-        usable &= np.asarray(nib.load(files.mask).dataobj) > 0
+        usable &= np.asarray(load_checked(files.mask, "brain mask").dataobj) > 0
     parcels = parcel_means(
         data, labels, label_values=np.arange(1, 401), usable=usable, min_voxels=min_parcel_voxels
     )

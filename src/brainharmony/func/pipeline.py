@@ -36,6 +36,15 @@ from brainharmony.func.planning import (
 )
 from brainharmony.func.register import CoregSettings
 from brainharmony.io import InputDataError, PathLike
+from brainharmony.nifti_checks import (
+    DEFAULT_TR_RANGE,
+    MAX_ABS_VOXEL,
+    as_number,
+    implausible_mask,
+    load_checked,
+    tr_range_problem,
+    value_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,20 +149,20 @@ class BoldData:
 def load_bold(path: PathLike, *, max_nonfinite_fraction: float = 0.1) -> BoldData:
     """Read a BOLD NIfTI and check it.
 
-    Voxels holding NaN/Inf at any time are zeroed and excluded (reported); so are
-    voxels whose signal never changes (zero variance). The run is refused
-    (:class:`~brainharmony.io.InputDataError`, naming the file) when it is not 4-D,
-    has fewer than 2 volumes, or non-finite voxels exceed ``max_nonfinite_fraction``
-    of the voxels holding signal.
+    Voxels holding NaN/Inf, or a value beyond
+    :data:`~brainharmony.nifti_checks.MAX_ABS_VOXEL` in magnitude (corrupt), at any
+    time are zeroed and excluded (reported); so are voxels whose signal never changes
+    (zero variance). The run is refused (:class:`~brainharmony.io.InputDataError`,
+    naming the file) when its orientation is unknown (qform and sform codes 0) or its
+    affine singular, its voxels complex or RGB, its gzip data damaged (CRC, length),
+    it is not 4-D, has fewer than 2 volumes, or such corrupt voxels exceed
+    ``max_nonfinite_fraction`` of the voxels holding signal.
     """
-    import nibabel as nib
-
     path = Path(path)
-    if not path.exists():
-        raise InputDataError(path, "BOLD file not found")
+    img = load_checked(path, "BOLD image")
     try:
-        img = nib.load(path)
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: corrupt
+            data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as err:  # nibabel raises many types for broken files
         raise InputDataError(path, f"cannot read the BOLD image: {err}") from err
     if data.ndim != 4:
@@ -163,10 +172,14 @@ def load_bold(path: PathLike, *, max_nonfinite_fraction: float = 0.1) -> BoldDat
     if min(data.shape[:3]) < 4:
         raise InputDataError(path, f"BOLD grid {data.shape[:3]} is too small (4 voxels per axis)")
     data = np.asfortranarray(data)
-    finite = np.isfinite(data).all(axis=3)
+    corrupt = implausible_mask(data)
+    finite = ~corrupt.any(axis=3)
     n_nonfinite = int((~finite).sum())
+    n_huge = 0
     if n_nonfinite:
-        data[~finite] = 0.0
+        n_huge = int((np.isfinite(data).all(axis=3) & ~finite).sum())
+        data[corrupt] = 0.0
+    del corrupt
     signal = np.abs(data).max(axis=3) > 0
     n_signal = int(signal.sum()) + n_nonfinite
     if n_signal == 0:
@@ -176,7 +189,8 @@ def load_bold(path: PathLike, *, max_nonfinite_fraction: float = 0.1) -> BoldDat
         raise InputDataError(
             path,
             f"{n_nonfinite} voxels ({fraction:.1%} of those with signal) hold NaN or "
-            f"infinite values; at most {max_nonfinite_fraction:.0%} is tolerated",
+            f"infinite values or values beyond +-{MAX_ABS_VOXEL:g} ({n_huge} of them); "
+            f"at most {max_nonfinite_fraction:.0%} is tolerated",
         )
     constant = (data.max(axis=3) - data.min(axis=3)) <= 0
     valid = finite & ~constant
@@ -185,18 +199,25 @@ def load_bold(path: PathLike, *, max_nonfinite_fraction: float = 0.1) -> BoldDat
     report = {
         "Shape": list(data.shape),
         "NonFiniteVoxels": n_nonfinite,
+        "ImplausibleVoxels": n_huge,
         "ConstantVoxels": int((constant & finite & signal).sum()),
         "Handling": (
-            "voxels with NaN/Inf or zero variance are excluded from motion estimation and "
-            "from coverage (template voxels whose interpolation touches them get none)"
+            "voxels with NaN/Inf, with values beyond +-"
+            f"{MAX_ABS_VOXEL:g} (counted in NonFiniteVoxels, also in ImplausibleVoxels) "
+            "or with zero variance are excluded from motion estimation and from coverage "
+            "(template voxels whose interpolation touches them get none)"
         ),
     }
     if n_nonfinite:
-        logger.warning("%s: %d voxels hold NaN/Inf; excluded", path, n_nonfinite)
+        logger.warning(
+            "%s: %d voxels hold NaN/Inf or |value| > %g; excluded", path, n_nonfinite, MAX_ABS_VOXEL
+        )
     return BoldData(data, np.asarray(img.affine, dtype=np.float64), img.header, valid, report)
 
 
-def bold_metadata(bold: PathLike, sidecar: PathLike | None = None) -> dict[str, Any]:
+def bold_metadata(
+    bold: PathLike, sidecar: PathLike | None = None, sources: dict[str, Path] | None = None
+) -> dict[str, Any]:
     """Merged JSON metadata of a BOLD file (BIDS inheritance), most specific last.
 
     Parameters
@@ -206,6 +227,13 @@ def bold_metadata(bold: PathLike, sidecar: PathLike | None = None) -> dict[str, 
     sidecar : path-like, optional
         A sidecar known to apply (read last). Without a BIDS layout around the file,
         only this (or the file's own ``.json``) is read.
+    sources : dict, optional
+        Filled with key -> the sidecar whose value was kept (for messages).
+
+    Raises
+    ------
+    InputDataError
+        A sidecar that cannot be read, is not UTF-8 or not JSON, naming it.
     """
     from brainharmony.bids_names import BadName, applicable_sidecars, parse_name
 
@@ -234,12 +262,67 @@ def bold_metadata(bold: PathLike, sidecar: PathLike | None = None) -> dict[str, 
         candidates.append(Path(sidecar).absolute())
     for path in candidates:
         try:
-            content = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            content = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON, UTF-8
             raise InputDataError(path, f"cannot read JSON sidecar: {err}") from err
         if isinstance(content, dict):
             merged.update(content)
+            if sources is not None:
+                sources.update(dict.fromkeys(content, Path(path)))
     return merged
+
+
+def resolve_repetition_time(
+    bold: PathLike,
+    t_r: Any,
+    metadata: dict[str, Any],
+    source: PathLike | None = None,
+    tr_range: tuple[float, float] = DEFAULT_TR_RANGE,
+) -> float:
+    """The run's repetition time in seconds: ``t_r`` (``--tr``) when given, else the
+    sidecar's ``RepetitionTime``; checked.
+
+    Parameters
+    ----------
+    bold : path-like
+        The BOLD file (named when the value came from ``--tr`` or is missing).
+    t_r : float or None
+        The command line's value.
+    metadata : dict
+        Merged sidecar metadata.
+    source : path-like, optional
+        The sidecar that set ``RepetitionTime`` (named in messages about its value).
+    tr_range : (float, float)
+        Plausible repetition times in seconds, inclusive.
+
+    Raises
+    ------
+    InputDataError
+        Missing, not a single number (a list such as ``[2.0]``, a string), not a
+        positive finite number, or outside ``tr_range``; naming the sidecar (or the
+        BOLD for ``--tr``) and the problem.
+    """
+    if t_r is not None:
+        value, where, path = t_r, "--tr", Path(bold)
+    else:
+        value = metadata.get("RepetitionTime")
+        if value is None:
+            raise InputDataError(bold, "RepetitionTime unknown (no sidecar value, no --tr)")
+        path = Path(source) if source is not None else Path(bold)
+        where = "RepetitionTime in the sidecar"
+    shown = value_text(value)
+    number = as_number(value)
+    if number is None:
+        raise InputDataError(
+            path,
+            f"{where} is {shown}, not a number (one value in seconds is needed; --tr overrides it)",
+        )
+    if not (np.isfinite(number) and number > 0):
+        raise InputDataError(path, f"{where} {shown} is not a positive finite number")
+    problem = tr_range_problem(number, tr_range)
+    if problem is not None:
+        raise InputDataError(path, f"{where} {shown} s {problem}")
+    return number
 
 
 @dataclass
@@ -326,14 +409,15 @@ def _slice_times(metadata: dict[str, Any], header: Any, t_r: float) -> tuple[Any
 def _coreg_target(
     inputs: RunInputs,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-    """Registration target in T1w world: (data, affine, brain mask or None, description)."""
-    import nibabel as nib
+    """Registration target in T1w world: (data, affine, brain mask or None, description).
 
+    Each image is checked as the BOLD is (:func:`~brainharmony.nifti_checks.load_checked`).
+    """
     if inputs.t1w_brain is not None:
         if inputs.t1w_brain_mask is None:
             raise ValueError("t1w_brain needs t1w_brain_mask (the anatomy stage's brain mask)")
-        t1 = nib.load(inputs.t1w_brain)
-        mask_img = nib.load(inputs.t1w_brain_mask)
+        t1 = load_checked(inputs.t1w_brain, "T1w image")
+        mask_img = load_checked(inputs.t1w_brain_mask, "brain mask")
         if mask_img.shape[:3] != t1.shape[:3] or not np.allclose(
             mask_img.affine, t1.affine, atol=1e-3
         ):
@@ -343,7 +427,7 @@ def _coreg_target(
         return np.asarray(t1.dataobj, np.float32), np.asarray(t1.affine), mask, what
     if inputs.t1w is None:
         raise ValueError("BOLD -> T1w registration needs t1w_brain (+ mask) or t1w")
-    t1 = nib.load(inputs.t1w)
+    t1 = load_checked(inputs.t1w, "T1w image")
     return np.asarray(t1.dataobj, np.float32), np.asarray(t1.affine), None, "raw T1w (head)"
 
 
