@@ -27,8 +27,8 @@ rule anat_templates:
     conda:
         str(ENVS / "preproc.yaml")
     shell:
-        "{params.bh} -v templates --out-dir {params.out_dir:q} --template {params.template} "
-        "--resolutions 1 2 > {log} 2>&1"
+        "{params.bh} -v templates --out-dir {params.out_dir:q} --template {params.template:q} "
+        "--resolutions 1 2 > {log:q} 2>&1"
 
 
 rule anat:
@@ -64,8 +64,8 @@ rule anat:
         str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v anat --t1w {input.t1w:q} --out-dir {params.out_dir:q} "
-        "--subject {wildcards.subject} {params.session} {params.options} "
-        "--template-dir {params.template_dir:q} > {log} 2>&1"
+        "--subject {wildcards.subject:q} {params.session} {params.options} "
+        "--template-dir {params.template_dir:q} > {log:q} 2>&1"
 
 
 use rule anat as anat_session with:
@@ -76,7 +76,7 @@ use rule anat as anat_session with:
         out_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
         options=anat_planning.cli_options(ANAT_SETTINGS),
         template_dir=lambda wildcards, input: str(Path(input.templates[0]).parent),
-        session=lambda wildcards: f"--session {wildcards.session}",
+        session=lambda wildcards: f"--session {shlex.quote(wildcards.session)}",
     log:
         "logs/anat/{dataset}/sub-{subject}_ses-{session}.log",
     benchmark:

@@ -28,5 +28,6 @@ if DEMO_DATASETS:
         conda:
             str(ENVS / "preproc.yaml")
         shell:
-            "{params.bh} -v demo --out {params.root} --preset {params.preset} "
-            "--seed {params.seed} --datasets {wildcards.dataset} --jobs {threads} > {log} 2>&1"
+            "{params.bh} -v demo --out {params.root:q} --preset {params.preset:q} "
+            "--seed {params.seed:q} --datasets {wildcards.dataset:q} --jobs {threads} "
+            "> {log:q} 2>&1"

@@ -28,9 +28,9 @@ rule eval_labels:
     conda:
         str(ENVS / "preproc.yaml")
     shell:
-        "{params.bh} -v eval-labels --dataset {wildcards.dataset} --task {wildcards.task} "
+        "{params.bh} -v eval-labels --dataset {wildcards.dataset:q} --task {wildcards.task:q} "
         "--settings {params.settings:q} --scans {input.scans:q} --out {output.labels:q} "
-        "> {log} 2>&1"
+        "> {log:q} 2>&1"
 
 
 rule eval_splits:
@@ -66,10 +66,10 @@ rule eval_splits:
         str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v splits --table {input.labels:q} --target {params.target:q} "
-        "--task {params.kind} --site-column site --site-mode {params.site_mode} "
+        "--task {params.kind:q} --site-column site --site-mode {params.site_mode:q} "
         "--n-folds {params.n_folds} --val-fraction {params.val_fraction} "
         "--n-bins {params.n_bins} --seed {wildcards.seed} --out-dir {params.out_dir:q} "
-        "> {log} 2>&1"
+        "> {log:q} 2>&1"
 
 
 rule evaluate:
@@ -90,7 +90,7 @@ rule evaluate:
         bh=BH,
         settings=EVAL_SETTINGS,
         split_dirs=lambda wildcards, input: eval_plan.split_dirs(input.splits),
-        models=" ".join(EVAL.models),
+        models=list(EVAL.models),
         extra=lambda wildcards, input: eval_plan.model_args(EVAL, input),
     log:
         "logs/eval/{dataset}_{task}_evaluate.log",
@@ -103,10 +103,10 @@ rule evaluate:
     conda:
         str(ENVS / "train.yaml")
     shell:
-        "{params.bh} -v evaluate --dataset {wildcards.dataset} --task {wildcards.task} "
+        "{params.bh} -v evaluate --dataset {wildcards.dataset:q} --task {wildcards.task:q} "
         "--settings {params.settings:q} --labels {input.labels:q} "
-        "--splits {params.split_dirs} --series {input.series:q} --models {params.models} "
-        "{params.extra} --threads {threads} --out {output.predictions:q} > {log} 2>&1"
+        "--splits {params.split_dirs} --series {input.series:q} --models {params.models:q} "
+        "{params.extra} --threads {threads} --out {output.predictions:q} > {log:q} 2>&1"
 
 
 rule eval_tables:
@@ -135,7 +135,7 @@ rule eval_tables:
     shell:
         "{params.bh} -v tables --inputs {input.predictions:q} "
         "--predictions {output.predictions:q} --out-dir {params.out_dir:q} "
-        "--settings {params.settings:q} > {log} 2>&1"
+        "--settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -165,7 +165,7 @@ rule report:
         str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v report --results results --config {params.configs} "
-        "--out {output:q} > {log} 2>&1"
+        "--out {output:q} > {log:q} 2>&1"
 
 
 
@@ -214,6 +214,6 @@ rule predictor_cv:
     shell:
         "{params.bh} -v predictor-cv --config {input.yaml:q} --labels {input.labels:q} "
         "--splits {params.split_dirs} --settings {params.settings:q} "
-        "--dataset {wildcards.dataset} --task {wildcards.task} {params.pairs} "
+        "--dataset {wildcards.dataset:q} --task {wildcards.task:q} {params.pairs} "
         "--scaling {input.scaling:q} --init {params.lmae:q} --work {params.work:q} "
-        "--threads {threads} {params.opts} --out {output.predictions:q} > {log} 2>&1"
+        "--threads {threads} {params.opts} --out {output.predictions:q} > {log:q} 2>&1"

@@ -37,8 +37,8 @@ rule func_atlas:
     conda:
         str(ENVS / "preproc.yaml")
     shell:
-        "{params.bh} -v func atlas --resolution {params.resolution} "
-        "--out-dir {params.out_dir:q} {params.atlas} > {log} 2>&1"
+        "{params.bh} -v func atlas --resolution {params.resolution:q} "
+        "--out-dir {params.out_dir:q} {params.atlas} > {log:q} 2>&1"
 
 
 if FUNC.backend == "native":
@@ -74,11 +74,8 @@ if FUNC.backend == "native":
             run=lambda wildcards: func_planning.run_options(
                 func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
             ),
-            sidecar=lambda wildcards: (
-                "--bold-sidecar "
-                + func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS).bold_sidecar
-                if func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS).bold_sidecar
-                else ""
+            sidecar=lambda wildcards: func_planning.sidecar_option(
+                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
             ),
             options=func_planning.native_options(FUNC),
             denoise=func_planning.denoise_options(FUNC),
@@ -106,7 +103,7 @@ if FUNC.backend == "native":
             "--anat-sidecar {input.anat_sidecar:q} "
             "--atlas {input.atlas:q} --atlas-labels {input.labels:q} "
             "--tissue-masks {input.tissues:q} --out-dir {params.out_dir:q} {params.run} "
-            "{params.options} {params.denoise} --threads {threads} > {log} 2>&1"
+            "{params.options} {params.denoise} --threads {threads} > {log:q} 2>&1"
 
 else:
 
@@ -146,8 +143,8 @@ else:
             shell:
                 "{params.bh} -v func fmriprep --bids-dir {params.bids_dir:q} "
                 "--fmriprep-dir {params.out_dir:q} --work-dir {params.work_dir:q} "
-                "--participant-label {wildcards.subject} --nthreads {threads} "
-                "{params.options} --done {output.done:q} > {log} 2>&1"
+                "--participant-label {wildcards.subject:q} --nthreads {threads} "
+                "{params.options} --done {output.done:q} > {log:q} 2>&1"
 
     rule func_denoise:
         input:
@@ -188,4 +185,4 @@ else:
         shell:
             "{params.bh} -v func derivatives {params.source} --atlas {input.atlas:q} "
             "--atlas-labels {input.labels:q} --out-dir {params.out_dir:q} {params.run} "
-            "{params.denoise} > {log} 2>&1"
+            "{params.denoise} > {log:q} 2>&1"

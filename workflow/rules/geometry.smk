@@ -29,9 +29,9 @@ rule harmonics:
     conda:
         str(ENVS / "preproc.yaml")
     shell:
-        "{params.bh} -v harmonics --template {params.surface} --n-modes {params.k} "
+        "{params.bh} -v harmonics --template {params.surface:q} --n-modes {params.k} "
         "--out-table {output.table:q} --qc-figure {output.figure:q} --threads {threads} "
-        "> {log} 2>&1"
+        "> {log:q} 2>&1"
 
 
 rule gradients_group:
@@ -57,8 +57,8 @@ rule gradients_group:
         str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v gradients --series {input.series:q} --n-components {params.g} "
-        "--kernel {params.kernel} --sparsity {params.sparsity} --out {output.table:q} "
-        "--out-fc {output.fc:q} > {log} 2>&1"
+        "--kernel {params.kernel:q} --sparsity {params.sparsity} --out {output.table:q} "
+        "--out-fc {output.fc:q} > {log:q} 2>&1"
 
 
 rule gradients_dataset:
@@ -84,5 +84,5 @@ rule gradients_dataset:
         str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v gradients --series {input.series:q} --n-components {params.g} "
-        "--kernel {params.kernel} --sparsity {params.sparsity} "
-        "--reference {input.reference:q} --out {output.table:q} > {log} 2>&1"
+        "--kernel {params.kernel:q} --sparsity {params.sparsity} "
+        "--reference {input.reference:q} --out {output.table:q} > {log:q} 2>&1"

@@ -1,6 +1,9 @@
 # Ingest: index each raw BIDS dataset into scans.tsv (usable runs) and excluded.tsv.
 # A checkpoint: the subjects/sessions/runs that later stages expand over are the rows
 # of scans.tsv, so only combinations that exist become jobs.
+# Every config-derived value reaches the shell quoted (`:q`, or shlex.quote in the
+# option helpers): a bids_dir may hold spaces, quotes or `$( )` (tests/workflow/
+# test_shell_quoting.py).
 
 
 def _phenotype_arg(wildcards):
@@ -10,7 +13,7 @@ def _phenotype_arg(wildcards):
 
 def _ingest_options(wildcards):
     ds = config["datasets"][wildcards.dataset]
-    opts = [f"--task {ds['task']}"]
+    opts = [f"--task {shlex.quote(ds['task'])}"]
     if ds["site_column"]:
         opts.append(f"--site-column {shlex.quote(ds['site_column'])}")
     if ds["exclude_subjects"]:
@@ -47,7 +50,7 @@ checkpoint ingest:
     conda:
         str(ENVS / "preproc.yaml")
     shell:
-        "{params.bh} -v ingest --dataset {wildcards.dataset} --bids-dir {params.bids_dir} "
-        "--out-dir {params.out_dir} --min-volumes {params.min_volumes} "
-        "--tr-tolerance {params.tr_tolerance} --tr-conflict {params.tr_conflict} "
-        "{params.options} > {log} 2>&1"
+        "{params.bh} -v ingest --dataset {wildcards.dataset:q} --bids-dir {params.bids_dir:q} "
+        "--out-dir {params.out_dir:q} --min-volumes {params.min_volumes:q} "
+        "--tr-tolerance {params.tr_tolerance:q} --tr-conflict {params.tr_conflict:q} "
+        "{params.options} > {log:q} 2>&1"

@@ -32,8 +32,8 @@ rule multitr:
         str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v multitr --scans {input.scans:q} --series {input.series:q} "
-        "--tr-out-ms {wildcards.ms} --method {params.method} --seed {params.seed} "
-        "--shard {output.shard:q} --index {output.index:q} > {log} 2>&1"
+        "--tr-out-ms {wildcards.ms} --method {params.method:q} --seed {params.seed} "
+        "--shard {output.shard:q} --index {output.index:q} > {log:q} 2>&1"
 
 
 rule pack_volumes:
@@ -62,7 +62,7 @@ rule pack_volumes:
         str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v pack --kind volumes --files {input.volumes:q} --scans {input.scans:q} "
-        "--shard {output.shard:q} --index {output.index:q} > {log} 2>&1"
+        "--shard {output.shard:q} --index {output.index:q} > {log:q} 2>&1"
 
 
 rule scaling_stats:
@@ -84,5 +84,5 @@ rule scaling_stats:
     conda:
         str(ENVS / "preproc.yaml")
     shell:
-        "{params.bh} -v scaling-stats --series {input.series:q} --mode {params.mode} "
-        "--out {output.stats:q} > {log} 2>&1"
+        "{params.bh} -v scaling-stats --series {input.series:q} --mode {params.mode:q} "
+        "--out {output.stats:q} > {log:q} 2>&1"

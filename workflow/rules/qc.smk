@@ -38,7 +38,7 @@ rule group_qc:
     conda:
         str(ENVS / "preproc.yaml")
     shell:
-        "{params.bh} -v group-qc --dataset {wildcards.dataset} --scans {input.scans:q} "
+        "{params.bh} -v group-qc --dataset {wildcards.dataset:q} --scans {input.scans:q} "
         "--excluded {input.excluded:q} --anat-dir {params.anat_dir:q} "
         "--func-dir {params.func_dir:q} --task {params.task:q} --template {params.template:q} "
-        "--space {params.space:q} --out-dir {params.out_dir:q} > {log} 2>&1"
+        "--space {params.space:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

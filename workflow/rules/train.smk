@@ -51,7 +51,7 @@ rule train_bh_s:
         str(ENVS / "train.yaml")
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
-        "--state {params.state:q} {params.pairs} --threads {threads} {params.opts} > {log} 2>&1"
+        "--state {params.state:q} {params.pairs} --threads {threads} {params.opts} > {log:q} 2>&1"
 
 
 rule train_bh_f:
@@ -84,7 +84,7 @@ rule train_bh_f:
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.pairs} --scaling {input.scaling:q} {params.sets} "
-        "--threads {threads} {params.opts} > {log} 2>&1"
+        "--threads {threads} {params.opts} > {log:q} 2>&1"
 
 
 rule embed_encoders:
@@ -123,7 +123,7 @@ rule embed_encoders:
         "--series-shard {input.series:q} --series-index {input.series_index:q} "
         "--scaling {input.scaling:q} --volume-shard {input.volumes:q} "
         "--volume-index {input.volume_index:q} --tokens-dir {params.tokens_dir:q} "
-        "--out-f {output.f:q} --out-s {output.s:q} --threads {threads} > {log} 2>&1"
+        "--out-f {output.f:q} --out-s {output.s:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule train_harmonizer:
@@ -136,7 +136,7 @@ rule train_harmonizer:
         bh=TRAIN_BH,
         out=lambda wildcards, output: train_plan.folder_of(output.weights),
         state=lambda wildcards, output: train_plan.state_dir(train_plan.folder_of(output.weights)),
-        index=lambda wildcards, input: " ".join(f"--index {i}" for i in input.tokens),
+        index=lambda wildcards, input: " ".join(f"--index {shlex.quote(i)}" for i in input.tokens),
         # s_grid: auto -> BrainHarmonix-S's token grid at anat.resolution_mm
         grid=lambda wildcards: train_plan.harmonizer_sets(
             TRAIN, ANAT_SETTINGS.model_box_mm, ANAT_SETTINGS.resolution_mm
@@ -156,7 +156,7 @@ rule train_harmonizer:
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.index} {params.grid} --threads {threads} "
-        "{params.opts} > {log} 2>&1"
+        "{params.opts} > {log:q} 2>&1"
 
 
 rule embed_harmonizer:
@@ -179,7 +179,7 @@ rule embed_harmonizer:
         str(ENVS / "train.yaml")
     shell:
         "{params.bh} -v embed harmonizer --model {params.model:q} "
-        "--tokens-index {input.tokens:q} --out {output:q} > {log} 2>&1"
+        "--tokens-index {input.tokens:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule embed_roi_similarity:
@@ -199,7 +199,7 @@ rule embed_roi_similarity:
         str(ENVS / "train.yaml")
     shell:
         "{params.bh} -v embed roi-similarity --tokens-index {input.tokens:q} "
-        "--out {output:q} > {log} 2>&1"
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule train_lmae:
@@ -231,4 +231,4 @@ rule train_lmae:
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.pairs} --scaling {input.scaling:q} "
-        "--threads {threads} {params.opts} > {log} 2>&1"
+        "--threads {threads} {params.opts} > {log:q} 2>&1"

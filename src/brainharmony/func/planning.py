@@ -546,10 +546,17 @@ def row(ingest_checkpoint: Any, wildcards: Any, tasks: Mapping[str, str]) -> Run
 
 def run_options(r: RunRow) -> str:
     """``--subject ... --session ... --task ... --run ... --tr ...`` of a run."""
-    return (
-        f"--subject {r.subject} --session {r.session or 'n/a'} --task {r.task} "
-        f"--run {r.run or 'n/a'} --tr {r.tr!r}"
-    )
+    return shlex.join(
+        [
+            "--subject", r.subject, "--session", r.session or "n/a", "--task", r.task,
+            "--run", r.run or "n/a", "--tr", repr(r.tr),
+        ]
+    )  # fmt: skip
+
+
+def sidecar_option(r: RunRow) -> str:
+    """``--bold-sidecar PATH`` (shell-quoted) of a run, or nothing when it has none."""
+    return "" if not r.bold_sidecar else f"--bold-sidecar {shlex.quote(r.bold_sidecar)}"
 
 
 def source_inputs(
