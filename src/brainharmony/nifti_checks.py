@@ -216,7 +216,8 @@ def expected_nbytes(img: Any) -> int | None:
     """Bytes from the file start to the end of the voxel data, or None when unknown."""
     header = img.header
     try:
-        offset = int(header.get_data_offset())
+        # nibabel keeps the file's vox_offset on the array proxy, not in the header.
+        offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))
         dtype = np.dtype(header.get_data_dtype())
         shape = header.get_data_shape()
     except Exception:
@@ -290,7 +291,7 @@ def as_number(value: Any) -> float | None:
     try:
         return float(value)
     except OverflowError:
-        return math.copysign(math.inf, value)
+        return math.inf if value > 0 else -math.inf
 
 
 def value_text(value: Any, limit: int = 40) -> str:
