@@ -29,9 +29,12 @@ from brainharmony.bids_checks import MAX_PLAUSIBLE_TR_S, TrConflict
 from brainharmony.bids_names import label_problem, natural_key, safe_text
 from brainharmony.bids_tree import (
     NA,
+    BidsTree,
     Exclusion,
+    error_text,
     index_with_pybids,
     indexed_files,
+    link_problem,
     walk_dataset,
 )
 from brainharmony.io import InputDataError, PathLike, provenance, write_json, write_tsv
@@ -239,14 +242,21 @@ def ingest_dataset(
     if not description.is_file():
         warnings.append("dataset_description.json is missing (required by BIDS)")
 
+    _refuse_linked_out(root, "participants.tsv", dataset)
     participants = read_participants(
         root / "participants.tsv", phenotypes=kinds, site_column=site_column
     )
     warnings.extend(participants.warnings)
     tree = walk_dataset(root)
+    warnings.extend(_check_description(tree, dataset))
+    warnings.extend(tree.warnings)
+    for path in tree.broken_json():
+        item = tree.json_files[path]
+        verb = "not read" if item.refused else "cannot be parsed"
+        shown = path.relative_to(root).as_posix()
+        warnings.append(f"{shown} {verb}: {item.error}; left out of the pybids index")
     _check_labels_exist(root, dataset, tree.subjects, skip, keep)
-    skip_paths = [*tree.broken_json(), *(e.path for e in tree.rejected)]
-    layout = index_with_pybids(root, skip_paths, f"dataset {dataset!r}")
+    layout = index_with_pybids(root, tree.pybids_skip(), f"dataset {dataset!r}")
     indexed = indexed_files(layout)
     settings = CheckSettings(
         task=task,
@@ -267,7 +277,17 @@ def ingest_dataset(
             reason = "subject listed in exclude_subjects"
             excluded.append(Exclusion(subject, NA, NA, tree.subjects[subject], reason))
             continue
-        outcome = check_subject(subject, tree, layout, indexed, settings)
+        if subject in tree.failed:
+            reason = tree.failed[subject]
+            excluded.append(Exclusion(subject, NA, NA, tree.subjects[subject], reason))
+            continue
+        try:
+            outcome = check_subject(subject, tree, layout, indexed, settings)
+        except Exception as err:  # one subject's files must not stop the dataset
+            logger.debug("sub-%s failed", subject, exc_info=True)
+            reason = f"error while reading the subject's files: {error_text(err)}"
+            excluded.append(Exclusion(subject, NA, NA, tree.subjects[subject], reason))
+            continue
         rows += outcome.rows
         excluded += outcome.excluded
         warnings += outcome.warnings
@@ -608,6 +628,33 @@ def _normalise_subjects(labels: Iterable[str], name: str) -> set[str]:
             raise ValueError(f"{name}: {problem}")
         found.add(label)
     return found
+
+
+def _refuse_linked_out(root: Path, name: str, dataset: str) -> None:
+    """A dataset-level file behind a link out of the dataset (or broken, or a loop)
+    stops the dataset, naming the file."""
+    path = root / name
+    problem = link_problem(path, Path(os.path.realpath(root)))
+    if problem is not None:
+        raise InputDataError(path, f"dataset {dataset!r}: {problem}")
+
+
+#: Parse errors of dataset_description.json that pybids tolerates (it reads the file
+#: itself, whatever ingest's index leaves out); anything else stops the dataset.
+_DESCRIPTION_TOLERATED = ("JSONDecodeError", "UnicodeDecodeError", "top level is")
+
+
+def _check_description(tree: BidsTree, dataset: str) -> list[str]:
+    """Warnings about dataset_description.json; :class:`InputDataError` when pybids
+    could not read it safely (special file, link out of the dataset, oversized,
+    too deep, huge integers)."""
+    path = tree.root / "dataset_description.json"
+    item = tree.json_files.get(path)
+    if item is None or item.error is None:
+        return []
+    if item.refused or not item.error.startswith(_DESCRIPTION_TOLERATED):
+        raise InputDataError(path, f"dataset {dataset!r}: {item.error}")
+    return [f"dataset_description.json cannot be parsed: {item.error}"]
 
 
 def _check_labels_exist(

@@ -1,16 +1,18 @@
 """Reading and typing a BIDS ``participants.tsv``.
 
 A malformed table (not UTF-8 text, not tab-separated, no ``participant_id``
-column, duplicate ids) is an error naming the file, because phenotypes that are
-silently attached to the wrong subject are worse than no run at all. Single bad
-cells are not: a value that is not a number in a numeric column becomes missing,
-with a warning naming the file, subject, column and value.
+column, duplicate ids, not a regular file, over
+:data:`~brainharmony.bids_tree.MAX_TABLE_BYTES`) is an error naming the file,
+because phenotypes that are silently attached to the wrong subject are worse than
+no run at all. Single bad cells are not: a value that is not a number in a numeric
+column becomes missing, with a warning naming the file, subject, column and value.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Literal
 import pandas as pd
 
 from brainharmony.bids_names import label_problem, show
+from brainharmony.bids_tree import MAX_TABLE_BYTES, ReadRefused, read_capped
 from brainharmony.io import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -103,7 +106,7 @@ def read_participants(
         labels.append(str(label))
         keep.append(row)
     raw = raw.iloc[keep]
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    duplicates = sorted(label for label, n in Counter(labels).items() if n > 1)
     if duplicates:
         listed = ", ".join(f"sub-{label}" for label in duplicates)
         raise InputDataError(path, f"duplicate participant_id values: {listed}")
@@ -138,9 +141,11 @@ def read_participants(
 
 def _read_raw(path: Path) -> tuple[pd.DataFrame, list[int]]:
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_capped(path, MAX_TABLE_BYTES).decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise InputDataError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except ReadRefused as err:
+        raise InputDataError(path, err.reason) from err
     except OSError as err:
         raise InputDataError(path, f"cannot read: {err.strerror or err}") from err
     lines = text.splitlines()

@@ -111,10 +111,14 @@ def check_subject(
                 n_bold += 1
             else:
                 logger.debug("%s: task is not %r; not considered", cand.path, settings.task)
+                if cand.problem is not None:
+                    out.warnings.append(f"{cand.path}: {cand.problem}")
             continue
         n_bold += is_bold
         n_t1w += not is_bold
         try:
+            if cand.problem is not None:  # a link not followed, a named pipe, ...
+                raise Rejected(cand.problem)
             _check_place(cand.path, parsed, "func" if is_bold else "anat", tree.root, indexed)
             sidecars = tree.sidecars_for(cand.path, parsed)
             if is_bold:
