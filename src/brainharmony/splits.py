@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from brainharmony.cli_types import output_dir
 from brainharmony.io import InputDataError, PathLike, provenance, write_json, write_tsv
 
 logger = logging.getLogger(__name__)
@@ -306,7 +307,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, type=Path, help="scans.tsv or participants.tsv")
     parser.add_argument("--target", required=True, help="column to stratify on")
     parser.add_argument("--task", choices=("classification", "regression"), required=True)
-    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--out-dir", required=True, type=output_dir)
     parser.add_argument("--n-folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=0.2)

@@ -20,6 +20,7 @@ from brainharmony.anat.settings import (
     AnatSettings,
 )
 from brainharmony.anat.templates import DEFAULT_TEMPLATE, RESOLUTIONS_MM, TEMPLATES
+from brainharmony.cli_types import bids_label, output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``brainharmony anat`` options to ``parser``."""
     parser.add_argument("--t1w", type=Path, required=True, help="raw T1w NIfTI")
     parser.add_argument(
-        "--out-dir", type=Path, required=True, help="dataset folder: results/anat/<dataset>"
+        "--out-dir", type=output_dir, required=True, help="dataset folder: results/anat/<dataset>"
     )
-    parser.add_argument("--subject", required=True, help="subject label (no 'sub-')")
-    parser.add_argument("--session", default=None, help="session label (no 'ses-'), if any")
+    # Labels become output file names: BIDS characters only (cli_types).
+    parser.add_argument(
+        "--subject", required=True, type=bids_label("sub"), help="subject label (no 'sub-')"
+    )
+    parser.add_argument(
+        "--session", default=None, type=bids_label("ses"), help="session label (no 'ses-'), if any"
+    )
     parser.add_argument("--backend", choices=BACKENDS, default="native")
     parser.add_argument("--template", choices=TEMPLATES, default=DEFAULT_TEMPLATE)
     parser.add_argument("--resolution-mm", type=int, choices=RESOLUTIONS_MM, default=2)

@@ -22,6 +22,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from brainharmony.cli_types import output_dir
+
 logger = logging.getLogger(__name__)
 
 #: The offline default template space (nilearn's MNI152 template).
@@ -294,7 +296,7 @@ def load_template(
 
 def add_arguments(parser: Any) -> None:
     """``brainharmony templates``: write the template resource files."""
-    parser.add_argument("--out-dir", type=Path, required=True, help="resources/templates")
+    parser.add_argument("--out-dir", type=output_dir, required=True, help="resources/templates")
     parser.add_argument("--template", choices=TEMPLATES, default=DEFAULT_TEMPLATE)
     parser.add_argument(
         "--resolutions", type=int, nargs="+", choices=RESOLUTIONS_MM, default=[1, 2]

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.cli_types import output_dir
 from brainharmony.evaluate.harness import HARNESS, baseline_names, display_name
 from brainharmony.evaluate.metrics import (
     PREDICTION_COLUMNS,
@@ -435,7 +436,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="merged predictions.tsv to write (results/eval/predictions.tsv)",
     )
-    parser.add_argument("--out-dir", required=True, type=Path, help="results/tables")
+    parser.add_argument("--out-dir", required=True, type=output_dir, help="results/tables")
     parser.add_argument(
         "--settings",
         default=None,

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from brainharmony.cli_types import bids_label, output_dir
 from brainharmony.io import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -37,12 +38,23 @@ def _optional_float(text: str) -> float | None:
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
+    # Labels become output file names: BIDS characters only (cli_types).
     g = p.add_argument_group("run")
-    g.add_argument("--subject", required=True, help="label without sub-")
-    g.add_argument("--session", default=None, help="label without ses- (n/a: none)")
-    g.add_argument("--task", default="rest")
-    g.add_argument("--run", default=None, help="index as in the file name (n/a: none)")
-    g.add_argument("--out-dir", required=True, type=Path, help="results/func/<dataset>")
+    g.add_argument("--subject", required=True, type=bids_label("sub"), help="label without sub-")
+    g.add_argument(
+        "--session",
+        default=None,
+        type=bids_label("ses", optional=True),
+        help="label without ses- (n/a: none)",
+    )
+    g.add_argument("--task", default="rest", type=bids_label("task"))
+    g.add_argument(
+        "--run",
+        default=None,
+        type=bids_label("run", optional=True),
+        help="index as in the file name (n/a: none)",
+    )
+    g.add_argument("--out-dir", required=True, type=output_dir, help="results/func/<dataset>")
     g.add_argument("--atlas", required=True, type=Path, help="atlas dseg .nii.gz")
     g.add_argument("--atlas-labels", required=True, type=Path, help="atlas dseg .tsv")
     g.add_argument("--tr", type=float, default=None, help="repetition time (s)")
@@ -98,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("atlas", help="write the Schaefer-400 atlas resource files")
     p.add_argument("--resolution", type=float, required=True, help="mm")
-    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--out-dir", type=output_dir, required=True)
     p.add_argument("--space", default=None, help="template space of the BOLD")
     p.add_argument(
         "--source",
@@ -171,7 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--bids-dir", required=True, type=Path)
     p.add_argument("--fmriprep-dir", required=True, type=Path, help="fMRIPrep output folder")
     p.add_argument("--work-dir", required=True, type=Path)
-    p.add_argument("--participant-label", required=True)
+    p.add_argument("--participant-label", required=True, type=bids_label("sub"))
     p.add_argument("--runner", default="docker", choices=("docker", "apptainer", "singularity"))
     p.add_argument("--image", default=None)
     p.add_argument("--license", default=None, help="FreeSurfer license.txt")

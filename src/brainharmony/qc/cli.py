@@ -10,12 +10,14 @@ import argparse
 import logging
 from pathlib import Path
 
+from brainharmony.cli_types import bids_label, output_dir
+
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``brainharmony group-qc``."""
-    parser.add_argument("--dataset", required=True, help="dataset name")
+    parser.add_argument("--dataset", required=True, type=bids_label("dataset"), help="dataset name")
     parser.add_argument(
         "--scans", type=Path, required=True, help="results/ingest/<dataset>/scans.tsv"
     )
@@ -24,7 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--anat-dir", type=Path, required=True, help="results/anat/<dataset>")
     parser.add_argument("--func-dir", type=Path, required=True, help="results/func/<dataset>")
-    parser.add_argument("--task", default="rest", help="task label of the runs (default rest)")
+    parser.add_argument(
+        "--task",
+        default="rest",
+        type=bids_label("task"),
+        help="task label of the runs (default rest)",
+    )
     parser.add_argument(
         "--template",
         default=None,
@@ -33,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--space", default=None, help="space- of the parcel series (default: --template)"
     )
-    parser.add_argument("--out-dir", type=Path, required=True, help="results/qc/<dataset>")
+    parser.add_argument("--out-dir", type=output_dir, required=True, help="results/qc/<dataset>")
 
 
 def run(args: argparse.Namespace) -> int:
