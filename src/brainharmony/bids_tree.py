@@ -173,12 +173,11 @@ def loads_json(data: bytes) -> Any:
     except json.JSONDecodeError as err:
         raise ValueError(f"JSONDecodeError: {err}") from err
     except RecursionError as err:
-        raise ValueError(f"nested too deeply to parse (more than {MAX_JSON_DEPTH} levels)") from err
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from err
     except ValueError as err:  # e.g. Python's limit on integer digits
         raise ValueError(f"ValueError: {_cut(str(err))}") from err
-    depth = _json_depth(value)
-    if depth > MAX_JSON_DEPTH:
-        raise ValueError(f"nested {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
     return value
 
 
