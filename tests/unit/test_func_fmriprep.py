@@ -359,3 +359,45 @@ def test_a_non_one_hot_non_steady_state_column_is_refused(tmp_path):
     with pytest.raises(InputDataError, match=r"non_steady_state_outlier00.*one-hot") as err:
         process_derivatives(files, atlas, denoise_settings=DenoiseSettings(fd_threshold=None))
     assert str(path) in str(err.value)
+
+
+# --------------------------------------------- hostile inputs of the fMRIPrep route (issue 23)
+
+
+def test_a_list_repetition_time_is_refused_naming_the_sidecar(tmp_path):
+    files, atlas = _derivatives(tmp_path, V21)
+    files.bold_sidecar.write_text(json.dumps({"RepetitionTime": [2.0]}))
+    with pytest.raises(InputDataError, match=r"is \[2\.0\], not a number") as info:
+        process_derivatives(files, atlas)
+    assert info.value.path == files.bold_sidecar
+    files.bold_sidecar.write_text(json.dumps({"RepetitionTime": 1e-6}))
+    with pytest.raises(InputDataError, match=r"outside the plausible range 0\.1-10 s"):
+        process_derivatives(files, atlas)
+
+
+def test_an_unoriented_preprocessed_bold_is_refused(tmp_path):
+    from tests.unit.test_nifti_checks import unoriented
+
+    files, atlas = _derivatives(tmp_path, V21)
+    img = nib.load(files.bold)
+    new = unoriented(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header))
+    files.bold.unlink()
+    nib.save(new, files.bold)
+    with pytest.raises(InputDataError, match=r"preprocessed BOLD: no orientation") as info:
+        process_derivatives(files, atlas)
+    assert info.value.path == files.bold
+
+
+def test_huge_voxels_are_left_out_like_nan(tmp_path):
+    settings = DenoiseSettings(strategy="18P", fd_threshold=5.0)
+    files, atlas = _derivatives(tmp_path / "a", V21)
+    ref = process_derivatives(files, atlas, denoise_settings=settings)
+    img = nib.load(files.bold)
+    data = np.asarray(img.dataobj).copy()
+    data[0, 0, 0, 4] = 1e30  # one voxel of parcel 1
+    files.bold.unlink()
+    nib.save(nib.Nifti1Image(data, img.affine), files.bold)
+    out = process_derivatives(files, atlas, denoise_settings=settings)
+    assert np.isfinite(out.denoised[out.keep][:, :8]).all()
+    assert np.abs(out.denoised[out.keep][:, :8]).max() < 1e3
+    assert out.parcel_counts[0] == ref.parcel_counts[0] - 1

@@ -1,5 +1,6 @@
 """Native pipeline on a small synthetic run: outputs, bad-input handling, CLI."""
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -210,3 +211,160 @@ def test_cli_native_writes_everything(run, tmp_path):
         ]
     )
     assert code == 2
+
+
+# ------------------------------------------------- hostile images and TRs (issue 23)
+
+
+def _hostile_bold(tmp_path, sub, change, *, n_volumes=20):
+    """A synthetic run rewritten by ``change`` (an image -> image function)."""
+    path, meta, _ = synthetic_bold(
+        tmp_path / f"sub-{sub}" / "func",
+        n_volumes=n_volumes,
+        name=f"sub-{sub}_task-rest_bold.nii.gz",
+    )
+    img = nib.load(path)
+    new = change(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header))
+    path.unlink()
+    nib.save(new, path)
+    return path, meta
+
+
+def _huge(values):
+    def change(img):
+        data = np.asarray(img.dataobj).copy()
+        for index, value in values:
+            data[index] = value
+        return nib.Nifti1Image(data, img.affine)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("case", "problem"),
+    [
+        ("unoriented", r"BOLD image: no orientation: qform_code and sform_code are both 0"),
+        ("zero sform", r"BOLD image: sform \(code 1\) is singular"),
+        ("complex", r"BOLD image: voxel type complex64 is complex"),
+        ("bad crc", r"BOLD image: the compressed data is damaged \(BadGzipFile: CRC check"),
+    ],
+)
+def test_bold_with_unusable_orientation_dtype_or_gzip_is_refused(tmp_path, case, problem):
+    from tests.unit.test_nifti_checks import flip_gzip_byte, unoriented, zero_sform
+
+    change = {
+        "unoriented": unoriented,
+        "zero sform": zero_sform,
+        "complex": lambda img: nib.Nifti1Image(
+            np.asarray(img.dataobj).astype(np.complex64), img.affine
+        ),
+        "bad crc": lambda img: img,
+    }[case]
+    path, _ = _hostile_bold(tmp_path, "09", change)
+    if case == "bad crc":
+        flip_gzip_byte(path, "crc")
+    with pytest.raises(InputDataError, match=problem) as info:
+        load_bold(path)
+    assert info.value.path == path
+
+
+def test_a_few_huge_voxels_are_excluded_like_nan(tmp_path, atlas):
+    """1e30 in two voxels (some volumes) was a traceback in motion estimation."""
+    path, meta = _hostile_bold(
+        tmp_path, "10", _huge([((16, 20, 15, 5), 1e30), ((17, 20, 15, 7), -1e30)]), n_volumes=40
+    )
+    res = preprocess_run(_inputs(path, meta), atlas[0], FAST)
+    assert res.report["Bold"]["NonFiniteVoxels"] == 2
+    assert res.report["Bold"]["ImplausibleVoxels"] == 2
+    assert np.isfinite(res.raw_series[:, np.isfinite(res.raw_series).all(0)]).all()
+
+
+def test_many_huge_voxels_are_refused_like_nan(tmp_path):
+    path, _ = _hostile_bold(
+        tmp_path, "11", _huge([((slice(None), slice(None), slice(0, 20), 3), 1e30)])
+    )
+    with pytest.raises(InputDataError, match=r"values beyond \+-1e\+10") as info:
+        load_bold(path)
+    assert info.value.path == path
+
+
+def _native_argv(bold, out, *extra):
+    # The TR is checked before the atlas or the transform is read: placeholders suffice.
+    return [
+        "native", "--bold", str(bold), "--t1w-to-template", str(out / "eye.npy"),
+        "--coreg", "header", "--subject", "01", "--out-dir", str(out),
+        "--atlas", str(out / "atlas.nii.gz"), "--atlas-labels", str(out / "atlas.tsv"), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "extra", "named", "problem"),
+    [
+        (
+            {"RepetitionTime": [2.0]},
+            [],
+            "sidecar",
+            r"RepetitionTime in the sidecar is \[2\.0\], not a number",
+        ),
+        ({"RepetitionTime": "2"}, [], "sidecar", r"is '2', not a number"),
+        (
+            {"RepetitionTime": 1e-6},
+            [],
+            "sidecar",
+            r"RepetitionTime in the sidecar 1e-06 s is outside the plausible range 0\.1-10 s",
+        ),
+        ({"RepetitionTime": 2.0}, ["--tr", "1e-6"], "bold", r"--tr 1e-06 s is outside"),
+        ({"RepetitionTime": 2.0}, ["--tr", "nan"], "bold", r"--tr nan is not a positive"),
+        (
+            {"RepetitionTime": 15.0},
+            ["--tr-range", "0.1", "12"],
+            "sidecar",
+            r"15\.0 s is outside the plausible range 0\.1-12 s",
+        ),
+        ({"RepetitionTime": 2.0}, ["--tr-range", "5", "1"], None, r"--tr-range: tr_range must"),
+    ],
+    ids=["list", "string", "1e-6", "cli-1e-6", "cli-nan", "range-option", "bad-range"],
+)
+def test_func_cli_refuses_an_unusable_tr_naming_its_source(
+    run, tmp_path, capsys, sidecar, extra, named, problem
+):
+    import json
+
+    from brainharmony.func.cli import main
+
+    folder = tmp_path / "bids" / "sub-01" / "func"
+    folder.mkdir(parents=True)
+    bold = folder / "sub-01_task-rest_bold.nii.gz"
+    bold.symlink_to(run[0])
+    side = folder / "sub-01_task-rest_bold.json"
+    side.write_text(json.dumps(sidecar))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(_native_argv(bold, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(problem, err), err
+    if named is not None:
+        assert str(side if named == "sidecar" else bold) in err, err
+    assert not out.exists() or not any(out.rglob("*.tsv"))
+
+
+def test_resolve_repetition_time_accepts_a_plain_value(tmp_path):
+    from brainharmony.func.pipeline import resolve_repetition_time
+
+    bold = tmp_path / "b.nii.gz"
+    assert resolve_repetition_time(bold, None, {"RepetitionTime": 2}, tmp_path / "b.json") == 2.0
+    assert resolve_repetition_time(bold, 0.8, {"RepetitionTime": [2.0]}) == 0.8  # --tr wins
+    assert resolve_repetition_time(bold, None, {"RepetitionTime": 15}, None, (0.1, 20.0)) == 15.0
+
+
+def test_sidecar_in_invalid_utf8_is_refused_naming_it(tmp_path):
+    from brainharmony.func.pipeline import bold_metadata
+
+    bold = tmp_path / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz"
+    bold.parent.mkdir(parents=True)
+    side = bold.with_name("sub-01_task-rest_bold.json")
+    side.write_bytes(b'{"RepetitionTime": 2.0, "Name": "\xff\xfe"}')
+    with pytest.raises(InputDataError, match=r"cannot read JSON sidecar") as info:
+        bold_metadata(bold)
+    assert info.value.path == side
