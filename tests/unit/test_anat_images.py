@@ -160,3 +160,96 @@ def test_itk_threads_sets_and_restores():
     with pytest.raises(ValueError, match="threads must be >= 1"):
         with itk_threads(0):
             pass
+
+
+# ------------------------------------------------- hostile T1w images (issue 23)
+
+
+def _complex(img):
+    return nib.Nifti1Image(np.asarray(img.dataobj).astype(np.complex64), img.affine)
+
+
+def _rgb(img):
+    return nib.Nifti1Image(
+        np.zeros(img.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]), img.affine
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "problem"),
+    [
+        ("unoriented", r"no orientation: qform_code and sform_code are both 0"),
+        ("zero sform", r"sform \(code 1\) is singular"),
+        ("complex", r"voxel type complex64 is complex"),
+        ("rgb", r"RGB or structured"),
+        ("bad crc", r"the compressed data is damaged \(BadGzipFile: CRC check failed"),
+        ("bad length", r"the compressed data is damaged \(BadGzipFile: Incorrect length"),
+    ],
+)
+def test_hostile_t1w_is_refused_naming_the_file(tmp_path, case, problem):
+    from tests.unit.test_nifti_checks import flip_gzip_byte, unoriented, zero_sform
+
+    change = {
+        "unoriented": unoriented,
+        "zero sform": zero_sform,
+        "complex": _complex,
+        "rgb": _rgb,
+    }.get(case, lambda img: img)
+    path = tmp_path / "sub-01_T1w.nii.gz"
+    nib.save(change(nib.Nifti1Image(_volume(), _lps_affine())), path)
+    if case.startswith("bad"):
+        flip_gzip_byte(path, "crc" if case == "bad crc" else "length")
+    with pytest.raises(InputDataError, match=problem) as info:
+        load_t1w(path)
+    assert info.value.path == path
+    assert str(path) in str(info.value)
+
+
+def test_real_t1w_loads_and_without_orientation_is_refused(tmp_path):
+    """nibabel's bundled anatomical.nii (outside the project), intact and unoriented."""
+    from tests.unit.test_nifti_checks import ANATOMICAL, unoriented
+
+    t1w = load_t1w(ANATOMICAL)
+    assert t1w.image.shape == (33, 41, 25)
+    path = tmp_path / "anatomical.nii"
+    nib.save(unoriented(nib.load(ANATOMICAL)), path)
+    with pytest.raises(InputDataError, match=r"no orientation"):
+        load_t1w(path)
+
+
+def test_huge_voxels_are_zeroed_and_counted_like_nan(tmp_path):
+    data = _volume()
+    data[3, 4, 5] = 1e30
+    data[6, 7, 8] = -3e38
+    t1w = load_t1w(_save(tmp_path, data, _lps_affine()))
+    out = np.asarray(t1w.image.dataobj)
+    assert np.abs(out).max() < 2000
+    assert t1w.report["NonFiniteVoxels"] == 2
+    assert t1w.report["ImplausibleVoxels"] == 2
+    data[:, :, :3] = 1e30
+    with pytest.raises(InputDataError, match=r"corrupt \(\|value\| > 1e\+10"):
+        load_t1w(_save(tmp_path, data, _lps_affine(), "b.nii.gz"), max_nonfinite_fraction=0.05)
+
+
+def test_anat_cli_excludes_a_hostile_t1w_with_its_reason(tmp_path, capsys):
+    """The anat stage's way: every output written, flagged Excluded with the reason."""
+    import json
+
+    from brainharmony import cli
+    from brainharmony.anat.derivatives import anat_paths
+    from tests.unit.test_nifti_checks import unoriented
+
+    t1w = tmp_path / "bids" / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    t1w.parent.mkdir(parents=True)
+    nib.save(unoriented(nib.Nifti1Image(_volume(), _lps_affine())), t1w)
+    out = tmp_path / "anat"
+    capsys.readouterr()
+    assert cli.main(["anat", "--t1w", str(t1w), "--out-dir", str(out), "--subject", "01"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    paths = anat_paths(out, "01", None)
+    doc = json.loads(
+        paths.preproc.with_name(paths.preproc.name.replace(".nii.gz", ".json")).read_text()
+    )
+    assert doc["Excluded"] is True
+    assert str(t1w) in doc["ExclusionReason"]
+    assert "no orientation: qform_code and sform_code are both 0" in doc["ExclusionReason"]
