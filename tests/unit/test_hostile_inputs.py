@@ -71,7 +71,6 @@ REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "reliability.md"
 BEGIN, END = "<!-- hostile-inputs:begin -->", "<!-- hostile-inputs:end -->"
 REGENERATE = ".venv/bin/python -m tests.unit.test_hostile_inputs --write-docs"
-THIS = "tests/unit/test_hostile_inputs.py"
 #: Seconds a subprocess case may take (a fixed stage answers in a few seconds).
 TIMEOUT_S = 60
 #: Address-space limit of a subprocess case (an unbounded read or alias expansion fails
@@ -992,13 +991,14 @@ def _cell(text: str) -> str:
 
 
 def render_markdown() -> str:
-    """The docs/reliability.md table of every case (between the marker comments)."""
+    """The docs/reliability.md table of every case (between the marker comments); a test
+    named ``test_hostile_input[...]`` is in this file."""
     lines = [
         "| stage | input | outcome | behaviour | issue 23 | test |",
         "|---|---|---|---|---|---|",
     ]
     for case in CASES:
-        test = f"`{case.test}`" if case.test else f"`{THIS}::test_hostile_input[{case.id}]`"
+        test = f"`{case.test}`" if case.test else f"`test_hostile_input[{case.id}]`"
         item = "works before" if case.item == "keep" else f"item {case.item}"
         lines.append(
             f"| {case.stage} | {_cell(case.kind)} | {case.outcome} | {_cell(case.behaviour)} "
