@@ -41,6 +41,7 @@ checkpoint ingest:
         min_volumes=config["ingest"]["min_volumes"],
         tr_tolerance=config["ingest"]["tr_tolerance"],
         tr_conflict=config["ingest"]["tr_conflict"],
+        tr_range=config["ingest"]["tr_range"],
     log:
         "logs/ingest/{dataset}.log",
     threads: 1
@@ -53,4 +54,4 @@ checkpoint ingest:
         "{params.bh} -v ingest --dataset {wildcards.dataset:q} --bids-dir {params.bids_dir:q} "
         "--out-dir {params.out_dir:q} --min-volumes {params.min_volumes:q} "
         "--tr-tolerance {params.tr_tolerance:q} --tr-conflict {params.tr_conflict:q} "
-        "{params.options} > {log:q} 2>&1"
+        "--tr-range {params.tr_range:q} {params.options} > {log:q} 2>&1"
