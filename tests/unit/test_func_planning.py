@@ -191,3 +191,16 @@ def test_atlas_lookup_never_downloads(tmp_path, monkeypatch):
     assert "atlas-Schaefer400rebuilt" in files.image.name
     with pytest.raises(ValueError, match="source"):
         build_atlas(tmp_path, 6.0, source="nilearn")
+
+
+def test_run_options_carry_the_configured_tr_range():
+    """func gets ingest.tr_range, so a TR ingest accepted is never refused by func."""
+    import shlex
+
+    row = planning.RunRow(
+        subject="01", session=None, run=None, task="rest", bold="b.nii.gz", bold_sidecar=None,
+        t1w="t.nii.gz", t1w_session=None, tr=15.0,
+    )  # fmt: skip
+    text = planning.run_options(row, [0.1, 20])
+    assert shlex.split(text)[-3:] == ["--tr-range", "0.1", "20.0"]
+    assert "--tr-range" not in planning.run_options(row)

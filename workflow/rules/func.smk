@@ -72,7 +72,8 @@ if FUNC.backend == "native":
             bh=BH,
             out_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
             run=lambda wildcards: func_planning.run_options(
-                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
+                config["ingest"]["tr_range"],
             ),
             sidecar=lambda wildcards: func_planning.sidecar_option(
                 func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
@@ -167,7 +168,8 @@ else:
                 FUNC, wildcards.dataset, config["datasets"]
             ),
             run=lambda wildcards: func_planning.run_options(
-                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
+                config["ingest"]["tr_range"],
             ),
             denoise=func_planning.denoise_options(FUNC),
         log:

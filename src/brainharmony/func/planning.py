@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -544,14 +544,17 @@ def row(ingest_checkpoint: Any, wildcards: Any, tasks: Mapping[str, str]) -> Run
     return run_for(scans, wildcards.fstem, tasks.get(wildcards.dataset, "rest"))
 
 
-def run_options(r: RunRow) -> str:
-    """``--subject ... --session ... --task ... --run ... --tr ...`` of a run."""
-    return shlex.join(
-        [
-            "--subject", r.subject, "--session", r.session or "n/a", "--task", r.task,
-            "--run", r.run or "n/a", "--tr", repr(r.tr),
-        ]
-    )  # fmt: skip
+def run_options(r: RunRow, tr_range: Sequence[float] | None = None) -> str:
+    """``--subject ... --session ... --task ... --run ... --tr ...`` of a run, and
+    ``--tr-range MIN MAX`` when given (the config's ``ingest.tr_range``, so that the
+    func stage accepts every TR that ingest accepted)."""
+    args = [
+        "--subject", r.subject, "--session", r.session or "n/a", "--task", r.task,
+        "--run", r.run or "n/a", "--tr", repr(r.tr),
+    ]  # fmt: skip
+    if tr_range is not None:
+        args += ["--tr-range", *(repr(float(v)) for v in tr_range)]
+    return shlex.join(args)
 
 
 def sidecar_option(r: RunRow) -> str:
