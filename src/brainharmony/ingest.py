@@ -251,6 +251,8 @@ def ingest_dataset(
     warnings.extend(_check_description(tree, dataset))
     warnings.extend(tree.warnings)
     for path in tree.broken_json():
+        if path == root / "dataset_description.json":
+            continue  # reported by _check_description
         item = tree.json_files[path]
         verb = "not read" if item.refused else "cannot be parsed"
         shown = path.relative_to(root).as_posix()

@@ -196,6 +196,40 @@ def test_subject_folder_linked_out_of_the_dataset_is_that_subjects_exclusion(tmp
     )
 
 
+def test_links_inside_the_dataset_are_followed_like_datalad_annex(tmp_path):
+    """DataLad keeps file content in the dataset's own .git/annex and links to it."""
+    root, _ = _dataset(tmp_path)
+    clean = ingest_dataset(root, "d").scans
+    bold = bf.bold_path(root, "02")
+    store = root / ".git" / "annex" / "objects" / "MD5E-s1--x.nii.gz"
+    store.parent.mkdir(parents=True)
+    shutil.move(bold, store)
+    os.symlink(os.path.relpath(store, bold.parent), bold)
+
+    result = ingest_dataset(root, "d")
+    pd.testing.assert_frame_equal(result.scans, clean)
+    assert result.excluded.empty
+    assert result.warnings == []
+
+
+def test_dataset_description_with_a_syntax_error_is_one_warning(tmp_path):
+    root, _ = _dataset(tmp_path)
+    (root / "dataset_description.json").write_text("{")
+    result = ingest_dataset(root, "d")
+    assert list(result.scans["subject"]) == list(SUBJECTS)
+    assert len(result.warnings) == 1
+    assert result.warnings[0].startswith("dataset_description.json cannot be parsed: JSONDecode")
+
+
+def test_dataset_description_nested_too_deep_stops_the_dataset_naming_it(tmp_path):
+    root, _ = _dataset(tmp_path)
+    description = root / "dataset_description.json"
+    description.write_text('{"Name": ' + "[" * 5000 + "]" * 5000 + "}")
+    with pytest.raises(InputDataError) as info:
+        ingest_dataset(root, "d")
+    assert str(info.value) == f"{description}: dataset 'd': nested more than 100 levels deep"
+
+
 # ---------------------------------------------------------------- bounded reading
 
 
