@@ -6,9 +6,14 @@ from pathlib import Path
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
-from brainharmony.config import validate_config
+from brainharmony.config import load_yaml, validate_config
 from brainharmony.hpc import check_slurm_status_queries
 
+# Snakemake's YAML reader keeps the last of two duplicate keys and expands aliases
+# without bound: each config file is read again strictly (brainharmony.config.load_yaml:
+# a duplicate key or an alias bomb stops here, naming the file, line and key).
+for _configfile in workflow.configfiles:
+    load_yaml(_configfile)
 validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
 
