@@ -228,3 +228,20 @@ def test_cli_validate_config_reports_duplicates_and_bombs(tmp_path, capsys):
     bomb = _yaml(tmp_path, BILLION_LAUGHS, "bomb.yaml")
     assert main(["validate-config", str(bomb)]) == 1
     assert "alias bomb" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "expected"),
+    [
+        ({"tasks": {"s": {"age\n": {"target": "age", "type": "regression"}}}}, "task name"),
+        ({"tasks": {"s\n": {"age": {"target": "age", "type": "regression"}}}}, "dataset name"),
+        ({"cohorts": {"c\n": ["s"]}}, "evaluate.cohorts"),
+        ({"models": ["fc_ridge\n"]}, "evaluate.models"),
+    ],
+)
+def test_evaluate_settings_refuse_a_trailing_newline(evaluate, expected):
+    """The evaluation settings' own name checks (used by the workflow and the CLIs)."""
+    from brainharmony.evaluate.settings import SettingsError, settings_from_mapping
+
+    with pytest.raises(SettingsError, match=expected):
+        settings_from_mapping({"datasets": {"s": {"bids_dir": "x"}}, "evaluate": evaluate})

@@ -98,6 +98,7 @@ def test_section_errors_name_key_and_file(
     [
         ({"kind": "vit"}, "unknown kind 'vit'; known kinds: bh_f, bh_s, harmonizer"),
         ({"name": "bad name"}, "name must match"),
+        ({"name": "tiny\n"}, "name must match"),  # re.match's $ allowed a final newline
         ({"extra": 1}, "unknown top-level key"),
         ({"model": [1, 2]}, "'model' must be a mapping"),
         ({"optim": 3}, "'optim' must be a mapping"),

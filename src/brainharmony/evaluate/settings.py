@@ -38,8 +38,8 @@ METRIC_LABELS = {
     "r2": "R2",
 }
 
-_LABEL = re.compile(r"^[a-zA-Z0-9]+$")
-_MODEL = re.compile(r"^[a-z0-9_]+$")
+_LABEL = re.compile(r"[a-zA-Z0-9]+")  # fullmatch: no trailing newline
+_MODEL = re.compile(r"[a-z0-9_]+")
 
 #: Harness models run when the config names none: every model the workflow trains (their
 #: probes and the predictor) beside the FC baselines and the null model. The schema's
@@ -106,9 +106,9 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         where = f"evaluate.tasks.{self.dataset}.{self.name}"
-        if not _LABEL.match(self.dataset):
+        if not _LABEL.fullmatch(self.dataset):
             raise SettingsError(f"dataset name {self.dataset!r} must be alphanumeric")
-        if not _LABEL.match(self.name):
+        if not _LABEL.fullmatch(self.name):
             raise SettingsError(f"{where}: task name must be alphanumeric")
         if self.type not in TASK_TYPES:
             raise SettingsError(f"{where}.type: must be one of {TASK_TYPES}; got {self.type!r}")
@@ -445,7 +445,7 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
     cohorts_raw = block.get("cohorts") or {}
     cohorts: dict[str, tuple[str, ...]] = {}
     for name, members in cohorts_raw.items():
-        if not _LABEL.match(str(name)):
+        if not _LABEL.fullmatch(str(name)):
             raise SettingsError(f"evaluate.cohorts: name {name!r} must be alphanumeric")
         if not isinstance(members, Sequence) or isinstance(members, str) or not members:
             raise SettingsError(f"evaluate.cohorts.{name}: expected a non-empty list of datasets")
@@ -487,7 +487,7 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
                 )
     models = tuple(block.get("models") or DEFAULT_MODELS)
     for m in models:
-        if not _MODEL.match(str(m)):
+        if not _MODEL.fullmatch(str(m)):
             raise SettingsError(
                 f"evaluate.models: {m!r} is not a harness model name (lower case, digits, _)"
             )

@@ -45,7 +45,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 TOP_KEYS = ("name", "kind", "model", "optim", "train", "data")
 #: Keys a model folder's config.json carries besides the YAML's (ignored when parsing).
 EXTRA_JSON_KEYS = ("format", "provenance", "trained_steps")
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ModelConfigError(InputDataError):
@@ -276,7 +276,7 @@ def config_from_mapping(raw: Any, source: PathLike | str = "<mapping>") -> Model
         if key not in raw:
             raise ModelConfigError(source, f"missing required key '{key}'")
     name, kind = raw["name"], raw["kind"]
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ModelConfigError(source, f"name must match [A-Za-z0-9_-]+, got {name!r}")
     if kind not in KINDS:
         raise ModelConfigError(
