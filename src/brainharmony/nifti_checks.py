@@ -130,7 +130,8 @@ def file_problem(path: PathLike, img: Any) -> str | None:
 
 
 def load_checked(path: PathLike, what: str) -> Any:
-    """Load an image with nibabel and apply :func:`file_problem`.
+    """Load an image with nibabel and apply :func:`image_problem` and
+    :func:`compressed_data_problem`.
 
     Raises
     ------
@@ -148,9 +149,14 @@ def load_checked(path: PathLike, what: str) -> Any:
         img = nib.load(path)
     except Exception as err:  # nibabel raises many types for broken files
         raise InputDataError(path, f"cannot read the {what}: {err}") from err
-    problem = file_problem(path, img)
+    problem = image_problem(img)
     if problem is not None:
         raise InputDataError(path, f"{what}: {problem}")
+    problem = compressed_data_problem(path, img)
+    if problem is not None:
+        raise InputDataError(
+            path, f"cannot read the {what}: the compressed data is damaged ({problem})"
+        )
     return img
 
 

@@ -109,7 +109,7 @@ ANAT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "NaN voxels over the limit": (_t1w_mostly_nan, r"non-finite \(NaN/Inf\) voxels"),
     "4D image where 3D is expected": (_t1w_four_volumes, r"must be one 3D volume"),
     "constant image": (_t1w_constant, r"the image is constant"),
-    "singular affine": (_t1w_singular_affine, r"affine is singular"),
+    "singular affine": (_t1w_singular_affine, r"sform \(code 2\) is singular"),
     "gzip of non-NIfTI bytes": (_t1w_text, r"not a readable NIfTI image"),
 }
 
@@ -204,7 +204,7 @@ def _bold_zero_tr(env, folder):
     path = _copy_bold(env, folder)
     sidecar = path.with_name(path.name.replace(".nii.gz", ".json"))
     sidecar.write_text(json.dumps({**env["meta"], "RepetitionTime": 0}))
-    return path, ["--bold-sidecar", str(sidecar)], None
+    return path, ["--bold-sidecar", str(sidecar)], sidecar
 
 
 def _bold_bad_sidecar(env, folder):
@@ -250,7 +250,7 @@ FUNC_CASES: dict[str, FuncCase] = {
     "truncated BOLD .nii.gz": FuncCase(_bold_truncated, r"cannot read the BOLD image"),
     "3D BOLD where 4D is expected": FuncCase(_bold_3d, r"BOLD must be 4-D"),
     "no RepetitionTime anywhere": FuncCase(_bold_no_tr, r"RepetitionTime unknown"),
-    "zero RepetitionTime": FuncCase(_bold_zero_tr, r"repetition time must be a positive"),
+    "zero RepetitionTime": FuncCase(_bold_zero_tr, r"RepetitionTime .* 0 is not a positive"),
     "unparseable JSON sidecar": FuncCase(_bold_bad_sidecar, r"cannot read JSON sidecar"),
     "NaN voxels over the limit": FuncCase(_bold_mostly_nan, r"hold NaN or"),
     "all-zero BOLD": FuncCase(_bold_zero, r"BOLD holds no signal"),

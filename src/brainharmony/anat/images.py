@@ -26,7 +26,12 @@ import SimpleITK as sitk
 
 from brainharmony.anat.settings import MAX_NONFINITE_FRACTION
 from brainharmony.io import InputDataError, PathLike
-from brainharmony.nifti_checks import MAX_ABS_VOXEL, file_problem, implausible_mask
+from brainharmony.nifti_checks import (
+    MAX_ABS_VOXEL,
+    compressed_data_problem,
+    image_problem,
+    implausible_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +135,14 @@ def load_t1w(path: PathLike, max_nonfinite_fraction: float = MAX_NONFINITE_FRACT
         raise InputDataError(path, "file not found") from None
     except Exception as err:
         raise InputDataError(path, f"not a readable NIfTI image ({err})") from None
-    problem = file_problem(path, img)
+    problem = image_problem(img)
     if problem is not None:
         raise InputDataError(path, problem)
+    problem = compressed_data_problem(path, img)
+    if problem is not None:
+        raise InputDataError(
+            path, f"not a readable NIfTI image: the compressed data is damaged ({problem})"
+        )
     shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -160,8 +170,8 @@ def load_t1w(path: PathLike, max_nonfinite_fraction: float = MAX_NONFINITE_FRACT
     if fraction > max_nonfinite_fraction:
         raise InputDataError(
             path,
-            f"{n_bad} non-finite (NaN/Inf) or corrupt (|value| > {MAX_ABS_VOXEL:g}; "
-            f"{n_huge} of them) voxels, {100 * fraction:.2f}% of the image; at most "
+            f"{n_bad} non-finite (NaN/Inf) voxels or voxels beyond +-{MAX_ABS_VOXEL:g} "
+            f"({n_huge} of them), {100 * fraction:.2f}% of the image; at most "
             f"{100 * max_nonfinite_fraction:.2f}% can be set to 0 (max_nonfinite_fraction)",
         )
     if n_bad:
