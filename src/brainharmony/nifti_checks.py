@@ -9,8 +9,8 @@ returns a short text saying what is wrong (``None`` when nothing is); the caller
 turns it into its own kind of refusal (an ingest exclusion, an
 :class:`~brainharmony.io.InputDataError`).
 
-Limits (module constants, documented in ``docs/reliability.md``)
-----------------------------------------------------------------
+Limits (module constants; docs/ingest.md, func.md and anat.md describe them)
+--------------------------------------------------------------------------
 * :data:`DEFAULT_TR_RANGE`: repetition times outside 0.1-10 s are refused
   (``ingest.tr_range`` in the config, ``--tr-range`` on the command lines).
 * :data:`VOXEL_SIZE_RANGE_MM`: each voxel edge of a BOLD or T1w must be 0.1-20 mm.
