@@ -558,6 +558,22 @@ def _add_json(tree: BidsTree, path: Path) -> None:
     tree.json_files[path] = JsonFile(parsed, loaded, None)
 
 
+class _PathsBelow:
+    """A pybids ignore pattern (anything with ``search``) matching a set of paths and
+    everything below them, in time proportional to the path depth: one regex per
+    skipped path made indexing quadratic for a dataset with thousands of them (e.g.
+    a DataLad clone whose annexed files were not fetched)."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = frozenset(paths)
+
+    def search(self, path: str) -> bool:
+        if not self.paths:
+            return False
+        parts = path.split("/")
+        return any("/".join(parts[:n]) in self.paths for n in range(2, len(parts) + 1))
+
+
 def index_with_pybids(root: Path, skip: Sequence[Path], context: str) -> Any:
     """The pybids layout of ``root`` (no validation), leaving out the paths in ``skip``.
 
@@ -578,12 +594,11 @@ def index_with_pybids(root: Path, skip: Sequence[Path], context: str) -> Any:
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
 
-    ignore: list[Any] = [re.compile(r"^/(code|models|sourcedata|stimuli)(/|$)")]
-    for path in skip:
-        if not path.is_relative_to(root):
-            continue
-        relative = path.relative_to(root).as_posix()
-        ignore.append(re.compile("^/" + re.escape(relative) + "(/|$)"))
+    relative = ["/" + p.relative_to(root).as_posix() for p in skip if p.is_relative_to(root)]
+    ignore: list[Any] = [
+        re.compile(r"^/(code|models|sourcedata|stimuli)(/|$)"),
+        _PathsBelow(relative),
+    ]
     try:
         return BIDSLayout(
             root, validate=False, indexer=BIDSLayoutIndexer(validate=False, ignore=ignore)
