@@ -31,7 +31,8 @@ Every case also checks that no file appeared outside the output folder (a stage 
 escaped ``--out-dir`` or ran ``$(touch PWNED)`` fails it). Cases that could hang or
 exhaust memory before their fix (symlink loops, ``/dev/zero``, a huge sparse sidecar, an
 alias bomb, deep JSON, 100,000-row ``participants.tsv``) run ``python -m brainharmony``
-in a subprocess with a timeout and a 4 GiB address-space limit.
+in a subprocess with a timeout and a 4 GiB address-space limit; the in-process cases are
+stopped by SIGALRM after the same time.
 
 Regenerate the table in docs/reliability.md::
 
@@ -49,6 +50,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -929,15 +931,37 @@ def _run_isolated(argv: list[str], cwd: Path) -> Result:
     return Result(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
 
 
+class _Hang(BaseException):
+    """Raised by SIGALRM in an in-process case that ran past :data:`TIMEOUT_S` (a
+    BaseException, so no ``except Exception`` of the code under test swallows it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int) -> Iterator[None]:
+    def ring(signum: int, frame: Any) -> None:
+        raise _Hang(f"no answer within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str],
                     caplog: pytest.LogCaptureFixture) -> Result:  # fmt: skip
     capsys.readouterr()
     caplog.clear()
     start = time.monotonic()
     try:
-        code: int | None = cli.main(argv)
+        with _time_limit(TIMEOUT_S):
+            code: int | None = cli.main(argv)
     except SystemExit as exc:  # argparse refusals
         code = exc.code if isinstance(exc.code, int) else 1
+    except _Hang:
+        pytest.fail(f"no answer within {TIMEOUT_S} s (a hang): {argv}")
     except Exception:  # a traceback: the failure this suite looks for
         captured = capsys.readouterr()
         pytest.fail(f"traceback instead of a message:\n{traceback.format_exc()}\n{captured.err}")
