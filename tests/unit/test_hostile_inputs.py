@@ -271,6 +271,39 @@ def _sidecar_huge_sparse(root: Path) -> None:
         handle.truncate(4 << 30)
 
 
+def _sidecar_fifo(root: Path) -> None:
+    """A named pipe: opening it for reading blocks until a writer comes (never)."""
+    _sidecar(_bold(root)).unlink()
+    os.mkfifo(_sidecar(_bold(root)))
+
+
+def _huge_voxels(root: Path) -> None:
+    bf.write_image(_bold(root), (8, 8, 6, 60), zooms=(300.0, 300.0, 400.0, 2.0))
+
+
+def _dataset_file(breaker: Callable[[Path], Any], name: str) -> Callable[..., Run]:
+    """A clean dataset whose dataset-level file ``name`` ``breaker`` damages."""
+
+    def build(tmp: Path, env: Any = None) -> Run:
+        root = bf.make_dataset(tmp / "ds", subjects=GOOD)
+        breaker(root / name)
+        return Run(_ingest_argv(root, tmp / "out"), tmp / "out", named=(str(root / name),),
+                   root=root)  # fmt: skip
+
+    return build
+
+
+def _link_outside(path: Path) -> None:
+    elsewhere = path.parent.parent / f"elsewhere-{path.name}"
+    path.rename(elsewhere)
+    path.symlink_to(elsewhere)
+
+
+def _link_dev_zero(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
 def _unreadable_func(root: Path) -> Callable[[], contextlib.AbstractContextManager[Any]]:
     return lambda: _unreadable(root / f"sub-{BAD}" / "func")
 
@@ -612,6 +645,12 @@ CASES: list[Case] = [
     Case("ingest-tr-1e-6", "ingest", "sidecar `RepetitionTime: 1e-6`", "subject excluded",
          ANY_TR, "run excluded: outside `ingest.tr_range` (default 0.1-10 s)", "2",
          build=_ingest(_tr(1e-6))),
+    Case("ingest-tr-12.5", "ingest", "sidecar `RepetitionTime: 12.5`", "subject excluded",
+         r"tr_range|range", "run excluded: outside `ingest.tr_range` (default 0.1-10 s)", "2",
+         build=_ingest(_tr(12.5))),
+    Case("ingest-voxels-300-mm", "ingest", "BOLD voxels of 300 x 300 x 400 mm",
+         "subject excluded", r"voxel size", "run excluded: voxel size outside 0.1-20 mm", "2",
+         build=_ingest(_huge_voxels)),
     # 3. hang -------------------------------------------------------------------------
     Case("ingest-symlink-loops", "ingest", "two symlink loops inside one subject",
          "reported", r"symlink|link|loop",
@@ -628,6 +667,18 @@ CASES: list[Case] = [
          "subject excluded", r"size|large|big|bytes|[KMG]i?B",
          "not read: over the size cap, run excluded", "3",
          build=_ingest(_sidecar_huge_sparse), isolate=True),
+    Case("ingest-sidecar-fifo", "ingest", "sidecar that is a named pipe (FIFO)",
+         "subject excluded", r"pipe|FIFO|regular",
+         "never opened (not a regular file): run excluded", "3",
+         build=_ingest(_sidecar_fifo), isolate=True),
+    Case("ingest-participants-links-outside", "ingest",
+         "`participants.tsv` symlinked to a file outside the dataset", "refused",
+         r"symlink|symbolic link|outside", "refused naming the file: a dataset-level file stops "
+         "the dataset", "3", build=_dataset_file(_link_outside, "participants.tsv")),
+    Case("ingest-description-dev-zero", "ingest", "`dataset_description.json` linked to "
+         "`/dev/zero`", "refused", r"symlink|symbolic link|outside|regular",
+         "refused naming the file, nothing read", "3",
+         build=_dataset_file(_link_dev_zero, "dataset_description.json"), isolate=True),
     Case("ingest-participants-100k-rows", "ingest", "`participants.tsv` with 100,000 rows",
          "handled", "",
          "read in linear time (docs/ingest.md states the measured time); the rows without a "
