@@ -249,7 +249,7 @@ def validate_config(
     if errors:
         lines = [_shorten(_explain(e)) for e in errors]
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
-    problems = _phenotype_problems(config)
+    problems = _phenotype_problems(config) + _range_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return config
@@ -278,6 +278,14 @@ def _check_size(config: Any) -> None:
 
 def _shorten(line: str, limit: int = 500) -> str:
     return line if len(line) <= limit else line[: limit - 25] + f" ... ({len(line)} characters)"
+
+
+def _range_problems(config: Mapping[str, Any]) -> list[str]:
+    """``[min, max]`` settings whose order JSON Schema cannot check."""
+    low, high = config.get("ingest", {}).get("tr_range", (0.1, 10.0))
+    if not 0 < low < high:
+        return [f"ingest.tr_range: must satisfy 0 < min < max; got [{low}, {high}]"]
+    return []
 
 
 def _phenotype_problems(config: Mapping[str, Any]) -> list[str]:

@@ -245,3 +245,10 @@ def test_evaluate_settings_refuse_a_trailing_newline(evaluate, expected):
 
     with pytest.raises(SettingsError, match=expected):
         settings_from_mapping({"datasets": {"s": {"bids_dir": "x"}}, "evaluate": evaluate})
+
+
+@pytest.mark.parametrize("bounds", [[10.0, 0.1], [2.0, 2.0]])
+def test_tr_range_out_of_order_is_refused_at_validation(bounds):
+    config = {"datasets": {"study": {"bids_dir": "/data/study"}}, "ingest": {"tr_range": bounds}}
+    with pytest.raises(ConfigError, match=r"ingest\.tr_range: must satisfy 0 < min < max"):
+        validate_config(config)
