@@ -651,6 +651,9 @@ CASES: list[Case] = [
     Case("ingest-voxels-300-mm", "ingest", "BOLD voxels of 300 x 300 x 400 mm",
          "subject excluded", r"voxel size", "run excluded: voxel size outside 0.1-20 mm", "2",
          build=_ingest(_huge_voxels)),
+    Case("config-tr-range-reversed", "validate-config", "`ingest.tr_range: [10, 0.1]`",
+         "refused", r"tr_range", "invalid: min must be below max (not only at run time)", "2",
+         build=_config("datasets:\n  study: {bids_dir: x}\ningest: {tr_range: [10, 0.1]}\n")),
     # 3. hang -------------------------------------------------------------------------
     Case("ingest-symlink-loops", "ingest", "two symlink loops inside one subject",
          "reported", r"symlink|link|loop",
