@@ -37,6 +37,7 @@ from brainharmony.bids_tree import (
     link_problem,
     walk_dataset,
 )
+from brainharmony.cli_types import bids_label, output_dir
 from brainharmony.io import InputDataError, PathLike, provenance, write_json, write_tsv
 from brainharmony.nifti_checks import DEFAULT_TR_RANGE, check_tr_range
 from brainharmony.participants import (
@@ -481,9 +482,16 @@ def _subject_labels(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``brainharmony ingest``."""
     parser.add_argument("--bids-dir", required=True, type=Path, help="raw BIDS dataset root")
-    parser.add_argument("--dataset", required=True, help="dataset name (written in each row)")
-    parser.add_argument("--out-dir", required=True, type=Path, help="folder for the tables")
-    parser.add_argument("--task", default="rest", help="BOLD task label (default: rest)")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        type=bids_label("dataset"),
+        help="dataset name, letters and digits (written in each row)",
+    )
+    parser.add_argument("--out-dir", required=True, type=output_dir, help="folder for the tables")
+    parser.add_argument(
+        "--task", default="rest", type=bids_label("task"), help="BOLD task label (default: rest)"
+    )
     parser.add_argument(
         "--min-volumes",
         type=_positive_int,

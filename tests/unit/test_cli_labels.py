@@ -143,3 +143,14 @@ def test_out_dir_that_is_a_file_is_refused(tmp_path, capsys, build, below):
 def test_output_dir_accepts_absent_and_existing_folders(tmp_path):
     assert output_dir(str(tmp_path)) == tmp_path
     assert output_dir(str(tmp_path / "new" / "deeper")) == tmp_path / "new" / "deeper"
+
+
+def test_ingest_refuses_unsafe_dataset_task_and_out_dir(tmp_path, capsys):
+    existing = tmp_path / "existing"
+    existing.write_text("not a folder\n")
+    base = ["ingest", "--bids-dir", str(tmp_path)]
+    ok = ["--dataset", "ds", "--out-dir", str(tmp_path / "out")]
+    _refused([*base, "--dataset", "../x", "--out-dir", str(tmp_path / "out")], capsys, "--dataset")
+    _refused([*base, *ok, "--task", "re st"], capsys, "--task")
+    _refused([*base, "--dataset", "ds", "--out-dir", str(existing)], capsys, "--out-dir")
+    assert not (tmp_path / "out").exists()
