@@ -16,7 +16,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,8 @@ from brainharmony.demo.acquisition import (
     rotation_matrix,
     slice_timing,
 )
-from brainharmony.demo.anatomy import AgeingModel, T1Intensities
-from brainharmony.demo.bold import BoldModel
-from brainharmony.demo.dynamics import DynamicsParams, EffectSizes
-from brainharmony.demo.motion import PoseModel
-from brainharmony.demo.phenotypes import PopulationModel, sample_phenotypes
+from brainharmony.demo.modelset import Models
+from brainharmony.demo.phenotypes import sample_phenotypes
 from brainharmony.io import write_json, write_nifti, write_text, write_tsv
 
 logger = logging.getLogger(__name__)
@@ -46,19 +43,6 @@ PRESETS = ("tiny", "default")
 #: MNI point the operator centres the T1w and BOLD fields of view on.
 T1_FOV_CENTER_MNI = np.array([0.0, -15.0, 5.0])
 BOLD_FOV_CENTER_MNI = np.array([0.0, -18.0, 8.0])
-
-
-@dataclass(frozen=True)
-class Models:
-    """All model constants of a generation (written to the truth folder)."""
-
-    dynamics: DynamicsParams = field(default_factory=DynamicsParams)
-    effects: EffectSizes = field(default_factory=EffectSizes)
-    population: PopulationModel = field(default_factory=PopulationModel)
-    bold: BoldModel = field(default_factory=BoldModel)
-    ageing: AgeingModel = field(default_factory=AgeingModel)
-    t1: T1Intensities = field(default_factory=T1Intensities)
-    pose: PoseModel = field(default_factory=PoseModel)
 
 
 def _rng(seed: int, dataset: str, *key: int) -> np.random.Generator:

@@ -19,7 +19,7 @@ from brainharmony.io import write_json, write_npy, write_text, write_tsv
 if TYPE_CHECKING:  # pragma: no cover
     from brainharmony.demo.acquisition import DatasetSpec
     from brainharmony.demo.dynamics import RunSeries
-    from brainharmony.demo.generate import Models
+    from brainharmony.demo.modelset import Models
 
 README_TEMPLATE = """\
 # Ground truth of the demo dataset `{name}`
