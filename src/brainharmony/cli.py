@@ -53,7 +53,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "per-ROI robust-scaling statistics (median, IQR) over a training set",
     ),
     "splits": ("brainharmony.splits", "seeded subject-level cross-validation splits"),
-    "pack": ("brainharmony.packing", "pack ROI series or T1 volumes into training shards"),
+    "pack": ("brainharmony.pipelines.pack", "pack ROI series or T1 volumes into training shards"),
     "eval-labels": (
         "brainharmony.evaluate.labels",
         "per-subject label table of one evaluation task (input of splits and evaluate)",
