@@ -13,6 +13,7 @@ import pytest
 
 from brainharmony import packing as pk
 from brainharmony.io import InputDataError
+from brainharmony.pipelines import pack as pack_command
 from brainharmony.timeseries.scaling import compute_robust_stats
 
 torch = pytest.importorskip("torch")
@@ -188,7 +189,7 @@ def test_cli_pack_series_with_folds(tmp_path, series_files):
             folds / f"fold-{k}.tsv", sep="\t", index=False
         )
     parser = argparse.ArgumentParser()
-    pk.add_arguments(parser)
+    pack_command.add_arguments(parser)
     args = parser.parse_args(
         [
             "--kind",
@@ -203,7 +204,7 @@ def test_cli_pack_series_with_folds(tmp_path, series_files):
             str(folds),
         ]
     )
-    assert pk.run(args) == 0
+    assert pack_command.run(args) == 0
     index = pk.read_index(tmp_path / "s.tsv")
     assert index["fold"].tolist() == [0, 1, 2]
     assert index.columns[-1] == "fold"
