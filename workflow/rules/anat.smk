@@ -14,18 +14,18 @@ anat_planning.check_can_run(ANAT_SETTINGS)
 rule anat_templates:
     output:
         **anat_planning.template_outputs(ANAT_SETTINGS),
-    params:
-        bh=BH,
-        out_dir=lambda wildcards, output: str(Path(output.res1).parent),
-        template=ANAT_SETTINGS.template,
     log:
         "logs/anat/templates.log",
+    conda:
+        str(ENVS / "preproc.yaml")
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        str(ENVS / "preproc.yaml")
+    params:
+        bh=BH,
+        out_dir=lambda wildcards, output: str(Path(output.res1).parent),
+        template=ANAT_SETTINGS.template,
     shell:
         "{params.bh} -v templates --out-dir {params.out_dir:q} --template {params.template:q} "
         "--resolutions 1 2 > {log:q} 2>&1"
@@ -42,12 +42,6 @@ rule anat:
         templates=rules.anat_templates.output,
     output:
         **anat_planning.rule_outputs(ANAT_SETTINGS, session=False),
-    params:
-        bh=BH,
-        out_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
-        options=anat_planning.cli_options(ANAT_SETTINGS),
-        template_dir=lambda wildcards, input: str(Path(input.templates[0]).parent),
-        session="",
     log:
         "logs/anat/{dataset}/sub-{subject}.log",
     benchmark:
@@ -55,13 +49,19 @@ rule anat:
     # On a cluster: --group-components anat=N puts N T1ws into one job (docs/hpc.md).
     group:
         "anat"
+    conda:
+        str(ENVS / "preproc.yaml")
     # One thread: SimpleITK's multithreaded sums vary in the last bits between runs.
     threads: 1
     resources:
         mem_mb=anat_planning.MEM_MB[ANAT_SETTINGS.resolution_mm],
         runtime=anat_planning.RUNTIME_MIN[ANAT_SETTINGS.resolution_mm],
-    conda:
-        str(ENVS / "preproc.yaml")
+    params:
+        bh=BH,
+        out_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
+        options=anat_planning.cli_options(ANAT_SETTINGS),
+        template_dir=lambda wildcards, input: str(Path(input.templates[0]).parent),
+        session="",
     shell:
         "{params.bh} -v anat --t1w {input.t1w:q} --out-dir {params.out_dir:q} "
         "--subject {wildcards.subject:q} {params.session} {params.options} "
@@ -71,13 +71,13 @@ rule anat:
 use rule anat as anat_session with:
     output:
         **anat_planning.rule_outputs(ANAT_SETTINGS, session=True),
+    log:
+        "logs/anat/{dataset}/sub-{subject}_ses-{session}.log",
+    benchmark:
+        "benchmarks/results/anat/{dataset}/sub-{subject}_ses-{session}.tsv"
     params:
         bh=BH,
         out_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
         options=anat_planning.cli_options(ANAT_SETTINGS),
         template_dir=lambda wildcards, input: str(Path(input.templates[0]).parent),
         session=lambda wildcards: f"--session {shlex.quote(wildcards.session)}",
-    log:
-        "logs/anat/{dataset}/sub-{subject}_ses-{session}.log",
-    benchmark:
-        "benchmarks/results/anat/{dataset}/sub-{subject}_ses-{session}.tsv"

@@ -8,25 +8,25 @@ if DEMO_DATASETS:
         output:
             description=f"{DEMO_ROOT}/{{dataset}}/dataset_description.json",
             truth=f"{DEMO_ROOT}/{{dataset}}-truth/README.md",
-        wildcard_constraints:
-            dataset="|".join(DEMO_DATASETS),
-        params:
-            bh=BH,
-            root=lambda wildcards, output: str(Path(output.description).parent.parent),
-            preset=config["demo"]["preset"],
-            seed=config["demo"]["seed"],
         log:
             "logs/demo/{dataset}.log",
         benchmark:
             "benchmarks/results/demo/{dataset}.tsv"
+        wildcard_constraints:
+            dataset="|".join(DEMO_DATASETS),
+        conda:
+            str(ENVS / "preproc.yaml")
         # One thread (one worker process): on a 2-core machine the other core runs the
         # first datasets' preprocessing meanwhile.
         threads: 1
         resources:
             mem_mb=4000,
             runtime=30,
-        conda:
-            str(ENVS / "preproc.yaml")
+        params:
+            bh=BH,
+            root=lambda wildcards, output: str(Path(output.description).parent.parent),
+            preset=config["demo"]["preset"],
+            seed=config["demo"]["seed"],
         shell:
             "{params.bh} -v demo --out {params.root:q} --preset {params.preset:q} "
             "--seed {params.seed:q} --datasets {wildcards.dataset:q} --jobs {threads} "

@@ -16,17 +16,17 @@ rule eval_labels:
     output:
         labels=eval_plan.LABELS,
         sidecar=eval_plan.LABELS.replace(".tsv", ".json"),
-    params:
-        bh=BH,
-        settings=EVAL_SETTINGS,
     log:
         "logs/eval/{dataset}_{task}_labels.log",
+    conda:
+        str(ENVS / "preproc.yaml")
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        str(ENVS / "preproc.yaml")
+    params:
+        bh=BH,
+        settings=EVAL_SETTINGS,
     shell:
         "{params.bh} -v eval-labels --dataset {wildcards.dataset:q} --task {wildcards.task:q} "
         "--settings {params.settings:q} --scans {input.scans:q} --out {output.labels:q} "
@@ -45,8 +45,16 @@ rule eval_splits:
             k=range(EVAL.n_folds),
         ),
         meta=eval_plan.SPLITS_META,
+    log:
+        "logs/eval/{dataset}_{task}_splits_seed-{seed}.log",
     wildcard_constraints:
         seed=r"\d+",
+    conda:
+        str(ENVS / "preproc.yaml")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
     params:
         bh=BH,
         out_dir=subpath(output.meta, parent=True),
@@ -56,14 +64,6 @@ rule eval_splits:
         n_folds=EVAL.n_folds,
         val_fraction=EVAL.val_fraction,
         n_bins=EVAL.n_bins,
-    log:
-        "logs/eval/{dataset}_{task}_splits_seed-{seed}.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v splits --table {input.labels:q} --target {params.target:q} "
         "--task {params.kind:q} --site-column site --site-mode {params.site_mode:q} "
@@ -86,22 +86,22 @@ rule evaluate:
         predictions=eval_plan.PREDICTIONS,
         sidecar=eval_plan.PREDICTIONS.replace(".tsv", ".json"),
         selection=eval_plan.PREDICTIONS.replace("predictions.tsv", "selection.tsv"),
+    log:
+        "logs/eval/{dataset}_{task}_evaluate.log",
+    benchmark:
+        "benchmarks/results/eval/{dataset}_{task}.tsv"
+    conda:
+        str(ENVS / "train.yaml")
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
     params:
         bh=BH,
         settings=EVAL_SETTINGS,
         split_dirs=lambda wildcards, input: eval_plan.split_dirs(input.splits),
         models=list(EVAL.models),
         extra=lambda wildcards, input: eval_plan.model_args(EVAL, input),
-    log:
-        "logs/eval/{dataset}_{task}_evaluate.log",
-    benchmark:
-        "benchmarks/results/eval/{dataset}_{task}.tsv"
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=120,
-    conda:
-        str(ENVS / "train.yaml")
     shell:
         "{params.bh} -v evaluate --dataset {wildcards.dataset:q} --task {wildcards.task:q} "
         "--settings {params.settings:q} --labels {input.labels:q} "
@@ -120,18 +120,18 @@ rule eval_tables:
         tests="results/tables/tests.csv",
         table=multiext("results/tables/paper_table", ".csv", ".md", ".tex"),
         sidecar="results/tables/tables.json",
-    params:
-        bh=BH,
-        settings=EVAL_SETTINGS,
-        out_dir=subpath(output.metrics, parent=True),
     log:
         "logs/eval/tables.log",
+    conda:
+        str(ENVS / "preproc.yaml")
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        str(ENVS / "preproc.yaml")
+    params:
+        bh=BH,
+        settings=EVAL_SETTINGS,
+        out_dir=subpath(output.metrics, parent=True),
     shell:
         "{params.bh} -v tables --inputs {input.predictions:q} "
         "--predictions {output.predictions:q} --out-dir {params.out_dir:q} "
@@ -152,21 +152,20 @@ rule report:
         qc=lambda wildcards: rules.qc_all.input,
     output:
         report("results/report/index.html", category="Report"),
-    params:
-        bh=BH,
-        configs=" ".join(shlex.quote(str(p)) for p in workflow.configfiles),
     log:
         "logs/eval/report.log",
+    conda:
+        str(ENVS / "preproc.yaml")
     threads: 1
     resources:
         mem_mb=2000,
         runtime=15,
-    conda:
-        str(ENVS / "preproc.yaml")
+    params:
+        bh=BH,
+        configs=" ".join(shlex.quote(str(p)) for p in workflow.configfiles),
     shell:
         "{params.bh} -v report --results results --config {params.configs} "
         "--out {output:q} > {log:q} 2>&1"
-
 
 
 rule predictor_cv:
@@ -192,6 +191,17 @@ rule predictor_cv:
         yaml=TRAIN.yaml("predictor"),
     output:
         predictions=eval_plan.EXTERNAL["predictor"],
+    log:
+        "logs/eval/{dataset}_{task}_predictor.log",
+    benchmark:
+        "benchmarks/results/eval/{dataset}_{task}_predictor.tsv"
+    conda:
+        str(ENVS / "train.yaml")
+    threads: TRAIN.threads
+    resources:
+        gpu=min(TRAIN.gpus, 1),
+        mem_mb=8000,
+        runtime=720,
     params:
         bh=BH,
         settings=EVAL_SETTINGS,
@@ -200,17 +210,6 @@ rule predictor_cv:
         lmae=lambda wildcards, input: train_plan.folder_of(input.lmae),
         work=lambda wildcards: f"work/predictor/{wildcards.dataset}/{wildcards.task}",
         opts=TRAIN_OPTS,
-    log:
-        "logs/eval/{dataset}_{task}_predictor.log",
-    benchmark:
-        "benchmarks/results/eval/{dataset}_{task}_predictor.tsv"
-    threads: TRAIN.threads
-    resources:
-        gpu=min(TRAIN.gpus, 1),
-        mem_mb=8000,
-        runtime=720,
-    conda:
-        str(ENVS / "train.yaml")
     shell:
         "{params.bh} -v predictor-cv --config {input.yaml:q} --labels {input.labels:q} "
         "--splits {params.split_dirs} --settings {params.settings:q} "

@@ -23,19 +23,19 @@ rule func_atlas:
         **func_planning.atlas_inputs(FUNC),
     output:
         **func_planning.atlas_outputs(FUNC),
+    log:
+        f"logs/func/atlas_res-{FUNC.res}.log",
+    conda:
+        str(ENVS / "preproc.yaml")
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=15,
     params:
         bh=BH,
         out_dir=lambda wildcards, output: str(Path(output.image).parent),
         resolution=FUNC.resolution_mm,
         atlas=func_planning.atlas_options(FUNC),
-    log:
-        f"logs/func/atlas_res-{FUNC.res}.log",
-    threads: 1
-    resources:
-        mem_mb=3000,
-        runtime=15,
-    conda:
-        str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v func atlas --resolution {params.resolution:q} "
         "--out-dir {params.out_dir:q} {params.atlas} > {log:q} 2>&1"
@@ -48,16 +48,24 @@ if FUNC.backend == "native":
             bold=lambda wildcards: func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS).bold,
             t1w=lambda wildcards: func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS).t1w,
             t1w_to_template=lambda wildcards: func_planning.anat_inputs(
-                FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+                FUNC,
+                wildcards.dataset,
+                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
             )["t1w_to_template"],
             t1w_brain=lambda wildcards: func_planning.anat_inputs(
-                FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+                FUNC,
+                wildcards.dataset,
+                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
             )["t1w_brain"],
             t1w_brain_mask=lambda wildcards: func_planning.anat_inputs(
-                FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+                FUNC,
+                wildcards.dataset,
+                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
             )["t1w_brain_mask"],
             anat_sidecar=lambda wildcards: func_planning.anat_inputs(
-                FUNC, wildcards.dataset, func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
+                FUNC,
+                wildcards.dataset,
+                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
             )["anat_sidecar"],
             atlas=rules.func_atlas.output.image,
             labels=rules.func_atlas.output.labels,
@@ -65,9 +73,25 @@ if FUNC.backend == "native":
         output:
             **func_planning.native_outputs(FUNC),
             **func_planning.denoise_outputs(FUNC),
+        log:
+            "logs/func/{dataset}/{fdir}/{fstem}_native.log",
+        benchmark:
+            "benchmarks/results/func/{dataset}/{fdir}/{fstem}_native.tsv"
         wildcard_constraints:
             fdir=func_planning.FDIR,
             fstem=func_planning.FSTEM,
+        # On a cluster: --group-components func=N puts N runs into one job (docs/hpc.md).
+        group:
+            "func"
+        conda:
+            str(ENVS / "preproc.yaml")
+        # One thread: a second one bought nothing (default demoA run, 160 volumes, load 3.7:
+        # 24.4 s wall with 1 thread, 27.6 s with 2), so two runs side by side beat one run
+        # on two threads. A cluster profile may raise it (set-threads).
+        threads: 1
+        resources:
+            mem_mb=func_planning.MEM_MB["native"],
+            runtime=func_planning.RUNTIME_MIN["native"],
         params:
             bh=BH,
             out_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
@@ -81,22 +105,6 @@ if FUNC.backend == "native":
             options=func_planning.native_options(FUNC),
             denoise=func_planning.denoise_options(FUNC),
             keep_bold="--keep-bold" if FUNC.keep_bold else "",
-        log:
-            "logs/func/{dataset}/{fdir}/{fstem}_native.log",
-        benchmark:
-            "benchmarks/results/func/{dataset}/{fdir}/{fstem}_native.tsv"
-        # On a cluster: --group-components func=N puts N runs into one job (docs/hpc.md).
-        group:
-            "func"
-        # One thread: a second one bought nothing (default demoA run, 160 volumes, load 3.7:
-        # 24.4 s wall with 1 thread, 27.6 s with 2), so two runs side by side beat one run
-        # on two threads. A cluster profile may raise it (set-threads).
-        threads: 1
-        resources:
-            mem_mb=func_planning.MEM_MB["native"],
-            runtime=func_planning.RUNTIME_MIN["native"],
-        conda:
-            str(ENVS / "preproc.yaml")
         shell:
             "{params.bh} -v func native {params.keep_bold} --bold {input.bold:q} "
             "{params.sidecar} --t1w {input.t1w:q} --t1w-to-template {input.t1w_to_template:q} "
@@ -117,9 +125,17 @@ else:
                     dataset=wildcards.dataset
                 ).output.scans,
             output:
-                done=func_planning.fmriprep_done(
-                    FUNC, "{dataset}", "{subject}", config["datasets"]
-                ),
+                done=func_planning.fmriprep_done(FUNC, "{dataset}", "{subject}", config["datasets"]),
+            log:
+                "logs/func/{dataset}/sub-{subject}_fmriprep.log",
+            benchmark:
+                "benchmarks/results/func/{dataset}/sub-{subject}_fmriprep.tsv"
+            conda:
+                str(ENVS / "preproc.yaml")
+            threads: 8
+            resources:
+                mem_mb=func_planning.MEM_MB["fmriprep"],
+                runtime=func_planning.RUNTIME_MIN["fmriprep"],
             params:
                 bh=BH,
                 bids_dir=lambda wildcards: bids_dir(wildcards.dataset),
@@ -131,16 +147,6 @@ else:
                     f"{wildcards.dataset}/sub-{wildcards.subject}"
                 ),
                 options=func_planning.fmriprep_options(FUNC),
-            log:
-                "logs/func/{dataset}/sub-{subject}_fmriprep.log",
-            benchmark:
-                "benchmarks/results/func/{dataset}/sub-{subject}_fmriprep.tsv"
-            threads: 8
-            resources:
-                mem_mb=func_planning.MEM_MB["fmriprep"],
-                runtime=func_planning.RUNTIME_MIN["fmriprep"],
-            conda:
-                str(ENVS / "preproc.yaml")
             shell:
                 "{params.bh} -v func fmriprep --bids-dir {params.bids_dir:q} "
                 "--fmriprep-dir {params.out_dir:q} --work-dir {params.work_dir:q} "
@@ -158,9 +164,21 @@ else:
             labels=rules.func_atlas.output.labels,
         output:
             **func_planning.denoise_outputs(FUNC),
+        log:
+            "logs/func/{dataset}/{fdir}/{fstem}_denoise.log",
+        benchmark:
+            "benchmarks/results/func/{dataset}/{fdir}/{fstem}_denoise.tsv"
         wildcard_constraints:
             fdir=func_planning.FDIR,
             fstem=func_planning.FSTEM,
+        group:
+            "func"
+        conda:
+            str(ENVS / "preproc.yaml")
+        threads: 1
+        resources:
+            mem_mb=func_planning.MEM_MB["denoise"],
+            runtime=func_planning.RUNTIME_MIN["denoise"],
         params:
             bh=BH,
             out_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
@@ -172,18 +190,6 @@ else:
                 config["ingest"]["tr_range"],
             ),
             denoise=func_planning.denoise_options(FUNC),
-        log:
-            "logs/func/{dataset}/{fdir}/{fstem}_denoise.log",
-        benchmark:
-            "benchmarks/results/func/{dataset}/{fdir}/{fstem}_denoise.tsv"
-        group:
-            "func"
-        threads: 1
-        resources:
-            mem_mb=func_planning.MEM_MB["denoise"],
-            runtime=func_planning.RUNTIME_MIN["denoise"],
-        conda:
-            str(ENVS / "preproc.yaml")
         shell:
             "{params.bh} -v func derivatives {params.source} --atlas {input.atlas:q} "
             "--atlas-labels {input.labels:q} --out-dir {params.out_dir:q} {params.run} "

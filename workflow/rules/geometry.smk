@@ -11,10 +11,6 @@ rule harmonics:
     output:
         table=bh_plan.harmonics_table(GEOMETRY),
         figure=bh_plan.harmonics_figure(GEOMETRY),
-    params:
-        bh=BH,
-        surface=GEOMETRY.surface,
-        k=GEOMETRY.n_modes,
     log:
         "logs/geometry/harmonics.log",
     benchmark:
@@ -22,12 +18,16 @@ rule harmonics:
     # It reads no other job's output: run it among the preprocessing jobs, not after them,
     # where BrainHarmonix-F's training would wait for it.
     priority: 10
+    conda:
+        str(ENVS / "preproc.yaml")
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        str(ENVS / "preproc.yaml")
+    params:
+        bh=BH,
+        surface=GEOMETRY.surface,
+        k=GEOMETRY.n_modes,
     shell:
         "{params.bh} -v harmonics --template {params.surface:q} --n-modes {params.k} "
         "--out-table {output.table:q} --qc-figure {output.figure:q} --threads {threads} "
@@ -42,19 +42,19 @@ rule gradients_group:
     output:
         table=bh_plan.group_gradients(GEOMETRY),
         fc="results/geometry/atlas-Schaefer400_desc-group_fc.npy",
+    log:
+        "logs/geometry/gradients_group.log",
+    conda:
+        str(ENVS / "preproc.yaml")
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
     params:
         bh=BH,
         g=GEOMETRY.n_gradients,
         kernel=GEOMETRY.kernel,
         sparsity=GEOMETRY.sparsity,
-    log:
-        "logs/geometry/gradients_group.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=15,
-    conda:
-        str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v gradients --series {input.series:q} --n-components {params.g} "
         "--kernel {params.kernel:q} --sparsity {params.sparsity} --out {output.table:q} "
@@ -69,19 +69,19 @@ rule gradients_dataset:
         reference=rules.gradients_group.output.table,
     output:
         table=bh_plan.dataset_gradients(GEOMETRY),
+    log:
+        "logs/geometry/{dataset}_gradients.log",
+    conda:
+        str(ENVS / "preproc.yaml")
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
     params:
         bh=BH,
         g=GEOMETRY.n_gradients,
         kernel=GEOMETRY.kernel,
         sparsity=GEOMETRY.sparsity,
-    log:
-        "logs/geometry/{dataset}_gradients.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=15,
-    conda:
-        str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v gradients --series {input.series:q} --n-components {params.g} "
         "--kernel {params.kernel:q} --sparsity {params.sparsity} "

@@ -33,6 +33,14 @@ checkpoint ingest:
         scans="results/ingest/{dataset}/scans.tsv",
         excluded="results/ingest/{dataset}/excluded.tsv",
         sidecar="results/ingest/{dataset}/scans.json",
+    log:
+        "logs/ingest/{dataset}.log",
+    conda:
+        str(ENVS / "preproc.yaml")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
     params:
         bh=BH,
         bids_dir=lambda wildcards: bids_dir(wildcards.dataset),
@@ -42,14 +50,6 @@ checkpoint ingest:
         tr_tolerance=config["ingest"]["tr_tolerance"],
         tr_conflict=config["ingest"]["tr_conflict"],
         tr_range=config["ingest"]["tr_range"],
-    log:
-        "logs/ingest/{dataset}.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
-    conda:
-        str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v ingest --dataset {wildcards.dataset:q} --bids-dir {params.bids_dir:q} "
         "--out-dir {params.out_dir:q} --min-volumes {params.min_volumes:q} "

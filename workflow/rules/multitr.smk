@@ -14,22 +14,22 @@ rule multitr:
     output:
         shard=bh_plan.series_shard("series"),
         index=bh_plan.series_shard("index"),
-    wildcard_constraints:
-        ms=r"\d+",
-    params:
-        bh=BH,
-        method=MULTITR.method,
-        seed=MULTITR.seed,
     log:
         "logs/multitr/{dataset}_tr-{ms}.log",
     benchmark:
         "benchmarks/results/multitr/{dataset}_tr-{ms}.tsv"
+    wildcard_constraints:
+        ms=r"\d+",
+    conda:
+        str(ENVS / "preproc.yaml")
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        str(ENVS / "preproc.yaml")
+    params:
+        bh=BH,
+        method=MULTITR.method,
+        seed=MULTITR.seed,
     shell:
         "{params.bh} -v multitr --scans {input.scans:q} --series {input.series:q} "
         "--tr-out-ms {wildcards.ms} --method {params.method:q} --seed {params.seed} "
@@ -50,16 +50,16 @@ rule pack_volumes:
     output:
         shard=bh_plan.VOLUME_SHARD,
         index=bh_plan.VOLUME_INDEX,
-    params:
-        bh=BH,
     log:
         "logs/multitr/{dataset}_T1w_volumes.log",
+    conda:
+        str(ENVS / "preproc.yaml")
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        str(ENVS / "preproc.yaml")
+    params:
+        bh=BH,
     shell:
         "{params.bh} -v pack --kind volumes --files {input.volumes:q} --scans {input.scans:q} "
         "--shard {output.shard:q} --index {output.index:q} > {log:q} 2>&1"
@@ -72,17 +72,17 @@ rule scaling_stats:
         ),
     output:
         stats=bh_plan.SCALING_STATS,
-    params:
-        bh=BH,
-        mode=MULTITR.scaling_mode,
     log:
         "logs/multitr/scaling_stats.log",
+    conda:
+        str(ENVS / "preproc.yaml")
     threads: 1
     resources:
         mem_mb=4000,
         runtime=15,
-    conda:
-        str(ENVS / "preproc.yaml")
+    params:
+        bh=BH,
+        mode=MULTITR.scaling_mode,
     shell:
         "{params.bh} -v scaling-stats --series {input.series:q} --mode {params.mode:q} "
         "--out {output.stats:q} > {log:q} 2>&1"

@@ -21,6 +21,14 @@ rule group_qc:
         table="results/qc/{dataset}/group_qc.tsv",
         sidecar="results/qc/{dataset}/group_qc.json",
         pages=directory("results/qc/{dataset}/subjects"),
+    log:
+        "logs/qc/{dataset}.log",
+    conda:
+        str(ENVS / "preproc.yaml")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
     params:
         bh=BH,
         anat_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
@@ -29,14 +37,6 @@ rule group_qc:
         task=lambda wildcards: FUNC_TASKS[wildcards.dataset],
         template=ANAT_SETTINGS.template,
         space=FUNC.space,
-    log:
-        "logs/qc/{dataset}.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=15,
-    conda:
-        str(ENVS / "preproc.yaml")
     shell:
         "{params.bh} -v group-qc --dataset {wildcards.dataset:q} --scans {input.scans:q} "
         "--excluded {input.excluded:q} --anat-dir {params.anat_dir:q} "

@@ -32,23 +32,23 @@ rule train_bh_s:
         ),
     output:
         **train_plan.model_outputs("bh_s"),
+    log:
+        "logs/train/bh_s.log",
+    benchmark:
+        "benchmarks/results/train/bh_s.tsv"
+    conda:
+        str(ENVS / "train.yaml")
+    threads: TRAIN.threads
+    resources:
+        gpu=TRAIN.gpus,
+        mem_mb=16000,
+        runtime=2880,
     params:
         bh=TRAIN_BH,
         out=lambda wildcards, output: train_plan.folder_of(output.weights),
         state=lambda wildcards, output: train_plan.state_dir(train_plan.folder_of(output.weights)),
         pairs=lambda wildcards, input: train_plan.shard_pairs(input.shards, input.indexes),
         opts=TRAIN_OPTS,
-    log:
-        "logs/train/bh_s.log",
-    benchmark:
-        "benchmarks/results/train/bh_s.tsv"
-    threads: TRAIN.threads
-    resources:
-        gpu=TRAIN.gpus,
-        mem_mb=16000,
-        runtime=2880,
-    conda:
-        str(ENVS / "train.yaml")
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.pairs} --threads {threads} {params.opts} > {log:q} 2>&1"
@@ -63,6 +63,17 @@ rule train_bh_f:
         yaml=TRAIN.yaml("bh_f"),
     output:
         **train_plan.model_outputs("bh_f"),
+    log:
+        "logs/train/bh_f.log",
+    benchmark:
+        "benchmarks/results/train/bh_f.tsv"
+    conda:
+        str(ENVS / "train.yaml")
+    threads: TRAIN.threads
+    resources:
+        gpu=TRAIN.gpus,
+        mem_mb=16000,
+        runtime=2880,
     params:
         bh=TRAIN_BH,
         out=lambda wildcards, output: train_plan.folder_of(output.weights),
@@ -70,17 +81,6 @@ rule train_bh_f:
         pairs=lambda wildcards: train_plan.pretrain_pairs(bh_plan, MULTITR, checkpoints.ingest),
         sets=GEOMETRY_SETS,
         opts=TRAIN_OPTS,
-    log:
-        "logs/train/bh_f.log",
-    benchmark:
-        "benchmarks/results/train/bh_f.tsv"
-    threads: TRAIN.threads
-    resources:
-        gpu=TRAIN.gpus,
-        mem_mb=16000,
-        runtime=2880,
-    conda:
-        str(ENVS / "train.yaml")
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.pairs} --scaling {input.scaling:q} {params.sets} "
@@ -104,20 +104,20 @@ rule embed_encoders:
         tokens="results/embeddings/tokens/{dataset}/index.tsv",
         f="results/embeddings/bh_f/{dataset}.npz",
         s="results/embeddings/bh_s/{dataset}.npz",
-    params:
-        bh=BH,
-        f_dir=lambda wildcards, input: train_plan.folder_of(input.f_model),
-        s_dir=lambda wildcards, input: train_plan.folder_of(input.s_model),
-        tokens_dir=lambda wildcards, output: train_plan.folder_of(output.tokens),
     log:
         "logs/train/embed_{dataset}.log",
+    conda:
+        str(ENVS / "train.yaml")
     threads: TRAIN.threads
     resources:
         gpu=min(TRAIN.gpus, 1),
         mem_mb=8000,
         runtime=240,
-    conda:
-        str(ENVS / "train.yaml")
+    params:
+        bh=BH,
+        f_dir=lambda wildcards, input: train_plan.folder_of(input.f_model),
+        s_dir=lambda wildcards, input: train_plan.folder_of(input.s_model),
+        tokens_dir=lambda wildcards, output: train_plan.folder_of(output.tokens),
     shell:
         "{params.bh} -v embed encoders --f-model {params.f_dir:q} --s-model {params.s_dir:q} "
         "--series-shard {input.series:q} --series-index {input.series_index:q} "
@@ -132,6 +132,17 @@ rule train_harmonizer:
         yaml=TRAIN.yaml("harmonizer"),
     output:
         **train_plan.model_outputs("harmonizer"),
+    log:
+        "logs/train/harmonizer.log",
+    benchmark:
+        "benchmarks/results/train/harmonizer.tsv"
+    conda:
+        str(ENVS / "train.yaml")
+    threads: TRAIN.threads
+    resources:
+        gpu=TRAIN.gpus,
+        mem_mb=16000,
+        runtime=1440,
     params:
         bh=TRAIN_BH,
         out=lambda wildcards, output: train_plan.folder_of(output.weights),
@@ -142,17 +153,6 @@ rule train_harmonizer:
             TRAIN, ANAT_SETTINGS.model_box_mm, ANAT_SETTINGS.resolution_mm
         ),
         opts=TRAIN_OPTS,
-    log:
-        "logs/train/harmonizer.log",
-    benchmark:
-        "benchmarks/results/train/harmonizer.tsv"
-    threads: TRAIN.threads
-    resources:
-        gpu=TRAIN.gpus,
-        mem_mb=16000,
-        runtime=1440,
-    conda:
-        str(ENVS / "train.yaml")
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.index} {params.grid} --threads {threads} "
@@ -165,18 +165,18 @@ rule embed_harmonizer:
         tokens=rules.embed_encoders.output.tokens,
     output:
         "results/embeddings/harmonizer/{dataset}.npz",
-    params:
-        bh=BH,
-        model=lambda wildcards, input: train_plan.folder_of(input.model),
     log:
         "logs/train/embed_harmonizer_{dataset}.log",
+    conda:
+        str(ENVS / "train.yaml")
     threads: TRAIN.threads
     resources:
         gpu=min(TRAIN.gpus, 1),
         mem_mb=8000,
         runtime=120,
-    conda:
-        str(ENVS / "train.yaml")
+    params:
+        bh=BH,
+        model=lambda wildcards, input: train_plan.folder_of(input.model),
     shell:
         "{params.bh} -v embed harmonizer --model {params.model:q} "
         "--tokens-index {input.tokens:q} --out {output:q} > {log:q} 2>&1"
@@ -187,16 +187,16 @@ rule embed_roi_similarity:
         tokens=rules.embed_encoders.output.tokens,
     output:
         "results/embeddings/bh_f_roisim/{dataset}.npz",
-    params:
-        bh=BH,
     log:
         "logs/train/embed_roi_similarity_{dataset}.log",
+    conda:
+        str(ENVS / "train.yaml")
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        str(ENVS / "train.yaml")
+    params:
+        bh=BH,
     shell:
         "{params.bh} -v embed roi-similarity --tokens-index {input.tokens:q} "
         "--out {output:q} > {log:q} 2>&1"
@@ -209,25 +209,25 @@ rule train_lmae:
         yaml=TRAIN.yaml("lmae"),
     output:
         **train_plan.model_outputs("lmae"),
-    params:
-        bh=TRAIN_BH,
-        out=lambda wildcards, output: train_plan.folder_of(output.weights),
-        state=lambda wildcards, output: train_plan.state_dir(train_plan.folder_of(output.weights)),
-        pairs=lambda wildcards: train_plan.pretrain_pairs(bh_plan, MULTITR, checkpoints.ingest),
-        opts=TRAIN_OPTS,
     log:
         "logs/train/lmae.log",
     benchmark:
         "benchmarks/results/train/lmae.tsv"
     # Head of the longest chain after preprocessing (LMAE, then the predictor's CV).
     priority: 10
+    conda:
+        str(ENVS / "train.yaml")
     threads: TRAIN.threads
     resources:
         gpu=TRAIN.gpus,
         mem_mb=16000,
         runtime=1440,
-    conda:
-        str(ENVS / "train.yaml")
+    params:
+        bh=TRAIN_BH,
+        out=lambda wildcards, output: train_plan.folder_of(output.weights),
+        state=lambda wildcards, output: train_plan.state_dir(train_plan.folder_of(output.weights)),
+        pairs=lambda wildcards: train_plan.pretrain_pairs(bh_plan, MULTITR, checkpoints.ingest),
+        opts=TRAIN_OPTS,
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.pairs} --scaling {input.scaling:q} "
