@@ -11,10 +11,16 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install system-deps demo test test-fast lint format lock clean-results
 
-$(STAMP): pyproject.toml requirements/lock-cpu.txt requirements/lock-nodeps.txt
+# Runtime (lock-cpu.txt), tests and lint (lock-dev.txt), benchmarks (lock-bench.txt):
+# one resolve, so the three sets are installed consistently. `pip install .` alone gets
+# only the runtime dependencies.
+LOCKS := requirements/lock-cpu.txt requirements/lock-dev.txt requirements/lock-bench.txt
+SMK_FILES := Snakefile $(wildcard workflow/rules/*.smk)
+
+$(STAMP): pyproject.toml $(LOCKS) requirements/lock-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements/lock-cpu.txt
+	$(BIN)/python -m pip install --quiet $(addprefix -r ,$(LOCKS))
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/lock-nodeps.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
@@ -49,16 +55,19 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check $(SMK_FILES)
 	$(BIN)/snakemake --lint
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+	$(BIN)/snakefmt $(SMK_FILES)
 
+# Freeze .venv and split it by what needs each pin (scripts/split_lock.py): runtime ->
+# lock-cpu.txt, extra dev -> lock-dev.txt, extra bench -> lock-bench.txt.
 lock: install
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v -e '^brainharmony' -e '^deepbet==' \
-	  | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > requirements/lock-cpu.txt.new
-	mv requirements/lock-cpu.txt.new requirements/lock-cpu.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -e '^brainharmony' -e '^deepbet[= ]' \
+	  | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' | $(BIN)/python scripts/split_lock.py
 
 clean-results:
 	rm -rf results logs .snakemake
