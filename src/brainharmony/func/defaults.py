@@ -1,7 +1,8 @@
 """Defaults of the functional stage that planning, the CLI and the numerics share.
 
 A leaf module (no imports of the package, no numpy), so the Snakefile's planning and the
-registration code can both read it without importing each other.
+registration code can both read it without importing each other (also why
+:func:`canonical_coreg` is here).
 """
 
 from __future__ import annotations
@@ -19,3 +20,18 @@ DEFAULT_COREG = "bbr"
 COREG_MIN_DICE = 0.75
 COREG_MAX_BBR_COST = 0.8
 COREG_MIN_NMI = 1.05
+
+
+def canonical_coreg(method: str) -> str:
+    """A ``func.coreg`` value by its canonical name (``rigid`` -> ``mi``).
+
+    Raises
+    ------
+    ValueError
+        An unknown method.
+    """
+    method = COREG_ALIASES.get(method, method)
+    if method not in COREG_METHODS:
+        accepted = (*COREG_METHODS, *COREG_ALIASES)
+        raise ValueError(f"func.coreg must be one of {accepted}, got {method!r}")
+    return method

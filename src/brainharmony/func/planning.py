@@ -20,13 +20,12 @@ from typing import Any
 
 # Shared defaults live in a leaf module (re-exported here for the rules and the CLI).
 from brainharmony.func.defaults import (
-    COREG_ALIASES,
     COREG_MAX_BBR_COST,
-    COREG_METHODS,
     COREG_MIN_DICE,
     COREG_MIN_NMI,
     DEFAULT_COREG,
     DEFAULT_STRATEGY,
+    canonical_coreg,
 )
 
 BACKENDS: tuple[str, ...] = ("native", "fmriprep", "fmriprep-derivatives")
@@ -114,21 +113,6 @@ class FuncPlan:
         from brainharmony.func.naming import res_label
 
         return res_label(self.resolution_mm)
-
-
-def canonical_coreg(method: str) -> str:
-    """A ``func.coreg`` value by its canonical name (``rigid`` -> ``mi``).
-
-    Raises
-    ------
-    ValueError
-        An unknown method.
-    """
-    method = COREG_ALIASES.get(method, method)
-    if method not in COREG_METHODS:
-        accepted = (*COREG_METHODS, *COREG_ALIASES)
-        raise ValueError(f"func.coreg must be one of {accepted}, got {method!r}")
-    return method
 
 
 def settings_from_config(config: Mapping[str, Any]) -> FuncPlan:

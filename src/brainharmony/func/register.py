@@ -32,6 +32,7 @@ from brainharmony.func.defaults import (
     COREG_MIN_DICE,
     COREG_MIN_NMI,
     DEFAULT_COREG,
+    canonical_coreg,
 )
 from brainharmony.io import InputDataError, PathLike
 
@@ -529,8 +530,6 @@ def register_bold_to_t1w(
     CoregResult
     """
     import time
-
-    from brainharmony.func.planning import canonical_coreg
 
     start = time.perf_counter()
     settings = settings or CoregSettings()
