@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Start a private single-node SLURM cluster on loopback, for tests and for trying
 # `snakemake --profile slurm` on one machine. Needs root and the Debian packages in
-# requirements/apt.txt (slurm-wlm, munge); see docs/hpc.md and
-# ../shared/reference/slurm-ci.md for why each setting is there.
+# requirements/apt.txt (slurm-wlm, munge); docs/hpc.md and the list below say why each
+# setting is there.
 #
 #   sudo bash scripts/slurm/start_cluster.sh      # idempotent: a running cluster is left as is
 #   sudo bash scripts/slurm/stop_cluster.sh       # stops exactly the daemons started here
