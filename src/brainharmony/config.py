@@ -30,6 +30,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from brainharmony.scans_table import phenotype_name_problem
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -291,8 +293,6 @@ def _range_problems(config: Mapping[str, Any]) -> list[str]:
 def _phenotype_problems(config: Mapping[str, Any]) -> list[str]:
     """Phenotype names that ingest cannot carry: a fixed scans.tsv column's name, or
     the separators of its ``--phenotypes NAME:KIND,...`` argument."""
-    from brainharmony.ingest import phenotype_name_problem
-
     problems = []
     for dataset, settings in config.get("datasets", {}).items():
         for name in settings.get("phenotypes") or {}:
