@@ -64,6 +64,12 @@ DEFAULT_QUICK_RESULTS = REPO / "benchmarks" / "results" / "report-quick"
 DEFAULT_PARTIAL_RESULTS = REPO / "benchmarks" / "results" / "report-partial"
 DEFAULT_OUTPUT = REPO / "docs" / "performance.md"
 MANIFEST = "run.json"
+# Everything from this line on in the report was written by hand (the main job's measured
+# runs, which no benchmark produces) and is kept as it is when the report is re-rendered.
+HAND_WRITTEN = (
+    "<!-- Hand-written from here on (not generated): benchmarks/run_all.py keeps this part "
+    "when it re-renders the file. -->"
+)
 DEFAULT_TIMEOUT_S = 1800
 
 
@@ -468,6 +474,17 @@ def _scope(manifest: Mapping[str, Any]) -> list[str]:
     return [f"**This is {'; and '.join(what)}.**", ""] if what else []
 
 
+def keep_hand_written(output: Path, text: str) -> str:
+    """``text``, followed by the hand-written part of the existing ``output`` (from the
+    ``HAND_WRITTEN`` line on) when there is one."""
+    try:
+        old = output.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return text
+    at = old.find(HAND_WRITTEN)
+    return text if at < 0 else text.rstrip("\n") + "\n\n" + old[at:]
+
+
 def render(manifest: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]) -> str:
     """``performance.md`` from a run manifest and its benchmark results (nothing else)."""
     m = manifest["machine"]
@@ -599,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if output is None:
         full = manifest["mode"] == "full" and manifest["complete"]
         output = DEFAULT_OUTPUT if full else results_dir / "performance.md"
-    write_text(output, render(manifest, results))
+    write_text(output, keep_hand_written(output, render(manifest, results)))
     failed = [e["name"] for e in manifest["benchmarks"] if e["status"] != "ok"]
     print(f"[run_all] wrote {output}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
@@ -639,7 +656,7 @@ def update(args: argparse.Namespace) -> int:
     write_json(results_dir / MANIFEST, manifest)
     manifest, results = load_run(results_dir)
     output = args.output or DEFAULT_OUTPUT
-    write_text(output, render(manifest, results))
+    write_text(output, keep_hand_written(output, render(manifest, results)))
     failed = [e["name"] for e in manifest["benchmarks"] if e["status"] != "ok"]
     print(f"[run_all] wrote {output}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

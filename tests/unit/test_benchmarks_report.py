@@ -202,6 +202,25 @@ def test_report_is_rendered_from_the_json_results(run_all: ModuleType, tmp_path:
     ]
 
 
+def test_rerendering_keeps_the_hand_written_part(run_all: ModuleType, tmp_path: Path) -> None:
+    """docs/performance.md ends in hand-written measurements (the main job's runs): a new
+    render replaces the generated part above the marker and keeps everything below it."""
+    root = _fabricate(run_all, tmp_path / "results")
+    out = tmp_path / "performance.md"
+    tail = f"{run_all.HAND_WRITTEN}\n\n## The main job\n\nMeasured by hand: 1 min.\n"
+    out.write_text("# stale generated part\n\n" + tail)
+    run_all.main(["--render-only", "--results-dir", str(root), "--output", str(out)])
+    text = out.read_text()
+    assert "stale generated part" not in text and _table_rows(text)
+    assert text.endswith(tail) and text.count(run_all.HAND_WRITTEN) == 1
+    run_all.main(["--render-only", "--results-dir", str(root), "--output", str(out)])
+    assert out.read_text() == text  # rendering twice changes nothing
+    # without the marker, the file is all generated (as before)
+    out.write_text("# old\n\nhand text without a marker\n")
+    run_all.main(["--render-only", "--results-dir", str(root), "--output", str(out)])
+    assert "hand text" not in out.read_text()
+
+
 def test_inconsistent_or_incomplete_results_are_refused(
     run_all: ModuleType, tmp_path: Path
 ) -> None:
