@@ -81,7 +81,7 @@ def sign_split(
     import torch
 
     from brainharmony.io import InputDataError
-    from brainharmony.models.embed import collate_rows, frozen_series_data, load_frozen
+    from brainharmony.pipelines.embed import collate_rows, frozen_series_data, load_frozen
 
     net, kind = load_frozen(model)
     if kind != "bh_f":
@@ -154,7 +154,7 @@ def network_amplitude(shard: Path, index: Path, frames: int) -> tuple[pd.DataFra
 
 
 def _write(path: Path, rows: pd.DataFrame, features: np.ndarray, what: str) -> None:
-    from brainharmony.models.embed import write_features
+    from brainharmony.pipelines.embed import write_features
 
     write_features(
         path,

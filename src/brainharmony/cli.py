@@ -76,11 +76,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train a model from its YAML on packed shards (resumable; DDP under torchrun)",
     ),
     "predictor-cv": (
-        "brainharmony.models.predictor_cv",
+        "brainharmony.pipelines.predictor_cv",
         "LMAE-RWMoE-SSM predictor trained per fold; val/test predictions for the harness",
     ),
     "embed": (
-        "brainharmony.models.embed",
+        "brainharmony.pipelines.embed",
         "frozen encoders -> per-subject token files and pooled features (F, S, Harmonizer)",
     ),
 }

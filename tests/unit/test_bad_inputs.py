@@ -491,7 +491,7 @@ def _model_folder(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("damage", ["missing", "truncated", "not safetensors"])
 def test_damaged_model_weights_are_refused_naming_the_file(tmp_path, damage):
     from brainharmony.io import InputDataError
-    from brainharmony.models.embed import load_frozen
+    from brainharmony.pipelines.embed import load_frozen
 
     folder = _model_folder(tmp_path)
     weights = folder / "model.safetensors"
@@ -510,7 +510,7 @@ def test_damaged_model_weights_are_refused_naming_the_file(tmp_path, damage):
 
 def test_damaged_model_config_is_refused_naming_the_file(tmp_path):
     from brainharmony.io import InputDataError
-    from brainharmony.models.embed import load_frozen
+    from brainharmony.pipelines.embed import load_frozen
 
     folder = _model_folder(tmp_path)
     (folder / "config.json").write_text('{"name": "tiny_s", "kind": ')

@@ -13,14 +13,14 @@ import torch
 
 from brainharmony.cli import main
 from brainharmony.io import InputDataError, write_npy, write_tsv
-from brainharmony.models.embed import (
+from brainharmony.models.harmonizer_data import FusedDataset, read_token_file, read_token_index
+from brainharmony.pipelines.embed import (
     load_frozen,
     pair_sessions,
     read_features,
     roi_similarity,
     token_file_name,
 )
-from brainharmony.models.harmonizer_data import FusedDataset, read_token_file, read_token_index
 
 N_ROIS = 12
 
@@ -260,7 +260,7 @@ def test_embed_rejects_wrong_kind(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert main(argv) == 2  # InputDataError: "is a 'bh_s' model; expected 'bh_f'"
     with pytest.raises(InputDataError, match="expected 'bh_f'"):
-        from brainharmony.models.embed import embed_encoders
+        from brainharmony.pipelines.embed import embed_encoders
 
         embed_encoders(
             f_model=tmp_path / "s",

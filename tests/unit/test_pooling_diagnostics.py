@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from brainharmony.io import InputDataError, write_npy, write_tsv
-from brainharmony.models.embed import read_features
 from brainharmony.models.harmonizer_data import write_token_file
+from brainharmony.pipelines.embed import read_features
 from tests.conftest import load_script
 from tests.unit.test_embed import F_MODEL, N_ROIS, _save_model, _tables
 

@@ -15,7 +15,7 @@ from brainharmony.evaluate.data import labels_series, read_splits, task_labels
 from brainharmony.evaluate.harness import create
 from brainharmony.evaluate.protocol import evaluate_task
 from brainharmony.evaluate.settings import settings_from_mapping
-from brainharmony.models.predictor_cv import _crop_starts, candidate_steps, fold_seed
+from brainharmony.pipelines.predictor_cv import _crop_starts, candidate_steps, fold_seed
 from brainharmony.splits import make_splits, write_splits
 
 R = 10

@@ -3,7 +3,7 @@
 Token files
 -----------
 One ``.npz`` per subject and session (written by ``brainharmony embed encoders``,
-:mod:`brainharmony.models.embed`), with arrays
+:mod:`brainharmony.pipelines.embed`), with arrays
 
 ``f_tokens`` (Nf, Df)
     BrainHarmonix-F tokens of one run, ROI-major (``roi * P + t``), zero where padded.
