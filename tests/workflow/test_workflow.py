@@ -1,5 +1,8 @@
 """The Snakemake workflow: lint, dry-runs over config branches, a real tiny run."""
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -53,6 +56,21 @@ def test_lint_has_no_findings(tmp_path):
     out = run_snakemake(tmp_path, "--configfile", str(_write_config(tmp_path, TINY)), "--lint")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Lints for" not in out.stdout + out.stderr
+
+
+def test_rule_files_are_snakefmt_formatted(repo):
+    """`make lint` runs snakefmt --check (the version pinned in requirements/lock-dev.txt,
+    settings in pyproject's [tool.snakefmt]); this runs the same check in the test suite."""
+    exe = Path(sys.executable).parent / "snakefmt"
+    snakefmt = str(exe) if exe.exists() else shutil.which("snakefmt")
+    if snakefmt is None:
+        pytest.skip("snakefmt is not installed (make install: requirements/lock-dev.txt)")
+    files = [repo / "Snakefile", *sorted((repo / "workflow" / "rules").glob("*.smk"))]
+    out = subprocess.run(
+        [snakefmt, "--config", str(repo / "pyproject.toml"), "--check", *map(str, files)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, f"run `make format` (snakefmt):\n{out.stdout}{out.stderr}"
 
 
 def test_dry_run_default_config_plans_every_stage(repo, tmp_path):
