@@ -74,7 +74,7 @@ def redenoised_fc(func_dir: Path, strategy: str) -> FeatureTable:
         denoise_run,
     )
     from brainharmony.io import InputDataError
-    from brainharmony.timeseries.files import read_series
+    from brainharmony.series_files import read_series
 
     settings = DenoiseSettings(strategy=strategy)
     files = sorted(func_dir.glob("sub-*/**/*_desc-preproc_timeseries.tsv"))

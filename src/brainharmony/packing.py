@@ -50,6 +50,7 @@ from brainharmony.io import (
     write_json,
     write_tsv,
 )
+from brainharmony.series_files import read_series
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ def _series_shape(path: Path) -> tuple[int, int]:
         if arr.ndim != 2:
             raise InputDataError(path, f"expected (n_volumes, n_rois); got shape {arr.shape}")
         return int(arr.shape[0]), int(arr.shape[1])
-    from brainharmony.timeseries.files import read_series
 
     # censored volumes and uncovered parcels are NaN: packed, then masked when read
     series = read_series(path, require_finite=False)
@@ -118,7 +118,6 @@ def pack_series(
         Missing columns or files, ROI counts that differ, TRs that differ within
         the shard, non-finite values.
     """
-    from brainharmony.timeseries.files import read_series
 
     for col in ("subject", "session", "run", "path"):
         if col not in manifest.columns:
@@ -357,6 +356,21 @@ class PackedSeriesDataset:
         return item
 
 
+def exclusion_reason(preproc_sidecar: PathLike) -> str:
+    """Why the anatomy stage excluded a T1w ("" when it did not).
+
+    Parameters
+    ----------
+    preproc_sidecar : path-like
+        The JSON sidecar of ``<p>_space-<T>_desc-preproc_T1w.nii.gz`` (or of any other
+        anatomy output: every sidecar carries the flag).
+    """
+    doc = json.loads(Path(preproc_sidecar).read_text())
+    if not doc.get("Excluded"):
+        return ""
+    return str(doc.get("ExclusionReason") or "excluded by the anatomy stage")
+
+
 def volume_exclusion(path: PathLike) -> str:
     """Why the anatomy stage excluded a model-ready volume ("" when it is usable).
 
@@ -376,8 +390,6 @@ def volume_exclusion(path: PathLike) -> str:
     side = sidecar_path(path)
     if not side.is_file():
         return ""
-    from brainharmony.anat.gate import exclusion_reason
-
     try:
         return exclusion_reason(side)
     except json.JSONDecodeError as err:

@@ -299,7 +299,7 @@ def test_run_empty_after_censoring_is_excluded_and_left_out_downstream(
     from brainharmony.evaluate.report import ReportBuilder
     from brainharmony.io import InputDataError
     from brainharmony.packing import pack_series, read_index
-    from brainharmony.timeseries.files import read_series
+    from brainharmony.series_files import read_series
     from brainharmony.timeseries.multitr import resample_and_pack
 
     out = tmp_path / "results" / "func" / "demo"

@@ -11,7 +11,7 @@ import pytest
 
 from brainharmony.func.confounds import build_confounds
 from brainharmony.io import InputDataError, sidecar_path, write_json, write_tsv
-from brainharmony.timeseries.files import write_series
+from brainharmony.series_files import write_series
 from tests.conftest import load_script
 
 

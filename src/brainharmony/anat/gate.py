@@ -17,18 +17,16 @@ metric                        what                                           thr
 
 A T1w that fails any of them is **excluded with its reason**: its outputs are still
 written (so the workflow's jobs complete), every sidecar carries ``Excluded: true`` and
-``ExclusionReason``, and the later stages leave the subject out and list it.
+``ExclusionReason``, and the later stages leave the subject out and list it (packing reads
+the flag with :func:`brainharmony.packing.exclusion_reason`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from brainharmony.anat.settings import AnatSettings
-from brainharmony.io import PathLike
 
 
 def qc_failures(metrics: Mapping[str, Any], settings: AnatSettings) -> list[str]:
@@ -70,18 +68,3 @@ def qc_failures(metrics: Mapping[str, Any], settings: AnatSettings) -> list[str]
         shown = ", ".join(f"{s:.3f}" for s in scales)
         out.append(f"transform scale factors ({shown}) outside qc_scale_range [{lo}, {hi}]")
     return out
-
-
-def exclusion_reason(preproc_sidecar: PathLike) -> str:
-    """Why the anatomy stage excluded a T1w ("" when it did not).
-
-    Parameters
-    ----------
-    preproc_sidecar : path-like
-        The JSON sidecar of ``<p>_space-<T>_desc-preproc_T1w.nii.gz`` (or of any other
-        anatomy output: every sidecar carries the flag).
-    """
-    doc = json.loads(Path(preproc_sidecar).read_text())
-    if not doc.get("Excluded"):
-        return ""
-    return str(doc.get("ExclusionReason") or "excluded by the anatomy stage")

@@ -314,7 +314,7 @@ def fc_from_series_files(paths: Iterable[PathLike]) -> FeatureTable:
     uncensored frames) are skipped with a warning; a subject with no usable run has
     no row.
     """
-    from brainharmony.timeseries.files import read_series
+    from brainharmony.series_files import read_series
 
     subjects: list[str] = []
     rows: list[np.ndarray] = []

@@ -409,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
     names: list[str] | None = None
     excluded: list[dict[str, str]] = []
     if args.series:
-        from brainharmony.timeseries.files import read_usable_series
+        from brainharmony.series_files import read_usable_series
 
         loaded, excluded = read_usable_series(args.series)
         if not loaded:

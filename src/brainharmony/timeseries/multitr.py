@@ -198,7 +198,7 @@ def resample_and_pack(
     """
     from brainharmony.io import provenance
     from brainharmony.packing import pack_series
-    from brainharmony.timeseries.files import read_series, set_aside
+    from brainharmony.series_files import read_series, set_aside
     from brainharmony.timeseries.resample import censored_volumes, resample_to_tr
 
     target = target_ms / 1000.0

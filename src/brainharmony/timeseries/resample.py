@@ -421,7 +421,7 @@ def censored_volumes(data: np.ndarray, sidecar: dict[str, Any]) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony resample``: one input series to one target TR, with sidecar."""
     from brainharmony.io import InputDataError, provenance, sidecar_path, write_json
-    from brainharmony.timeseries.files import read_series, write_series
+    from brainharmony.series_files import read_series, write_series
 
     series = read_series(args.input, require_finite=False)
     if series.excluded:

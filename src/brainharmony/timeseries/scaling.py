@@ -290,7 +290,7 @@ def _subject_from_name(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony scaling-stats``."""
-    from brainharmony.timeseries.files import read_usable_series
+    from brainharmony.series_files import read_usable_series
 
     paths = list(args.series)
     subjects = args.subjects or [_subject_from_name(p) for p in paths]
