@@ -57,6 +57,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check $(SMK_FILES)
 	$(BIN)/snakemake --lint
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .
