@@ -304,8 +304,6 @@ def read_resource(path: PathLike, what: str, hint: str) -> tuple[Any, np.ndarray
     InputDataError
         A missing file (naming it and ``hint``) or one that cannot be read.
     """
-    import json
-
     import nibabel as nib
 
     path = Path(path)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from brainharmony.io import PathLike
+from brainharmony.io import InputDataError, PathLike
 
 #: Repetition times (s) accepted by default, inclusive. BIDS sidecars in
 #: milliseconds (e.g. 2000) and placeholders (1e-6) fall outside.
@@ -139,8 +139,6 @@ def load_checked(path: PathLike, what: str) -> Any:
         Naming ``path`` and the problem (``what`` names the image in the message).
     """
     import nibabel as nib
-
-    from brainharmony.io import InputDataError
 
     path = Path(path)
     if not path.exists():

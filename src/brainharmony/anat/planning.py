@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from brainharmony.anat.settings import AnatSettings
-from brainharmony.io import PathLike
+from brainharmony.io import PathLike, sidecar_path
 
 #: ``anat.resolution_mm`` when a workflow config omits it (the schema's default).
 WORKFLOW_RESOLUTION_MM = 1
@@ -76,7 +76,6 @@ def check_can_run(settings: AnatSettings, path: str | None = None) -> None:
 def rule_outputs(settings: AnatSettings, session: bool) -> dict[str, str]:
     """Named output patterns of one anat job (wildcards ``dataset``, ``subject``, ``session``)."""
     from brainharmony.anat.derivatives import anat_paths
-    from brainharmony.io import sidecar_path
 
     paths = anat_paths(
         "results/anat/{dataset}",
@@ -99,7 +98,6 @@ TEMPLATE_DIR = "resources/templates"
 def template_outputs(settings: AnatSettings) -> dict[str, str]:
     """The template resource files every anat job reads (rule ``anat_templates``)."""
     from brainharmony.anat.templates import RESOLUTIONS_MM, resource_files
-    from brainharmony.io import sidecar_path
 
     out = {}
     for res in RESOLUTIONS_MM:

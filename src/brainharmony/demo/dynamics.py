@@ -41,7 +41,7 @@ import pandas as pd
 from scipy import signal as sps
 from scipy import stats
 
-from brainharmony.atlas import NETWORKS
+from brainharmony.atlas import NETWORKS, schaefer400_centroids
 from brainharmony.demo.phenotypes import PopulationModel, sample_phenotypes
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,6 @@ class RoiGeometry:
 @functools.lru_cache(maxsize=1)
 def roi_geometry() -> RoiGeometry:
     """Network index, hemisphere, surface centroid and pairwise distances of parcels."""
-    from brainharmony.atlas import schaefer400_centroids
 
     table = schaefer400_centroids()
     network = table["network"].map({n: i for i, n in enumerate(NETWORKS)}).to_numpy()

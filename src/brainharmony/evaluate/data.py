@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from brainharmony.evaluate.settings import TaskSpec
-from brainharmony.io import InputDataError, PathLike
+from brainharmony.io import InputDataError, PathLike, sidecar_path
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +368,6 @@ def subject_exclusions(
         Subject -> reasons (distinct, ``"; "``-joined), for subjects with at least one
         excluded run and no usable one.
     """
-    from brainharmony.io import sidecar_path
 
     usable: set[str] = set()
     reasons: dict[str, set[str]] = {}

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from brainharmony.evaluate.settings import EvalSettings, TaskSpec
+from brainharmony.evaluate.settings import LOWER_IS_BETTER, EvalSettings, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,6 @@ class HarnessModel(ABC):
 
     def select_score(self, y_true: np.ndarray, out: Output, classes: Sequence[str] | None) -> float:
         """The selection metric on val, signed so that larger is better (-inf if undefined)."""
-        from brainharmony.evaluate.settings import LOWER_IS_BETTER
 
         value = self.select_value(y_true, out, classes)
         if not np.isfinite(value):

@@ -35,6 +35,7 @@ from brainharmony.evaluate.harness import HARNESS, baseline_names, display_name
 from brainharmony.evaluate.metrics import (
     PREDICTION_COLUMNS,
     better,
+    metrics_from_predictions,
     per_fold_metrics,
     summarise,
 )
@@ -46,7 +47,7 @@ from brainharmony.evaluate.settings import (
     settings_from_mapping,
 )
 from brainharmony.evaluate.stats import TEST_NAME, paired_tests
-from brainharmony.io import InputDataError, PathLike, provenance, write_json, write_text
+from brainharmony.io import InputDataError, PathLike, provenance, write_json, write_text, write_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,6 @@ def merge_predictions(
 
 def metrics_from_file(path: PathLike) -> pd.DataFrame:
     """metrics.csv recomputed from a predictions TSV and its sidecar alone."""
-    from brainharmony.evaluate.metrics import metrics_from_predictions
 
     frame, meta = read_predictions(path)
     return metrics_from_predictions(frame, task_map(meta))
@@ -369,7 +369,6 @@ def make_tables(
     settings: EvalSettings | None = None,
 ) -> dict[str, Path]:
     """Merge predictions and write every table (see the module notes)."""
-    from brainharmony.io import write_tsv
 
     merged, meta = merge_predictions(prediction_files)
     if settings is None:

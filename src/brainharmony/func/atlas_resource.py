@@ -37,6 +37,7 @@ from brainharmony.io import (
     InputDataError,
     PathLike,
     provenance,
+    read_resource,
     write_json,
     write_nifti,
     write_tsv,
@@ -353,7 +354,6 @@ def read_tissue_masks(path: PathLike, atlas_image: Any) -> tuple[dict[str, np.nd
     A file that is missing, unreadable or on another grid is an
     :class:`~brainharmony.io.InputDataError` naming it.
     """
-    from brainharmony.io import InputDataError, read_resource
 
     path = Path(path)
     image, data, meta = read_resource(path, "tissue-mask resource", "run the atlas rule")
@@ -373,8 +373,6 @@ def read_tissue_masks(path: PathLike, atlas_image: Any) -> tuple[dict[str, np.nd
 def read_atlas(image_path: PathLike, labels_path: PathLike) -> tuple[Any, pd.DataFrame]:
     """Load the atlas resource: (label image, label table)."""
     import nibabel as nib
-
-    from brainharmony.io import InputDataError
 
     image_path, labels_path = Path(image_path), Path(labels_path)
     for p in (image_path, labels_path):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from brainharmony.cli_types import bids_label, output_dir
-from brainharmony.io import InputDataError
+from brainharmony.io import InputDataError, sidecar_path, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,6 @@ def _set_threads(n: int) -> None:
 def _atlas_json(atlas_path: Path) -> dict[str, Any]:
     """The atlas resource's identity and provenance (``File``, ``Identity``,
     ``AtlasSource``, ``Space`` and the sidecar's ``Atlas`` block)."""
-    from brainharmony.io import sidecar_path
 
     side = sidecar_path(atlas_path)
     if side.exists():
@@ -490,7 +489,6 @@ def _run_fmriprep(args: argparse.Namespace) -> int:
         fmriprep_command,
         run_fmriprep,
     )
-    from brainharmony.io import write_text
 
     settings = FmriprepSettings(
         runner=args.runner,

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainharmony.bids_uri import link_uri, source_uris
+from brainharmony.bids_uri import link_uri, source_uris, write_dataset_description
 from brainharmony.func.confounds import MOTION_OUTLIER_PREFIX, with_motion_outliers
-from brainharmony.func.naming import RunOutputs
+from brainharmony.func.naming import BIDSIGNORE, PIPELINE, RunOutputs
 from brainharmony.io import provenance, sidecar_path, write_json, write_nifti, write_npy, write_tsv
 
 logger = logging.getLogger(__name__)
@@ -620,8 +620,6 @@ def write_description(root: Path, links: Mapping[str, Path | None]) -> Path:
     Every run's job writes the same bytes (:func:`~brainharmony.bids_uri.
     write_dataset_description`); ``links`` names the datasets of its ``Sources``.
     """
-    from brainharmony.bids_uri import write_dataset_description
-    from brainharmony.func.naming import BIDSIGNORE, PIPELINE
 
     return write_dataset_description(
         root,

@@ -25,8 +25,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainharmony.func.denoise import DenoiseSettings
-from brainharmony.func.motion import MotionSettings
+from brainharmony.func.denoise import (
+    DenoiseSettings,
+    butterworth_sos,
+    confound_matrix,
+    denoise_run,
+    filter_min_volumes,
+)
+from brainharmony.func.motion import MotionSettings, estimate_motion
 from brainharmony.func.planning import (
     COREG_MAX_BBR_COST,
     COREG_MIN_DICE,
@@ -34,7 +40,14 @@ from brainharmony.func.planning import (
     DEFAULT_COREG,
     canonical_coreg,
 )
-from brainharmony.func.register import CoregSettings
+from brainharmony.func.register import (
+    CoregSettings,
+    register_bold_to_t1w,
+    resample_to_template,
+)
+from brainharmony.func.register import (
+    native_to_template_maps as compose_maps,
+)
 from brainharmony.io import InputDataError, PathLike
 from brainharmony.nifti_checks import (
     DEFAULT_TR_RANGE,
@@ -483,21 +496,7 @@ def preprocess_run(
     RunResult
     """
     from brainharmony.func import confounds as conf
-    from brainharmony.func.denoise import (
-        butterworth_sos,
-        confound_matrix,
-        denoise_run,
-        filter_min_volumes,
-    )
-    from brainharmony.func.motion import estimate_motion
     from brainharmony.func.parcellate import parcel_means
-    from brainharmony.func.register import (
-        native_to_template_maps as compose_maps,
-    )
-    from brainharmony.func.register import (
-        register_bold_to_t1w,
-        resample_to_template,
-    )
     from brainharmony.func.slicetime import reference_time, slice_timing_correct
 
     settings = settings or NativeSettings()

@@ -34,7 +34,7 @@ from brainharmony.func.defaults import (
     DEFAULT_COREG,
     canonical_coreg,
 )
-from brainharmony.io import InputDataError, PathLike
+from brainharmony.io import InputDataError, PathLike, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,6 @@ def write_itk_affine(path: PathLike, fixed_to_moving_ras: np.ndarray) -> Path:
     -------
     Path
     """
-    from brainharmony.io import write_text
 
     m = FLIP4 @ _check_matrix("fixed_to_moving_ras", fixed_to_moving_ras) @ FLIP4
     params = [*m[:3, :3].ravel(), *m[:3, 3]]

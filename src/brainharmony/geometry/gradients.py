@@ -43,7 +43,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from brainharmony.io import InputDataError, provenance, sidecar_path, write_json, write_tsv
+from brainharmony.io import (
+    InputDataError,
+    provenance,
+    sidecar_path,
+    write_json,
+    write_npy,
+    write_tsv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -404,7 +411,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony gradients``."""
-    from brainharmony.io import write_npy
 
     names: list[str] | None = None
     excluded: list[dict[str, str]] = []

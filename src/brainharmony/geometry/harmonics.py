@@ -53,7 +53,9 @@ from brainharmony.geometry.surfaces import (
 from brainharmony.io import (
     InputDataError,
     PathLike,
+    atomic_path,
     provenance,
+    sidecar_path,
     write_json,
     write_npy,
     write_text,
@@ -390,8 +392,6 @@ def plot_harmonics_qc(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from brainharmony.io import atomic_path
-
     fig, axes = plt.subplots(len(modes), 4, figsize=(12, 2.4 * len(modes)), squeeze=False)
     for r, mode in enumerate(modes):
         for h_i, (hemi, h) in enumerate(zip(HEMISPHERES, hemis, strict=True)):
@@ -499,7 +499,6 @@ def run(args: argparse.Namespace) -> int:
         },
         **provenance(step="harmonics", inputs=inputs, parameters=params),
     }
-    from brainharmony.io import sidecar_path
 
     write_json(sidecar_path(args.out_table), sidecar)
     if table.isna().any().any():  # pragma: no cover - parcel_means raises first

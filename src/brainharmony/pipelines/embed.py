@@ -535,8 +535,6 @@ def embed_roi_similarity(*, tokens_index: PathLike, out: PathLike) -> np.ndarray
     -------
     ndarray of shape (N, n_rois * (n_rois - 1) // 2)
     """
-    import json
-
     from brainharmony.models.harmonizer_data import read_token_file, read_token_index
 
     index_path = Path(tokens_index)

@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainharmony.io import InputDataError, PathLike, read_json, sidecar_path, write_json
+from brainharmony.io import (
+    InputDataError,
+    PathLike,
+    provenance,
+    read_json,
+    sidecar_path,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +203,6 @@ def resample_and_pack(
     pandas.DataFrame
         The written index.
     """
-    from brainharmony.io import provenance
     from brainharmony.packing import pack_series
     from brainharmony.series_files import read_series, set_aside
     from brainharmony.timeseries.resample import censored_volumes, resample_to_tr
