@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.io import InputDataError
+
 logger = logging.getLogger(__name__)
 
 #: Network names of the 7-network solution, in Schaefer order.
@@ -177,8 +179,6 @@ def _canonical_1mm(path: str) -> tuple[np.ndarray, Any]:
     An image already in RAS order is returned as loaded (its data is not read).
     """
     import nibabel as nib
-
-    from brainharmony.io import InputDataError
 
     if not Path(path).is_file():
         raise InputDataError(path, "grey-matter probability map not found")

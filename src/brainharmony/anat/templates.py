@@ -23,6 +23,14 @@ import nibabel as nib
 import numpy as np
 
 from brainharmony.cli_types import output_dir
+from brainharmony.io import (
+    InputDataError,
+    provenance,
+    read_resource,
+    sidecar_path,
+    write_json,
+    write_nifti,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +182,6 @@ def write_resource(
     same arrays without importing nilearn's dataset loaders and resampling the 1 mm
     template again in every job (about 2 s of CPU each).
     """
-    from brainharmony.io import provenance, sidecar_path, write_json, write_nifti
 
     tpl = load_template(name, resolution_mm)
     data = np.stack(
@@ -197,7 +204,6 @@ def write_resource(
 
 
 def _read_resource(folder: str | os.PathLike[str], name: str, resolution_mm: int) -> Template:
-    from brainharmony.io import InputDataError, read_resource
 
     path = resource_files(folder, name, resolution_mm)
     img, raw, meta = read_resource(path, "template resource", "run `brainharmony templates`")

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from brainharmony.atlas import grid_affine
+
 logger = logging.getLogger(__name__)
 
 #: Extra millimetres of the head grid below the template (neck).
@@ -375,7 +377,6 @@ def bold_tissues(anatomy: SubjectAnatomy) -> dict[str, np.ndarray]:
     dict of str -> ndarray of shape ``atlas.grid_affine(3)[1]``
         ``gm``, ``wm``, ``csf`` fractions and ``other`` (non-brain head tissue).
     """
-    from brainharmony.atlas import grid_affine
 
     model = head_model()
     affine3, shape3 = grid_affine(float(BOLD_SOURCE_MM))

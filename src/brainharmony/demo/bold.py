@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from brainharmony.atlas import grid_affine, schaefer400_volume
+
 logger = logging.getLogger(__name__)
 
 
@@ -279,7 +281,6 @@ def bold_source(
         Draws the amplitude heterogeneity.
     model : BoldModel, optional
     """
-    from brainharmony.atlas import grid_affine, schaefer400_volume
     from brainharmony.demo.anatomy import BOLD_SOURCE_MM
 
     model = model or BoldModel()

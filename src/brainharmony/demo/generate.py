@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.atlas import schaefer400_volume
 from brainharmony.demo import anatomy, bold, dynamics, motion, truth
 from brainharmony.demo import bids as bidsmeta
 from brainharmony.demo.acquisition import (
@@ -323,7 +324,6 @@ def _worker(index: int) -> dict[str, Any]:
 
 def _warm_up() -> None:
     """Build the shared models before forking so the workers inherit them."""
-    from brainharmony.atlas import schaefer400_volume
 
     anatomy.head_model()
     schaefer400_volume(float(anatomy.BOLD_SOURCE_MM))

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from brainharmony._version import __version__
+from brainharmony.atlas import schaefer400_labels, schaefer400_provenance
 from brainharmony.demo.motion import MOTION_COLUMNS, framewise_displacement
 from brainharmony.io import write_json, write_npy, write_text, write_tsv
 
@@ -185,7 +186,6 @@ def write_dataset_truth(
     runs: pd.DataFrame,
 ) -> None:
     """Dataset-level truth files (phenotypes, effects, runs, atlas, README)."""
-    from brainharmony.atlas import schaefer400_labels, schaefer400_provenance
     from brainharmony.demo.anatomy import BOLD_SOURCE_MM
 
     write_tsv(root / "phenotypes.tsv", phenotypes, float_format="%.6g")

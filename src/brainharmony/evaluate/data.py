@@ -29,6 +29,8 @@ import pandas as pd
 
 from brainharmony.evaluate.settings import TaskSpec
 from brainharmony.io import InputDataError, PathLike, sidecar_path
+from brainharmony.packing import read_index
+from brainharmony.series_files import read_series
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +316,6 @@ def fc_from_series_files(paths: Iterable[PathLike]) -> FeatureTable:
     uncensored frames) are skipped with a warning; a subject with no usable run has
     no row.
     """
-    from brainharmony.series_files import read_series
 
     subjects: list[str] = []
     rows: list[np.ndarray] = []
@@ -404,7 +405,6 @@ def subject_exclusions(
 
 def fc_from_shard(shard: PathLike, index: PathLike) -> FeatureTable:
     """Subject-level FC from a packed series shard and its index (NaN rows = censored)."""
-    from brainharmony.packing import read_index
 
     data = np.load(Path(shard), mmap_mode="r", allow_pickle=False)
     idx = read_index(index)

@@ -40,6 +40,7 @@ from torch import nn
 from brainharmony.evaluate.harness import Fold, FoldOutcome, HarnessModel, ModelInfo, Output
 from brainharmony.evaluate.settings import EvalSettings, TaskSpec
 from brainharmony.io import InputDataError, PathLike
+from brainharmony.packing import PackedSeriesDataset, PackedVolumeDataset, read_index
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +143,6 @@ def item_source(
     scaling : path-like, optional
         Robust-scaling statistics for series.
     """
-    from brainharmony.packing import (
-        PackedSeriesDataset,
-        PackedVolumeDataset,
-        read_index,
-    )
 
     sources: list[Any] = []
     if kind == "series":

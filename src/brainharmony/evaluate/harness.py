@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from brainharmony.evaluate.metrics import score
 from brainharmony.evaluate.settings import LOWER_IS_BETTER, EvalSettings, TaskSpec
 
 
@@ -242,7 +243,6 @@ class HarnessModel(ABC):
 
     def select_value(self, y_true: np.ndarray, out: Output, classes: Sequence[str] | None) -> float:
         """The selection metric on val (as reported; NaN when undefined)."""
-        from brainharmony.evaluate.metrics import score
 
         metric = self.settings.select_metric[self.task.type]
         return float(score(self.task, classes, y_true, out.y_pred, out.proba)[metric])

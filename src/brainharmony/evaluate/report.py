@@ -46,7 +46,20 @@ import numpy as np
 import pandas as pd
 
 from brainharmony.evaluate import figures as fg
+from brainharmony.evaluate.harness import display_name
+from brainharmony.evaluate.metrics import confusion_matrix
+from brainharmony.evaluate.settings import CLASSIFICATION_METRICS, settings_from_mapping
+from brainharmony.evaluate.stats import TEST_COLUMNS
+from brainharmony.evaluate.tables import (
+    PaperTable,
+    build_paper_table,
+    model_order,
+    read_predictions,
+    task_map,
+)
 from brainharmony.io import PathLike, git_sha, write_text
+from brainharmony.qc.group import PAGES_DIR, TABLE_NAME, read_group_qc
+from brainharmony.qc.pages import href, subject_links, table_html
 
 logger = logging.getLogger(__name__)
 
@@ -341,8 +354,6 @@ class ReportBuilder:
     # ------------------------------------------------------------------ sections
 
     def section_results(self) -> str:
-        from brainharmony.evaluate.settings import settings_from_mapping
-        from brainharmony.evaluate.tables import PaperTable, build_paper_table
 
         metrics_path = self.tables / "metrics.csv"
         if not metrics_path.is_file():
@@ -363,7 +374,6 @@ class ReportBuilder:
         settings = settings_from_mapping(settings_raw)
         types = self._task_types(metrics)
         table: PaperTable = build_paper_table(metrics, tests, settings, types)
-        from brainharmony.evaluate.harness import display_name
 
         heads = "".join(
             f"<th>{_esc(d)}<br>{_esc(t)}<br>{_esc(table.header(c))}</th>"
@@ -391,7 +401,6 @@ class ReportBuilder:
         )
 
     def _task_types(self, metrics: pd.DataFrame) -> dict[tuple[str, str], str]:
-        from brainharmony.evaluate.settings import CLASSIFICATION_METRICS
 
         types: dict[tuple[str, str], str] = {}
         for (ds, tk), group in metrics.groupby(["dataset", "task"], sort=False):
@@ -406,8 +415,6 @@ class ReportBuilder:
         tests = pd.read_csv(path, dtype={"dataset": str, "task": str})
         if tests.empty:
             return _absent("No paired tests (fewer than two models per task).")
-        from brainharmony.evaluate.harness import display_name
-        from brainharmony.evaluate.stats import TEST_COLUMNS
 
         shown = tests.assign(
             model=tests["model"].map(display_name),
@@ -440,9 +447,6 @@ class ReportBuilder:
         )
 
     def section_predictions(self) -> str:
-        from brainharmony.evaluate.harness import display_name
-        from brainharmony.evaluate.metrics import confusion_matrix
-        from brainharmony.evaluate.tables import model_order, read_predictions, task_map
 
         if not self.predictions.is_file():
             return _absent(f"No predictions ({self.predictions} not found).")
@@ -499,7 +503,6 @@ class ReportBuilder:
         return "".join(parts)
 
     def section_selection(self) -> str:
-        from brainharmony.evaluate.harness import display_name
 
         files = sorted((self.results / "eval").glob("*/*/selection.tsv"))
         if not files:
@@ -746,8 +749,6 @@ class ReportBuilder:
 
     def section_group_qc(self) -> str:
         """Per dataset: the group QC table, the atlas used and links to the subject pages."""
-        from brainharmony.qc.group import PAGES_DIR, TABLE_NAME, read_group_qc
-        from brainharmony.qc.pages import href, subject_links, table_html
 
         files = sorted((self.results / "qc").glob(f"*/{TABLE_NAME}"))
         if not files:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.evaluate.metrics import better
 from brainharmony.evaluate.settings import LOWER_IS_BETTER
 
 TEST_NAME = "corrected resampled t-test (Nadeau & Bengio 2003), two-sided"
@@ -107,7 +108,6 @@ def corrected_resampled_ttest(differences: Iterable[float], test_train_ratio: fl
 
 def best_model(per_fold: pd.DataFrame, metric: str, candidates: Iterable[str]) -> str | None:
     """The candidate with the best mean ``metric`` (ties: the earlier candidate)."""
-    from brainharmony.evaluate.metrics import better
 
     best, best_value = None, float("nan")
     sub = per_fold.loc[per_fold["metric"] == metric]

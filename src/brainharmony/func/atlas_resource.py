@@ -33,6 +33,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.atlas import (
+    N_PARCELS,
+    NETWORK_COUNTS,
+    NETWORKS,
+    REBUILD_ATLAS,
+    REBUILD_DESC,
+    schaefer400_provenance,
+    schaefer400_volume,
+)
+from brainharmony.func.atlas_lookup import FSL_MNI152, OFFICIAL_ATLAS, OFFICIAL_DESC, resolve_atlas
+from brainharmony.func.confounds import tissue_masks
+from brainharmony.func.naming import res_label, template_space
 from brainharmony.io import (
     InputDataError,
     PathLike,
@@ -62,8 +74,6 @@ class AtlasFiles:
 
 def atlas_entities(source: str) -> tuple[str, str]:
     """``(atlas, desc)`` entities of the resource name for ``official`` or ``rebuild``."""
-    from brainharmony.atlas import REBUILD_ATLAS, REBUILD_DESC
-    from brainharmony.func.atlas_lookup import OFFICIAL_ATLAS, OFFICIAL_DESC
 
     if source == "official":
         return OFFICIAL_ATLAS, OFFICIAL_DESC
@@ -79,7 +89,6 @@ def atlas_files(
     source: str = "rebuild",
 ) -> AtlasFiles:
     """Resource file names for a space, resolution and source (``official``/``rebuild``)."""
-    from brainharmony.func.naming import res_label, template_space
 
     space = space or template_space()
     atlas, desc = atlas_entities(source)
@@ -114,7 +123,6 @@ def read_official_labels(path: PathLike) -> pd.DataFrame:
         Not 400 rows numbered 1-400, a name without network and hemisphere, or a
         network order other than the 400-parcel 7-network one.
     """
-    from brainharmony.atlas import N_PARCELS, NETWORK_COUNTS, NETWORKS
 
     path = Path(path)
     if not path.is_file():
@@ -198,7 +206,6 @@ def _official_image(path: Path, resolution_mm: float) -> tuple[Any, bool]:
 
 def _official(choice: Any) -> tuple[Any, pd.DataFrame, dict[str, Any]]:
     """Image, labels and provenance of an official volume (:class:`AtlasChoice`)."""
-    from brainharmony.func.atlas_lookup import FSL_MNI152
 
     found = choice.official
     image, reoriented = _official_image(found.image, choice.resolution_mm)
@@ -229,7 +236,6 @@ def _official(choice: Any) -> tuple[Any, pd.DataFrame, dict[str, Any]]:
 
 
 def _rebuild(choice: Any) -> tuple[Any, pd.DataFrame, dict[str, Any]]:
-    from brainharmony.atlas import schaefer400_provenance, schaefer400_volume
 
     gm = None if choice.grey_matter is None else str(choice.grey_matter)
     image, labels = schaefer400_volume(choice.resolution_mm, space=choice.space, grey_matter=gm)
@@ -269,8 +275,6 @@ def build_atlas(
     -------
     AtlasFiles
     """
-    from brainharmony.func.atlas_lookup import resolve_atlas
-    from brainharmony.func.naming import template_space
 
     if choice is None:
         choice = resolve_atlas(
@@ -328,8 +332,6 @@ def build_atlas(
 def write_tissue_masks(files: AtlasFiles, affine: Any, shape: tuple[int, ...]) -> None:
     """Write the brain/GM/WM/CSF masks of the atlas grid (one uint8 volume each)."""
     import nibabel as nib
-
-    from brainharmony.func.confounds import tissue_masks
 
     masks, report = tissue_masks(np.asarray(affine, dtype=np.float64), tuple(shape))
     stack = np.stack([masks[name] for name in TISSUES], axis=-1).astype(np.uint8)

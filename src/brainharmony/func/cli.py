@@ -23,8 +23,50 @@ from typing import Any
 
 import numpy as np
 
+from brainharmony.bids_uri import RAW, bids_root
 from brainharmony.cli_types import bids_label, output_dir
+from brainharmony.func.atlas_lookup import ORIGINS, SOURCES, AtlasUnavailableError, space_of_file
+from brainharmony.func.atlas_resource import read_atlas, read_tissue_masks
+from brainharmony.func.defaults import (
+    COREG_ALIASES,
+    COREG_MAX_BBR_COST,
+    COREG_METHODS,
+    COREG_MIN_DICE,
+    COREG_MIN_NMI,
+    DEFAULT_COREG,
+)
+from brainharmony.func.denoise import (
+    DEFAULT_STRATEGY,
+    ORDERS,
+    STRATEGIES,
+    DenoiseSettings,
+    describe,
+)
+from brainharmony.func.fmriprep import (
+    DEFAULT_IMAGE,
+    DEFAULT_SPACE,
+    FmriprepSettings,
+    find_run_files,
+    fmriprep_command,
+    process_derivatives,
+    run_fmriprep,
+)
+from brainharmony.func.naming import run_outputs
+from brainharmony.func.outputs import (
+    write_derivative_outputs,
+    write_description,
+    write_native_outputs,
+)
+from brainharmony.func.pipeline import (
+    NativeSettings,
+    RunInputs,
+    bold_metadata,
+    preprocess_run,
+    resolve_repetition_time,
+)
+from brainharmony.func.register import read_itk_affine
 from brainharmony.io import InputDataError, sidecar_path, write_text
+from brainharmony.nifti_checks import DEFAULT_TR_RANGE, check_tr_range
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +114,6 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 
 def _add_denoise(p: argparse.ArgumentParser) -> None:
-    from brainharmony.func.denoise import DEFAULT_STRATEGY, ORDERS, STRATEGIES
 
     g = p.add_argument_group("denoising")
     g.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
@@ -95,18 +136,8 @@ def _add_denoise(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``func`` sub-commands to ``parser``."""
-    from brainharmony.func.defaults import (
-        COREG_ALIASES,
-        COREG_MAX_BBR_COST,
-        COREG_METHODS,
-        COREG_MIN_DICE,
-        COREG_MIN_NMI,
-        DEFAULT_COREG,
-    )
 
     sub = parser.add_subparsers(dest="func_command", metavar="SUBCOMMAND", required=True)
-
-    from brainharmony.func.atlas_lookup import ORIGINS, SOURCES
 
     p = sub.add_parser("atlas", help="write the Schaefer-400 atlas resource files")
     p.add_argument("--resolution", type=float, required=True, help="mm")
@@ -210,7 +241,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _denoise_settings(args: argparse.Namespace) -> Any:
-    from brainharmony.func.denoise import DenoiseSettings
 
     return DenoiseSettings(
         strategy=args.strategy,
@@ -230,7 +260,6 @@ def _denoise_settings(args: argparse.Namespace) -> Any:
 
 def read_t1w_to_template(path: Path) -> np.ndarray:
     """T1w world -> template world (RAS 4 x 4) from one of the accepted files."""
-    from brainharmony.func.register import read_itk_affine
 
     path = Path(path)
     if not path.exists():
@@ -295,7 +324,6 @@ def check_atlas_space(atlas_path: Path, space: str) -> None:
     InputDataError
         Another space, or none stated.
     """
-    from brainharmony.func.atlas_lookup import space_of_file
 
     atlas_space = _atlas_json(atlas_path).get("Space") or space_of_file(atlas_path)
     if atlas_space is None:
@@ -310,7 +338,6 @@ def check_atlas_space(atlas_path: Path, space: str) -> None:
 
 
 def _tr_range(args: argparse.Namespace) -> tuple[float, float]:
-    from brainharmony.nifti_checks import DEFAULT_TR_RANGE, check_tr_range
 
     if args.tr_range is None:
         return DEFAULT_TR_RANGE
@@ -346,8 +373,6 @@ def _write_run(
     (name -> dataset root of the inputs; None: not in a BIDS tree), the inputs its
     sidecars' ``Sources``.
     """
-    from brainharmony.func.denoise import describe
-    from brainharmony.func.outputs import write_description
 
     write_description(args.out_dir, links)
     return writer(
@@ -364,17 +389,6 @@ def _write_run(
 
 
 def _run_native(args: argparse.Namespace) -> int:
-    from brainharmony.bids_uri import RAW, bids_root
-    from brainharmony.func.atlas_resource import read_atlas, read_tissue_masks
-    from brainharmony.func.naming import run_outputs
-    from brainharmony.func.outputs import write_native_outputs
-    from brainharmony.func.pipeline import (
-        NativeSettings,
-        RunInputs,
-        bold_metadata,
-        preprocess_run,
-        resolve_repetition_time,
-    )
 
     _set_threads(args.threads)
     tr_range = _tr_range(args)
@@ -441,10 +455,6 @@ def _run_native(args: argparse.Namespace) -> int:
 
 
 def _run_derivatives(args: argparse.Namespace) -> int:
-    from brainharmony.func.atlas_resource import read_atlas
-    from brainharmony.func.fmriprep import find_run_files, process_derivatives
-    from brainharmony.func.naming import run_outputs
-    from brainharmony.func.outputs import write_derivative_outputs
 
     check_atlas_space(args.atlas, args.space)
     atlas, table = read_atlas(args.atlas, args.atlas_labels)
@@ -481,14 +491,6 @@ def _run_derivatives(args: argparse.Namespace) -> int:
 
 def _run_fmriprep(args: argparse.Namespace) -> int:
     import shlex
-
-    from brainharmony.func.fmriprep import (
-        DEFAULT_IMAGE,
-        DEFAULT_SPACE,
-        FmriprepSettings,
-        fmriprep_command,
-        run_fmriprep,
-    )
 
     settings = FmriprepSettings(
         runner=args.runner,
@@ -569,7 +571,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from brainharmony.func.atlas_lookup import AtlasUnavailableError
 
     try:
         return run(args)

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from brainharmony.func.motion import PARAM_NAMES, framewise_displacement
+from brainharmony.func.register import resample_image
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +316,6 @@ def tissue_masks(
     report : dict
         Voxel counts and whether the erosion had to be dropped.
     """
-    from brainharmony.func.register import resample_image
 
     src_affine, masks_1mm = _tissue_1mm()
     shape = tuple(int(n) for n in shape)

@@ -33,7 +33,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.func.confounds import NON_STEADY_STATE_PREFIX, outlier_frames
+from brainharmony.func.denoise import (
+    STRATEGIES,
+    DenoiseSettings,
+    butterworth_sos,
+    confound_matrix,
+    denoise_run,
+    filter_min_volumes,
+)
+from brainharmony.func.naming import run_stem
+from brainharmony.func.parcellate import parcel_means, resample_labels
+from brainharmony.func.pipeline import resolve_repetition_time
 from brainharmony.io import InputDataError, PathLike
+from brainharmony.nifti_checks import DEFAULT_TR_RANGE, implausible_mask, load_checked
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +236,6 @@ class FmriprepRun:
 
 
 def _entities(subject: str, session: str | None, task: str, run: str | None) -> str:
-    from brainharmony.func.naming import run_stem
 
     return run_stem(subject, session, task, run)
 
@@ -427,19 +439,6 @@ def process_derivatives(
     follows ``denoise_settings``.
     """
     import json
-
-    from brainharmony.func.confounds import NON_STEADY_STATE_PREFIX, outlier_frames
-    from brainharmony.func.denoise import (
-        STRATEGIES,
-        DenoiseSettings,
-        butterworth_sos,
-        confound_matrix,
-        denoise_run,
-        filter_min_volumes,
-    )
-    from brainharmony.func.parcellate import parcel_means, resample_labels
-    from brainharmony.func.pipeline import resolve_repetition_time
-    from brainharmony.nifti_checks import DEFAULT_TR_RANGE, implausible_mask, load_checked
 
     d = denoise_settings or DenoiseSettings()
     meta: dict[str, Any] = {}

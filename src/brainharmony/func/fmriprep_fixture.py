@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.atlas import schaefer400_volume
+from brainharmony.bids_names import parse_name
+from brainharmony.func.confounds import build_confounds, outlier_columns
 from brainharmony.func.fmriprep import DEFAULT_SPACE
 from brainharmony.func.naming import run_folder, run_stem
 from brainharmony.io import PathLike, write_json, write_nifti, write_tsv
@@ -87,7 +90,6 @@ def _description(root: Path) -> None:
 
 def _with_extras(table: pd.DataFrame, rng: np.random.Generator, n_dummies: int = 0) -> pd.DataFrame:
     """fMRIPrep's further columns: unused ones, non-steady-state and motion outliers."""
-    from brainharmony.func.confounds import outlier_columns
 
     out = table.copy()
     n = len(out)
@@ -217,8 +219,6 @@ def write_synthetic(
     dict of str to Path
         The written files (``bold``, ``mask``, ``confounds``...).
     """
-    from brainharmony.atlas import schaefer400_volume
-    from brainharmony.func.confounds import build_confounds
 
     rng = np.random.default_rng(seed)
     atlas, _ = schaefer400_volume(float(resolution_mm), cache_dir=atlas_cache)
@@ -251,8 +251,6 @@ def write_synthetic(
 def bids_runs(bids_dir: PathLike, participant: str) -> list[dict[str, Any]]:
     """BOLD runs of one participant in a raw BIDS folder (entities, volumes, TR)."""
     import nibabel as nib
-
-    from brainharmony.bids_names import parse_name
 
     runs = []
     for path in sorted(Path(bids_dir).glob(f"sub-{participant}/**/func/*_bold.nii*")):

@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 
 from brainharmony.bids_uri import link_uri, source_uris, write_dataset_description
+from brainharmony.func import qc
 from brainharmony.func.confounds import MOTION_OUTLIER_PREFIX, with_motion_outliers
+from brainharmony.func.motion import PARAM_NAMES
 from brainharmony.func.naming import BIDSIGNORE, PIPELINE, RunOutputs
+from brainharmony.func.register import write_itk_affine
 from brainharmony.io import provenance, sidecar_path, write_json, write_nifti, write_npy, write_tsv
 
 logger = logging.getLogger(__name__)
@@ -304,9 +307,6 @@ def write_native_outputs(
     """
     import nibabel as nib
 
-    from brainharmony.func.motion import PARAM_NAMES
-    from brainharmony.func.register import write_itk_affine
-
     prov = provenance(step="func native", inputs=inputs, parameters=parameters, config=config)
     sources = source_uris(inputs, links or {})
     written: list[Path] = []
@@ -487,7 +487,6 @@ def write_qc(
     excluded: str = "",
 ) -> list[Path]:
     """The three QC figures of a run (an excluded run's FC panel states the reason)."""
-    from brainharmony.func import qc
 
     title = outputs.stem
     out = [qc.plot_fd(fd, t_r, threshold, keep, outputs.fd_figure, title=title)]
@@ -525,7 +524,6 @@ def write_derivative_outputs(
     there) skips both. ``links`` (e.g. ``fmriprep`` -> its folder) turns the ``inputs``
     and the ``Source`` files into BIDS URIs (``Sources``).
     """
-    from brainharmony.func.motion import PARAM_NAMES
 
     prov = provenance(
         step="func fmriprep-derivatives", inputs=inputs, parameters=parameters, config=config

@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.bids_checks import slice_axis, slice_timing_problem
+from brainharmony.bids_names import BadName, applicable_sidecars, parse_name
+from brainharmony.func import confounds as conf
 from brainharmony.func.denoise import (
     DenoiseSettings,
     butterworth_sos,
@@ -33,6 +36,7 @@ from brainharmony.func.denoise import (
     filter_min_volumes,
 )
 from brainharmony.func.motion import MotionSettings, estimate_motion
+from brainharmony.func.parcellate import parcel_means
 from brainharmony.func.planning import (
     COREG_MAX_BBR_COST,
     COREG_MIN_DICE,
@@ -48,6 +52,7 @@ from brainharmony.func.register import (
 from brainharmony.func.register import (
     native_to_template_maps as compose_maps,
 )
+from brainharmony.func.slicetime import reference_time, slice_timing_correct
 from brainharmony.io import InputDataError, PathLike
 from brainharmony.nifti_checks import (
     DEFAULT_TR_RANGE,
@@ -248,7 +253,6 @@ def bold_metadata(
     InputDataError
         A sidecar that cannot be read, is not UTF-8 or not JSON, naming it.
     """
-    from brainharmony.bids_names import BadName, applicable_sidecars, parse_name
 
     bold = Path(bold).absolute()
     merged: dict[str, Any] = {}
@@ -407,7 +411,6 @@ class RunResult:
 
 
 def _slice_times(metadata: dict[str, Any], header: Any, t_r: float) -> tuple[Any, int, str]:
-    from brainharmony.bids_checks import slice_axis, slice_timing_problem
 
     values = metadata.get("SliceTiming")
     if values is None:
@@ -495,9 +498,6 @@ def preprocess_run(
     -------
     RunResult
     """
-    from brainharmony.func import confounds as conf
-    from brainharmony.func.parcellate import parcel_means
-    from brainharmony.func.slicetime import reference_time, slice_timing_correct
 
     settings = settings or NativeSettings()
     path = Path(inputs.bold)

@@ -34,6 +34,7 @@ from brainharmony.func.defaults import (
     DEFAULT_COREG,
     canonical_coreg,
 )
+from brainharmony.func.motion import inside_grid
 from brainharmony.io import InputDataError, PathLike, write_text
 
 logger = logging.getLogger(__name__)
@@ -713,8 +714,6 @@ def resample_to_template(
     """
     import torch
     import torch.nn.functional as F
-
-    from brainharmony.func.motion import inside_grid
 
     data = np.asarray(data)
     maps = np.asarray(maps, dtype=np.float64)

@@ -56,6 +56,7 @@ from brainharmony.io import (
     write_json,
     write_tsv,
 )
+from brainharmony.packing import PackedSeriesDataset, PackedVolumeDataset, read_index
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +273,6 @@ def frozen_series_data(
         The shard's index (it must have a ``tr`` column).
     dataset : brainharmony.packing.PackedSeriesDataset
     """
-    from brainharmony.packing import PackedSeriesDataset, read_index
 
     table = read_index(index)
     if "tr" not in table.columns:
@@ -318,7 +318,6 @@ def embed_encoders(
     import torch
 
     from brainharmony.models.harmonizer_data import INDEX_COLUMNS, write_token_file
-    from brainharmony.packing import PackedVolumeDataset, read_index
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")

@@ -48,6 +48,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.evaluate.data import labels_series, read_splits, task_labels
+from brainharmony.evaluate.metrics import score
+from brainharmony.evaluate.settings import LOWER_IS_BETTER, SettingsError, load_settings
 from brainharmony.io import (
     InputDataError,
     PathLike,
@@ -57,6 +60,7 @@ from brainharmony.io import (
     write_json,
     write_tsv,
 )
+from brainharmony.packing import PackedSeriesDataset, read_index
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +104,6 @@ class ShardSource:
     @classmethod
     def open(cls, shard: PathLike, index: PathLike, data: Mapping[str, Any]) -> ShardSource:
         """Read the index and work out the window of ``data`` for this shard."""
-        from brainharmony.packing import read_index
 
         shard, index = Path(shard), Path(index)
         if not shard.is_file():
@@ -166,7 +169,6 @@ def training_dataset(
     rows : pandas.DataFrame
         ``part, shard, row, subject, target``: every item of ``dataset``, in item order.
     """
-    from brainharmony.packing import PackedSeriesDataset
     from brainharmony.train.data import SeriesCollection
 
     parts, tables = [], []
@@ -227,8 +229,6 @@ def predict_subjects(
     usable is absent from the result.
     """
     import torch
-
-    from brainharmony.packing import PackedSeriesDataset
 
     model.eval()
     per_run: dict[tuple[int, int], list[np.ndarray]] = {}
@@ -314,8 +314,6 @@ def _read_cache(path: Path) -> pd.DataFrame:
 
 
 def _val_score(task: Any, settings: Any, classes: Any, frame: pd.DataFrame, labels: pd.Series):
-    from brainharmony.evaluate.metrics import score
-    from brainharmony.evaluate.settings import LOWER_IS_BETTER
 
     val = frame.loc[frame["split"] == "val"]
     metric = settings.select_metric[task.type]
@@ -660,8 +658,6 @@ def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony predictor-cv``."""
     import torch
 
-    from brainharmony.evaluate.data import labels_series, read_splits, task_labels
-    from brainharmony.evaluate.settings import SettingsError, load_settings
     from brainharmony.train.config import load_config
 
     try:

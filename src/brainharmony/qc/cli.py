@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 
 from brainharmony.cli_types import bids_label, output_dir
+from brainharmony.qc.group import PAGES_DIR, build_group_qc, write_group_qc
+from brainharmony.qc.pages import write_subject_pages
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony group-qc``."""
-    from brainharmony.qc.group import PAGES_DIR, build_group_qc, write_group_qc
-    from brainharmony.qc.pages import write_subject_pages
 
     qc = build_group_qc(
         args.dataset,

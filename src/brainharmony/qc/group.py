@@ -40,6 +40,7 @@ import pandas as pd
 
 from brainharmony.bids_names import natural_key
 from brainharmony.func.naming import RunOutputs, run_outputs, template_space
+from brainharmony.ingest import read_scans
 from brainharmony.io import (
     InputDataError,
     PathLike,
@@ -452,7 +453,6 @@ def build_group_qc(
         or invalid (the file is named).
     """
     from brainharmony.anat.derivatives import anat_paths
-    from brainharmony.ingest import read_scans
 
     template = template or template_space()
     space = space or template

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.ingest import read_scans
 from brainharmony.io import (
     InputDataError,
     PathLike,
@@ -36,6 +37,9 @@ from brainharmony.io import (
     sidecar_path,
     write_json,
 )
+from brainharmony.packing import pack_series
+from brainharmony.series_files import read_series, set_aside
+from brainharmony.timeseries.resample import censored_volumes, resample_to_tr, tr_label
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,6 @@ _ENTITY = re.compile(r"(?:^|_)(sub|ses|run)-([a-zA-Z0-9]+)")
 
 def tr_ms(tr_seconds: float) -> int:
     """A TR in integer milliseconds (the ``tr-<ms>`` label)."""
-    from brainharmony.timeseries.resample import tr_label
 
     return tr_label(tr_seconds)
 
@@ -203,9 +206,6 @@ def resample_and_pack(
     pandas.DataFrame
         The written index.
     """
-    from brainharmony.packing import pack_series
-    from brainharmony.series_files import read_series, set_aside
-    from brainharmony.timeseries.resample import censored_volumes, resample_to_tr
 
     target = target_ms / 1000.0
     rows = []
@@ -271,7 +271,6 @@ def targets_of_scans(
     scans_tsv: PathLike, factors: Sequence[int], max_tr: float | None
 ) -> dict[int, list[float]]:
     """:func:`target_trs` of the TRs listed in an ingest ``scans.tsv``."""
-    from brainharmony.ingest import read_scans
 
     return target_trs(read_scans(scans_tsv)["tr"].astype(float), factors, max_tr)
 
@@ -304,7 +303,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony multitr``."""
-    from brainharmony.ingest import read_scans
 
     manifest = build_manifest(read_scans(args.scans), args.series)
     args.shard.parent.mkdir(parents=True, exist_ok=True)

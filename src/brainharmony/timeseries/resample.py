@@ -59,6 +59,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from brainharmony.io import InputDataError, provenance, sidecar_path, write_json
+from brainharmony.series_files import read_series, write_series
+
 logger = logging.getLogger(__name__)
 
 Method = Literal["polyphase", "interpolate", "decimate"]
@@ -420,8 +423,6 @@ def censored_volumes(data: np.ndarray, sidecar: dict[str, Any]) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony resample``: one input series to one target TR, with sidecar."""
-    from brainharmony.io import InputDataError, provenance, sidecar_path, write_json
-    from brainharmony.series_files import read_series, write_series
 
     series = read_series(args.input, require_finite=False)
     if series.excluded:

@@ -46,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 
 from brainharmony.io import InputDataError, PathLike, provenance, write_json
+from brainharmony.series_files import read_usable_series
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +291,6 @@ def _subject_from_name(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony scaling-stats``."""
-    from brainharmony.series_files import read_usable_series
 
     paths = list(args.series)
     subjects = args.subjects or [_subject_from_name(p) for p in paths]

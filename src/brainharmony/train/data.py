@@ -46,6 +46,12 @@ import pandas as pd
 import torch
 
 from brainharmony.io import InputDataError, PathLike
+from brainharmony.packing import (
+    PackedSeriesDataset,
+    PackedVolumeDataset,
+    read_index,
+    rows_for_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +91,6 @@ def split_rows(index: pd.DataFrame, splits_path: PathLike, fold: int | None, spl
         Required when the file holds several folds.
     split : {"train", "val", "test"}
     """
-    from brainharmony.packing import rows_for_split
 
     p = Path(splits_path)
     if not p.is_file():
@@ -221,7 +226,6 @@ def build_dataset(
     -------
     A map-style dataset (``len`` and integer indexing; optional ``batch_groups``).
     """
-    from brainharmony.packing import PackedSeriesDataset, PackedVolumeDataset, read_index
 
     kind = data.get("kind")
     if kind not in DATA_KINDS:
