@@ -393,8 +393,6 @@ def subject_exclusions(
                 raise InputDataError(side, f"not valid JSON: {err}") from None
         note(path, doc)
     for shard, index in shards:
-        from brainharmony.packing import read_index
-
         usable.update(read_index(index)["subject"].astype(str))
         side = sidecar_path(shard)
         if side.is_file():
