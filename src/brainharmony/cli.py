@@ -1,8 +1,9 @@
 """The ``brainharmony`` command line: one sub-command per pipeline step.
 
-Each sub-command lives in the module that implements the step. That module
+Each sub-command lives in the module that implements the step, or in
+:mod:`brainharmony.pipelines` when it combines several layers. That module
 exposes ``add_arguments(parser)`` and ``run(args) -> int``; this file only lists
-them, so importing the CLI stays cheap (heavy imports happen inside ``run``).
+them and imports the chosen one, so importing the CLI stays cheap.
 """
 
 from __future__ import annotations
