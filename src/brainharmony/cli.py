@@ -20,7 +20,7 @@ from brainharmony.io import STORAGE_ERRNOS, InputDataError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("brainharmony.demo.cli", "generate demo BIDS datasets with planted truth"),
+    "demo": ("brainharmony.pipelines.demo", "generate demo BIDS datasets with planted truth"),
     "ingest": ("brainharmony.ingest", "index a BIDS dataset into scans.tsv / excluded.tsv"),
     "run": (
         "brainharmony.bids_app",
@@ -28,15 +28,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "validate-config": ("brainharmony.config", "validate a workflow config file"),
     "anat": (
-        "brainharmony.anat.cli",
+        "brainharmony.pipelines.anat",
         "T1w to template space: brain mask, transforms, model-ready box",
     ),
     "templates": (
-        "brainharmony.anat.templates",
+        "brainharmony.pipelines.templates",
         "write the anatomy template resource files (read by anat --template-dir)",
     ),
     "func": (
-        "brainharmony.func.cli",
+        "brainharmony.pipelines.func",
         "BOLD run to denoised Schaefer-400 series (native, fMRIPrep, derivatives)",
     ),
     "harmonics": (
@@ -68,12 +68,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "merge predictions; metrics, paired tests and paper-layout tables",
     ),
     "group-qc": (
-        "brainharmony.qc.cli",
+        "brainharmony.pipelines.group_qc",
         "group QC table of one dataset (every run and exclusion) and one page per subject",
     ),
     "report": ("brainharmony.evaluate.report", "the self-contained HTML report"),
     "train": (
-        "brainharmony.train.cli",
+        "brainharmony.pipelines.train",
         "train a model from its YAML on packed shards (resumable; DDP under torchrun)",
     ),
     "predictor-cv": (

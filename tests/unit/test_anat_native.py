@@ -25,12 +25,12 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
-from brainharmony.anat import cli as anat_cli
 from brainharmony.anat.derivatives import AnatPaths, anat_paths, dice
 from brainharmony.anat.images import FLIP
 from brainharmony.anat.pipeline import run_anat
 from brainharmony.anat.settings import AnatSettings
 from brainharmony.anat.templates import load_template
+from brainharmony.pipelines import anat as anat_cli
 
 RESOLUTION_MM = 2
 #: The commit recorded in sidecars during these tests (see ``native_runs``).

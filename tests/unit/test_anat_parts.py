@@ -13,7 +13,6 @@ import SimpleITK as sitk
 import yaml
 from scipy import ndimage as ndi
 
-from brainharmony.anat import cli as anat_cli
 from brainharmony.anat.bias import N4Settings, n4_correct
 from brainharmony.anat.gate import qc_failures
 from brainharmony.anat.images import nib_to_sitk, sitk_to_nib
@@ -33,6 +32,7 @@ from brainharmony.anat.templates import (
     check_template_available,
     load_template,
 )
+from brainharmony.pipelines import anat as anat_cli
 
 # --- templates ------------------------------------------------------------------------
 
@@ -359,7 +359,7 @@ def test_rule_options_parse_back_to_the_same_settings(settings):
     import argparse
     import shlex
 
-    from brainharmony.anat import cli
+    from brainharmony.pipelines import anat as cli
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)

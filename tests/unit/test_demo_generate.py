@@ -313,7 +313,7 @@ def test_argument_errors(tmp_path: Path) -> None:
 def test_cli_forwards_its_arguments(tmp_path: Path, monkeypatch) -> None:
     import argparse
 
-    from brainharmony.demo import cli
+    from brainharmony.pipelines import demo as cli
 
     seen = {}
 

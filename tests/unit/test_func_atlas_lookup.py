@@ -232,8 +232,8 @@ def test_rebuild_cannot_be_mistaken_for_the_official_volume(homes, tmp_path):
 @pytest.mark.parametrize("kind", ["official", "rebuild"])
 def test_parcel_series_sidecar_names_the_atlas_used(homes, tmp_path, kind):
     from brainharmony.func.atlas_resource import build_atlas
-    from brainharmony.func.cli import _atlas_json
     from brainharmony.func.outputs import series_sidecar
+    from brainharmony.pipelines.func import _atlas_json
 
     if kind == "official":
         templateflow_atlas(homes["tf"], C_ASYM, 2)
@@ -269,8 +269,8 @@ def test_parcel_series_sidecar_names_the_atlas_used(homes, tmp_path, kind):
 
 def test_derivatives_refuse_an_atlas_of_another_space(homes, tmp_path):
     from brainharmony.func.atlas_resource import build_atlas
-    from brainharmony.func.cli import check_atlas_space
     from brainharmony.io import InputDataError
+    from brainharmony.pipelines.func import check_atlas_space
 
     files = build_atlas(tmp_path, 6.0, space=A_ASYM)
     check_atlas_space(files.image, A_ASYM)
@@ -279,7 +279,7 @@ def test_derivatives_refuse_an_atlas_of_another_space(homes, tmp_path):
 
 
 def test_func_atlas_cli_writes_the_workflow_choice(homes, tmp_path):
-    from brainharmony.func.cli import main
+    from brainharmony.pipelines.func import main
 
     templateflow_atlas(homes["tf"], C_ASYM, 2)
     choice = lookup.resolve_atlas(C_ASYM, 2.0)

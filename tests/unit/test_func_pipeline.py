@@ -138,7 +138,7 @@ def test_cutoff_above_nyquist_is_refused_naming_the_file(run, atlas):
 
 
 def test_cli_native_writes_everything(run, tmp_path):
-    from brainharmony.func.cli import main
+    from brainharmony.pipelines.func import main
 
     path, meta, _ = run
     atlas_dir = tmp_path / "atlas"
@@ -330,7 +330,7 @@ def test_func_cli_refuses_an_unusable_tr_naming_its_source(
 ):
     import json
 
-    from brainharmony.func.cli import main
+    from brainharmony.pipelines.func import main
 
     folder = tmp_path / "bids" / "sub-01" / "func"
     folder.mkdir(parents=True)

@@ -53,9 +53,9 @@ def test_coreg_defaults_are_defined_once():
 
     import yaml
 
-    from brainharmony.func import cli
     from brainharmony.func.pipeline import NativeSettings
     from brainharmony.func.register import CoregSettings
+    from brainharmony.pipelines import func as cli
 
     schema = yaml.safe_load(
         (Path(__file__).parents[2] / "workflow/schemas/config.schema.yaml").read_text()

@@ -129,7 +129,7 @@ def _calls(log: Path) -> list[dict]:
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "brainharmony.func.cli", *args],
+        [sys.executable, "-m", "brainharmony.pipelines.func", *args],
         capture_output=True,
         text=True,
         check=False,

@@ -6,5 +6,6 @@ Modules: :mod:`.settings` (the config block), :mod:`.templates` (template + mask
 :mod:`.model_input` (model box), :mod:`.qc` (figure), :mod:`.derivatives` (outputs),
 :mod:`.native` and :mod:`.nipype_backends` (backends), :mod:`.pipeline`
 (``run_anat``: one T1w, any backend), :mod:`.phantom` (synthetic head for tests and
-benchmarks), :mod:`.cli` (``brainharmony anat``).
+benchmarks); the commands ``brainharmony anat`` and ``templates`` are
+:mod:`brainharmony.pipelines.anat` and :mod:`brainharmony.pipelines.templates`.
 """

@@ -17,12 +17,10 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from brainharmony.cli_types import output_dir
 from brainharmony.io import (
     InputDataError,
     provenance,
@@ -295,22 +293,3 @@ def load_template(
         source = f"TemplateFlow files {t1w_path}, {mask_path}"
         affine = np.asarray(head.affine, dtype=float)
     return _make_template(name, resolution_mm, data, mask, affine, source)
-
-
-# ------------------------------------------------------------------ command line
-
-
-def add_arguments(parser: Any) -> None:
-    """``brainharmony templates``: write the template resource files."""
-    parser.add_argument("--out-dir", type=output_dir, required=True, help="resources/templates")
-    parser.add_argument("--template", choices=TEMPLATES, default=DEFAULT_TEMPLATE)
-    parser.add_argument(
-        "--resolutions", type=int, nargs="+", choices=RESOLUTIONS_MM, default=[1, 2]
-    )
-
-
-def run(args: Any) -> int:
-    """Write the requested resolutions of the template; 0 on success."""
-    for res in sorted(set(args.resolutions)):
-        logger.info("wrote %s", write_resource(args.out_dir, args.template, res))
-    return 0

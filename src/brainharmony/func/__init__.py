@@ -17,7 +17,7 @@ Modules (each small and importable on its own; heavy dependencies load lazily):
   file names and writers.
 * :mod:`~brainharmony.func.planning` - what ``workflow/rules/func.smk`` needs.
 * :mod:`~brainharmony.func.fmriprep_fixture` - fMRIPrep-shaped test fixtures.
-* :mod:`~brainharmony.func.cli` - ``brainharmony func ...`` sub-commands.
+* :mod:`brainharmony.pipelines.func` (not here) - ``brainharmony func ...`` sub-commands.
 
 See ``docs/func.md`` for the order of operations and why.
 """

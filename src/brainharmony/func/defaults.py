@@ -20,6 +20,8 @@ DEFAULT_COREG = "bbr"
 COREG_MIN_DICE = 0.75
 COREG_MAX_BBR_COST = 0.8
 COREG_MIN_NMI = 1.05
+#: Kept runs of fewer contiguous frames are censored too (``func.min_segment``).
+MIN_SEGMENT = 5
 
 
 def canonical_coreg(method: str) -> str:

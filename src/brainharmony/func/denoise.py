@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from brainharmony.func.confounds import EXPANSIONS, TISSUES
-from brainharmony.func.defaults import DEFAULT_STRATEGY
+from brainharmony.func.defaults import DEFAULT_STRATEGY, MIN_SEGMENT
 from brainharmony.func.motion import PARAM_NAMES
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class DenoiseSettings:
 
     strategy: str = DEFAULT_STRATEGY
     fd_threshold: float | None = 0.5
-    min_segment: int = 5
+    min_segment: int = MIN_SEGMENT
     censor_before: int = 0
     censor_after: int = 0
     high_pass: float | None = 0.01
@@ -224,7 +224,7 @@ def censor_mask(
     fd: np.ndarray,
     threshold: float | None,
     *,
-    min_segment: int = 5,
+    min_segment: int = MIN_SEGMENT,
     before: int = 0,
     after: int = 0,
     exclude: np.ndarray | None = None,

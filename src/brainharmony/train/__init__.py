@@ -1,7 +1,8 @@
-"""Training infrastructure shared by every model: configs, optimisation, loop, data, CLI.
+"""Training infrastructure shared by every model: configs, optimisation, loop, data.
 
 Re-exports only; see the submodules (:mod:`.config`, :mod:`.optim`, :mod:`.checkpoint`,
-:mod:`.metrics`, :mod:`.data`, :mod:`.distributed`, :mod:`.loop`, :mod:`.cli`).
+:mod:`.metrics`, :mod:`.data`, :mod:`.distributed`, :mod:`.loop`; the command is
+:mod:`brainharmony.pipelines.train`).
 """
 
 from brainharmony.train.checkpoint import load_trained

@@ -12,21 +12,16 @@ import argparse
 import logging
 from pathlib import Path
 
-from brainharmony.anat.model_input import NORMALISATIONS, PAPER_BOX_MM
-from brainharmony.anat.settings import (
-    BACKENDS,
-    BRAIN_EXTRACTIONS,
-    MAX_NONFINITE_FRACTION,
-    AnatSettings,
-)
-from brainharmony.anat.templates import DEFAULT_TEMPLATE, RESOLUTIONS_MM, TEMPLATES
+from brainharmony.anat.model_input import NORMALISATIONS
+from brainharmony.anat.settings import BACKENDS, BRAIN_EXTRACTIONS, AnatSettings
+from brainharmony.anat.templates import RESOLUTIONS_MM, TEMPLATES
 from brainharmony.cli_types import bids_label, output_dir
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``brainharmony anat`` options to ``parser``."""
+    """Add the ``brainharmony anat`` options to ``parser`` (defaults: :class:`AnatSettings`)."""
     parser.add_argument("--t1w", type=Path, required=True, help="raw T1w NIfTI")
     parser.add_argument(
         "--out-dir", type=output_dir, required=True, help="dataset folder: results/anat/<dataset>"
@@ -38,9 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--session", default=None, type=bids_label("ses"), help="session label (no 'ses-'), if any"
     )
-    parser.add_argument("--backend", choices=BACKENDS, default="native")
-    parser.add_argument("--template", choices=TEMPLATES, default=DEFAULT_TEMPLATE)
-    parser.add_argument("--resolution-mm", type=int, choices=RESOLUTIONS_MM, default=2)
+    parser.add_argument("--backend", choices=BACKENDS, default=AnatSettings.backend)
+    parser.add_argument("--template", choices=TEMPLATES, default=AnatSettings.template)
+    parser.add_argument(
+        "--resolution-mm", type=int, choices=RESOLUTIONS_MM, default=AnatSettings.resolution_mm
+    )
     parser.add_argument(
         "--nonlinear", action="store_true", help="add a nonlinear stage to the affine"
     )
@@ -48,15 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-box-mm",
         type=int,
         nargs=3,
-        default=list(PAPER_BOX_MM),
+        default=list(AnatSettings.model_box_mm),
         metavar=("X", "Y", "Z"),
         help="model-ready box size in mm (default: %(default)s)",
     )
-    parser.add_argument("--normalisation", choices=NORMALISATIONS, default="zscore_brain")
+    parser.add_argument(
+        "--normalisation", choices=NORMALISATIONS, default=AnatSettings.normalisation
+    )
     parser.add_argument(
         "--max-nonfinite-fraction",
         type=float,
-        default=MAX_NONFINITE_FRACTION,
+        default=AnatSettings.max_nonfinite_fraction,
         help="largest fraction of NaN/Inf voxels set to 0; above it the T1w is refused",
     )
     parser.add_argument(

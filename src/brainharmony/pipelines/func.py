@@ -8,7 +8,10 @@ Sub-commands:
 * ``derivatives``: denoise and parcellate one run of an fMRIPrep output folder.
 
 Registered in :mod:`brainharmony.cli` as ``func``; also runnable as
-``python -m brainharmony.func.cli``.
+``python -m brainharmony.pipelines.func``. Option defaults come from the settings
+dataclasses (:class:`~brainharmony.func.denoise.DenoiseSettings`,
+:class:`~brainharmony.func.pipeline.NativeSettings`,
+:class:`~brainharmony.func.fmriprep.FmriprepSettings`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,25 +29,18 @@ import numpy as np
 
 from brainharmony.bids_uri import RAW, bids_root
 from brainharmony.cli_types import bids_label, output_dir
-from brainharmony.func.atlas_lookup import ORIGINS, SOURCES, AtlasUnavailableError, space_of_file
-from brainharmony.func.atlas_resource import read_atlas, read_tissue_masks
-from brainharmony.func.defaults import (
-    COREG_ALIASES,
-    COREG_MAX_BBR_COST,
-    COREG_METHODS,
-    COREG_MIN_DICE,
-    COREG_MIN_NMI,
-    DEFAULT_COREG,
+from brainharmony.func.atlas_lookup import (
+    ORIGINS,
+    SOURCES,
+    AtlasChoice,
+    AtlasUnavailableError,
+    config_atlas,
+    space_of_file,
 )
-from brainharmony.func.denoise import (
-    DEFAULT_STRATEGY,
-    ORDERS,
-    STRATEGIES,
-    DenoiseSettings,
-    describe,
-)
+from brainharmony.func.atlas_resource import build_atlas, read_atlas, read_tissue_masks
+from brainharmony.func.defaults import COREG_ALIASES, COREG_METHODS
+from brainharmony.func.denoise import ORDERS, STRATEGIES, DenoiseSettings, describe
 from brainharmony.func.fmriprep import (
-    DEFAULT_IMAGE,
     DEFAULT_SPACE,
     FmriprepSettings,
     find_run_files,
@@ -51,7 +48,7 @@ from brainharmony.func.fmriprep import (
     process_derivatives,
     run_fmriprep,
 )
-from brainharmony.func.naming import run_outputs
+from brainharmony.func.naming import run_outputs, template_space
 from brainharmony.func.outputs import (
     write_derivative_outputs,
     write_description,
@@ -114,24 +111,27 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 
 def _add_denoise(p: argparse.ArgumentParser) -> None:
-
+    d = DenoiseSettings()
     g = p.add_argument_group("denoising")
-    g.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
+    g.add_argument("--strategy", default=d.strategy, choices=sorted(STRATEGIES))
     g.add_argument(
-        "--fd-threshold", type=_optional_float, default=0.5, help="mm; 'none' disables censoring"
+        "--fd-threshold",
+        type=_optional_float,
+        default=d.fd_threshold,
+        help="mm; 'none' disables censoring",
     )
-    g.add_argument("--min-segment", type=int, default=5)
-    g.add_argument("--censor-before", type=int, default=0)
-    g.add_argument("--censor-after", type=int, default=0)
-    g.add_argument("--high-pass", type=_optional_float, default=0.01, help="Hz or 'none'")
-    g.add_argument("--low-pass", type=_optional_float, default=0.1, help="Hz or 'none'")
-    g.add_argument("--filter-order", type=int, default=2)
-    g.add_argument("--order", default="regress-filter", choices=ORDERS)
+    g.add_argument("--min-segment", type=int, default=d.min_segment)
+    g.add_argument("--censor-before", type=int, default=d.censor_before)
+    g.add_argument("--censor-after", type=int, default=d.censor_after)
+    g.add_argument("--high-pass", type=_optional_float, default=d.high_pass, help="Hz or 'none'")
+    g.add_argument("--low-pass", type=_optional_float, default=d.low_pass, help="Hz or 'none'")
+    g.add_argument("--filter-order", type=int, default=d.filter_order)
+    g.add_argument("--order", default=d.order, choices=ORDERS)
     g.add_argument("--no-detrend", action="store_true")
-    g.add_argument("--edges", default="nearest", choices=("nearest", "extrapolate", "trim"))
-    g.add_argument("--min-kept", type=int, default=20)
-    g.add_argument("--min-parcel-voxels", type=int, default=3)
-    g.add_argument("--scale", default="psc", choices=("psc", "none"))
+    g.add_argument("--edges", default=d.edges, choices=("nearest", "extrapolate", "trim"))
+    g.add_argument("--min-kept", type=int, default=d.min_kept)
+    g.add_argument("--min-parcel-voxels", type=int, default=NativeSettings.min_parcel_voxels)
+    g.add_argument("--scale", default=NativeSettings.scale, choices=("psc", "none"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -188,12 +188,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="sidecar of the template-space T1w: Excluded there excludes the run",
     )
-    p.add_argument("--coreg", default=DEFAULT_COREG, choices=(*COREG_METHODS, *COREG_ALIASES))
-    p.add_argument("--coreg-min-dice", type=float, default=COREG_MIN_DICE)
-    p.add_argument("--coreg-max-bbr-cost", type=float, default=COREG_MAX_BBR_COST)
-    p.add_argument("--coreg-min-nmi", type=float, default=COREG_MIN_NMI)
-    p.add_argument("--stc-method", default="fourier", choices=("fourier", "cubic"))
-    p.add_argument("--stc-ref", type=float, default=0.5)
+    native = NativeSettings()
+    p.add_argument("--coreg", default=native.coreg, choices=(*COREG_METHODS, *COREG_ALIASES))
+    p.add_argument("--coreg-min-dice", type=float, default=native.coreg_min_dice)
+    p.add_argument("--coreg-max-bbr-cost", type=float, default=native.coreg_max_bbr_cost)
+    p.add_argument("--coreg-min-nmi", type=float, default=native.coreg_min_nmi)
+    p.add_argument("--stc-method", default=native.stc_method, choices=("fourier", "cubic"))
+    p.add_argument("--stc-ref", type=float, default=native.stc_ref)
     p.add_argument("--no-slice-timing", action="store_true")
     p.add_argument("--keep-bold", action="store_true", help="write the 4-D template BOLD")
     p.add_argument(
@@ -215,11 +216,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--fmriprep-dir", required=True, type=Path, help="fMRIPrep output folder")
     p.add_argument("--work-dir", required=True, type=Path)
     p.add_argument("--participant-label", required=True, type=bids_label("sub"))
-    p.add_argument("--runner", default="docker", choices=("docker", "apptainer", "singularity"))
+    p.add_argument(
+        "--runner", default=FmriprepSettings.runner, choices=("docker", "apptainer", "singularity")
+    )
     p.add_argument("--image", default=None)
     p.add_argument("--license", default=None, help="FreeSurfer license.txt")
     p.add_argument("--output-spaces", nargs="+", default=None)
-    p.add_argument("--nthreads", type=int, default=4)
+    p.add_argument("--nthreads", type=int, default=FmriprepSettings.nthreads)
     p.add_argument("--mem-mb", type=int, default=None)
     p.add_argument("--with-reconall", action="store_true", help="do not pass --fs-no-reconall")
     p.add_argument("--extra", default="", help="extra fMRIPrep arguments (one string)")
@@ -229,7 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("derivatives", help="denoise + parcellate one fMRIPrep run")
     p.add_argument("--fmriprep-dir", required=True, type=Path)
-    p.add_argument("--space", default="MNI152NLin2009cAsym")
+    p.add_argument("--space", default=DEFAULT_SPACE)
     p.add_argument("--res", default=None, help="res- entity of the fMRIPrep files")
     p.add_argument(
         "--no-copy-confounds",
@@ -490,13 +493,11 @@ def _run_derivatives(args: argparse.Namespace) -> int:
 
 
 def _run_fmriprep(args: argparse.Namespace) -> int:
-    import shlex
-
     settings = FmriprepSettings(
         runner=args.runner,
-        image=args.image or DEFAULT_IMAGE,
+        image=args.image or FmriprepSettings.image,
         license=args.license,
-        output_spaces=tuple(args.output_spaces or (f"{DEFAULT_SPACE}:res-2",)),
+        output_spaces=tuple(args.output_spaces or FmriprepSettings.output_spaces),
         nthreads=args.nthreads,
         mem_mb=args.mem_mb,
         fs_no_reconall=not args.with_reconall,
@@ -528,10 +529,6 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch a ``func`` sub-command."""
     command = args.func_command
     if command == "atlas":
-        from brainharmony.func.atlas_lookup import AtlasChoice, config_atlas
-        from brainharmony.func.atlas_resource import build_atlas
-        from brainharmony.func.naming import template_space
-
         choice = None
         space = args.space or template_space()
         if args.source == "official" and args.path is not None:
@@ -564,7 +561,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for ``python -m brainharmony.func.cli`` (same as ``brainharmony func``)."""
+    """Entry point for ``python -m brainharmony.pipelines.func`` (as ``brainharmony func``)."""
     parser = argparse.ArgumentParser(prog="brainharmony func")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     add_arguments(parser)
