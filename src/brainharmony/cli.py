@@ -44,13 +44,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Laplace-Beltrami eigenmodes of a cortical surface, averaged per parcel",
     ),
     "gradients": ("brainharmony.geometry.gradients", "diffusion-map gradients of a group FC"),
-    "resample": ("brainharmony.timeseries.resample", "resample an ROI series to another TR"),
+    "resample": ("brainharmony.pipelines.resample", "resample an ROI series to another TR"),
     "multitr": (
-        "brainharmony.timeseries.multitr",
+        "brainharmony.pipelines.multitr",
         "resample a dataset's series to one target TR and pack them",
     ),
     "scaling-stats": (
-        "brainharmony.timeseries.scaling",
+        "brainharmony.pipelines.scaling",
         "per-ROI robust-scaling statistics (median, IQR) over a training set",
     ),
     "splits": ("brainharmony.splits", "seeded subject-level cross-validation splits"),

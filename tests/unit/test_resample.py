@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from brainharmony.io import InputDataError
+from brainharmony.pipelines import resample as resample_command
 from brainharmony.timeseries import resample as rs
 
 PAIRS = [
@@ -201,10 +202,10 @@ def test_cli_resample_npy_and_tsv(tmp_path):
         json.dumps({"RepetitionTime": 0.735, "CensoredFrames": []})
     )
     parser = argparse.ArgumentParser()
-    rs.add_arguments(parser)
+    resample_command.add_arguments(parser)
     dst = tmp_path / "tr-1470" / "sub-01_task-rest_tr-1470_timeseries.npy"
     assert (
-        rs.run(
+        resample_command.run(
             parser.parse_args(["--input", str(src), "--output", str(dst), "--tr-out-ms", "1470"])
         )
         == 0
@@ -236,7 +237,7 @@ def test_cli_resample_npy_and_tsv(tmp_path):
             "1",
         ]
     )
-    assert rs.run(args) == 0
+    assert resample_command.run(args) == 0
     back = pd.read_csv(dst2, sep="\t")
     assert list(back.columns) == list("abcde") and len(back) == 66
     assert (
@@ -246,9 +247,13 @@ def test_cli_resample_npy_and_tsv(tmp_path):
     bare = tmp_path / "bare.npy"
     np.save(bare, data)
     with pytest.raises(InputDataError, match=r"bare\.npy: no RepetitionTime"):
-        rs.run(parser.parse_args(["--input", str(bare), "--output", str(dst), "--tr-out", "2"]))
+        resample_command.run(
+            parser.parse_args(["--input", str(bare), "--output", str(dst), "--tr-out", "2"])
+        )
     with pytest.raises(InputDataError, match="shorter than the source TR"):
-        rs.run(parser.parse_args(["--input", str(src), "--output", str(dst), "--tr-out", "0.5"]))
+        resample_command.run(
+            parser.parse_args(["--input", str(src), "--output", str(dst), "--tr-out", "0.5"])
+        )
 
 
 def test_censored_volumes_and_empty_rois():
@@ -296,9 +301,9 @@ def test_cli_keeps_censoring_and_source_provenance(tmp_path):
         "SmallParcels": {"Count": 1}, "Step": "func", "GitSHA": "abc",
     }))  # fmt: skip
     parser = argparse.ArgumentParser()
-    rs.add_arguments(parser)
+    resample_command.add_arguments(parser)
     dst = tmp_path / "out.tsv"
-    assert rs.run(parser.parse_args(["--input", str(src), "--output", str(dst),
+    assert resample_command.run(parser.parse_args(["--input", str(src), "--output", str(dst),
                                      "--tr-out-ms", "2400"])) == 0  # fmt: skip
     out = pd.read_csv(dst, sep="\t", na_values=["n/a"])
     side = json.loads(dst.with_suffix(".json").read_text())

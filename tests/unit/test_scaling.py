@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from brainharmony.io import InputDataError
+from brainharmony.pipelines import scaling as scaling_command
 from brainharmony.timeseries import scaling as sc
 
 
@@ -112,9 +113,9 @@ def test_cli(tmp_path):
         np.save(p, rng.normal(i, 1.0, size=(40, 3)))
         paths.append(str(p))
     parser = argparse.ArgumentParser()
-    sc.add_arguments(parser)
+    scaling_command.add_arguments(parser)
     out = tmp_path / "stats.json"
-    assert sc.run(parser.parse_args(["--series", *paths, "--out", str(out)])) == 0
+    assert scaling_command.run(parser.parse_args(["--series", *paths, "--out", str(out)])) == 0
     stats = sc.load_stats(out)
     assert stats.n_subjects == 6
     assert stats.provenance["Step"] == "scaling-stats"
@@ -123,7 +124,7 @@ def test_cli(tmp_path):
     bad = tmp_path / "nosubject.npy"
     np.save(bad, np.ones((3, 3)))
     with pytest.raises(InputDataError, match="no 'sub-<label>'"):
-        sc.run(parser.parse_args(["--series", str(bad), "--out", str(out)]))
+        scaling_command.run(parser.parse_args(["--series", str(bad), "--out", str(out)]))
 
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")

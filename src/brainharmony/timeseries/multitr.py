@@ -12,13 +12,11 @@ packs them into one shard + index (:func:`brainharmony.packing.pack_series`), wi
 ingest phenotypes copied into the index. File names carry the target TR in integer
 milliseconds: ``<dataset>_tr-1470_series.npy``.
 
-Command line: ``brainharmony multitr`` (:func:`add_arguments`, :func:`run`).
+Command line: ``brainharmony multitr`` (:mod:`brainharmony.pipelines.multitr`).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,8 +38,6 @@ from brainharmony.io import (
 from brainharmony.packing import pack_series
 from brainharmony.series_files import read_series, set_aside
 from brainharmony.timeseries.resample import censored_volumes, resample_to_tr, tr_label
-
-logger = logging.getLogger(__name__)
 
 #: scans.tsv columns that describe files, not participants (left out of the index).
 _FILE_COLUMNS = (
@@ -284,30 +280,3 @@ def settings_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
         "method": str(block.get("method", "polyphase")),
         "seed": int(block.get("seed", 0)),
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``brainharmony multitr``."""
-    parser.add_argument("--scans", required=True, type=Path, help="ingest scans.tsv")
-    parser.add_argument(
-        "--series", required=True, nargs="+", type=Path, help="denoised ROI series (.tsv/.npy)"
-    )
-    parser.add_argument("--tr-out-ms", required=True, type=int, help="target TR (ms)")
-    parser.add_argument("--shard", required=True, type=Path, help="output .npy shard")
-    parser.add_argument("--index", required=True, type=Path, help="output index .tsv")
-    parser.add_argument(
-        "--method", choices=("polyphase", "interpolate", "decimate"), default="polyphase"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="decimate: start offsets")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``brainharmony multitr``."""
-
-    manifest = build_manifest(read_scans(args.scans), args.series)
-    args.shard.parent.mkdir(parents=True, exist_ok=True)
-    idx = resample_and_pack(
-        manifest, args.tr_out_ms, args.shard, args.index, method=args.method, seed=args.seed
-    )
-    logger.info("%s: %d series at %d ms", args.shard, len(idx), args.tr_out_ms)
-    return 0
