@@ -40,10 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "BOLD run to denoised Schaefer-400 series (native, fMRIPrep, derivatives)",
     ),
     "harmonics": (
-        "brainharmony.geometry.harmonics",
+        "brainharmony.pipelines.harmonics",
         "Laplace-Beltrami eigenmodes of a cortical surface, averaged per parcel",
     ),
-    "gradients": ("brainharmony.geometry.gradients", "diffusion-map gradients of a group FC"),
+    "gradients": ("brainharmony.pipelines.gradients", "diffusion-map gradients of a group FC"),
     "resample": ("brainharmony.pipelines.resample", "resample an ROI series to another TR"),
     "multitr": (
         "brainharmony.pipelines.multitr",

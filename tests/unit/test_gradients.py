@@ -11,6 +11,7 @@ import pytest
 
 from brainharmony.geometry import gradients as gr
 from brainharmony.geometry.surfaces import _brainspace_data
+from brainharmony.pipelines import gradients as gradients_command
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_cli_from_fc_with_reference(tmp_path, hcp_fc):
     ref_path = tmp_path / "ref.tsv"
     ref_table.to_csv(ref_path, sep="\t")
     parser = argparse.ArgumentParser()
-    gr.add_arguments(parser)
+    gradients_command.add_arguments(parser)
     out = tmp_path / "gradients.tsv"
     args = parser.parse_args(
         [
@@ -147,7 +148,7 @@ def test_cli_from_fc_with_reference(tmp_path, hcp_fc):
             str(ref_path),
         ]
     )
-    assert gr.run(args) == 0
+    assert gradients_command.run(args) == 0
     table = pd.read_csv(out, sep="\t")
     assert list(table.columns[:2]) == ["roi", "gradient_1"]
     np.testing.assert_allclose(table.iloc[:, 1:].to_numpy(), ref @ q, atol=1e-8)
@@ -166,7 +167,7 @@ def test_cli_from_series(tmp_path):
         )
         paths.append(str(p))
     parser = argparse.ArgumentParser()
-    gr.add_arguments(parser)
+    gradients_command.add_arguments(parser)
     out = tmp_path / "g.tsv"
     args = parser.parse_args(
         [
@@ -182,7 +183,7 @@ def test_cli_from_series(tmp_path):
             str(tmp_path / "fc.npy"),
         ]
     )
-    assert gr.run(args) == 0
+    assert gradients_command.run(args) == 0
     table = pd.read_csv(out, sep="\t")
     assert table["roi"].tolist() == [f"R{j}" for j in range(12)]
     assert np.load(tmp_path / "fc.npy").shape == (12, 12)

@@ -20,6 +20,7 @@ from brainharmony.geometry.surfaces import (
     read_surface_file,
 )
 from brainharmony.io import InputDataError
+from brainharmony.pipelines import harmonics as harmonics_command
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated method:DeprecationWarning")
 
@@ -181,7 +182,7 @@ def test_fsaverage5_with_user_labels_and_cli(tmp_path):
         np.savetxt(p, _octants(surf.vertices), fmt="%d")
         paths.append(p)
     parser = argparse.ArgumentParser()
-    hm.add_arguments(parser)
+    harmonics_command.add_arguments(parser)
     out = tmp_path / "geometry" / "atlas-test_harmonics.tsv"
     args = parser.parse_args(
         [
@@ -203,7 +204,7 @@ def test_fsaverage5_with_user_labels_and_cli(tmp_path):
             "2",
         ]
     )
-    assert hm.run(args) == 0
+    assert harmonics_command.run(args) == 0
     table = pd.read_csv(out, sep="\t", index_col="roi")
     assert table.shape == (16, 4)
     assert table.index[0] == "ROI_1" and table.index[8] == "ROI_9"
