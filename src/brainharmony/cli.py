@@ -53,7 +53,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "brainharmony.pipelines.scaling",
         "per-ROI robust-scaling statistics (median, IQR) over a training set",
     ),
-    "splits": ("brainharmony.splits", "seeded subject-level cross-validation splits"),
+    "splits": ("brainharmony.pipelines.splits", "seeded subject-level cross-validation splits"),
     "pack": ("brainharmony.pipelines.pack", "pack ROI series or T1 volumes into training shards"),
     "eval-labels": (
         "brainharmony.evaluate.labels",

@@ -30,12 +30,11 @@ Output: one TSV per fold, ``fold-<k>.tsv`` (``k`` from 0), with columns
 ``subject, fold, split`` (``split`` in ``train``, ``val``, ``test``), plus
 ``splits.json`` with the parameters, counts and provenance.
 
-The command line (``brainharmony splits``) is :func:`add_arguments` + :func:`run`.
+The command line (``brainharmony splits``) is :mod:`brainharmony.pipelines.splits`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +44,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from brainharmony.cli_types import output_dir
 from brainharmony.io import InputDataError, PathLike, provenance, write_json, write_tsv
 
 logger = logging.getLogger(__name__)
@@ -285,9 +283,6 @@ def write_splits(
     return paths
 
 
-# --------------------------------------------------------------------------- CLI
-
-
 def read_table(path: PathLike, subject_column: str = "subject") -> pd.DataFrame:
     """Read a TSV with a subject column (``participant_id`` with ``sub-`` also accepted)."""
     p = Path(path)
@@ -300,40 +295,3 @@ def read_table(path: PathLike, subject_column: str = "subject") -> pd.DataFrame:
         else:
             raise InputDataError(p, f"no {subject_column!r} or 'participant_id' column")
     return frame
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``brainharmony splits``."""
-    parser.add_argument("--table", required=True, type=Path, help="scans.tsv or participants.tsv")
-    parser.add_argument("--target", required=True, help="column to stratify on")
-    parser.add_argument("--task", choices=("classification", "regression"), required=True)
-    parser.add_argument("--out-dir", required=True, type=output_dir)
-    parser.add_argument("--n-folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--n-bins", type=int, default=5, help="regression: stratification bins")
-    parser.add_argument("--subject-column", default="subject")
-    parser.add_argument("--site-column", default=None)
-    parser.add_argument("--site-mode", choices=("none", "stratify", "group"), default="none")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``brainharmony splits``."""
-    table = read_table(args.table, args.subject_column)
-    try:
-        result = make_splits(
-            table,
-            args.target,
-            task=args.task,
-            n_folds=args.n_folds,
-            seed=args.seed,
-            val_fraction=args.val_fraction,
-            n_bins=args.n_bins,
-            subject_column=args.subject_column,
-            site_column=args.site_column,
-            site_mode=args.site_mode,
-        )
-    except ValueError as err:
-        raise InputDataError(args.table, str(err)) from None
-    write_splits(result, args.out_dir, inputs=[args.table])
-    return 0

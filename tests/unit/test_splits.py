@@ -11,6 +11,7 @@ import pytest
 
 from brainharmony import splits as sp
 from brainharmony.io import InputDataError
+from brainharmony.pipelines import splits as splits_command
 
 
 def _table(n=80, seed=0, sessions=True) -> pd.DataFrame:
@@ -176,7 +177,7 @@ def test_cli_with_participants_tsv(tmp_path):
     path = tmp_path / "participants.tsv"
     participants.to_csv(path, sep="\t", index=False)
     parser = argparse.ArgumentParser()
-    sp.add_arguments(parser)
+    splits_command.add_arguments(parser)
     out = tmp_path / "splits"
     args = parser.parse_args(
         [
@@ -194,24 +195,24 @@ def test_cli_with_participants_tsv(tmp_path):
             "5",
         ]
     )
-    assert sp.run(args) == 0
+    assert splits_command.run(args) == 0
     fold0 = pd.read_csv(out / "fold-0.tsv", sep="\t", dtype={"subject": str})
     assert set(fold0["subject"]) == set(table["subject"])
     args = parser.parse_args(
         ["--table", str(path), "--target", "nope", "--task", "regression", "--out-dir", str(out)]
     )
     with pytest.raises(InputDataError, match=r"participants\.tsv: column 'nope'"):
-        sp.run(args)
+        splits_command.run(args)
 
 
 # The sub-commands of this issue, as they are to be registered in brainharmony.cli.
 NEW_COMMANDS = {
-    "harmonics": ("brainharmony.geometry.harmonics", "geometric harmonics table"),
-    "gradients": ("brainharmony.geometry.gradients", "functional gradients"),
-    "resample": ("brainharmony.timeseries.resample", "resample a series to a longer TR"),
-    "scaling-stats": ("brainharmony.timeseries.scaling", "robust-scaling statistics"),
-    "splits": ("brainharmony.splits", "cross-validation splits"),
-    "pack": ("brainharmony.packing", "packed training shards"),
+    "harmonics": ("brainharmony.pipelines.harmonics", "geometric harmonics table"),
+    "gradients": ("brainharmony.pipelines.gradients", "functional gradients"),
+    "resample": ("brainharmony.pipelines.resample", "resample a series to a longer TR"),
+    "scaling-stats": ("brainharmony.pipelines.scaling", "robust-scaling statistics"),
+    "splits": ("brainharmony.pipelines.splits", "cross-validation splits"),
+    "pack": ("brainharmony.pipelines.pack", "packed training shards"),
 }
 
 
