@@ -56,22 +56,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "splits": ("brainharmony.pipelines.splits", "seeded subject-level cross-validation splits"),
     "pack": ("brainharmony.pipelines.pack", "pack ROI series or T1 volumes into training shards"),
     "eval-labels": (
-        "brainharmony.evaluate.labels",
+        "brainharmony.pipelines.eval_labels",
         "per-subject label table of one evaluation task (input of splits and evaluate)",
     ),
     "evaluate": (
-        "brainharmony.evaluate.protocol",
+        "brainharmony.pipelines.evaluate",
         "cross-validated predictions of every harness model for one task",
     ),
     "tables": (
-        "brainharmony.evaluate.tables",
+        "brainharmony.pipelines.tables",
         "merge predictions; metrics, paired tests and paper-layout tables",
     ),
     "group-qc": (
         "brainharmony.pipelines.group_qc",
         "group QC table of one dataset (every run and exclusion) and one page per subject",
     ),
-    "report": ("brainharmony.evaluate.report", "the self-contained HTML report"),
+    "report": ("brainharmony.pipelines.report", "the self-contained HTML report"),
     "train": (
         "brainharmony.pipelines.train",
         "train a model from its YAML on packed shards (resumable; DDP under torchrun)",

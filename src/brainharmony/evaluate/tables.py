@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainharmony.cli_types import output_dir
 from brainharmony.evaluate.harness import HARNESS, baseline_names, display_name
 from brainharmony.evaluate.metrics import (
     PREDICTION_COLUMNS,
@@ -43,7 +41,6 @@ from brainharmony.evaluate.settings import (
     METRIC_LABELS,
     EvalSettings,
     TaskSpec,
-    load_settings,
     settings_from_mapping,
 )
 from brainharmony.evaluate.stats import TEST_NAME, paired_tests
@@ -418,33 +415,3 @@ def make_tables(
         },
     )
     return paths
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``brainharmony tables``."""
-    parser.add_argument(
-        "--inputs",
-        nargs="+",
-        required=True,
-        type=Path,
-        help="per-task predictions.tsv files (from brainharmony evaluate)",
-    )
-    parser.add_argument(
-        "--predictions",
-        required=True,
-        type=Path,
-        help="merged predictions.tsv to write (results/eval/predictions.tsv)",
-    )
-    parser.add_argument("--out-dir", required=True, type=output_dir, help="results/tables")
-    parser.add_argument(
-        "--settings",
-        default=None,
-        help="evaluate block / config (default: the one in the sidecars)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``brainharmony tables``."""
-    settings = load_settings(args.settings) if args.settings else None
-    make_tables(args.inputs, args.predictions, args.out_dir, settings)
-    return 0
