@@ -21,7 +21,10 @@ from brainharmony.io import STORAGE_ERRNOS, InputDataError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("brainharmony.pipelines.demo", "generate demo BIDS datasets with planted truth"),
-    "ingest": ("brainharmony.ingest", "index a BIDS dataset into scans.tsv / excluded.tsv"),
+    "ingest": (
+        "brainharmony.pipelines.ingest",
+        "index a BIDS dataset into scans.tsv / excluded.tsv",
+    ),
     "run": (
         "brainharmony.bids_app",
         "BIDS-App entry point: BIDS_DIR OUTPUT_DIR participant|group [-- snakemake options]",
