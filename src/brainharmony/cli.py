@@ -29,7 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "brainharmony.bids_app",
         "BIDS-App entry point: BIDS_DIR OUTPUT_DIR participant|group [-- snakemake options]",
     ),
-    "validate-config": ("brainharmony.config", "validate a workflow config file"),
+    "validate-config": (
+        "brainharmony.pipelines.validate_config",
+        "validate a workflow config file",
+    ),
     "anat": (
         "brainharmony.pipelines.anat",
         "T1w to template space: brain mask, transforms, model-ready box",

@@ -17,7 +17,6 @@ it).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import difflib
 import logging
@@ -315,26 +314,3 @@ def load_config(path: str | Path, schema_path: str | Path = DEFAULT_SCHEMA) -> d
         return validate_config(config if config is not None else {}, schema_path)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-
-
-# --- CLI ---------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, help="YAML configuration file")
-    parser.add_argument(
-        "--print", action="store_true", help="print the configuration with defaults filled in"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as err:
-        print(err)
-        return 1
-    if args.print:
-        print(yaml.safe_dump(config, sort_keys=False))
-    else:
-        print(f"{args.config}: valid")
-    return 0
