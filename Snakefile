@@ -32,7 +32,7 @@ include: "workflow/rules/qc.smk"
 include: "workflow/rules/targets.smk"
 
 
-if not EVAL.tasks:
+if not PLAN.evaluate.settings.tasks:
     logger.warning(
         "evaluate.tasks is empty: `all` stops after train_all (no evaluation, no report); "
         "add tasks to run them (docs/evaluation.md)"
@@ -49,4 +49,4 @@ rule all:
         rules.geometry_all.input,
         rules.multitr_all.input,
         rules.train_all.input,
-        rules.evaluate_all.input if EVAL.tasks else [],
+        rules.evaluate_all.input if PLAN.evaluate.settings.tasks else [],

@@ -18,13 +18,6 @@ from brainharmony.anat.gate import qc_failures
 from brainharmony.anat.images import nib_to_sitk, sitk_to_nib
 from brainharmony.anat.model_input import box_shape, box_start, crop, model_ready, normalise
 from brainharmony.anat.nipype_backends import flirt_to_world, read_lta, world_to_flirt
-from brainharmony.anat.planning import (
-    WORKFLOW_RESOLUTION_MM,
-    cli_options,
-    rule_outputs,
-    settings_from_config,
-    t1w_rows,
-)
 from brainharmony.anat.settings import AnatSettings
 from brainharmony.anat.skullstrip import head_mask_array, otsu_threshold
 from brainharmony.anat.templates import (
@@ -33,6 +26,15 @@ from brainharmony.anat.templates import (
     load_template,
 )
 from brainharmony.pipelines import anat as anat_cli
+from brainharmony.planning import anat as anat_planning
+from brainharmony.planning.anat import WORKFLOW_RESOLUTION_MM, cli_options, rule_outputs, t1w_rows
+from tests.workflow_config import with_schema_defaults
+
+
+def settings_from_config(partial):
+    """The anat settings of a partial config (the schema's defaults filled in)."""
+    return anat_planning.settings_from_config(with_schema_defaults(partial))
+
 
 # --- templates ------------------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 import json
 from types import SimpleNamespace
 
-from brainharmony.evaluate import planning as P
 from brainharmony.evaluate.settings import settings_from_mapping
+from brainharmony.planning import evaluate as P
 
 SETTINGS = settings_from_mapping(
     {

@@ -154,9 +154,13 @@ def test_2009c_rebuild_on_templateflow_grey_matter(homes, tmp_path):
 
 
 def test_fmriprep_plan_uses_the_2009c_atlas(homes):
-    from brainharmony.func import planning
+    from brainharmony.planning import func as planning
+    from tests.workflow_config import with_schema_defaults
 
-    plan = planning.settings_from_config({"func": {"backend": "fmriprep"}})
+    def settings_from_config(partial):
+        return planning.settings_from_config(with_schema_defaults(partial))
+
+    plan = settings_from_config({"func": {"backend": "fmriprep"}})
     with pytest.raises(AtlasUnavailableError, match=C_ASYM):
         planning.atlas_outputs(plan)
     image = templateflow_atlas(homes["tf"], C_ASYM, 2)
@@ -168,11 +172,11 @@ def test_fmriprep_plan_uses_the_2009c_atlas(homes):
     opts = planning.atlas_options(plan)
     assert f"--space {C_ASYM} --source official --path {image}" in opts
     assert "--origin templateflow" in opts
-    native = planning.settings_from_config({"func": {"atlas": {"source": "rebuild"}}})
+    native = settings_from_config({"func": {"atlas": {"source": "rebuild"}}})
     assert "atlas-Schaefer400rebuilt_desc-7Networks" in planning.atlas_outputs(native)["image"]
     assert planning.atlas_inputs(native) == {}
     with pytest.raises(ValueError, match=r"func\.atlas\.source"):
-        planning.settings_from_config({"func": {"atlas": {"source": "offline"}}})
+        settings_from_config({"func": {"atlas": {"source": "offline"}}})
 
 
 # --------------------------------------------------------------------------------------

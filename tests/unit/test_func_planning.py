@@ -6,8 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainharmony.func import planning
 from brainharmony.func.naming import res_label, run_outputs, run_stem
+from brainharmony.planning import func as planning
+from tests.workflow_config import with_schema_defaults
+
+
+def settings_from_config(partial):
+    """The func plan of a partial config (the schema's defaults filled in)."""
+    return planning.settings_from_config(with_schema_defaults(partial))
 
 
 def test_names():
@@ -24,27 +30,27 @@ def test_names():
 
 
 def test_settings_from_config_defaults_and_options():
-    plan = planning.settings_from_config({"datasets": {}})
+    plan = settings_from_config({"datasets": {}})
     assert plan.backend == "native" and plan.strategy == "18P"
     assert plan.band == (0.01, 0.1) and plan.coreg == planning.DEFAULT_COREG == "bbr"
     assert "--coreg bbr" in planning.native_options(plan)
-    assert planning.settings_from_config({"func": {"coreg": "rigid"}}).coreg == "mi"
+    assert settings_from_config({"func": {"coreg": "rigid"}}).coreg == "mi"
     with pytest.raises(ValueError, match="coreg"):
-        planning.settings_from_config({"func": {"coreg": "flirt"}})
+        settings_from_config({"func": {"coreg": "flirt"}})
     opts = planning.denoise_options(plan)
     assert "--strategy 18P" in opts and "--high-pass 0.01" in opts
-    plan = planning.settings_from_config(
+    plan = settings_from_config(
         {"func": {"band": [None, 0.08], "fd_threshold": None, "strategy": "36P", "detrend": False}}
     )
     opts = planning.denoise_options(plan)
     assert "--high-pass none" in opts and "--fd-threshold none" in opts
     assert "--no-detrend" in opts
     with pytest.raises(ValueError, match="strategy"):
-        planning.settings_from_config({"func": {"strategy": "48P"}})
+        settings_from_config({"func": {"strategy": "48P"}})
     with pytest.raises(ValueError, match="backend"):
-        planning.settings_from_config({"func": {"backend": "afni"}})
+        settings_from_config({"func": {"backend": "afni"}})
     with pytest.raises(ValueError, match="band"):
-        planning.settings_from_config({"func": {"band": [0.01]}})
+        settings_from_config({"func": {"band": [0.01]}})
 
 
 def test_coreg_defaults_are_defined_once():
@@ -80,7 +86,7 @@ def test_coreg_defaults_are_defined_once():
 
 
 def test_fmriprep_options_and_paths():
-    plan = planning.settings_from_config(
+    plan = settings_from_config(
         {
             "func": {
                 "backend": "fmriprep",
@@ -98,7 +104,7 @@ def test_fmriprep_options_and_paths():
     assert "--output-spaces MNI152NLin2009cAsym:res-2" in opts
     assert "--extra '--dummy-scans 2'" in opts
     assert plan.space == "MNI152NLin2009cAsym"
-    deriv = planning.settings_from_config(
+    deriv = settings_from_config(
         {
             "func": {
                 "backend": "fmriprep-derivatives",

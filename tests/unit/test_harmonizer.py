@@ -267,7 +267,7 @@ def test_demo_yaml_matches_the_demo_encoders() -> None:
     assert harm["s_dim"] == s_cfg["dim"]
     # Both follow the anatomy stage's box: the workflow passes the grid for s_grid: auto.
     assert s_cfg["img_size"] == "auto" and harm["s_grid"] == "auto"
-    from brainharmony.train.planning import TrainPlan, harmonizer_sets, volume_grid
+    from brainharmony.planning.train import TrainPlan, harmonizer_sets, volume_grid
 
     plan = TrainPlan(models={}, basedir=str(REPO))
     box = (160, 192, 160)

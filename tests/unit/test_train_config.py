@@ -158,7 +158,7 @@ def test_overrides_set_nested_values_and_are_validated():
 
 
 def test_planning_refuses_a_bh_s_size_that_is_not_the_anatomy_box() -> None:
-    from brainharmony.train.planning import check_volume_shape
+    from brainharmony.planning.train import check_volume_shape
 
     box = (160, 192, 160)
     auto = str(REPO / "models" / "bh_s_demo.yaml")  # img_size: auto fits any resolution

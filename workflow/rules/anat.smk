@@ -3,17 +3,13 @@
 # Outputs (BIDS-Derivatives) under results/anat/<dataset>/: see docs/anat.md.
 # anat_templates writes the template (image + brain mask, 1 and 2 mm) once to
 # resources/templates/; every anat job reads it from there (--template-dir).
-# Planning-time helpers live in the package: brainharmony.anat.planning.
-from brainharmony.anat import planning as anat_planning
-
-ANAT_SETTINGS = anat_planning.settings_from_config(config)
-# A non-native backend whose executables are missing stops the workflow here, now.
-anat_planning.check_can_run(ANAT_SETTINGS)
+# Planning: brainharmony.planning.anat (PLAN.anat; a non-native backend whose
+# executables are missing stops the workflow when the plan is built, in common.smk).
 
 
 rule anat_templates:
     output:
-        **anat_planning.template_outputs(ANAT_SETTINGS),
+        **PLAN.anat.template_outputs,
     log:
         "logs/anat/templates.log",
     conda:
@@ -24,8 +20,8 @@ rule anat_templates:
         runtime=10,
     params:
         bh=BH,
-        out_dir=lambda wildcards, output: str(Path(output.res1).parent),
-        template=ANAT_SETTINGS.template,
+        out_dir=subpath(output.res1, parent=True),
+        template=PLAN.anat.settings.template,
     shell:
         "{params.bh} -v templates --out-dir {params.out_dir:q} --template {params.template:q} "
         "--resolutions 1 2 > {log:q} 2>&1"
@@ -33,15 +29,10 @@ rule anat_templates:
 
 rule anat:
     input:
-        t1w=lambda wildcards: anat_planning.t1w_for(
-            checkpoints.ingest.get(dataset=wildcards.dataset).output.scans,
-            wildcards.dataset,
-            wildcards.subject,
-            wildcards.get("session"),
-        ),
+        t1w=get_anat_t1w,
         templates=rules.anat_templates.output,
     output:
-        **anat_planning.rule_outputs(ANAT_SETTINGS, session=False),
+        **PLAN.anat.outputs(session=False),
     log:
         "logs/anat/{dataset}/sub-{subject}.log",
     benchmark:
@@ -54,13 +45,13 @@ rule anat:
     # One thread: SimpleITK's multithreaded sums vary in the last bits between runs.
     threads: 1
     resources:
-        mem_mb=anat_planning.MEM_MB[ANAT_SETTINGS.resolution_mm],
-        runtime=anat_planning.RUNTIME_MIN[ANAT_SETTINGS.resolution_mm],
+        mem_mb=PLAN.anat.mem_mb,
+        runtime=PLAN.anat.runtime_min,
     params:
         bh=BH,
-        out_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
-        options=anat_planning.cli_options(ANAT_SETTINGS),
-        template_dir=lambda wildcards, input: str(Path(input.templates[0]).parent),
+        out_dir=get_anat_dir,
+        options=PLAN.anat.options,
+        template_dir=get_template_dir,
         session="",
     shell:
         "{params.bh} -v anat --t1w {input.t1w:q} --out-dir {params.out_dir:q} "
@@ -70,14 +61,14 @@ rule anat:
 
 use rule anat as anat_session with:
     output:
-        **anat_planning.rule_outputs(ANAT_SETTINGS, session=True),
+        **PLAN.anat.outputs(session=True),
     log:
         "logs/anat/{dataset}/sub-{subject}_ses-{session}.log",
     benchmark:
         "benchmarks/results/anat/{dataset}/sub-{subject}_ses-{session}.tsv"
     params:
         bh=BH,
-        out_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
-        options=anat_planning.cli_options(ANAT_SETTINGS),
-        template_dir=lambda wildcards, input: str(Path(input.templates[0]).parent),
-        session=lambda wildcards: f"--session {shlex.quote(wildcards.session)}",
+        out_dir=get_anat_dir,
+        options=PLAN.anat.options,
+        template_dir=get_template_dir,
+        session=get_anat_session_option,

@@ -1,4 +1,9 @@
-# Shared definitions: config validation, wildcard constraints, input functions.
+# Shared definitions: config validation, the plan, wildcard constraints, input functions.
+# Rule files read only PLAN.<stage> (brainharmony.planning: settings, path templates,
+# options), rules.<x>.output and the names defined here (tests/workflow/
+# test_rule_namespace.py); the input and params functions below (get_*) are the
+# workflow's only wildcard- and checkpoint-dependent code, each a thin call into
+# the planning package.
 import shlex
 import sys
 from pathlib import Path
@@ -6,6 +11,7 @@ from pathlib import Path
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
+from brainharmony import planning
 from brainharmony.config import load_yaml, validate_config
 from brainharmony.hpc import check_slurm_status_queries
 
@@ -15,6 +21,11 @@ from brainharmony.hpc import check_slurm_status_queries
 for _configfile in workflow.configfiles:
     load_yaml(_configfile)
 validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+
+# One plan, one attribute per stage (PLAN.ingest, .anat, .func, .geometry, .multitr,
+# .train, .evaluate). Building it refuses unusable settings now, before any job runs
+# (e.g. a non-native anat backend whose executables are missing).
+PLAN = planning.from_config(config, workflow.basedir)
 
 
 wildcard_constraints:
@@ -76,3 +87,283 @@ def dataset_description(wildcards):
             f"bids_dir must point at a raw BIDS folder"
         )
     return str(path)
+
+
+# The training jobs' command: DDP through torchrun with more than one GPU (train.gpus).
+TRAIN_BH = planning.train.launcher(BH, PLAN.train.gpus)
+# BrainHarmonix-F's geometry tables (--set model.harmonics=... model.gradients=...).
+TRAIN_GEOMETRY_SETS = planning.train.geometry_sets(PLAN.geometry)
+
+
+# --------------------------------------------------------------------------------------
+# Input and params functions (wildcards in; Snakemake calls them when it plans a job,
+# after the ingest checkpoint of the job's dataset has run where they need it)
+# --------------------------------------------------------------------------------------
+def get_bids_dir(wildcards):
+    return PLAN.ingest.bids_dir(wildcards.dataset)
+
+
+def get_ingest_options(wildcards):
+    return PLAN.ingest.options(wildcards.dataset)
+
+
+def get_scans(wildcards):
+    """The ingest checkpoint's scans.tsv of the job's dataset."""
+    return planning.multitr.scans_of(wildcards.dataset, checkpoints.ingest)
+
+
+def get_anat_dir(wildcards):
+    return f"results/anat/{wildcards.dataset}"
+
+
+def get_func_dir(wildcards):
+    return f"results/func/{wildcards.dataset}"
+
+
+def get_func_task(wildcards):
+    return PLAN.ingest.tasks[wildcards.dataset]
+
+
+def get_template_dir(wildcards, input):
+    return str(Path(input.templates[0]).parent)
+
+
+# anat -----------------------------------------------------------------------------------
+def get_anat_t1w(wildcards):
+    return planning.anat.t1w_for(
+        get_scans(wildcards), wildcards.dataset, wildcards.subject, wildcards.get("session")
+    )
+
+
+def get_anat_session_option(wildcards):
+    return f"--session {shlex.quote(wildcards.session)}"
+
+
+def get_anat_targets(wildcards):
+    """Every anat output of every dataset (anat_all)."""
+    return planning.anat.targets(DATASETS, checkpoints.ingest, PLAN.anat.settings)
+
+
+def get_dataset_anat_targets(wildcards):
+    """Every anat output of the job's dataset."""
+    return planning.anat.targets([wildcards.dataset], checkpoints.ingest, PLAN.anat.settings)
+
+
+# func -----------------------------------------------------------------------------------
+def _func_row(wildcards):
+    return planning.func.row(checkpoints.ingest, wildcards, PLAN.ingest.tasks)
+
+
+def get_func_native_inputs(wildcards):
+    """The run's BOLD and T1w, and the anatomy stage's outputs of that T1w."""
+    row = _func_row(wildcards)
+    return {
+        "bold": row.bold,
+        "t1w": row.t1w,
+        **planning.func.anat_inputs(PLAN.func, wildcards.dataset, row),
+    }
+
+
+def get_func_run_options(wildcards):
+    return planning.func.run_options(_func_row(wildcards), PLAN.ingest.tr_range)
+
+
+def get_func_sidecar_option(wildcards):
+    return planning.func.sidecar_option(_func_row(wildcards))
+
+
+def get_fmriprep_root(wildcards):
+    return planning.func.fmriprep_root(PLAN.func, wildcards.dataset, config["datasets"])
+
+
+def get_fmriprep_work_dir(wildcards):
+    return planning.func.fmriprep_work_dir(PLAN.func, wildcards.dataset, wildcards.subject)
+
+
+def get_func_source_inputs(wildcards):
+    """fMRIPrep backends: the participant's flag file, or the run's fMRIPrep files."""
+    return planning.func.source_inputs(
+        PLAN.func, checkpoints.ingest, wildcards, PLAN.ingest.tasks, config["datasets"]
+    )
+
+
+def get_func_source_options(wildcards):
+    return planning.func.source_options(PLAN.func, wildcards.dataset, config["datasets"])
+
+
+def get_func_targets(wildcards):
+    """Every func output of every dataset (func_all)."""
+    return planning.func.targets(DATASETS, checkpoints.ingest, PLAN.func, PLAN.ingest.tasks)
+
+
+def get_dataset_func_targets(wildcards):
+    """Every func output of the job's dataset."""
+    return planning.func.targets(
+        [wildcards.dataset], checkpoints.ingest, PLAN.func, PLAN.ingest.tasks
+    )
+
+
+# geometry, multi-TR ---------------------------------------------------------------------
+def get_dataset_series(wildcards):
+    """The denoised series of every run of the job's dataset."""
+    return planning.multitr.denoised_series(
+        wildcards.dataset, checkpoints.ingest, PLAN.func, PLAN.ingest.tasks
+    )
+
+
+def get_pretrain_series(wildcards):
+    """The denoised series of every run of the pretraining datasets."""
+    return planning.multitr.pretrain_series(
+        PLAN.multitr, checkpoints.ingest, PLAN.func, PLAN.ingest.tasks
+    )
+
+
+def get_model_volumes(wildcards):
+    return planning.multitr.model_volumes(wildcards.dataset, checkpoints.ingest, PLAN.anat.settings)
+
+
+def get_model_volume_sidecars(wildcards):
+    return planning.multitr.model_volumes(
+        wildcards.dataset, checkpoints.ingest, PLAN.anat.settings, "model_json"
+    )
+
+
+def get_multitr_targets(wildcards):
+    """Every series shard and index of every dataset (multitr_all)."""
+    return planning.multitr.multitr_targets(DATASETS, checkpoints.ingest, PLAN.multitr)
+
+
+# train ----------------------------------------------------------------------------------
+def get_pretrain_shards(wildcards):
+    """Named inputs `shards`, `indexes`: the pretraining datasets' multi-TR shards."""
+    return planning.train.pretrain_series(PLAN.multitr, checkpoints.ingest)
+
+
+def get_pretrain_pairs(wildcards):
+    return planning.train.pretrain_pairs(PLAN.multitr, checkpoints.ingest)
+
+
+def get_shard_pairs(wildcards, input):
+    """--shard/--index pairs of the job's inputs `shards` and `indexes`."""
+    return planning.train.shard_pairs(input.shards, input.indexes)
+
+
+def get_bh_s_yaml(wildcards):
+    """BrainHarmonix-S's YAML; one that does not fit the anatomy stage's box is refused."""
+    anat = PLAN.anat.settings
+    return planning.train.check_volume_shape(
+        PLAN.train.yaml("bh_s"), anat.model_box_mm, anat.resolution_mm
+    )
+
+
+def get_state_dir(wildcards, output):
+    """The resumable checkpoint folder of the job's model folder."""
+    return planning.train.state_dir(planning.train.folder_of(output.weights))
+
+
+def _native(wildcards, pattern):
+    ms = planning.multitr.native_ms(wildcards.dataset, checkpoints.ingest)
+    return pattern.format(dataset=wildcards.dataset, ms=ms)
+
+
+def get_native_series_shard(wildcards):
+    """The dataset's series shard at its own TR."""
+    return _native(wildcards, PLAN.multitr.series_shard)
+
+
+def get_native_series_index(wildcards):
+    """The index of that shard."""
+    return _native(wildcards, PLAN.multitr.series_index)
+
+
+def get_token_index_options(wildcards, input):
+    return " ".join(f"--index {shlex.quote(i)}" for i in input.tokens)
+
+
+def get_harmonizer_grid(wildcards):
+    """--set model.s_grid=[...] when the Harmonizer YAML says `s_grid: auto`."""
+    anat = PLAN.anat.settings
+    return planning.train.harmonizer_sets(PLAN.train, anat.model_box_mm, anat.resolution_mm)
+
+
+# evaluate -------------------------------------------------------------------------------
+def _eval_task(wildcards):
+    return planning.evaluate.task_of(PLAN.evaluate.settings, wildcards)
+
+
+def get_eval_scans(wildcards):
+    return planning.evaluate.scans(PLAN.evaluate.settings, wildcards, checkpoints.ingest)
+
+
+def get_eval_target(wildcards):
+    return _eval_task(wildcards).target
+
+
+def get_eval_kind(wildcards):
+    return _eval_task(wildcards).type
+
+
+def get_eval_site_mode(wildcards):
+    return _eval_task(wildcards).site_mode
+
+
+def get_eval_model_inputs(wildcards):
+    """Named inputs of the models that need more than FC (embeddings, predictions)."""
+    return planning.evaluate.model_inputs(PLAN.evaluate.settings, wildcards)
+
+
+def get_eval_model_args(wildcards, input):
+    return planning.evaluate.model_args(PLAN.evaluate.settings, input)
+
+
+def get_split_metas(wildcards):
+    """splits.json of every seed of the task."""
+    return planning.evaluate.split_metas(PLAN.evaluate.settings, wildcards)
+
+
+def get_split_dirs(wildcards, input):
+    return planning.evaluate.split_dirs(input.splits)
+
+
+def get_eval_series(wildcards):
+    """Denoised series of every run of the task's pooled datasets (the FC input)."""
+    return planning.evaluate.series(
+        PLAN.evaluate.settings, wildcards, checkpoints.ingest, PLAN.func, PLAN.ingest.tasks
+    )
+
+
+def _native_shards(wildcards, pattern):
+    return [
+        pattern.format(dataset=d, ms=planning.multitr.native_ms(d, checkpoints.ingest))
+        for d in _eval_task(wildcards).datasets
+    ]
+
+
+def get_predictor_shards(wildcards):
+    """The task's datasets' series shards at their own TR."""
+    return _native_shards(wildcards, PLAN.multitr.series_shard)
+
+
+def get_predictor_indexes(wildcards):
+    """The indexes of those shards."""
+    return _native_shards(wildcards, PLAN.multitr.series_index)
+
+
+def get_predictor_work(wildcards):
+    return f"work/predictor/{wildcards.dataset}/{wildcards.task}"
+
+
+def get_report_stages(wildcards):
+    """The other stages' outputs (their QC goes into the report)."""
+    return [
+        *rules.ingest_all.input,
+        *get_anat_targets(wildcards),
+        *get_func_targets(wildcards),
+    ]
+
+
+def get_evaluate_targets(wildcards):
+    """The tables and the report; without evaluate.tasks, the error that says so."""
+    return planning.evaluate.require_tasks(
+        PLAN.evaluate.settings, [*rules.eval_tables.output, *rules.report.output]
+    )

@@ -2,20 +2,16 @@
 # cross-validated predictions of every harness model -> merged predictions, metrics,
 # paired tests and paper tables -> the HTML report. See docs/evaluation.md.
 # Wildcards: {dataset} = evaluation dataset (a dataset or an evaluate.cohorts name),
-# {task} = task name, {seed} = split seed. Planning helpers: brainharmony.evaluate.planning.
-from brainharmony.evaluate import planning as eval_plan
-from brainharmony.evaluate.settings import settings_from_mapping
-
-EVAL = settings_from_mapping(config)
-EVAL_SETTINGS = eval_plan.settings_json(EVAL)
+# {task} = task name, {seed} = split seed. Planning: brainharmony.planning.evaluate
+# (PLAN.evaluate: .settings, .settings_json and the path patterns).
 
 
 rule eval_labels:
     input:
-        scans=lambda wildcards: eval_plan.scans(EVAL, wildcards, checkpoints.ingest),
+        scans=get_eval_scans,
     output:
-        labels=eval_plan.LABELS,
-        sidecar=eval_plan.LABELS.replace(".tsv", ".json"),
+        labels=PLAN.evaluate.labels,
+        sidecar=PLAN.evaluate.labels.replace(".tsv", ".json"),
     log:
         "logs/eval/{dataset}_{task}_labels.log",
     conda:
@@ -26,7 +22,7 @@ rule eval_labels:
         runtime=5,
     params:
         bh=BH,
-        settings=EVAL_SETTINGS,
+        settings=PLAN.evaluate.settings_json,
     shell:
         "{params.bh} -v eval-labels --dataset {wildcards.dataset:q} --task {wildcards.task:q} "
         "--settings {params.settings:q} --scans {input.scans:q} --out {output.labels:q} "
@@ -38,13 +34,13 @@ rule eval_splits:
         labels=rules.eval_labels.output.labels,
     output:
         folds=expand(
-            eval_plan.SPLITS_FOLD,
+            PLAN.evaluate.splits_fold,
             dataset="{dataset}",
             task="{task}",
             seed="{seed}",
-            k=range(EVAL.n_folds),
+            k=range(PLAN.evaluate.settings.n_folds),
         ),
-        meta=eval_plan.SPLITS_META,
+        meta=PLAN.evaluate.splits_meta,
     log:
         "logs/eval/{dataset}_{task}_splits_seed-{seed}.log",
     wildcard_constraints:
@@ -58,12 +54,12 @@ rule eval_splits:
     params:
         bh=BH,
         out_dir=subpath(output.meta, parent=True),
-        target=lambda wildcards: eval_plan.task_of(EVAL, wildcards).target,
-        kind=lambda wildcards: eval_plan.task_of(EVAL, wildcards).type,
-        site_mode=lambda wildcards: eval_plan.task_of(EVAL, wildcards).site_mode,
-        n_folds=EVAL.n_folds,
-        val_fraction=EVAL.val_fraction,
-        n_bins=EVAL.n_bins,
+        target=get_eval_target,
+        kind=get_eval_kind,
+        site_mode=get_eval_site_mode,
+        n_folds=PLAN.evaluate.settings.n_folds,
+        val_fraction=PLAN.evaluate.settings.val_fraction,
+        n_bins=PLAN.evaluate.settings.n_bins,
     shell:
         "{params.bh} -v splits --table {input.labels:q} --target {params.target:q} "
         "--task {params.kind:q} --site-column site --site-mode {params.site_mode:q} "
@@ -74,18 +70,16 @@ rule eval_splits:
 
 rule evaluate:
     input:
-        unpack(lambda wildcards: eval_plan.model_inputs(EVAL, wildcards)),
+        unpack(get_eval_model_inputs),
         labels=rules.eval_labels.output.labels,
-        splits=lambda wildcards: eval_plan.split_metas(EVAL, wildcards),
+        splits=get_split_metas,
         # FC input, and (their sidecars) the subjects an earlier stage excluded: left
         # out for every model and listed in predictions.json (SubjectsLeftOut)
-        series=lambda wildcards: eval_plan.series(
-            EVAL, wildcards, checkpoints.ingest, FUNC, FUNC_TASKS
-        ),
+        series=get_eval_series,
     output:
-        predictions=eval_plan.PREDICTIONS,
-        sidecar=eval_plan.PREDICTIONS.replace(".tsv", ".json"),
-        selection=eval_plan.PREDICTIONS.replace("predictions.tsv", "selection.tsv"),
+        predictions=PLAN.evaluate.predictions_pattern,
+        sidecar=PLAN.evaluate.predictions_pattern.replace(".tsv", ".json"),
+        selection=PLAN.evaluate.predictions_pattern.replace("predictions.tsv", "selection.tsv"),
     log:
         "logs/eval/{dataset}_{task}_evaluate.log",
     benchmark:
@@ -98,10 +92,10 @@ rule evaluate:
         runtime=120,
     params:
         bh=BH,
-        settings=EVAL_SETTINGS,
-        split_dirs=lambda wildcards, input: eval_plan.split_dirs(input.splits),
-        models=list(EVAL.models),
-        extra=lambda wildcards, input: eval_plan.model_args(EVAL, input),
+        settings=PLAN.evaluate.settings_json,
+        split_dirs=get_split_dirs,
+        models=list(PLAN.evaluate.settings.models),
+        extra=get_eval_model_args,
     shell:
         "{params.bh} -v evaluate --dataset {wildcards.dataset:q} --task {wildcards.task:q} "
         "--settings {params.settings:q} --labels {input.labels:q} "
@@ -111,7 +105,7 @@ rule evaluate:
 
 rule eval_tables:
     input:
-        predictions=eval_plan.predictions(EVAL),
+        predictions=PLAN.evaluate.predictions,
     output:
         predictions="results/eval/predictions.tsv",
         predictions_json="results/eval/predictions.json",
@@ -130,7 +124,7 @@ rule eval_tables:
         runtime=10,
     params:
         bh=BH,
-        settings=EVAL_SETTINGS,
+        settings=PLAN.evaluate.settings_json,
         out_dir=subpath(output.metrics, parent=True),
     shell:
         "{params.bh} -v tables --inputs {input.predictions:q} "
@@ -143,11 +137,7 @@ rule report:
         tables=rules.eval_tables.output.metrics,
         # the other stages first, so that their QC is in the page (anatomy: the preproc
         # sidecars with the QC metrics and exclusions, and the registration figures)
-        stages=lambda wildcards: [
-            *rules.ingest_all.input,
-            *anat_planning.targets(DATASETS, checkpoints.ingest, ANAT_SETTINGS),
-            *func_planning.targets(DATASETS, checkpoints.ingest, FUNC, FUNC_TASKS),
-        ],
+        stages=get_report_stages,
         # the group QC tables and subject pages (rendered and linked in the page)
         qc=lambda wildcards: rules.qc_all.input,
     output:
@@ -173,43 +163,33 @@ rule predictor_cv:
     # (initialised from the pretrained LMAE), scored by the harness as model `predictor`.
     input:
         labels=rules.eval_labels.output.labels,
-        splits=lambda wildcards: eval_plan.split_metas(EVAL, wildcards),
-        shards=lambda wildcards: [
-            bh_plan.series_shard("series").format(
-                dataset=d, ms=bh_plan.native_ms(d, checkpoints.ingest)
-            )
-            for d in eval_plan.task_of(EVAL, wildcards).datasets
-        ],
-        indexes=lambda wildcards: [
-            bh_plan.series_shard("index").format(
-                dataset=d, ms=bh_plan.native_ms(d, checkpoints.ingest)
-            )
-            for d in eval_plan.task_of(EVAL, wildcards).datasets
-        ],
-        scaling=bh_plan.SCALING_STATS,
+        splits=get_split_metas,
+        shards=get_predictor_shards,
+        indexes=get_predictor_indexes,
+        scaling=PLAN.multitr.scaling_stats,
         lmae=rules.train_lmae.output.weights,
-        yaml=TRAIN.yaml("predictor"),
+        yaml=PLAN.train.yaml("predictor"),
     output:
-        predictions=eval_plan.EXTERNAL["predictor"],
+        predictions=PLAN.evaluate.external["predictor"],
     log:
         "logs/eval/{dataset}_{task}_predictor.log",
     benchmark:
         "benchmarks/results/eval/{dataset}_{task}_predictor.tsv"
     conda:
         str(ENVS / "train.yaml")
-    threads: TRAIN.threads
+    threads: PLAN.train.threads
     resources:
-        gpu=min(TRAIN.gpus, 1),
+        gpu=min(PLAN.train.gpus, 1),
         mem_mb=8000,
         runtime=720,
     params:
         bh=BH,
-        settings=EVAL_SETTINGS,
-        split_dirs=lambda wildcards, input: eval_plan.split_dirs(input.splits),
-        pairs=lambda wildcards, input: train_plan.shard_pairs(input.shards, input.indexes),
-        lmae=lambda wildcards, input: train_plan.folder_of(input.lmae),
-        work=lambda wildcards: f"work/predictor/{wildcards.dataset}/{wildcards.task}",
-        opts=TRAIN_OPTS,
+        settings=PLAN.evaluate.settings_json,
+        split_dirs=get_split_dirs,
+        pairs=get_shard_pairs,
+        lmae=subpath(input.lmae, parent=True),
+        work=get_predictor_work,
+        opts=PLAN.train.options,
     shell:
         "{params.bh} -v predictor-cv --config {input.yaml:q} --labels {input.labels:q} "
         "--splits {params.split_dirs} --settings {params.settings:q} "

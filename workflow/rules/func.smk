@@ -9,22 +9,19 @@
 #   fmriprep: fmriprep (one job per participant) -> func_denoise.
 #   fmriprep-derivatives: an existing fMRIPrep folder -> func_denoise.
 # Outputs (BIDS-Derivatives) under results/func/<dataset>/: see docs/func.md.
-# Planning-time helpers live in the package: brainharmony.func.planning.
-from brainharmony.func import planning as func_planning
-
-FUNC = func_planning.settings_from_config(config)
-FUNC_TASKS = {name: ds.get("task", "rest") for name, ds in config["datasets"].items()}
+# Planning: brainharmony.planning.func (PLAN.func; the task of each dataset:
+# PLAN.ingest.tasks).
 
 
 # The atlas of the BOLD's template space, looked up offline now (func.atlas; docs/func.md):
 # the official Schaefer2018 volume when found, else the offline rebuild, named apart.
 rule func_atlas:
     input:
-        **func_planning.atlas_inputs(FUNC),
+        **PLAN.func.atlas_inputs,
     output:
-        **func_planning.atlas_outputs(FUNC),
+        **PLAN.func.atlas_outputs,
     log:
-        f"logs/func/atlas_res-{FUNC.res}.log",
+        f"logs/func/atlas_res-{PLAN.func.res}.log",
     conda:
         str(ENVS / "preproc.yaml")
     threads: 1
@@ -33,53 +30,32 @@ rule func_atlas:
         runtime=15,
     params:
         bh=BH,
-        out_dir=lambda wildcards, output: str(Path(output.image).parent),
-        resolution=FUNC.resolution_mm,
-        atlas=func_planning.atlas_options(FUNC),
+        out_dir=subpath(output.image, parent=True),
+        resolution=PLAN.func.resolution_mm,
+        atlas=PLAN.func.atlas_options,
     shell:
         "{params.bh} -v func atlas --resolution {params.resolution:q} "
         "--out-dir {params.out_dir:q} {params.atlas} > {log:q} 2>&1"
 
 
-if FUNC.backend == "native":
+if PLAN.func.backend == "native":
 
     rule func_native:
         input:
-            bold=lambda wildcards: func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS).bold,
-            t1w=lambda wildcards: func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS).t1w,
-            t1w_to_template=lambda wildcards: func_planning.anat_inputs(
-                FUNC,
-                wildcards.dataset,
-                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
-            )["t1w_to_template"],
-            t1w_brain=lambda wildcards: func_planning.anat_inputs(
-                FUNC,
-                wildcards.dataset,
-                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
-            )["t1w_brain"],
-            t1w_brain_mask=lambda wildcards: func_planning.anat_inputs(
-                FUNC,
-                wildcards.dataset,
-                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
-            )["t1w_brain_mask"],
-            anat_sidecar=lambda wildcards: func_planning.anat_inputs(
-                FUNC,
-                wildcards.dataset,
-                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
-            )["anat_sidecar"],
+            unpack(get_func_native_inputs),
             atlas=rules.func_atlas.output.image,
             labels=rules.func_atlas.output.labels,
             tissues=rules.func_atlas.output.tissues,
         output:
-            **func_planning.native_outputs(FUNC),
-            **func_planning.denoise_outputs(FUNC),
+            **PLAN.func.native_outputs,
+            **PLAN.func.denoise_outputs,
         log:
             "logs/func/{dataset}/{fdir}/{fstem}_native.log",
         benchmark:
             "benchmarks/results/func/{dataset}/{fdir}/{fstem}_native.tsv"
         wildcard_constraints:
-            fdir=func_planning.FDIR,
-            fstem=func_planning.FSTEM,
+            fdir=PLAN.func.fdir,
+            fstem=PLAN.func.fstem,
         # On a cluster: --group-components func=N puts N runs into one job (docs/hpc.md).
         group:
             "func"
@@ -90,21 +66,16 @@ if FUNC.backend == "native":
         # on two threads. A cluster profile may raise it (set-threads).
         threads: 1
         resources:
-            mem_mb=func_planning.MEM_MB["native"],
-            runtime=func_planning.RUNTIME_MIN["native"],
+            mem_mb=PLAN.func.mem_mb["native"],
+            runtime=PLAN.func.runtime_min["native"],
         params:
             bh=BH,
-            out_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
-            run=lambda wildcards: func_planning.run_options(
-                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
-                config["ingest"]["tr_range"],
-            ),
-            sidecar=lambda wildcards: func_planning.sidecar_option(
-                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS)
-            ),
-            options=func_planning.native_options(FUNC),
-            denoise=func_planning.denoise_options(FUNC),
-            keep_bold="--keep-bold" if FUNC.keep_bold else "",
+            out_dir=get_func_dir,
+            run=get_func_run_options,
+            sidecar=get_func_sidecar_option,
+            options=PLAN.func.native_options,
+            denoise=PLAN.func.denoise_options,
+            keep_bold="--keep-bold" if PLAN.func.keep_bold else "",
         shell:
             "{params.bh} -v func native {params.keep_bold} --bold {input.bold:q} "
             "{params.sidecar} --t1w {input.t1w:q} --t1w-to-template {input.t1w_to_template:q} "
@@ -116,16 +87,14 @@ if FUNC.backend == "native":
 
 else:
 
-    if FUNC.backend == "fmriprep":
+    if PLAN.func.backend == "fmriprep":
 
         rule fmriprep:
             input:
                 description=dataset_description,
-                scans=lambda wildcards: checkpoints.ingest.get(
-                    dataset=wildcards.dataset
-                ).output.scans,
+                scans=get_scans,
             output:
-                done=func_planning.fmriprep_done(FUNC, "{dataset}", "{subject}", config["datasets"]),
+                done=PLAN.func.fmriprep_done,
             log:
                 "logs/func/{dataset}/sub-{subject}_fmriprep.log",
             benchmark:
@@ -134,19 +103,14 @@ else:
                 str(ENVS / "preproc.yaml")
             threads: 8
             resources:
-                mem_mb=func_planning.MEM_MB["fmriprep"],
-                runtime=func_planning.RUNTIME_MIN["fmriprep"],
+                mem_mb=PLAN.func.mem_mb["fmriprep"],
+                runtime=PLAN.func.runtime_min["fmriprep"],
             params:
                 bh=BH,
-                bids_dir=lambda wildcards: bids_dir(wildcards.dataset),
-                out_dir=lambda wildcards: func_planning.fmriprep_root(
-                    FUNC, wildcards.dataset, config["datasets"]
-                ),
-                work_dir=lambda wildcards: (
-                    f"{FUNC.fmriprep.get('work_root', 'work/fmriprep')}/"
-                    f"{wildcards.dataset}/sub-{wildcards.subject}"
-                ),
-                options=func_planning.fmriprep_options(FUNC),
+                bids_dir=get_bids_dir,
+                out_dir=get_fmriprep_root,
+                work_dir=get_fmriprep_work_dir,
+                options=PLAN.func.fmriprep_options,
             shell:
                 "{params.bh} -v func fmriprep --bids-dir {params.bids_dir:q} "
                 "--fmriprep-dir {params.out_dir:q} --work-dir {params.work_dir:q} "
@@ -155,41 +119,32 @@ else:
 
     rule func_denoise:
         input:
-            unpack(
-                lambda wildcards: func_planning.source_inputs(
-                    FUNC, checkpoints.ingest, wildcards, FUNC_TASKS, config["datasets"]
-                )
-            ),
+            unpack(get_func_source_inputs),
             atlas=rules.func_atlas.output.image,
             labels=rules.func_atlas.output.labels,
         output:
-            **func_planning.denoise_outputs(FUNC),
+            **PLAN.func.denoise_outputs,
         log:
             "logs/func/{dataset}/{fdir}/{fstem}_denoise.log",
         benchmark:
             "benchmarks/results/func/{dataset}/{fdir}/{fstem}_denoise.tsv"
         wildcard_constraints:
-            fdir=func_planning.FDIR,
-            fstem=func_planning.FSTEM,
+            fdir=PLAN.func.fdir,
+            fstem=PLAN.func.fstem,
         group:
             "func"
         conda:
             str(ENVS / "preproc.yaml")
         threads: 1
         resources:
-            mem_mb=func_planning.MEM_MB["denoise"],
-            runtime=func_planning.RUNTIME_MIN["denoise"],
+            mem_mb=PLAN.func.mem_mb["denoise"],
+            runtime=PLAN.func.runtime_min["denoise"],
         params:
             bh=BH,
-            out_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
-            source=lambda wildcards: func_planning.source_options(
-                FUNC, wildcards.dataset, config["datasets"]
-            ),
-            run=lambda wildcards: func_planning.run_options(
-                func_planning.row(checkpoints.ingest, wildcards, FUNC_TASKS),
-                config["ingest"]["tr_range"],
-            ),
-            denoise=func_planning.denoise_options(FUNC),
+            out_dir=get_func_dir,
+            source=get_func_source_options,
+            run=get_func_run_options,
+            denoise=PLAN.func.denoise_options,
         shell:
             "{params.bh} -v func derivatives {params.source} --atlas {input.atlas:q} "
             "--atlas-labels {input.labels:q} --out-dir {params.out_dir:q} {params.run} "

@@ -1,16 +1,13 @@
 # Geometry: geometric harmonics of the population surface (one job) and functional
 # gradients of the pretraining set's group FC, aligned per dataset.
-# Outputs under results/geometry/: see docs/geometry.md.
-from brainharmony.timeseries import planning as bh_plan
-
-GEOMETRY = bh_plan.geometry_from_config(config)
-MULTITR = bh_plan.multitr_from_config(config)
+# Outputs under results/geometry/: see docs/geometry.md. Planning:
+# brainharmony.planning.geometry (PLAN.geometry).
 
 
 rule harmonics:
     output:
-        table=bh_plan.harmonics_table(GEOMETRY),
-        figure=bh_plan.harmonics_figure(GEOMETRY),
+        table=PLAN.geometry.harmonics_table,
+        figure=PLAN.geometry.harmonics_figure,
     log:
         "logs/geometry/harmonics.log",
     benchmark:
@@ -26,8 +23,8 @@ rule harmonics:
         runtime=30,
     params:
         bh=BH,
-        surface=GEOMETRY.surface,
-        k=GEOMETRY.n_modes,
+        surface=PLAN.geometry.surface,
+        k=PLAN.geometry.n_modes,
     shell:
         "{params.bh} -v harmonics --template {params.surface:q} --n-modes {params.k} "
         "--out-table {output.table:q} --qc-figure {output.figure:q} --threads {threads} "
@@ -36,12 +33,10 @@ rule harmonics:
 
 rule gradients_group:
     input:
-        series=lambda wildcards: bh_plan.pretrain_series(
-            MULTITR, checkpoints.ingest, FUNC, FUNC_TASKS
-        ),
+        series=get_pretrain_series,
     output:
-        table=bh_plan.group_gradients(GEOMETRY),
-        fc="results/geometry/atlas-Schaefer400_desc-group_fc.npy",
+        table=PLAN.geometry.group_gradients,
+        fc=PLAN.geometry.group_fc,
     log:
         "logs/geometry/gradients_group.log",
     conda:
@@ -52,9 +47,9 @@ rule gradients_group:
         runtime=15,
     params:
         bh=BH,
-        g=GEOMETRY.n_gradients,
-        kernel=GEOMETRY.kernel,
-        sparsity=GEOMETRY.sparsity,
+        g=PLAN.geometry.n_gradients,
+        kernel=PLAN.geometry.kernel,
+        sparsity=PLAN.geometry.sparsity,
     shell:
         "{params.bh} -v gradients --series {input.series:q} --n-components {params.g} "
         "--kernel {params.kernel:q} --sparsity {params.sparsity} --out {output.table:q} "
@@ -63,12 +58,10 @@ rule gradients_group:
 
 rule gradients_dataset:
     input:
-        series=lambda wildcards: bh_plan.denoised_series(
-            wildcards.dataset, checkpoints.ingest, FUNC, FUNC_TASKS
-        ),
+        series=get_dataset_series,
         reference=rules.gradients_group.output.table,
     output:
-        table=bh_plan.dataset_gradients(GEOMETRY),
+        table=PLAN.geometry.dataset_gradients,
     log:
         "logs/geometry/{dataset}_gradients.log",
     conda:
@@ -79,9 +72,9 @@ rule gradients_dataset:
         runtime=15,
     params:
         bh=BH,
-        g=GEOMETRY.n_gradients,
-        kernel=GEOMETRY.kernel,
-        sparsity=GEOMETRY.sparsity,
+        g=PLAN.geometry.n_gradients,
+        kernel=PLAN.geometry.kernel,
+        sparsity=PLAN.geometry.sparsity,
     shell:
         "{params.bh} -v gradients --series {input.series:q} --n-components {params.g} "
         "--kernel {params.kernel:q} --sparsity {params.sparsity} "

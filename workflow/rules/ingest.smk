@@ -1,29 +1,9 @@
 # Ingest: index each raw BIDS dataset into scans.tsv (usable runs) and excluded.tsv.
 # A checkpoint: the subjects/sessions/runs that later stages expand over are the rows
 # of scans.tsv, so only combinations that exist become jobs.
-# Every config-derived value reaches the shell quoted (`:q`, or shlex.quote in the
-# option helpers): a bids_dir may hold spaces, quotes or `$( )` (tests/workflow/
+# Every config-derived value reaches the shell quoted (`:q`, or shlex.quote in
+# brainharmony.planning.ingest's options): a bids_dir may hold spaces, quotes or `$( )` (tests/workflow/
 # test_shell_quoting.py).
-
-
-def _phenotype_arg(wildcards):
-    spec = config["datasets"][wildcards.dataset]["phenotypes"]
-    return ",".join(f"{col}:{kind}" for col, kind in spec.items())
-
-
-def _ingest_options(wildcards):
-    ds = config["datasets"][wildcards.dataset]
-    opts = [f"--task {shlex.quote(ds['task'])}"]
-    if ds["site_column"]:
-        opts.append(f"--site-column {shlex.quote(ds['site_column'])}")
-    if ds["exclude_subjects"]:
-        opts.append("--exclude-subjects " + " ".join(map(shlex.quote, ds["exclude_subjects"])))
-    if ds["participant_label"]:
-        opts.append("--participant-label " + " ".join(map(shlex.quote, ds["participant_label"])))
-    phen = _phenotype_arg(wildcards)
-    if phen:
-        opts.append(f"--phenotypes {shlex.quote(phen)}")
-    return " ".join(opts)
 
 
 checkpoint ingest:
@@ -43,13 +23,13 @@ checkpoint ingest:
         runtime=20,
     params:
         bh=BH,
-        bids_dir=lambda wildcards: bids_dir(wildcards.dataset),
+        bids_dir=get_bids_dir,
         out_dir=subpath(output.scans, parent=True),
-        options=_ingest_options,
-        min_volumes=config["ingest"]["min_volumes"],
-        tr_tolerance=config["ingest"]["tr_tolerance"],
-        tr_conflict=config["ingest"]["tr_conflict"],
-        tr_range=config["ingest"]["tr_range"],
+        options=get_ingest_options,
+        min_volumes=PLAN.ingest.min_volumes,
+        tr_tolerance=PLAN.ingest.tr_tolerance,
+        tr_conflict=PLAN.ingest.tr_conflict,
+        tr_range=PLAN.ingest.tr_range,
     shell:
         "{params.bh} -v ingest --dataset {wildcards.dataset:q} --bids-dir {params.bids_dir:q} "
         "--out-dir {params.out_dir:q} --min-volumes {params.min_volumes:q} "

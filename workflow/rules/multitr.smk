@@ -2,18 +2,17 @@
 # index per dataset and TR (file names carry the TR in ms); the model-ready T1 volumes
 # packed per dataset (minus the T1ws the anatomy stage excluded); robust-scaling
 # statistics over the pretraining set.
-# Outputs under results/multitr/: see docs/multitr.md.
+# Outputs under results/multitr/: see docs/multitr.md. Planning:
+# brainharmony.planning.multitr (PLAN.multitr).
 
 
 rule multitr:
     input:
-        scans=lambda wildcards: bh_plan.scans_of(wildcards.dataset, checkpoints.ingest),
-        series=lambda wildcards: bh_plan.denoised_series(
-            wildcards.dataset, checkpoints.ingest, FUNC, FUNC_TASKS
-        ),
+        scans=get_scans,
+        series=get_dataset_series,
     output:
-        shard=bh_plan.series_shard("series"),
-        index=bh_plan.series_shard("index"),
+        shard=PLAN.multitr.series_shard,
+        index=PLAN.multitr.series_index,
     log:
         "logs/multitr/{dataset}_tr-{ms}.log",
     benchmark:
@@ -28,8 +27,8 @@ rule multitr:
         runtime=30,
     params:
         bh=BH,
-        method=MULTITR.method,
-        seed=MULTITR.seed,
+        method=PLAN.multitr.method,
+        seed=PLAN.multitr.seed,
     shell:
         "{params.bh} -v multitr --scans {input.scans:q} --series {input.series:q} "
         "--tr-out-ms {wildcards.ms} --method {params.method:q} --seed {params.seed} "
@@ -38,18 +37,14 @@ rule multitr:
 
 rule pack_volumes:
     input:
-        scans=lambda wildcards: bh_plan.scans_of(wildcards.dataset, checkpoints.ingest),
-        volumes=lambda wildcards: bh_plan.model_volumes(
-            wildcards.dataset, checkpoints.ingest, ANAT_SETTINGS
-        ),
+        scans=get_scans,
+        volumes=get_model_volumes,
         # read next to each volume: a T1w the anatomy QC gate excluded is left out of
         # the shard and listed in its sidecar (ExcludedSources); all excluded: an error
-        sidecars=lambda wildcards: bh_plan.model_volumes(
-            wildcards.dataset, checkpoints.ingest, ANAT_SETTINGS, "model_json"
-        ),
+        sidecars=get_model_volume_sidecars,
     output:
-        shard=bh_plan.VOLUME_SHARD,
-        index=bh_plan.VOLUME_INDEX,
+        shard=PLAN.multitr.volume_shard,
+        index=PLAN.multitr.volume_index,
     log:
         "logs/multitr/{dataset}_T1w_volumes.log",
     conda:
@@ -67,11 +62,9 @@ rule pack_volumes:
 
 rule scaling_stats:
     input:
-        series=lambda wildcards: bh_plan.pretrain_series(
-            MULTITR, checkpoints.ingest, FUNC, FUNC_TASKS
-        ),
+        series=get_pretrain_series,
     output:
-        stats=bh_plan.SCALING_STATS,
+        stats=PLAN.multitr.scaling_stats,
     log:
         "logs/multitr/scaling_stats.log",
     conda:
@@ -82,7 +75,7 @@ rule scaling_stats:
         runtime=15,
     params:
         bh=BH,
-        mode=MULTITR.scaling_mode,
+        mode=PLAN.multitr.scaling_mode,
     shell:
         "{params.bh} -v scaling-stats --series {input.series:q} --mode {params.mode:q} "
         "--out {output.stats:q} > {log:q} 2>&1"

@@ -3,20 +3,16 @@
 # metrics, the atlas; excluded yes/no, by which stage and why), with a JSON sidecar of
 # its columns, and one HTML page per subject with the QC figures the anat and func
 # stages wrote (linked, relative). The report renders the tables and links the pages.
-# Inputs: every anat and func output of the dataset (the planning helpers of anat_all
-# and func_all, restricted to it). See docs/evaluation.md ("Group QC").
+# Inputs: every anat and func output of the dataset (the input functions of anat_all
+# and func_all, restricted to it: common.smk). See docs/evaluation.md ("Group QC").
 
 
 rule group_qc:
     input:
         scans=rules.ingest.output.scans,
         excluded=rules.ingest.output.excluded,
-        anat=lambda wildcards: anat_planning.targets(
-            [wildcards.dataset], checkpoints.ingest, ANAT_SETTINGS
-        ),
-        func=lambda wildcards: func_planning.targets(
-            [wildcards.dataset], checkpoints.ingest, FUNC, FUNC_TASKS
-        ),
+        anat=get_dataset_anat_targets,
+        func=get_dataset_func_targets,
     output:
         table="results/qc/{dataset}/group_qc.tsv",
         sidecar="results/qc/{dataset}/group_qc.json",
@@ -31,12 +27,12 @@ rule group_qc:
         runtime=15,
     params:
         bh=BH,
-        anat_dir=lambda wildcards: f"results/anat/{wildcards.dataset}",
-        func_dir=lambda wildcards: f"results/func/{wildcards.dataset}",
+        anat_dir=get_anat_dir,
+        func_dir=get_func_dir,
         out_dir=subpath(output.table, parent=True),
-        task=lambda wildcards: FUNC_TASKS[wildcards.dataset],
-        template=ANAT_SETTINGS.template,
-        space=FUNC.space,
+        task=get_func_task,
+        template=PLAN.anat.settings.template,
+        space=PLAN.func.space,
     shell:
         "{params.bh} -v group-qc --dataset {wildcards.dataset:q} --scans {input.scans:q} "
         "--excluded {input.excluded:q} --anat-dir {params.anat_dir:q} "

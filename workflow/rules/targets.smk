@@ -9,12 +9,12 @@ rule ingest_all:
 
 rule anat_all:
     input:
-        lambda wildcards: anat_planning.targets(DATASETS, checkpoints.ingest, ANAT_SETTINGS),
+        get_anat_targets,
 
 
 rule func_all:
     input:
-        lambda wildcards: func_planning.targets(DATASETS, checkpoints.ingest, FUNC, FUNC_TASKS),
+        get_func_targets,
 
 
 rule qc_all:
@@ -26,24 +26,24 @@ rule qc_all:
 
 rule geometry_all:
     input:
-        bh_plan.harmonics_table(GEOMETRY),
-        bh_plan.harmonics_figure(GEOMETRY),
-        bh_plan.group_gradients(GEOMETRY),
-        expand(bh_plan.dataset_gradients(GEOMETRY), dataset=DATASETS),
+        PLAN.geometry.harmonics_table,
+        PLAN.geometry.harmonics_figure,
+        PLAN.geometry.group_gradients,
+        expand(PLAN.geometry.dataset_gradients, dataset=DATASETS),
 
 
 rule multitr_all:
     input:
-        lambda wildcards: bh_plan.multitr_targets(DATASETS, checkpoints.ingest, MULTITR),
-        expand(bh_plan.VOLUME_SHARD, dataset=DATASETS),
-        expand(bh_plan.VOLUME_INDEX, dataset=DATASETS),
-        bh_plan.SCALING_STATS,
+        get_multitr_targets,
+        expand(PLAN.multitr.volume_shard, dataset=DATASETS),
+        expand(PLAN.multitr.volume_index, dataset=DATASETS),
+        PLAN.multitr.scaling_stats,
 
 
 rule train_all:
     input:
         *(
-            train_plan.model_outputs(role).values()
+            PLAN.train.model_outputs(role).values()
             for role in ("bh_s", "bh_f", "harmonizer", "lmae")
         ),
         expand(rules.embed_encoders.output, dataset=DATASETS),
@@ -54,6 +54,4 @@ rule train_all:
 # phenotypes to predict). Without tasks it stops with a message that says so.
 rule evaluate_all:
     input:
-        lambda wildcards: eval_plan.require_tasks(
-            EVAL, [*rules.eval_tables.output, *rules.report.output]
-        ),
+        get_evaluate_targets,

@@ -8,47 +8,35 @@
 #   train_lmae        LMAE pretraining on the multi-TR series (the predictor's encoder)
 # Each training job checkpoints to work/train/<model>/ (not a declared output), so a
 # killed job resumes where it stopped when rerun. resources.gpu comes from train.gpus;
-# more than one GPU launches DDP through torchrun. See docs/training.md.
-from brainharmony.train import planning as train_plan
-
-TRAIN = train_plan.plan_from_config(config, workflow.basedir)
-TRAIN_BH = train_plan.launcher(BH, TRAIN.gpus)
-TRAIN_OPTS = train_plan.common_options(TRAIN)
-GEOMETRY_SETS = train_plan.sets(
-    [
-        f"model.harmonics={bh_plan.harmonics_table(GEOMETRY)}",
-        f"model.gradients={bh_plan.group_gradients(GEOMETRY)}",
-    ]
-)
+# more than one GPU launches DDP through torchrun (TRAIN_BH, common.smk). See
+# docs/training.md. Planning: brainharmony.planning.train (PLAN.train).
 
 
 rule train_bh_s:
     input:
-        shards=[bh_plan.VOLUME_SHARD.format(dataset=d) for d in MULTITR.pretrain],
-        indexes=[bh_plan.VOLUME_INDEX.format(dataset=d) for d in MULTITR.pretrain],
+        shards=PLAN.multitr.volume_shards,
+        indexes=PLAN.multitr.volume_indexes,
         # A YAML that does not fit the anatomy stage's box is refused when planned.
-        yaml=lambda wildcards: train_plan.check_volume_shape(
-            TRAIN.yaml("bh_s"), ANAT_SETTINGS.model_box_mm, ANAT_SETTINGS.resolution_mm
-        ),
+        yaml=get_bh_s_yaml,
     output:
-        **train_plan.model_outputs("bh_s"),
+        **PLAN.train.model_outputs("bh_s"),
     log:
         "logs/train/bh_s.log",
     benchmark:
         "benchmarks/results/train/bh_s.tsv"
     conda:
         str(ENVS / "train.yaml")
-    threads: TRAIN.threads
+    threads: PLAN.train.threads
     resources:
-        gpu=TRAIN.gpus,
+        gpu=PLAN.train.gpus,
         mem_mb=16000,
         runtime=2880,
     params:
         bh=TRAIN_BH,
-        out=lambda wildcards, output: train_plan.folder_of(output.weights),
-        state=lambda wildcards, output: train_plan.state_dir(train_plan.folder_of(output.weights)),
-        pairs=lambda wildcards, input: train_plan.shard_pairs(input.shards, input.indexes),
-        opts=TRAIN_OPTS,
+        out=subpath(output.weights, parent=True),
+        state=get_state_dir,
+        pairs=get_shard_pairs,
+        opts=PLAN.train.options,
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.pairs} --threads {threads} {params.opts} > {log:q} 2>&1"
@@ -56,31 +44,31 @@ rule train_bh_s:
 
 rule train_bh_f:
     input:
-        unpack(lambda wildcards: train_plan.pretrain_series(bh_plan, MULTITR, checkpoints.ingest)),
-        scaling=bh_plan.SCALING_STATS,
-        harmonics=bh_plan.harmonics_table(GEOMETRY),
-        gradients=bh_plan.group_gradients(GEOMETRY),
-        yaml=TRAIN.yaml("bh_f"),
+        unpack(get_pretrain_shards),
+        scaling=PLAN.multitr.scaling_stats,
+        harmonics=PLAN.geometry.harmonics_table,
+        gradients=PLAN.geometry.group_gradients,
+        yaml=PLAN.train.yaml("bh_f"),
     output:
-        **train_plan.model_outputs("bh_f"),
+        **PLAN.train.model_outputs("bh_f"),
     log:
         "logs/train/bh_f.log",
     benchmark:
         "benchmarks/results/train/bh_f.tsv"
     conda:
         str(ENVS / "train.yaml")
-    threads: TRAIN.threads
+    threads: PLAN.train.threads
     resources:
-        gpu=TRAIN.gpus,
+        gpu=PLAN.train.gpus,
         mem_mb=16000,
         runtime=2880,
     params:
         bh=TRAIN_BH,
-        out=lambda wildcards, output: train_plan.folder_of(output.weights),
-        state=lambda wildcards, output: train_plan.state_dir(train_plan.folder_of(output.weights)),
-        pairs=lambda wildcards: train_plan.pretrain_pairs(bh_plan, MULTITR, checkpoints.ingest),
-        sets=GEOMETRY_SETS,
-        opts=TRAIN_OPTS,
+        out=subpath(output.weights, parent=True),
+        state=get_state_dir,
+        pairs=get_pretrain_pairs,
+        sets=TRAIN_GEOMETRY_SETS,
+        opts=PLAN.train.options,
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.pairs} --scaling {input.scaling:q} {params.sets} "
@@ -91,15 +79,11 @@ rule embed_encoders:
     input:
         f_model=rules.train_bh_f.output.weights,
         s_model=rules.train_bh_s.output.weights,
-        series=lambda wildcards: bh_plan.series_shard("series").format(
-            dataset=wildcards.dataset, ms=bh_plan.native_ms(wildcards.dataset, checkpoints.ingest)
-        ),
-        series_index=lambda wildcards: bh_plan.series_shard("index").format(
-            dataset=wildcards.dataset, ms=bh_plan.native_ms(wildcards.dataset, checkpoints.ingest)
-        ),
-        volumes=bh_plan.VOLUME_SHARD,
-        volume_index=bh_plan.VOLUME_INDEX,
-        scaling=bh_plan.SCALING_STATS,
+        series=get_native_series_shard,
+        series_index=get_native_series_index,
+        volumes=PLAN.multitr.volume_shard,
+        volume_index=PLAN.multitr.volume_index,
+        scaling=PLAN.multitr.scaling_stats,
     output:
         tokens="results/embeddings/tokens/{dataset}/index.tsv",
         f="results/embeddings/bh_f/{dataset}.npz",
@@ -108,16 +92,16 @@ rule embed_encoders:
         "logs/train/embed_{dataset}.log",
     conda:
         str(ENVS / "train.yaml")
-    threads: TRAIN.threads
+    threads: PLAN.train.threads
     resources:
-        gpu=min(TRAIN.gpus, 1),
+        gpu=min(PLAN.train.gpus, 1),
         mem_mb=8000,
         runtime=240,
     params:
         bh=BH,
-        f_dir=lambda wildcards, input: train_plan.folder_of(input.f_model),
-        s_dir=lambda wildcards, input: train_plan.folder_of(input.s_model),
-        tokens_dir=lambda wildcards, output: train_plan.folder_of(output.tokens),
+        f_dir=subpath(input.f_model, parent=True),
+        s_dir=subpath(input.s_model, parent=True),
+        tokens_dir=subpath(output.tokens, parent=True),
     shell:
         "{params.bh} -v embed encoders --f-model {params.f_dir:q} --s-model {params.s_dir:q} "
         "--series-shard {input.series:q} --series-index {input.series_index:q} "
@@ -128,31 +112,29 @@ rule embed_encoders:
 
 rule train_harmonizer:
     input:
-        tokens=expand(rules.embed_encoders.output.tokens, dataset=MULTITR.pretrain),
-        yaml=TRAIN.yaml("harmonizer"),
+        tokens=expand(rules.embed_encoders.output.tokens, dataset=PLAN.multitr.pretrain),
+        yaml=PLAN.train.yaml("harmonizer"),
     output:
-        **train_plan.model_outputs("harmonizer"),
+        **PLAN.train.model_outputs("harmonizer"),
     log:
         "logs/train/harmonizer.log",
     benchmark:
         "benchmarks/results/train/harmonizer.tsv"
     conda:
         str(ENVS / "train.yaml")
-    threads: TRAIN.threads
+    threads: PLAN.train.threads
     resources:
-        gpu=TRAIN.gpus,
+        gpu=PLAN.train.gpus,
         mem_mb=16000,
         runtime=1440,
     params:
         bh=TRAIN_BH,
-        out=lambda wildcards, output: train_plan.folder_of(output.weights),
-        state=lambda wildcards, output: train_plan.state_dir(train_plan.folder_of(output.weights)),
-        index=lambda wildcards, input: " ".join(f"--index {shlex.quote(i)}" for i in input.tokens),
+        out=subpath(output.weights, parent=True),
+        state=get_state_dir,
+        index=get_token_index_options,
         # s_grid: auto -> BrainHarmonix-S's token grid at anat.resolution_mm
-        grid=lambda wildcards: train_plan.harmonizer_sets(
-            TRAIN, ANAT_SETTINGS.model_box_mm, ANAT_SETTINGS.resolution_mm
-        ),
-        opts=TRAIN_OPTS,
+        grid=get_harmonizer_grid,
+        opts=PLAN.train.options,
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.index} {params.grid} --threads {threads} "
@@ -169,14 +151,14 @@ rule embed_harmonizer:
         "logs/train/embed_harmonizer_{dataset}.log",
     conda:
         str(ENVS / "train.yaml")
-    threads: TRAIN.threads
+    threads: PLAN.train.threads
     resources:
-        gpu=min(TRAIN.gpus, 1),
+        gpu=min(PLAN.train.gpus, 1),
         mem_mb=8000,
         runtime=120,
     params:
         bh=BH,
-        model=lambda wildcards, input: train_plan.folder_of(input.model),
+        model=subpath(input.model, parent=True),
     shell:
         "{params.bh} -v embed harmonizer --model {params.model:q} "
         "--tokens-index {input.tokens:q} --out {output:q} > {log:q} 2>&1"
@@ -204,11 +186,11 @@ rule embed_roi_similarity:
 
 rule train_lmae:
     input:
-        unpack(lambda wildcards: train_plan.pretrain_series(bh_plan, MULTITR, checkpoints.ingest)),
-        scaling=bh_plan.SCALING_STATS,
-        yaml=TRAIN.yaml("lmae"),
+        unpack(get_pretrain_shards),
+        scaling=PLAN.multitr.scaling_stats,
+        yaml=PLAN.train.yaml("lmae"),
     output:
-        **train_plan.model_outputs("lmae"),
+        **PLAN.train.model_outputs("lmae"),
     log:
         "logs/train/lmae.log",
     benchmark:
@@ -217,17 +199,17 @@ rule train_lmae:
     priority: 10
     conda:
         str(ENVS / "train.yaml")
-    threads: TRAIN.threads
+    threads: PLAN.train.threads
     resources:
-        gpu=TRAIN.gpus,
+        gpu=PLAN.train.gpus,
         mem_mb=16000,
         runtime=1440,
     params:
         bh=TRAIN_BH,
-        out=lambda wildcards, output: train_plan.folder_of(output.weights),
-        state=lambda wildcards, output: train_plan.state_dir(train_plan.folder_of(output.weights)),
-        pairs=lambda wildcards: train_plan.pretrain_pairs(bh_plan, MULTITR, checkpoints.ingest),
-        opts=TRAIN_OPTS,
+        out=subpath(output.weights, parent=True),
+        state=get_state_dir,
+        pairs=get_pretrain_pairs,
+        opts=PLAN.train.options,
     shell:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.pairs} --scaling {input.scaling:q} "

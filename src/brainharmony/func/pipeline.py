@@ -28,6 +28,13 @@ import pandas as pd
 from brainharmony.bids_checks import slice_axis, slice_timing_problem
 from brainharmony.bids_names import BadName, applicable_sidecars, parse_name
 from brainharmony.func import confounds as conf
+from brainharmony.func.defaults import (
+    COREG_MAX_BBR_COST,
+    COREG_MIN_DICE,
+    COREG_MIN_NMI,
+    DEFAULT_COREG,
+    canonical_coreg,
+)
 from brainharmony.func.denoise import (
     DenoiseSettings,
     butterworth_sos,
@@ -37,13 +44,6 @@ from brainharmony.func.denoise import (
 )
 from brainharmony.func.motion import MotionSettings, estimate_motion
 from brainharmony.func.parcellate import parcel_means
-from brainharmony.func.planning import (
-    COREG_MAX_BBR_COST,
-    COREG_MIN_DICE,
-    COREG_MIN_NMI,
-    DEFAULT_COREG,
-    canonical_coreg,
-)
 from brainharmony.func.register import (
     CoregSettings,
     register_bold_to_t1w,

@@ -1,4 +1,4 @@
-"""Planning-time helpers of the training rules (``workflow/rules/train.smk``).
+"""Planning of the training rules (``workflow/rules/train.smk``): settings, paths, options.
 
 The ``train:`` config block names one model YAML per model role; the rules pass the
 workflow's files (shards, scaling statistics, geometry tables, splits) to
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from brainharmony.config import load_yaml
+from brainharmony.planning.geometry import GeometryPlan
+from brainharmony.planning.multitr import MultiTRPlan, pretrain_shards
 
 #: Model roles and their default YAMLs (demo sizes).
 ROLES = ("bh_s", "bh_f", "harmonizer", "lmae", "predictor")
@@ -41,28 +43,36 @@ class TrainPlan:
             return str(given)
         return str(Path(self.basedir) / given)
 
+    @property
+    def options(self) -> str:
+        """The options every ``brainharmony train``/``predictor-cv`` job gets."""
+        return common_options(self)
+
+    def model_outputs(self, role: str) -> dict[str, str]:
+        return model_outputs(role)
+
 
 def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan:
-    """The training settings of a (validated) workflow config.
+    """The training settings of a validated workflow config.
 
     ``basedir`` is the workflow's folder, against which relative model YAML paths that
     do not exist from the working folder are resolved.
     """
-    block = dict(config.get("train") or {})
+    block = config["train"]
     models = {role: f"models/{role}_demo.yaml" for role in ROLES}
-    models.update({k: str(v) for k, v in (block.get("models") or {}).items()})
+    models.update({k: str(v) for k, v in block["models"].items()})
     unknown = sorted(set(models) - set(ROLES))
     if unknown:
         raise ValueError(f"train.models has unknown role(s) {unknown}; roles: {list(ROLES)}")
-    steps = block.get("steps")
-    ckpt_every = block.get("ckpt_every")
+    steps = block["steps"]
+    ckpt_every = block["ckpt_every"]
     return TrainPlan(
         models=models,
         steps=None if steps is None else int(steps),
         ckpt_every=None if ckpt_every is None else int(ckpt_every),
-        gpus=int(block.get("gpus", TrainPlan.gpus)),
-        device=str(block.get("device", TrainPlan.device)),
-        threads=int(block.get("threads", TrainPlan.threads)),
+        gpus=int(block["gpus"]),
+        device=str(block["device"]),
+        threads=int(block["threads"]),
         basedir=str(basedir),
     )
 
@@ -133,15 +143,25 @@ def folder_of(path: str) -> str:
     return str(Path(path).parent)
 
 
-def pretrain_series(bh_plan: Any, multitr: Any, ingest_checkpoint: Any) -> dict[str, list[str]]:
+def geometry_sets(geometry: GeometryPlan) -> str:
+    """``--set model.harmonics=... --set model.gradients=...`` of BrainHarmonix-F."""
+    return sets(
+        [
+            f"model.harmonics={geometry.harmonics_table}",
+            f"model.gradients={geometry.group_gradients}",
+        ]
+    )
+
+
+def pretrain_series(multitr: MultiTRPlan, ingest_checkpoint: Any) -> dict[str, list[str]]:
     """Named inputs: the pretraining datasets' multi-TR shards and their indexes."""
-    shards, indexes = bh_plan.pretrain_shards(multitr, ingest_checkpoint)
+    shards, indexes = pretrain_shards(multitr, ingest_checkpoint)
     return {"shards": shards, "indexes": indexes}
 
 
-def pretrain_pairs(bh_plan: Any, multitr: Any, ingest_checkpoint: Any) -> str:
+def pretrain_pairs(multitr: MultiTRPlan, ingest_checkpoint: Any) -> str:
     """``--shard/--index`` options of the pretraining datasets' multi-TR shards."""
-    files = pretrain_series(bh_plan, multitr, ingest_checkpoint)
+    files = pretrain_series(multitr, ingest_checkpoint)
     return shard_pairs(files["shards"], files["indexes"])
 
 

@@ -1,9 +1,10 @@
-"""What the workflow's func rules need at planning time (kept out of ``func.smk``).
+"""Planning of the functional rules (``workflow/rules/func.smk``): settings, paths, options.
 
-The rules read the ``func:`` config block (:func:`settings_from_config`, defaults for
-absent keys), expand over the BOLD runs of the ingest checkpoint's ``scans.tsv``
-(:func:`runs`), and take every path from :mod:`.naming` and the anatomy stage's
-:func:`brainharmony.anat.derivatives.anat_paths`, so rules and package agree.
+The rules read the ``func:`` config block (:func:`settings_from_config`, of a config
+that validation filled with the schema's defaults), expand over the BOLD runs of the
+ingest checkpoint's ``scans.tsv`` (:func:`runs`), and take every path from
+:mod:`.naming` and the anatomy stage's :func:`brainharmony.anat.derivatives.anat_paths`,
+so rules and package agree.
 
 Wildcards of the per-run rules: ``dataset``, ``fdir`` (``sub-<l>`` or
 ``sub-<l>/ses-<l>``) and ``fstem`` (``sub-<l>[_ses-<l>]_task-<t>[_run-<n>]``).
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Shared defaults live in a leaf module (re-exported here for the rules and the CLI).
+# Shared defaults live in the stage's leaf module (the stage never imports planning).
 from brainharmony.func.defaults import (
     COREG_MAX_BBR_COST,
     COREG_MIN_DICE,
@@ -106,7 +107,7 @@ class FuncPlan:
         """Space entity of the denoised outputs."""
         if self.backend == "native":
             return self.anat_template
-        return str(self.fmriprep.get("space", "MNI152NLin2009cAsym"))
+        return str(self.fmriprep["space"])
 
     @property
     def res(self) -> str:
@@ -114,54 +115,107 @@ class FuncPlan:
 
         return res_label(self.resolution_mm)
 
+    # What the rules read (PLAN.func.<name>): path patterns, options, scheduler hints.
+    @property
+    def fdir(self) -> str:
+        return FDIR
+
+    @property
+    def fstem(self) -> str:
+        return FSTEM
+
+    @property
+    def mem_mb(self) -> Mapping[str, int]:
+        return MEM_MB
+
+    @property
+    def runtime_min(self) -> Mapping[str, int]:
+        return RUNTIME_MIN
+
+    @property
+    def atlas_inputs(self) -> dict[str, str]:
+        return atlas_inputs(self)
+
+    @property
+    def atlas_outputs(self) -> dict[str, str]:
+        return atlas_outputs(self)
+
+    @property
+    def atlas_options(self) -> str:
+        return atlas_options(self)
+
+    @property
+    def native_outputs(self) -> dict[str, str]:
+        return native_outputs(self)
+
+    @property
+    def denoise_outputs(self) -> dict[str, str]:
+        return denoise_outputs(self)
+
+    @property
+    def native_options(self) -> str:
+        return native_options(self)
+
+    @property
+    def denoise_options(self) -> str:
+        return denoise_options(self)
+
+    @property
+    def fmriprep_options(self) -> str:
+        return fmriprep_options(self)
+
+    @property
+    def fmriprep_done(self) -> str:
+        """The flag file of one participant's fMRIPrep run (wildcards ``dataset``,
+        ``subject``)."""
+        return fmriprep_done(self, "{dataset}", "{subject}", {})
+
 
 def settings_from_config(config: Mapping[str, Any]) -> FuncPlan:
-    """The func settings of a workflow config (defaults where a key is absent).
+    """The func settings of a validated workflow config (schema defaults filled in).
 
     Raises
     ------
     ValueError
         An invalid value (the message names it).
     """
-    from brainharmony.anat.templates import DEFAULT_TEMPLATE
-
-    block = dict(config.get("func") or {})
-    band = block.get("band", (0.01, 0.1))
+    block = config["func"]
+    band = block["band"]
     if not isinstance(band, list | tuple) or len(band) != 2:
         raise ValueError(f"func.band must be [high_pass, low_pass] in Hz, got {band!r}")
-    fd = block.get("fd_threshold", 0.5)
-    atlas = dict(block.get("atlas") or {})
+    fd = block["fd_threshold"]
+    atlas = block["atlas"]
     return FuncPlan(
-        backend=str(block.get("backend", "native")),
-        resolution_mm=float(block.get("resolution_mm", 2.0)),
-        strategy=str(block.get("strategy", DEFAULT_STRATEGY)),
+        backend=str(block["backend"]),
+        resolution_mm=float(block["resolution_mm"]),
+        strategy=str(block["strategy"]),
         fd_threshold=None if fd is None else float(fd),
-        min_segment=int(block.get("min_segment", 5)),
-        censor_before=int(block.get("censor_before", 0)),
-        censor_after=int(block.get("censor_after", 0)),
+        min_segment=int(block["min_segment"]),
+        censor_before=int(block["censor_before"]),
+        censor_after=int(block["censor_after"]),
         band=(
             None if band[0] is None else float(band[0]),
             None if band[1] is None else float(band[1]),
         ),
-        filter_order=int(block.get("filter_order", 2)),
-        order=str(block.get("order", "regress-filter")),
-        detrend=bool(block.get("detrend", True)),
-        edges=str(block.get("edges", "nearest")),
-        min_kept=int(block.get("min_kept", 20)),
-        min_parcel_voxels=int(block.get("min_parcel_voxels", 3)),
-        scale=str(block.get("scale", "psc")),
-        slice_timing=bool(block.get("slice_timing", True)),
-        stc_method=str(block.get("stc_method", "fourier")),
-        coreg=canonical_coreg(str(block.get("coreg", DEFAULT_COREG))),
-        coreg_min_dice=float(block.get("coreg_min_dice", COREG_MIN_DICE)),
-        coreg_max_bbr_cost=float(block.get("coreg_max_bbr_cost", COREG_MAX_BBR_COST)),
-        coreg_min_nmi=float(block.get("coreg_min_nmi", COREG_MIN_NMI)),
-        keep_bold=bool(block.get("keep_bold", False)),
-        atlas_source=str(atlas.get("source", "auto")),
-        atlas_path=None if atlas.get("path") is None else str(atlas["path"]),
-        atlas_space=None if atlas.get("space") is None else str(atlas["space"]),
-        anat_template=str((config.get("anat") or {}).get("template", DEFAULT_TEMPLATE)),
-        fmriprep=dict(block.get("fmriprep") or {}),
+        filter_order=int(block["filter_order"]),
+        order=str(block["order"]),
+        detrend=bool(block["detrend"]),
+        edges=str(block["edges"]),
+        min_kept=int(block["min_kept"]),
+        min_parcel_voxels=int(block["min_parcel_voxels"]),
+        scale=str(block["scale"]),
+        slice_timing=bool(block["slice_timing"]),
+        stc_method=str(block["stc_method"]),
+        coreg=canonical_coreg(str(block["coreg"])),
+        coreg_min_dice=float(block["coreg_min_dice"]),
+        coreg_max_bbr_cost=float(block["coreg_max_bbr_cost"]),
+        coreg_min_nmi=float(block["coreg_min_nmi"]),
+        keep_bold=bool(block["keep_bold"]),
+        atlas_source=str(atlas["source"]),
+        atlas_path=None if atlas["path"] is None else str(atlas["path"]),
+        atlas_space=None if atlas["space"] is None else str(atlas["space"]),
+        anat_template=str(config["anat"]["template"]),
+        fmriprep=dict(block["fmriprep"]),
     )
 
 
@@ -400,8 +454,13 @@ def fmriprep_root(plan: FuncPlan, dataset: str, datasets: Mapping[str, Any]) -> 
         given = dict(plan.fmriprep.get("derivatives") or {})
         if dataset in given:
             return str(given[dataset])
-    root = str(plan.fmriprep.get("output_root", "results/fmriprep"))
+    root = str(plan.fmriprep["output_root"])
     return f"{root}/{dataset}"
+
+
+def fmriprep_work_dir(plan: FuncPlan, dataset: str, subject: str) -> str:
+    """fMRIPrep's working folder of one participant (``func.fmriprep.work_root``)."""
+    return f"{plan.fmriprep['work_root']}/{dataset}/sub-{subject}"
 
 
 def fmriprep_inputs(
@@ -412,7 +471,7 @@ def fmriprep_inputs(
 
     root = Path(fmriprep_root(plan, dataset, datasets))
     space = plan.space
-    res = plan.fmriprep.get("res", "2")
+    res = plan.fmriprep["res"]
     sp = f"space-{space}" + (f"_res-{res}" if res else "")
     folder = root / row.fdir / "func"
     stem = run_stem(row.subject, row.session, row.task, row.run)
@@ -473,16 +532,16 @@ def native_options(plan: FuncPlan) -> str:
 def fmriprep_options(plan: FuncPlan) -> str:
     """``brainharmony func fmriprep`` options of the ``func.fmriprep`` block."""
     f = plan.fmriprep
-    opts = [f"--runner {f.get('runner', 'docker')}"]
+    opts = [f"--runner {f['runner']}"]
     if f.get("image"):
         opts.append(f"--image {shlex.quote(str(f['image']))}")
     if f.get("license"):
         opts.append(f"--license {shlex.quote(str(f['license']))}")
-    spaces = f.get("output_spaces") or [f"{plan.space}:res-{f.get('res', '2')}"]
+    spaces = f.get("output_spaces") or [f"{plan.space}:res-{f['res']}"]
     opts.append("--output-spaces " + " ".join(shlex.quote(str(s)) for s in spaces))
     if f.get("mem_mb"):
         opts.append(f"--mem-mb {int(f['mem_mb'])}")
-    if not f.get("fs_no_reconall", True):
+    if not f["fs_no_reconall"]:
         opts.append("--with-reconall")
     if f.get("extra_args"):
         opts.append(f"--extra {shlex.quote(str(f['extra_args']))}")
@@ -513,19 +572,19 @@ def targets(
         patterns += list(native_outputs(plan).values())
     for dataset in datasets:
         scans = ingest_checkpoint.get(dataset=dataset).output.scans
-        for row in runs(scans, tasks.get(dataset, "rest")):
+        for row in runs(scans, tasks[dataset]):
             fields = {"dataset": dataset, "fdir": row.fdir, "fstem": row.fstem}
             out.extend(p.format(**fields) for p in patterns)
     return out
 
 
 # --------------------------------------------------------------------------------------
-# Helpers the rules call through lambdas (wildcards in, strings out)
+# Helpers of the workflow's input functions (wildcards in, strings out)
 # --------------------------------------------------------------------------------------
 def row(ingest_checkpoint: Any, wildcards: Any, tasks: Mapping[str, str]) -> RunRow:
     """The scans.tsv row of a job's run (``dataset`` and ``fstem`` wildcards)."""
     scans = ingest_checkpoint.get(dataset=wildcards.dataset).output.scans
-    return run_for(scans, wildcards.fstem, tasks.get(wildcards.dataset, "rest"))
+    return run_for(scans, wildcards.fstem, tasks[wildcards.dataset])
 
 
 def run_options(r: RunRow, tr_range: Sequence[float] | None = None) -> str:
@@ -567,6 +626,6 @@ def source_options(plan: FuncPlan, dataset: str, datasets: Mapping[str, Any]) ->
             f"--fmriprep-dir {shlex.quote(f'results/func/{dataset}')} --space {plan.space} "
             f"--res {plan.res} --no-copy-confounds"
         )
-    res = plan.fmriprep.get("res", "2") or "n/a"
+    res = plan.fmriprep["res"] or "n/a"
     root = shlex.quote(fmriprep_root(plan, dataset, datasets))
     return f"--fmriprep-dir {root} --space {plan.space} --res {res}"

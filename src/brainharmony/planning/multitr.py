@@ -1,8 +1,8 @@
-"""Planning-time helpers of the geometry and multi-TR rules (paths in, paths out).
+"""Planning of the multi-TR rules (``workflow/rules/multitr.smk``): settings, paths and
+the checkpoint-dependent input lists (paths in, paths out).
 
-The rules (``workflow/rules/geometry.smk``, ``multitr.smk``) call these through
-lambdas once the ingest checkpoint of a dataset exists; nothing here reads imaging
-data.
+The workflow's input functions (``workflow/rules/common.smk``) call these once the
+ingest checkpoint of a dataset exists; nothing here reads imaging data.
 """
 
 from __future__ import annotations
@@ -26,72 +26,55 @@ class MultiTRPlan:
     scaling_mode: str = "all_frames"
     pretrain: tuple[str, ...] = ()
 
+    @property
+    def series_shard(self) -> str:
+        return series_shard("series")
 
-@dataclass(frozen=True)
-class GeometryPlan:
-    """The ``geometry:`` config block with defaults."""
+    @property
+    def series_index(self) -> str:
+        return series_shard("index")
 
-    surface: str = "fslr32k"
-    n_modes: int = 200
-    n_gradients: int = 30
-    kernel: str = "normalized_angle"
-    sparsity: float = 0.9
+    @property
+    def volume_shard(self) -> str:
+        return VOLUME_SHARD
+
+    @property
+    def volume_index(self) -> str:
+        return VOLUME_INDEX
+
+    @property
+    def scaling_stats(self) -> str:
+        return SCALING_STATS
+
+    @property
+    def volume_shards(self) -> list[str]:
+        """The pretraining datasets' T1 volume shards."""
+        return [VOLUME_SHARD.format(dataset=d) for d in self.pretrain]
+
+    @property
+    def volume_indexes(self) -> list[str]:
+        """The pretraining datasets' T1 volume shard indexes."""
+        return [VOLUME_INDEX.format(dataset=d) for d in self.pretrain]
 
 
 def multitr_from_config(config: Mapping[str, Any]) -> MultiTRPlan:
-    """The multi-TR settings of a (validated) workflow config."""
-    block = dict(config.get("multitr") or {})
-    pre = (config.get("pretrain") or {}).get("datasets")
-    datasets = list(config.get("datasets") or {})
+    """The multi-TR settings of a validated workflow config."""
+    block = config["multitr"]
+    pre = config["pretrain"]["datasets"]
+    datasets = list(config["datasets"])
     chosen = tuple(pre) if pre else tuple(datasets)
     unknown = [d for d in chosen if d not in datasets]
     if unknown:
         raise ValueError(f"pretrain.datasets names unknown datasets {unknown}; known: {datasets}")
-    max_tr = block.get("max_tr", 3.0)
+    max_tr = block["max_tr"]
     return MultiTRPlan(
-        factors=tuple(int(f) for f in block.get("factors", (1, 2, 3, 4))),
+        factors=tuple(int(f) for f in block["factors"]),
         max_tr=None if max_tr is None else float(max_tr),
-        method=str(block.get("method", "polyphase")),
-        seed=int(block.get("seed", 0)),
-        scaling_mode=str(block.get("scaling", "all_frames")),
+        method=str(block["method"]),
+        seed=int(block["seed"]),
+        scaling_mode=str(block["scaling"]),
         pretrain=chosen,
     )
-
-
-def geometry_from_config(config: Mapping[str, Any]) -> GeometryPlan:
-    """The geometry settings of a (validated) workflow config."""
-    block = dict(config.get("geometry") or {})
-    return GeometryPlan(
-        surface=str(block.get("surface", "fslr32k")),
-        n_modes=int(block.get("n_modes", 200)),
-        n_gradients=int(block.get("n_gradients", 30)),
-        kernel=str(block.get("kernel", "normalized_angle")),
-        sparsity=float(block.get("sparsity", 0.9)),
-    )
-
-
-# --------------------------------------------------------------------------------------
-# File names
-# --------------------------------------------------------------------------------------
-def harmonics_table(plan: GeometryPlan) -> str:
-    return f"results/geometry/atlas-{ATLAS}_surf-{plan.surface}_k-{plan.n_modes}_harmonics.tsv"
-
-
-def harmonics_figure(plan: GeometryPlan) -> str:
-    return (
-        f"results/geometry/figures/atlas-{ATLAS}_surf-{plan.surface}_k-{plan.n_modes}_harmonics.png"
-    )
-
-
-def group_gradients(plan: GeometryPlan) -> str:
-    """Gradients of the pretraining set's group FC (the reference)."""
-    return f"results/geometry/atlas-{ATLAS}_g-{plan.n_gradients}_gradients.tsv"
-
-
-def dataset_gradients(plan: GeometryPlan) -> str:
-    """Per-dataset gradients, Procrustes-aligned to the group reference."""
-    stem = f"{{dataset}}_atlas-{ATLAS}_g-{plan.n_gradients}_gradients.tsv"
-    return f"results/geometry/{{dataset}}/{stem}"
 
 
 def series_shard(kind: str = "series") -> str:
@@ -114,13 +97,13 @@ def denoised_series(
     dataset: str, ingest_checkpoint: Any, func_plan: Any, tasks: Mapping[str, str]
 ) -> list[str]:
     """The functional stage's denoised series of every run of ``dataset``."""
-    from brainharmony.func import planning as fp
+    from brainharmony.planning import func as fp
 
     pattern = fp.denoise_outputs(func_plan)["timeseries"]
     scans = ingest_checkpoint.get(dataset=dataset).output.scans
     return [
         pattern.format(dataset=dataset, fdir=r.fdir, fstem=r.fstem)
-        for r in fp.runs(scans, tasks.get(dataset, "rest"))
+        for r in fp.runs(scans, tasks[dataset])
     ]
 
 
@@ -161,7 +144,7 @@ def model_volumes(
         The volumes, or their JSON sidecars (which say whether the anatomy stage
         excluded a T1w; packing leaves those out).
     """
-    from brainharmony.anat import planning as ap
+    from brainharmony.planning import anat as ap
 
     if kind not in ("model", "model_json"):
         raise ValueError(f"kind must be 'model' or 'model_json'; got {kind!r}")

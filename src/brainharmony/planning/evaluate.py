@@ -1,7 +1,8 @@
-"""Planning-time helpers of the evaluation rules (paths in, paths and arguments out).
+"""Planning of the evaluation rules (``workflow/rules/evaluate.smk``): settings, paths,
+arguments.
 
-The workflow's evaluation rules call these through lambdas; nothing here reads data
-except the ingest checkpoint's ``scans.tsv`` (through the functional-stage planning).
+The workflow's input functions call these; nothing here reads data except the ingest
+checkpoint's ``scans.tsv`` (through the functional-stage planning).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from brainharmony.evaluate.settings import EvalSettings, TaskSpec
+from brainharmony.evaluate.settings import EvalSettings, TaskSpec, settings_from_mapping
 
 #: Pooled-embedding file of a probe model, per workflow dataset ``{d}``.
 EMBEDDINGS: dict[str, str] = {
@@ -83,7 +85,7 @@ def series(
     func_tasks: Mapping[str, str],
 ) -> list[str]:
     """Denoised parcel series of every run of the pooled datasets (the FC input)."""
-    from brainharmony.timeseries.planning import denoised_series
+    from brainharmony.planning.multitr import denoised_series
 
     out: list[str] = []
     for d in task_of(settings, wildcards).datasets:
@@ -140,3 +142,45 @@ def model_args(
 def predictions(settings: EvalSettings) -> list[str]:
     """Every task's ``predictions.tsv`` (the inputs of ``brainharmony tables``)."""
     return [PREDICTIONS.format(dataset=d, task=t) for d, t in tasks(settings)]
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What the evaluation rules read: the settings (``.settings``), their JSON (the
+    commands' ``--settings``) and the path patterns."""
+
+    settings: EvalSettings
+
+    @property
+    def settings_json(self) -> str:
+        return settings_json(self.settings)
+
+    @property
+    def labels(self) -> str:
+        return LABELS
+
+    @property
+    def splits_fold(self) -> str:
+        return SPLITS_FOLD
+
+    @property
+    def splits_meta(self) -> str:
+        return SPLITS_META
+
+    @property
+    def predictions_pattern(self) -> str:
+        return PREDICTIONS
+
+    @property
+    def external(self) -> Mapping[str, str]:
+        return EXTERNAL
+
+    @property
+    def predictions(self) -> list[str]:
+        """Every task's ``predictions.tsv``."""
+        return predictions(self.settings)
+
+
+def plan_from_config(config: Mapping[str, Any]) -> EvalPlan:
+    """The evaluation plan of a validated workflow config."""
+    return EvalPlan(settings_from_mapping(config))

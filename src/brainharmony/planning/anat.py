@@ -1,4 +1,4 @@
-"""What the workflow's anat rules need at planning time (kept out of the .smk files).
+"""Planning of the anatomy rules (``workflow/rules/anat.smk``): settings, paths, options.
 
 The rules read the ``anat:`` config block, refuse unusable settings before any job
 runs, take their output paths from :func:`.derivatives.anat_paths` (so the rule and
@@ -9,6 +9,7 @@ checkpoint's ``scans.tsv``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from brainharmony.anat.settings import AnatSettings
@@ -25,7 +26,7 @@ SIDECARS: tuple[str, ...] = ("preproc", "mask", "model", "native_preproc", "nati
 
 
 def settings_from_config(config: Mapping[str, Any]) -> AnatSettings:
-    """The anat settings of a workflow config (defaults where a key is absent).
+    """The anat settings of a validated workflow config (schema defaults filled in).
 
     Parameters
     ----------
@@ -37,26 +38,57 @@ def settings_from_config(config: Mapping[str, Any]) -> AnatSettings:
     ValueError
         An invalid value (the message names it).
     """
-    block = dict(config.get("anat") or {})
-    d = AnatSettings
+    block = config["anat"]
     return AnatSettings(
-        backend=str(block.get("backend", d.backend)),
-        template=str(block.get("template", d.template)),
+        backend=str(block["backend"]),
+        template=str(block["template"]),
         # The workflow's default grid is the paper's 1 mm (the library's is 2 mm).
-        resolution_mm=int(block.get("resolution_mm", WORKFLOW_RESOLUTION_MM)),
-        nonlinear=bool(block.get("nonlinear", d.nonlinear)),
-        model_box_mm=tuple(int(v) for v in block.get("model_box_mm", d.model_box_mm)),
-        normalisation=str(block.get("normalisation", d.normalisation)),
-        max_nonfinite_fraction=float(block.get("max_nonfinite_fraction", d.max_nonfinite_fraction)),
-        brain_extraction=str(block.get("brain_extraction", d.brain_extraction)),
-        deepbet_shape=int(block.get("deepbet_shape", d.deepbet_shape)),
-        qc_min_ncc=float(block.get("qc_min_ncc", d.qc_min_ncc)),
-        qc_min_dice=float(block.get("qc_min_dice", d.qc_min_dice)),
-        qc_brain_volume_ml=tuple(
-            float(v) for v in block.get("qc_brain_volume_ml", d.qc_brain_volume_ml)
-        ),
-        qc_scale_range=tuple(float(v) for v in block.get("qc_scale_range", d.qc_scale_range)),
+        resolution_mm=int(block["resolution_mm"]),
+        nonlinear=bool(block["nonlinear"]),
+        model_box_mm=tuple(int(v) for v in block["model_box_mm"]),
+        normalisation=str(block["normalisation"]),
+        max_nonfinite_fraction=float(block["max_nonfinite_fraction"]),
+        brain_extraction=str(block["brain_extraction"]),
+        deepbet_shape=int(block["deepbet_shape"]),
+        qc_min_ncc=float(block["qc_min_ncc"]),
+        qc_min_dice=float(block["qc_min_dice"]),
+        qc_brain_volume_ml=tuple(float(v) for v in block["qc_brain_volume_ml"]),
+        qc_scale_range=tuple(float(v) for v in block["qc_scale_range"]),
     )
+
+
+@dataclass(frozen=True)
+class AnatPlan:
+    """What the anat rules read: the settings, their output patterns and options."""
+
+    settings: AnatSettings
+
+    @property
+    def template_outputs(self) -> dict[str, str]:
+        return template_outputs(self.settings)
+
+    def outputs(self, session: bool) -> dict[str, str]:
+        return rule_outputs(self.settings, session)
+
+    @property
+    def options(self) -> str:
+        return cli_options(self.settings)
+
+    @property
+    def mem_mb(self) -> int:
+        return MEM_MB[self.settings.resolution_mm]
+
+    @property
+    def runtime_min(self) -> int:
+        return RUNTIME_MIN[self.settings.resolution_mm]
+
+
+def plan_from_config(config: Mapping[str, Any]) -> AnatPlan:
+    """The anat plan of a validated workflow config; a non-native backend whose
+    executables are missing is refused now (:func:`check_can_run`)."""
+    plan = AnatPlan(settings_from_config(config))
+    check_can_run(plan.settings)
+    return plan
 
 
 def check_can_run(settings: AnatSettings, path: str | None = None) -> None:
