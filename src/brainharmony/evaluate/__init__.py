@@ -1,13 +1,13 @@
 """Downstream evaluation: protocol, harness models, metrics, tables and the HTML report.
 
 Modules: :mod:`.settings` (task specs, the ``evaluate:`` block), :mod:`.data` (labels,
-splits, FC, embeddings), :mod:`.labels` (``brainharmony eval-labels``),
+splits, FC, embeddings),
 :mod:`.planning` (paths for the workflow rules), :mod:`.harness` (model registry and
 interface),
 :mod:`.baselines`, :mod:`.external`, :mod:`.finetune` (torch, imported only when
-used), :mod:`.protocol` (``brainharmony evaluate``), :mod:`.metrics`, :mod:`.stats`,
-:mod:`.tables` (``brainharmony tables``), :mod:`.figures` and :mod:`.report`
-(``brainharmony report``). See ``docs/evaluation.md``.
+used), :mod:`.protocol`, :mod:`.metrics`, :mod:`.stats`, :mod:`.tables`, :mod:`.figures`
+and :mod:`.report`. The commands (``eval-labels``, ``evaluate``, ``tables``, ``report``)
+are modules of :mod:`brainharmony.pipelines`. See ``docs/evaluation.md``.
 """
 
 from brainharmony.evaluate.harness import HARNESS, ModelInfo
