@@ -113,11 +113,11 @@ def get_scans(wildcards):
 
 
 def get_anat_dir(wildcards):
-    return f"results/anat/{wildcards.dataset}"
+    return PLAN.anat.out_dir.format(dataset=wildcards.dataset)
 
 
 def get_func_dir(wildcards):
-    return f"results/func/{wildcards.dataset}"
+    return PLAN.func.out_dir.format(dataset=wildcards.dataset)
 
 
 def get_func_task(wildcards):

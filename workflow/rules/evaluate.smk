@@ -107,13 +107,13 @@ rule eval_tables:
     input:
         predictions=PLAN.evaluate.predictions,
     output:
-        predictions="results/eval/predictions.tsv",
-        predictions_json="results/eval/predictions.json",
-        metrics="results/tables/metrics.csv",
-        per_fold="results/tables/metrics_per_fold.csv",
-        tests="results/tables/tests.csv",
-        table=multiext("results/tables/paper_table", ".csv", ".md", ".tex"),
-        sidecar="results/tables/tables.json",
+        predictions=PLAN.evaluate.tables["predictions"],
+        predictions_json=PLAN.evaluate.tables["predictions_json"],
+        metrics=PLAN.evaluate.tables["metrics"],
+        per_fold=PLAN.evaluate.tables["per_fold"],
+        tests=PLAN.evaluate.tables["tests"],
+        table=multiext(PLAN.evaluate.paper_table, ".csv", ".md", ".tex"),
+        sidecar=PLAN.evaluate.tables["sidecar"],
     log:
         "logs/eval/tables.log",
     conda:
@@ -141,7 +141,7 @@ rule report:
         # the group QC tables and subject pages (rendered and linked in the page)
         qc=lambda wildcards: rules.qc_all.input,
     output:
-        report("results/report/index.html", category="Report"),
+        report(PLAN.evaluate.report, category="Report"),
     log:
         "logs/eval/report.log",
     conda:

@@ -10,9 +10,7 @@ checkpoint ingest:
     input:
         description=dataset_description,
     output:
-        scans="results/ingest/{dataset}/scans.tsv",
-        excluded="results/ingest/{dataset}/excluded.tsv",
-        sidecar="results/ingest/{dataset}/scans.json",
+        **PLAN.ingest.outputs,
     log:
         "logs/ingest/{dataset}.log",
     conda:

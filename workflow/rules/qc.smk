@@ -14,9 +14,9 @@ rule group_qc:
         anat=get_dataset_anat_targets,
         func=get_dataset_func_targets,
     output:
-        table="results/qc/{dataset}/group_qc.tsv",
-        sidecar="results/qc/{dataset}/group_qc.json",
-        pages=directory("results/qc/{dataset}/subjects"),
+        table=PLAN.qc.table,
+        sidecar=PLAN.qc.sidecar,
+        pages=directory(PLAN.qc.pages),
     log:
         "logs/qc/{dataset}.log",
     conda:

@@ -85,9 +85,9 @@ rule embed_encoders:
         volume_index=PLAN.multitr.volume_index,
         scaling=PLAN.multitr.scaling_stats,
     output:
-        tokens="results/embeddings/tokens/{dataset}/index.tsv",
-        f="results/embeddings/bh_f/{dataset}.npz",
-        s="results/embeddings/bh_s/{dataset}.npz",
+        tokens=PLAN.train.embeddings["tokens"],
+        f=PLAN.train.embeddings["bh_f"],
+        s=PLAN.train.embeddings["bh_s"],
     log:
         "logs/train/embed_{dataset}.log",
     conda:
@@ -146,7 +146,7 @@ rule embed_harmonizer:
         model=rules.train_harmonizer.output.weights,
         tokens=rules.embed_encoders.output.tokens,
     output:
-        "results/embeddings/harmonizer/{dataset}.npz",
+        PLAN.train.embeddings["harmonizer"],
     log:
         "logs/train/embed_harmonizer_{dataset}.log",
     conda:
@@ -168,7 +168,7 @@ rule embed_roi_similarity:
     input:
         tokens=rules.embed_encoders.output.tokens,
     output:
-        "results/embeddings/bh_f_roisim/{dataset}.npz",
+        PLAN.train.embeddings["bh_f_roisim"],
     log:
         "logs/train/embed_roi_similarity_{dataset}.log",
     conda:

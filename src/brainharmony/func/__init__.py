@@ -15,7 +15,8 @@ Modules (each small and importable on its own; heavy dependencies load lazily):
 * :mod:`~brainharmony.func.atlas_resource` - the atlas as a resource file.
 * :mod:`~brainharmony.func.naming`, :mod:`~brainharmony.func.outputs` - derivative
   file names and writers.
-* :mod:`~brainharmony.func.planning` - what ``workflow/rules/func.smk`` needs.
+* :mod:`brainharmony.planning.func` (not here: planning sits above the stages) - what
+  ``workflow/rules/func.smk`` needs.
 * :mod:`~brainharmony.func.fmriprep_fixture` - fMRIPrep-shaped test fixtures.
 * :mod:`brainharmony.pipelines.func` (not here) - ``brainharmony func ...`` sub-commands.
 

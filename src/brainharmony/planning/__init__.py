@@ -2,14 +2,15 @@
 
 :func:`from_config` turns a validated workflow config into :class:`Plan`, one object
 with one attribute per stage (``PLAN.ingest``, ``PLAN.anat``, ``PLAN.func``,
-``PLAN.geometry``, ``PLAN.multitr``, ``PLAN.train``, ``PLAN.evaluate``), which
-``workflow/rules/common.smk`` builds once; the rule files read only that object, the
-outputs of other rules and the input functions of ``common.smk``. Each stage module
-(:mod:`.ingest`, :mod:`.anat`, :mod:`.func`, :mod:`.geometry`, :mod:`.multitr`,
-:mod:`.train`, :mod:`.evaluate`) holds the stage's settings, every path template its
-rules use, and the checkpoint-dependent input lists. Planning may import the stages'
-settings and naming modules; no stage module imports planning. Nothing here imports
-numpy-heavy code at import time (the Snakefile imports it when it parses).
+``PLAN.qc``, ``PLAN.geometry``, ``PLAN.multitr``, ``PLAN.train``, ``PLAN.evaluate``),
+which ``workflow/rules/common.smk`` builds once; the rule files read only that object,
+the outputs of other rules and the input functions of ``common.smk``. Each stage module
+(:mod:`.ingest`, :mod:`.anat`, :mod:`.func`, :mod:`.qc`, :mod:`.geometry`,
+:mod:`.multitr`, :mod:`.train`, :mod:`.evaluate`) holds the stage's settings, the path
+templates of its rules' outputs, its option strings and its checkpoint-dependent input
+lists. Planning may import the stages' settings, defaults and naming modules; no stage
+module imports planning. Nothing here imports numpy-heavy code at import time (the
+Snakefile imports it when it parses).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from brainharmony.planning import anat, evaluate, func, geometry, ingest, multitr, train
+from brainharmony.planning import anat, evaluate, func, geometry, ingest, multitr, qc, train
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Plan:
     ingest: ingest.IngestPlan
     anat: anat.AnatPlan
     func: func.FuncPlan
+    qc: qc.QCPlan
     geometry: geometry.GeometryPlan
     multitr: multitr.MultiTRPlan
     train: train.TrainPlan
@@ -46,6 +48,7 @@ def from_config(config: Mapping[str, Any], basedir: str = ".") -> Plan:
         ingest=ingest.plan_from_config(config),
         anat=anat.plan_from_config(config),
         func=func.settings_from_config(config),
+        qc=qc.QCPlan(),
         geometry=geometry.geometry_from_config(config),
         multitr=multitr.multitr_from_config(config),
         train=train.plan_from_config(config, basedir),

@@ -21,6 +21,8 @@ WORKFLOW_RESOLUTION_MM = 1
 #: Scheduler hints per output resolution (measured: docs/anat.md).
 MEM_MB: dict[int, int] = {1: 4000, 2: 2000}
 RUNTIME_MIN: dict[int, int] = {1: 60, 2: 20}
+#: The anat stage's output folder of a dataset.
+OUT_DIR = "results/anat/{dataset}"
 #: The sidecars written beside these outputs (declared as rule outputs too).
 SIDECARS: tuple[str, ...] = ("preproc", "mask", "model", "native_preproc", "native_mask")
 
@@ -75,6 +77,10 @@ class AnatPlan:
         return cli_options(self.settings)
 
     @property
+    def out_dir(self) -> str:
+        return OUT_DIR
+
+    @property
     def mem_mb(self) -> int:
         return MEM_MB[self.settings.resolution_mm]
 
@@ -110,7 +116,7 @@ def rule_outputs(settings: AnatSettings, session: bool) -> dict[str, str]:
     from brainharmony.anat.derivatives import anat_paths
 
     paths = anat_paths(
-        "results/anat/{dataset}",
+        OUT_DIR,
         "{subject}",
         "{session}" if session else None,
         settings.template,

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from brainharmony.evaluate.settings import EvalSettings, TaskSpec, settings_from_mapping
+from brainharmony.planning.train import EMBEDDINGS as TRAIN_EMBEDDINGS
 
-#: Pooled-embedding file of a probe model, per workflow dataset ``{d}``.
+#: Pooled-embedding file of a probe model, per workflow dataset ``{d}`` (the embedding
+#: rules' outputs, :data:`brainharmony.planning.train.EMBEDDINGS`).
 EMBEDDINGS: dict[str, str] = {
-    "probe_bh_f": "results/embeddings/bh_f/{d}.npz",
-    "probe_bh_f_roisim": "results/embeddings/bh_f_roisim/{d}.npz",
-    "probe_bh_s": "results/embeddings/bh_s/{d}.npz",
-    "probe_harmonizer": "results/embeddings/harmonizer/{d}.npz",
+    f"probe_{name}": TRAIN_EMBEDDINGS[name].replace("{dataset}", "{d}")
+    for name in ("bh_f", "bh_f_roisim", "bh_s", "harmonizer")
 }
 #: Predictions TSV of an externally trained model, per evaluation ``{dataset}``/``{task}``.
 EXTERNAL: dict[str, str] = {
@@ -31,6 +31,17 @@ LABELS = "results/eval/{dataset}/{task}/labels.tsv"
 SPLITS_META = "results/splits/{dataset}/{task}/seed-{seed}/splits.json"
 SPLITS_FOLD = "results/splits/{dataset}/{task}/seed-{seed}/fold-{k}.tsv"
 PREDICTIONS = "results/eval/{dataset}/{task}/predictions.tsv"
+#: Outputs of the tables rule (the paper table: ``PAPER_TABLE`` + .csv, .md, .tex).
+TABLES: dict[str, str] = {
+    "predictions": "results/eval/predictions.tsv",
+    "predictions_json": "results/eval/predictions.json",
+    "metrics": "results/tables/metrics.csv",
+    "per_fold": "results/tables/metrics_per_fold.csv",
+    "tests": "results/tables/tests.csv",
+    "sidecar": "results/tables/tables.json",
+}
+PAPER_TABLE = "results/tables/paper_table"
+REPORT = "results/report/index.html"
 
 
 def settings_json(settings: EvalSettings) -> str:
@@ -174,6 +185,18 @@ class EvalPlan:
     @property
     def external(self) -> Mapping[str, str]:
         return EXTERNAL
+
+    @property
+    def tables(self) -> dict[str, str]:
+        return dict(TABLES)
+
+    @property
+    def paper_table(self) -> str:
+        return PAPER_TABLE
+
+    @property
+    def report(self) -> str:
+        return REPORT
 
     @property
     def predictions(self) -> list[str]:

@@ -33,6 +33,8 @@ BACKENDS: tuple[str, ...] = ("native", "fmriprep", "fmriprep-derivatives")
 
 FDIR = r"sub-[a-zA-Z0-9]+(/ses-[a-zA-Z0-9]+)?"
 FSTEM = r"sub-[a-zA-Z0-9]+(_ses-[a-zA-Z0-9]+)?_task-[a-zA-Z0-9]+(_run-[a-zA-Z0-9]+)?"
+#: The func stage's output folder of a dataset.
+OUT_DIR = "results/func/{dataset}"
 #: Scheduler hints (per run; measured on the demo and extrapolated, see docs/func.md).
 MEM_MB = {"native": 6000, "denoise": 4000, "fmriprep": 16000}
 RUNTIME_MIN = {"native": 30, "denoise": 15, "fmriprep": 720}
@@ -116,6 +118,10 @@ class FuncPlan:
         return res_label(self.resolution_mm)
 
     # What the rules read (PLAN.func.<name>): path patterns, options, scheduler hints.
+    @property
+    def out_dir(self) -> str:
+        return OUT_DIR
+
     @property
     def fdir(self) -> str:
         return FDIR
@@ -303,7 +309,7 @@ def _outputs(plan: FuncPlan, space: str | None = None) -> Any:
     from brainharmony.func.naming import RunOutputs
 
     return RunOutputs(
-        folder=Path("results/func/{dataset}/{fdir}/func"),
+        folder=Path(OUT_DIR) / "{fdir}" / "func",
         stem="{fstem}",
         space=space or plan.space,
         res=plan.res,
@@ -434,8 +440,11 @@ def anat_inputs(plan: FuncPlan, dataset: str, row: RunRow) -> dict[str, str]:
     """
     from brainharmony.anat.derivatives import anat_paths
     from brainharmony.io import sidecar_path
+    from brainharmony.planning.anat import OUT_DIR as ANAT_DIR
 
-    paths = anat_paths(f"results/anat/{dataset}", row.subject, row.t1w_session, plan.anat_template)
+    paths = anat_paths(
+        ANAT_DIR.format(dataset=dataset), row.subject, row.t1w_session, plan.anat_template
+    )
     return {
         "t1w_to_template": str(paths.xfm_to_template),
         "t1w_brain": str(paths.native_preproc),
@@ -623,7 +632,7 @@ def source_options(plan: FuncPlan, dataset: str, datasets: Mapping[str, Any]) ->
     """``--fmriprep-dir ... --space ... --res ...`` of the denoise rule."""
     if plan.backend == "native":
         return (
-            f"--fmriprep-dir {shlex.quote(f'results/func/{dataset}')} --space {plan.space} "
+            f"--fmriprep-dir {shlex.quote(OUT_DIR.format(dataset=dataset))} --space {plan.space} "
             f"--res {plan.res} --no-copy-confounds"
         )
     res = plan.fmriprep["res"] or "n/a"

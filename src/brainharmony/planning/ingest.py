@@ -7,6 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+#: The ingest checkpoint's outputs per dataset (usable runs, left-out files, sidecar).
+OUTPUTS: dict[str, str] = {
+    "scans": "results/ingest/{dataset}/scans.tsv",
+    "excluded": "results/ingest/{dataset}/excluded.tsv",
+    "sidecar": "results/ingest/{dataset}/scans.json",
+}
+
 
 @dataclass(frozen=True)
 class IngestPlan:
@@ -21,6 +28,10 @@ class IngestPlan:
     tr_tolerance: Any
     tr_conflict: Any
     tr_range: Any
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return dict(OUTPUTS)
 
     @property
     def tasks(self) -> dict[str, str]:

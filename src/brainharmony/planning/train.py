@@ -19,6 +19,15 @@ from brainharmony.planning.multitr import MultiTRPlan, pretrain_shards
 #: Model roles and their default YAMLs (demo sizes).
 ROLES = ("bh_s", "bh_f", "harmonizer", "lmae", "predictor")
 MODEL_FILES = ("model.safetensors", "config.json", "metrics.jsonl", "curves.png")
+#: Per-dataset outputs of the embedding rules: the token index of the frozen encoders,
+#: and the pooled features of each encoder (the evaluation's probe inputs).
+EMBEDDINGS: dict[str, str] = {
+    "tokens": "results/embeddings/tokens/{dataset}/index.tsv",
+    **{
+        name: f"results/embeddings/{name}/{{dataset}}.npz"
+        for name in ("bh_f", "bh_s", "harmonizer", "bh_f_roisim")
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,11 @@ class TrainPlan:
 
     def model_outputs(self, role: str) -> dict[str, str]:
         return model_outputs(role)
+
+    @property
+    def embeddings(self) -> dict[str, str]:
+        """Output patterns of the embedding rules (wildcard ``dataset``)."""
+        return dict(EMBEDDINGS)
 
 
 def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan:
