@@ -57,6 +57,8 @@ from brainharmony.io import (
     write_tsv,
 )
 from brainharmony.packing import PackedSeriesDataset, PackedVolumeDataset, read_index
+from brainharmony.timeseries.scaling import load_stats
+from brainharmony.train.config import load_config, thaw
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,6 @@ def load_frozen(model_dir: PathLike, device: Any = "cpu") -> tuple[Any, str]:
     """
     from brainharmony.models.registry import build_model
     from brainharmony.train.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights
-    from brainharmony.train.config import load_config, thaw
 
     folder = Path(model_dir)
     cfg = load_config(folder / CONFIG_NAME)
@@ -279,8 +280,6 @@ def frozen_series_data(
         raise InputDataError(Path(index), "series index has no 'tr' column")
     stats = None
     if scaling is not None:
-        from brainharmony.timeseries.scaling import load_stats
-
         stats = load_stats(scaling)
     data = PackedSeriesDataset(
         shard,

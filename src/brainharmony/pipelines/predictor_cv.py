@@ -61,6 +61,8 @@ from brainharmony.io import (
     write_tsv,
 )
 from brainharmony.packing import PackedSeriesDataset, read_index
+from brainharmony.timeseries.scaling import load_stats
+from brainharmony.train.config import load_config, with_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -382,8 +384,6 @@ def run_fold(
     began = time.perf_counter()
     scaling = None
     if scaling_path is not None:
-        from brainharmony.timeseries.scaling import load_stats
-
         scaling = load_stats(scaling_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = cfg.with_train(seed=fold_seed(cfg.train.seed, split_seed, fold))
@@ -630,8 +630,6 @@ def _fractions(text: str) -> list[float]:
 
 def _task_config(cfg: Any, task: Any, n_classes: int | None, sets: Sequence[str]) -> Any:
     """The YAML with the user's ``--set`` and then the task's target/type applied."""
-    from brainharmony.train.config import with_overrides
-
     if cfg.kind != "predictor":
         raise InputDataError(None, f"predictor-cv needs a 'predictor' YAML; got kind {cfg.kind!r}")
     if cfg.data.get("kind") != "series":
@@ -657,8 +655,6 @@ def _task_config(cfg: Any, task: Any, n_classes: int | None, sets: Sequence[str]
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony predictor-cv``."""
     import torch
-
-    from brainharmony.train.config import load_config
 
     try:
         settings = load_settings(args.settings)
