@@ -323,7 +323,7 @@ ANAT_ALL = """
 
 rule anat_all:
     input:
-        lambda wildcards: anat_planning.targets(DATASETS, checkpoints.ingest, ANAT_SETTINGS),
+        get_anat_targets,
 """
 
 
