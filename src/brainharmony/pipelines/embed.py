@@ -58,7 +58,6 @@ from brainharmony.io import (
 )
 from brainharmony.packing import PackedSeriesDataset, PackedVolumeDataset, read_index
 from brainharmony.timeseries.scaling import load_stats
-from brainharmony.train.config import load_config, thaw
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +97,7 @@ def load_frozen(model_dir: PathLike, device: Any = "cpu") -> tuple[Any, str]:
     """
     from brainharmony.models.registry import build_model
     from brainharmony.train.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights
+    from brainharmony.train.config import load_config, thaw
 
     folder = Path(model_dir)
     cfg = load_config(folder / CONFIG_NAME)

@@ -62,7 +62,6 @@ from brainharmony.io import (
 )
 from brainharmony.packing import PackedSeriesDataset, read_index
 from brainharmony.timeseries.scaling import load_stats
-from brainharmony.train.config import load_config, with_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -630,6 +629,8 @@ def _fractions(text: str) -> list[float]:
 
 def _task_config(cfg: Any, task: Any, n_classes: int | None, sets: Sequence[str]) -> Any:
     """The YAML with the user's ``--set`` and then the task's target/type applied."""
+    from brainharmony.train.config import with_overrides
+
     if cfg.kind != "predictor":
         raise InputDataError(None, f"predictor-cv needs a 'predictor' YAML; got kind {cfg.kind!r}")
     if cfg.data.get("kind") != "series":
@@ -655,6 +656,8 @@ def _task_config(cfg: Any, task: Any, n_classes: int | None, sets: Sequence[str]
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony predictor-cv``."""
     import torch
+
+    from brainharmony.train.config import load_config
 
     try:
         settings = load_settings(args.settings)

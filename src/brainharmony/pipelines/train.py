@@ -13,8 +13,8 @@ Several GPUs of one node (DDP)::
 
 Rerunning the same command after an interruption resumes from ``--state``.
 
-The data, the loop and the models (torch) are imported inside :func:`run`, so that
-``brainharmony train --help`` stays cheap.
+The training package (its ``__init__`` imports torch) is imported inside the functions,
+so that ``brainharmony train --help`` stays cheap.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from brainharmony.train.config import ModelConfigError, load_config, with_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +93,8 @@ def _resolve_img_size(cfg: object, shards: list[tuple[Path | None, Path]]) -> ob
     whatever box the anatomy stage writes (``anat.model_box_mm / anat.resolution_mm``);
     the trained folder's config.json records the resolved size.
     """
+    from brainharmony.train.config import ModelConfigError, with_overrides
+
     left = sorted(k for k, v in cfg.model.items() if v == "auto" and k != "img_size")
     if left:
         raise ModelConfigError(
@@ -115,6 +115,7 @@ def _resolve_img_size(cfg: object, shards: list[tuple[Path | None, Path]]) -> ob
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony train``; returns the exit status."""
+    from brainharmony.train.config import load_config, with_overrides
     from brainharmony.train.data import build_dataset
     from brainharmony.train.loop import NonFiniteLossError, train
 
