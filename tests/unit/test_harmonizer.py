@@ -267,9 +267,10 @@ def test_demo_yaml_matches_the_demo_encoders() -> None:
     assert harm["s_dim"] == s_cfg["dim"]
     # Both follow the anatomy stage's box: the workflow passes the grid for s_grid: auto.
     assert s_cfg["img_size"] == "auto" and harm["s_grid"] == "auto"
-    from brainharmony.planning.train import TrainPlan, harmonizer_sets, volume_grid
+    from brainharmony.planning.train import harmonizer_sets, plan_from_config, volume_grid
+    from tests.workflow_config import with_schema_defaults
 
-    plan = TrainPlan(models={}, basedir=str(REPO))
+    plan = plan_from_config(with_schema_defaults({}), str(REPO))
     box = (160, 192, 160)
     assert volume_grid(plan.yaml("bh_s"), box, 2) == [5, 6, 5]
     assert volume_grid(plan.yaml("bh_s"), box, 1) == [10, 12, 10]

@@ -47,7 +47,7 @@ class TrainPlan:
         else relative to the workflow's folder (where ``models/`` ships)."""
         from pathlib import Path
 
-        given = Path(self.models.get(role, f"models/{role}_demo.yaml"))
+        given = Path(self.models[role])
         if given.is_absolute() or given.exists():
             return str(given)
         return str(Path(self.basedir) / given)
