@@ -22,8 +22,8 @@ for _configfile in workflow.configfiles:
     load_yaml(_configfile)
 validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
-# One plan, one attribute per stage (PLAN.ingest, .anat, .func, .geometry, .multitr,
-# .train, .evaluate). Building it refuses unusable settings now, before any job runs
+# One plan, one attribute per stage (PLAN.ingest, .anat, .func, .qc, .geometry,
+# .multitr, .train, .evaluate). Building it refuses unusable settings now, before any job runs
 # (e.g. a non-native anat backend whose executables are missing).
 PLAN = planning.from_config(config, workflow.basedir)
 
@@ -67,10 +67,6 @@ def _package_command():
 
 
 BH = _package_command()
-
-
-def bids_dir(dataset):
-    return config["datasets"][dataset]["bids_dir"]
 
 
 def dataset_description(wildcards):
