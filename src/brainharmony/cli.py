@@ -1,9 +1,9 @@
 """The ``brainharmony`` command line: one sub-command per pipeline step.
 
 Each sub-command is one module of :mod:`brainharmony.pipelines` (the BIDS-App ``run``:
-:mod:`brainharmony.bids_app`) exposing ``add_arguments(parser)`` and ``run(args) -> int``:
-argument parsing, the calls into the library, messages and exit status. The library
-modules under it (train, evaluate, models, the stages, core) take typed parameters and
+:mod:`brainharmony.pipelines.bids_app`) exposing ``add_arguments(parser)`` and
+``run(args) -> int``: argument parsing, the calls into the library, messages and exit
+status. The library modules under it (train, evaluate, models, the stages, core) take typed parameters and
 know nothing of argparse. This file only lists the commands and imports the chosen one,
 so importing the CLI stays cheap; for the same reason a command module may import the
 library inside ``run()`` (so that ``brainharmony <command> --help`` stays fast), the one
@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "index a BIDS dataset into scans.tsv / excluded.tsv",
     ),
     "run": (
-        "brainharmony.bids_app",
+        "brainharmony.pipelines.bids_app",
         "BIDS-App entry point: BIDS_DIR OUTPUT_DIR participant|group [-- snakemake options]",
     ),
     "validate-config": (

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainharmony import bids_app
 from brainharmony.cli import main
+from brainharmony.pipelines import bids_app
 from tests.conftest import REPO
 
 

@@ -54,7 +54,7 @@ def repository_root() -> Path:
     The package runs from a clone (``pip install -e .``, as ``make install`` does);
     the workflow files are not part of a wheel.
     """
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     if not (root / "Snakefile").is_file() or not (root / "workflow").is_dir():
         raise InputDataError(
             root,
