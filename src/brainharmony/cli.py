@@ -3,12 +3,12 @@
 Each sub-command is one module of :mod:`brainharmony.pipelines` (the BIDS-App ``run``:
 :mod:`brainharmony.pipelines.bids_app`) exposing ``add_arguments(parser)`` and
 ``run(args) -> int``: argument parsing, the calls into the library, messages and exit
-status. The library modules under it (train, evaluate, models, the stages, core) take typed parameters and
-know nothing of argparse. This file only lists the commands and imports the chosen one,
-so importing the CLI stays cheap; for the same reason a command module may import the
-library inside ``run()`` (so that ``brainharmony <command> --help`` stays fast), the one
-place besides heavy optional dependencies (torch outside ``models/``, nipype, flash_attn,
-mamba_ssm) where a local import is allowed.
+status. The library modules under it (train, evaluate, models, the stages, core) take
+typed parameters and know nothing of argparse. This file only lists the commands and
+imports the chosen one, so importing the CLI stays cheap; for the same reason a command
+module may import the library inside ``run()`` (so that ``brainharmony <command> --help``
+stays fast), the one place besides heavy optional dependencies (torch outside
+``models/``, nipype, flash_attn, mamba_ssm) where a local import is allowed.
 """
 
 from __future__ import annotations
