@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from brainharmony.evaluate.settings import EvalSettings, TaskSpec, settings_from_mapping
+from brainharmony.planning.multitr import denoised_series
 from brainharmony.planning.train import EMBEDDINGS as TRAIN_EMBEDDINGS
 
 #: Pooled-embedding file of a probe model, per workflow dataset ``{d}`` (the embedding
@@ -96,8 +97,6 @@ def series(
     func_tasks: Mapping[str, str],
 ) -> list[str]:
     """Denoised parcel series of every run of the pooled datasets (the FC input)."""
-    from brainharmony.planning.multitr import denoised_series
-
     out: list[str] = []
     for d in task_of(settings, wildcards).datasets:
         out += denoised_series(d, ingest_checkpoint, func_plan, func_tasks)

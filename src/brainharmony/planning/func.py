@@ -28,6 +28,7 @@ from brainharmony.func.defaults import (
     DEFAULT_STRATEGY,
     canonical_coreg,
 )
+from brainharmony.planning.anat import OUT_DIR as ANAT_DIR
 
 BACKENDS: tuple[str, ...] = ("native", "fmriprep", "fmriprep-derivatives")
 
@@ -440,7 +441,6 @@ def anat_inputs(plan: FuncPlan, dataset: str, row: RunRow) -> dict[str, str]:
     """
     from brainharmony.anat.derivatives import anat_paths
     from brainharmony.io import sidecar_path
-    from brainharmony.planning.anat import OUT_DIR as ANAT_DIR
 
     paths = anat_paths(
         ANAT_DIR.format(dataset=dataset), row.subject, row.t1w_session, plan.anat_template

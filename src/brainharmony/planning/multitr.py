@@ -11,6 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from brainharmony.planning import anat as ap
+from brainharmony.planning import func as fp
+
 ATLAS = "Schaefer400"
 ROOT = "results/multitr"
 
@@ -97,8 +100,6 @@ def denoised_series(
     dataset: str, ingest_checkpoint: Any, func_plan: Any, tasks: Mapping[str, str]
 ) -> list[str]:
     """The functional stage's denoised series of every run of ``dataset``."""
-    from brainharmony.planning import func as fp
-
     pattern = fp.denoise_outputs(func_plan)["timeseries"]
     scans = ingest_checkpoint.get(dataset=dataset).output.scans
     return [
@@ -144,8 +145,6 @@ def model_volumes(
         The volumes, or their JSON sidecars (which say whether the anatomy stage
         excluded a T1w; packing leaves those out).
     """
-    from brainharmony.planning import anat as ap
-
     if kind not in ("model", "model_json"):
         raise ValueError(f"kind must be 'model' or 'model_json'; got {kind!r}")
     scans = ingest_checkpoint.get(dataset=dataset).output.scans
