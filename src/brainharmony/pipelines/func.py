@@ -64,6 +64,7 @@ from brainharmony.func.pipeline import (
 from brainharmony.func.register import read_itk_affine
 from brainharmony.io import InputDataError, sidecar_path, write_text
 from brainharmony.nifti_checks import DEFAULT_TR_RANGE, check_tr_range
+from brainharmony.scan_pairing import CheckSettings
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         type=bids_label("ses", optional=True),
         help="label without ses- (n/a: none)",
     )
-    g.add_argument("--task", default="rest", type=bids_label("task"))
+    g.add_argument("--task", default=CheckSettings.task, type=bids_label("task"))
     g.add_argument(
         "--run",
         default=None,

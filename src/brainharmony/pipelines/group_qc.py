@@ -13,6 +13,7 @@ from pathlib import Path
 from brainharmony.cli_types import bids_label, output_dir
 from brainharmony.qc.group import PAGES_DIR, build_group_qc, write_group_qc
 from brainharmony.qc.pages import write_subject_pages
+from brainharmony.scan_pairing import CheckSettings
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--func-dir", type=Path, required=True, help="results/func/<dataset>")
     parser.add_argument(
         "--task",
-        default="rest",
+        default=CheckSettings.task,
         type=bids_label("task"),
-        help="task label of the runs (default rest)",
+        help="task label of the runs (default %(default)s)",
     )
     parser.add_argument(
         "--template",
