@@ -244,7 +244,8 @@ def test_anat_cli_excludes_a_hostile_t1w_with_its_reason(tmp_path, capsys):
     nib.save(unoriented(nib.Nifti1Image(_volume(), _lps_affine())), t1w)
     out = tmp_path / "anat"
     capsys.readouterr()
-    assert cli.main(["anat", "--t1w", str(t1w), "--out-dir", str(out), "--subject", "01"]) == 0
+    argv = ["anat", "--t1w", str(t1w), "--out-dir", str(out), "--subject", "01"]
+    assert cli.main([*argv, "--resolution-mm", "2"]) == 0
     assert "Traceback" not in capsys.readouterr().err
     paths = anat_paths(out, "01", None)
     doc = json.loads(

@@ -125,6 +125,7 @@ def test_anat_excludes_bad_t1w_naming_it(tmp_path, capsys, kind):
     t1w = make(tmp_path / "bids" / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     out = tmp_path / "anat"
     argv = ["anat", "--t1w", str(t1w), "--out-dir", str(out), "--subject", "01"]
+    argv += ["--resolution-mm", "2"]  # the demo grid (the default is the paper's 1 mm)
     capsys.readouterr()
     assert cli.main(argv) == 0
     err = capsys.readouterr().err

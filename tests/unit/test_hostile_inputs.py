@@ -530,6 +530,7 @@ def _anat(damage: Callable[[Path], Any] | None = None, *, dtype: str = "float32"
             damage(t1w)
         out = tmp / "w" / "x" / "anat"
         argv = ["anat", "--t1w", str(t1w), "--out-dir", str(out), "--subject", subject]
+        argv += ["--resolution-mm", "2"]
         if session is not None:
             argv += ["--session", session]
         value = session if session is not None else subject

@@ -32,7 +32,8 @@ class AnatSettings:
         Template space (``MNI152NLin2009aAsym`` offline; ``MNI152NLin2009cAsym`` with
         TemplateFlow files).
     resolution_mm : int
-        Output grid (the template's grid at this resolution): 1 (paper) or 2 (demo).
+        Output grid (the template's grid at this resolution): 1 (paper, the default) or 2
+        (the demo).
     nonlinear : bool
         Add a nonlinear stage (native: B-spline; fsl: FNIRT) on top of the affine.
     model_box_mm : tuple of 3 ints
@@ -62,7 +63,7 @@ class AnatSettings:
 
     backend: str = "native"
     template: str = DEFAULT_TEMPLATE
-    resolution_mm: int = 2
+    resolution_mm: int = 1
     nonlinear: bool = False
     model_box_mm: tuple[int, int, int] = PAPER_BOX_MM
     normalisation: str = "zscore_brain"
