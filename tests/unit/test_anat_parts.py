@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import yaml
 from scipy import ndimage as ndi
 
 from brainharmony.anat.bias import N4Settings, n4_correct
@@ -27,7 +25,7 @@ from brainharmony.anat.templates import (
 )
 from brainharmony.pipelines import anat as anat_cli
 from brainharmony.planning import anat as anat_planning
-from brainharmony.planning.anat import WORKFLOW_RESOLUTION_MM, cli_options, rule_outputs, t1w_rows
+from brainharmony.planning.anat import cli_options, rule_outputs, t1w_rows
 from tests.workflow_config import with_schema_defaults
 
 
@@ -270,22 +268,10 @@ def test_rule_outputs_and_options_match_the_package():
     assert anat_cli.settings_from_args(args) == s
 
 
-def test_schema_defaults_equal_the_settings_defaults():
-    """Each ``anat:`` key of the schema has the dataclass's default (the one source)."""
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    block = schema["properties"]["anat"]["properties"]
-    library = AnatSettings()
-    for field in dataclasses.fields(AnatSettings):
-        assert field.name in block, f"anat.{field.name} is not in the schema"
-        value = getattr(library, field.name)
-        if field.name == "resolution_mm":  # the workflow's grid is the paper's
-            assert block[field.name]["default"] == WORKFLOW_RESOLUTION_MM
-            continue
-        expected = list(value) if isinstance(value, tuple) else value
-        assert block[field.name]["default"] == expected, field.name
-    assert settings_from_config({}) == dataclasses.replace(
-        library, resolution_mm=WORKFLOW_RESOLUTION_MM
-    )
+def test_workflow_defaults_give_the_library_settings():
+    """A config with no ``anat:`` keys plans the library's settings (the schema's defaults
+    equal the dataclass's, key by key: tests/unit/test_schema_defaults.py)."""
+    assert settings_from_config({}) == AnatSettings()
 
 
 def test_qc_gate_fails_each_metric_with_a_reason():

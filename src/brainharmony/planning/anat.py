@@ -15,9 +15,6 @@ from typing import Any
 from brainharmony.anat.settings import AnatSettings
 from brainharmony.io import PathLike, sidecar_path
 
-#: ``anat.resolution_mm`` when a workflow config omits it (the schema's default).
-WORKFLOW_RESOLUTION_MM = 1
-
 #: Scheduler hints per output resolution (measured: docs/anat.md).
 MEM_MB: dict[int, int] = {1: 4000, 2: 2000}
 RUNTIME_MIN: dict[int, int] = {1: 60, 2: 20}
@@ -44,7 +41,6 @@ def settings_from_config(config: Mapping[str, Any]) -> AnatSettings:
     return AnatSettings(
         backend=str(block["backend"]),
         template=str(block["template"]),
-        # The workflow's default grid is the paper's 1 mm (the library's is 2 mm).
         resolution_mm=int(block["resolution_mm"]),
         nonlinear=bool(block["nonlinear"]),
         model_box_mm=tuple(int(v) for v in block["model_box_mm"]),

@@ -26,6 +26,7 @@ from brainharmony.func.defaults import (
     COREG_MIN_NMI,
     DEFAULT_COREG,
     DEFAULT_STRATEGY,
+    MIN_SEGMENT,
     canonical_coreg,
 )
 from brainharmony.planning.anat import OUT_DIR as ANAT_DIR
@@ -49,7 +50,7 @@ class FuncPlan:
     resolution_mm: float = 2.0
     strategy: str = DEFAULT_STRATEGY
     fd_threshold: float | None = 0.5
-    min_segment: int = 5
+    min_segment: int = MIN_SEGMENT
     censor_before: int = 0
     censor_after: int = 0
     band: tuple[float | None, float | None] = (0.01, 0.1)
