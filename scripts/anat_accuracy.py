@@ -71,7 +71,7 @@ def inputs(work: Path) -> list[tuple[str, Path, np.ndarray | None]]:
     from brainharmony.demo import generate_demo
     from tests.realdata import fetch
     from tests.unit.conftest import TINY_SEED
-    from tests.unit.test_anat_real import pose_matrix, posed_lia
+    from tests.unit.anat.test_real_t1w import pose_matrix, posed_lia
 
     out: list[tuple[str, Path, np.ndarray | None]] = [
         ("pydeface average head (real)", fetch("pydeface_head"), None)
@@ -92,7 +92,7 @@ def inputs(work: Path) -> list[tuple[str, Path, np.ndarray | None]]:
 
 def measure(resolutions: list[int], routes: list[str]) -> list[dict]:
     from brainharmony.anat.derivatives import anat_paths
-    from tests.unit.test_anat_real import nilearn_metrics
+    from tests.unit.anat.test_real_t1w import nilearn_metrics
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bh-anat-acc-") as tmp:

@@ -2,7 +2,7 @@
 
 Small, correctly named volumes (400 labels, 20 voxels each) and label tables laid out as
 a TemplateFlow home and nilearn's data folder hold them; no package ships the real
-volumes (see ``tests/unit/test_func_atlas_lookup.py`` for the real label names).
+volumes (see ``tests/unit/func/test_atlas_lookup.py`` for the real label names).
 """
 
 from __future__ import annotations

@@ -157,3 +157,19 @@ def test_import_linter_contracts_hold() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "0 broken" in proc.stdout
+
+
+def test_unit_tests_mirror_the_package():
+    """``tests/unit/<subpackage>/test_*.py`` tests ``brainharmony.<subpackage>``; a test
+    of a subpackage's module does not sit at the top as ``test_<subpackage>_*.py``."""
+    unit = REPO / "tests" / "unit"
+    subpackages = {p.parent.name for p in PACKAGE_DIR.glob("*/__init__.py")}
+    folders = {p.parent.name for p in unit.glob("*/test_*.py")}
+    assert folders <= subpackages, f"test folders naming no subpackage: {folders - subpackages}"
+    prefixes = {"eval": "evaluate", **{name: name for name in subpackages}}
+    misplaced = [
+        p.name
+        for p in unit.glob("test_*.py")
+        if p.stem.split("_")[1] in prefixes and p.stem.count("_") > 1
+    ]
+    assert not misplaced, f"move to tests/unit/<subpackage>/: {misplaced}"

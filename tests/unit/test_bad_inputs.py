@@ -466,7 +466,7 @@ def _tiny_s(folder: Path):
     """The tiny BrainHarmonix-S config (2 steps) and a 4-volume dataset for it in ``folder``."""
     from brainharmony.train.config import config_from_mapping
     from brainharmony.train.data import build_dataset
-    from tests.unit.test_train_loop import TINY
+    from tests.unit.train.test_loop import TINY
 
     rng = np.random.default_rng(0)
     shard, index = folder / "vols.npy", folder / "vols.tsv"
@@ -520,7 +520,7 @@ def test_damaged_model_config_is_refused_naming_the_file(tmp_path):
 
 
 def test_model_yaml_with_unknown_key_or_missing_file_is_refused(tmp_path, capsys):
-    from tests.unit.test_train_loop import TINY
+    from tests.unit.train.test_loop import TINY
 
     doc = json.loads(json.dumps(TINY))
     doc["train"]["stepz"] = 2

@@ -51,7 +51,7 @@ def _train(tmp_path, threads: int, tag: str):
     from brainharmony.train.config import config_from_mapping
     from brainharmony.train.data import build_dataset
     from brainharmony.train.metrics import read_metrics
-    from tests.unit.test_train_loop import TINY
+    from tests.unit.train.test_loop import TINY
 
     rng = np.random.default_rng(0)
     shard, index = tmp_path / "vols.npy", tmp_path / "vols.tsv"

@@ -7,7 +7,7 @@ fMRIPrep-shaped outputs (``brainharmony.func.fmriprep_fixture``, with two
 non-steady-state volumes per run). The tests check the command lines, the outputs'
 discovery, and the denoise/parcellate step on them, through the command line and
 (when the workflow includes ``func.smk``) Snakemake. The reader's tests on real
-fMRIPrep confounds files are in ``tests/unit/test_func_fmriprep.py``.
+fMRIPrep confounds files are in ``tests/unit/func/test_fmriprep.py``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from brainharmony.evaluate.report import build_report
-from tests.unit.test_eval_report import synthetic_results
+from tests.unit.evaluate.test_report import synthetic_results
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

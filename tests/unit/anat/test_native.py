@@ -270,7 +270,7 @@ def test_every_demo_t1w_lands_at_1_and_2_mm(tiny_demo, tmp_path, res):
     """Every T1w of the tiny preset at the paper's 1 mm and the demo's 2 mm: not excluded,
     correlation >= 0.85 and Dice >= 0.90 with nilearn's template and mask (computed by
     nilearn), Dice >= 0.95 with the true brain mask and error <= 1 output voxel."""
-    from tests.unit.test_anat_real import nilearn_metrics
+    from tests.unit.anat.test_real_t1w import nilearn_metrics
 
     settings = AnatSettings(resolution_mm=res)
     cases = _demo_t1ws(tiny_demo)

@@ -116,7 +116,7 @@ def _run(paths: dict[str, Path], task: str, splits: list[Path], work: Path, out:
     argv = [
         "predictor-cv",
         "--config",
-        str(Path(__file__).resolve().parents[2] / "models" / "predictor_demo.yaml"),
+        str(Path(__file__).resolve().parents[3] / "models" / "predictor_demo.yaml"),
         "--labels",
         str(paths["labels"]),
         "--splits",

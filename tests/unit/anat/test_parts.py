@@ -36,7 +36,7 @@ def settings_from_config(partial):
 
 # --- templates ------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_nilearn_template_and_mask_at_2mm():

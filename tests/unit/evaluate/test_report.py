@@ -19,7 +19,7 @@ from brainharmony.evaluate.protocol import evaluate_task, write_task_result
 from brainharmony.evaluate.report import build_report
 from brainharmony.evaluate.settings import settings_from_mapping
 from brainharmony.evaluate.tables import make_tables
-from tests.unit.test_eval_protocol import (
+from tests.unit.evaluate.test_protocol import (
     SMALL_GRIDS,
     TASKS,
     planted_cohort,

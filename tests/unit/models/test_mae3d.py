@@ -20,7 +20,7 @@ from brainharmony.models.mae3d import (
 from brainharmony.train.config import load_config, thaw
 from brainharmony.train.optim import build_optimizer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)

@@ -64,7 +64,7 @@ def test_coreg_defaults_are_defined_once():
     from brainharmony.pipelines import func as cli
 
     schema = yaml.safe_load(
-        (Path(__file__).parents[2] / "workflow/schemas/config.schema.yaml").read_text()
+        (Path(__file__).parents[3] / "workflow/schemas/config.schema.yaml").read_text()
     )
     block = schema["properties"]["func"]["properties"]
     plan, native, coreg = planning.FuncPlan(), NativeSettings(), CoregSettings()

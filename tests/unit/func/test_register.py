@@ -5,7 +5,7 @@ BOLD reference sharing the scanner world exactly; a rigid offset planted in the 
 header (translations up to 30 mm, rotations up to 10 degrees about each axis) must be
 recovered within one BOLD voxel (mean displacement over the BOLD brain). Run as a
 script it prints the recovery errors of docs/func.md:
-``python -m tests.unit.test_func_register``.
+``python -m tests.unit.func.test_register``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from brainharmony.evaluate.report import ReportBuilder, qc_against_thresholds
 from brainharmony.evaluate.settings import settings_from_mapping
 from brainharmony.io import InputDataError
 from brainharmony.packing import PackedVolumeDataset, pack_volumes, read_index, shard_info
-from tests.unit.test_eval_protocol import (
+from tests.unit.evaluate.test_protocol import (
     SMALL_GRIDS,
     TASKS,
     _labels,

@@ -19,7 +19,7 @@ from brainharmony.models.harmonizer_data import (
     write_token_file,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)

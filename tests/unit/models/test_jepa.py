@@ -12,7 +12,7 @@ import torch
 from brainharmony.models.jepa import build
 from brainharmony.models.masks import JepaMaskConfig, mask_to_index, sample_jepa_masks
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)

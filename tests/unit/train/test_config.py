@@ -18,7 +18,7 @@ from brainharmony.train.config import (
     load_config,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BASE = {
     "name": "tiny",
     "kind": "bh_s",

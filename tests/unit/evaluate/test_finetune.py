@@ -20,7 +20,7 @@ from brainharmony.evaluate.harness import create
 from brainharmony.evaluate.protocol import evaluate_task
 from brainharmony.evaluate.settings import settings_from_mapping
 from brainharmony.io import InputDataError
-from tests.unit.test_eval_protocol import planted_cohort, write_split_dirs
+from tests.unit.evaluate.test_protocol import planted_cohort, write_split_dirs
 
 N_ROIS, FRAMES = 6, 24
 
@@ -80,7 +80,7 @@ def _one_thread():
 def tiny_model(tmp_path, monkeypatch) -> Path:
     from brainharmony.models import registry
 
-    monkeypatch.setitem(registry.KINDS, "tinyeval", "tests.unit.test_eval_finetune:build")
+    monkeypatch.setitem(registry.KINDS, "tinyeval", "tests.unit.evaluate.test_finetune:build")
     folder = tmp_path / "model"
     folder.mkdir()
     torch.manual_seed(0)

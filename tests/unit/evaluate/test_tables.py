@@ -16,7 +16,7 @@ from brainharmony.evaluate.tables import (
     table_latex,
     table_markdown,
 )
-from tests.unit.test_eval_protocol import (
+from tests.unit.evaluate.test_protocol import (
     SMALL_GRIDS,
     TASKS,
     planted_cohort,

@@ -17,8 +17,7 @@ import pytest
 from brainharmony.demo import generate as gen
 from brainharmony.demo.acquisition import presets
 from brainharmony.demo.truth import load_run_series
-
-from .conftest import TINY_SEED
+from tests.unit.conftest import TINY_SEED
 
 SPECS = {spec.name: spec for spec in presets()["tiny"]}
 

@@ -13,7 +13,7 @@ from brainharmony.io import InputDataError, write_npy, write_tsv
 from brainharmony.models.harmonizer_data import write_token_file
 from brainharmony.pipelines.embed import read_features
 from tests.conftest import load_script
-from tests.unit.test_embed import F_MODEL, N_ROIS, _save_model, _tables
+from tests.unit.pipelines.test_embed import F_MODEL, N_ROIS, _save_model, _tables
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_sign_split_parts_and_the_odd_part_averages_out(diag, tmp_path):
 
 
 def test_sign_split_refuses_another_model_kind(diag, tmp_path):
-    from tests.unit.test_embed import S_MODEL
+    from tests.unit.pipelines.test_embed import S_MODEL
 
     _save_model(tmp_path / "s", {"name": "s", "kind": "bh_s", "model": S_MODEL}, seed=0)
     shard, index = _shard(tmp_path, 2, 12, N_ROIS, np.random.default_rng(0))

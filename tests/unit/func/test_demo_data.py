@@ -20,7 +20,7 @@ signal (the global signal and slow motion regressors overlap it on runs of a few
 minutes). See docs/func.md, "What the demo allows".
 
 Run as a script on a generated preset, this module prints that section's table for
-every run: ``python tests/unit/test_func_demo.py DIR`` after
+every run: ``python tests/unit/func/test_demo_data.py DIR`` after
 ``brainharmony demo --out DIR --preset tiny --seed 7``.
 """
 
@@ -317,5 +317,5 @@ def _table(demo: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python tests/unit/test_func_demo.py DEMO_DIR")
+        sys.exit("usage: python tests/unit/func/test_demo_data.py DEMO_DIR")
     _table(Path(sys.argv[1]))
