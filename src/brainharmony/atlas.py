@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainharmony.io import InputDataError
+from brainharmony.io import InputDataError, write_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -455,8 +455,6 @@ def schaefer400_volume(
         data = np.array(_cached_volume(resolution_mm, gm))
     image = _make_image(data, affine)
     if cache_file is not None and not cache_file.exists():
-        from brainharmony.io import write_nifti
-
         write_nifti(cache_file, image)
     return image, schaefer400_labels()
 

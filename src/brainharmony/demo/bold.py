@@ -41,6 +41,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from brainharmony.atlas import grid_affine, schaefer400_volume
+from brainharmony.demo.anatomy import BOLD_SOURCE_MM
 
 logger = logging.getLogger(__name__)
 
@@ -281,8 +282,6 @@ def bold_source(
         Draws the amplitude heterogeneity.
     model : BoldModel, optional
     """
-    from brainharmony.demo.anatomy import BOLD_SOURCE_MM
-
     model = model or BoldModel()
     affine3, shape3 = grid_affine(float(BOLD_SOURCE_MM))
     atlas, _ = schaefer400_volume(float(BOLD_SOURCE_MM))

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.atlas import schaefer400_centroids, schaefer400_labels
 from brainharmony.evaluate import figures as fg
 from brainharmony.evaluate.harness import display_name
 from brainharmony.evaluate.metrics import confusion_matrix
@@ -303,8 +304,6 @@ class ReportBuilder:
         if not self._centroids_tried:
             self._centroids_tried = True
             try:
-                from brainharmony.atlas import schaefer400_centroids
-
                 self._centroids = schaefer400_centroids()[["x", "y", "z"]].to_numpy(float)
             except Exception as err:  # optional data; the figures fall back to profiles
                 logger.warning("no ROI centroids for brain figures: %s", err)
@@ -322,8 +321,6 @@ class ReportBuilder:
             names = list(dict.fromkeys(rois.astype(str)))
             atlas_names: list[str] = []
             try:
-                from brainharmony.atlas import schaefer400_labels
-
                 atlas_names = schaefer400_labels()["name"].astype(str).tolist()
             except Exception:  # fall back to the order of appearance
                 atlas_names = []

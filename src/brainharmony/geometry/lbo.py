@@ -49,6 +49,8 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
+from brainharmony.geometry.block_lanczos import block_lanczos
+
 logger = logging.getLogger(__name__)
 
 Solver = Literal["auto", "cholmod", "splu"]
@@ -422,8 +424,6 @@ def eigenmodes(
         op_inv = _inverse_operator(shifted, solver)
         result = None
         if method == "block" and k + 16 < n:
-            from brainharmony.geometry.block_lanczos import block_lanczos
-
             result = block_lanczos(
                 stiff,
                 mass,

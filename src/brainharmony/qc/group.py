@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainharmony.anat.derivatives import anat_paths
 from brainharmony.bids_names import natural_key
 from brainharmony.func.naming import RunOutputs, run_outputs, template_space
 from brainharmony.ingest import read_scans
@@ -452,7 +453,6 @@ def build_group_qc(
         ``scans.tsv`` unreadable, or a run's anatomy or denoised-series sidecar missing
         or invalid (the file is named).
     """
-    from brainharmony.anat.derivatives import anat_paths
 
     template = template or template_space()
     space = space or template
