@@ -70,8 +70,8 @@ def inputs(work: Path) -> list[tuple[str, Path, np.ndarray | None]]:
 
     from brainharmony.demo import generate_demo
     from tests.realdata import fetch
-    from tests.unit.conftest import TINY_SEED
     from tests.unit.anat.test_real_t1w import pose_matrix, posed_lia
+    from tests.unit.conftest import TINY_SEED
 
     out: list[tuple[str, Path, np.ndarray | None]] = [
         ("pydeface average head (real)", fetch("pydeface_head"), None)
