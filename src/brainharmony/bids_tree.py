@@ -26,10 +26,8 @@ What is read and walked is bounded, because a dataset may be hostile or damaged:
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,90 +42,24 @@ from brainharmony.bids_names import (
     parse_name,
     show,
 )
-from brainharmony.io import InputDataError, PathLike
+from brainharmony.io import (
+    MAX_JSON_BYTES,
+    InputDataError,
+    PathLike,
+    ReadRefused,
+    cut_reason,
+    loads_json,
+    read_capped,
+    special_kind,
+)
 
 NA = "n/a"
 #: Folders at the dataset root that hold no raw data (pybids skips them as well).
 NON_DATA_FOLDERS = frozenset({"code", "derivatives", "sourcedata", "stimuli", "models"})
 #: File names that are candidates for ingestion.
 IMAGE_NAME = re.compile(r".*_(bold|T1w)\.nii(\.gz)?")
-#: Largest JSON file ingest reads (a BIDS sidecar is a few kilobytes).
-MAX_JSON_BYTES = 16 * 1024**2
 #: Largest table (``participants.tsv``) ingest reads: room for millions of rows.
 MAX_TABLE_BYTES = 1024**3
-#: Deepest nesting accepted in a JSON file (BIDS sidecars are about 3 deep).
-MAX_JSON_DEPTH = 100
-#: Longest exception message kept in a reason (the rest is cut).
-MAX_REASON_CHARS = 500
-
-
-class ReadRefused(Exception):
-    """A file ingest will not read: not a regular file, or over its size cap."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _special_kind(mode: int) -> str | None:
-    for test, name in (
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISDIR, "a folder"),
-    ):
-        if test(mode):
-            return name
-    return None if stat.S_ISREG(mode) else "not a regular file"
-
-
-def _size_text(n_bytes: int) -> str:
-    return f"{n_bytes / 1024**2:g} MiB" if n_bytes >= 1024**2 else f"{n_bytes} bytes"
-
-
-def read_capped(path: PathLike, limit: int) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes.
-
-    The file is opened without blocking (a named pipe cannot hang the call) and
-    checked on the open descriptor, and at most ``limit + 1`` bytes are read, so a
-    link to ``/dev/zero`` or a file that grows while read cannot exhaust memory.
-
-    Raises
-    ------
-    ReadRefused
-        For a named pipe, device, socket or folder (the reason names the kind), or
-        a file over ``limit`` bytes.
-    OSError
-        When the file cannot be opened or read.
-    """
-    kind = _special_kind(os.stat(path).st_mode)
-    if kind is not None:
-        raise ReadRefused(f"{kind}, not a regular file; not read")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        info = os.fstat(fd)
-        kind = _special_kind(info.st_mode)
-        if kind is not None:
-            raise ReadRefused(f"{kind}, not a regular file; not read")
-        if info.st_size > limit:
-            raise ReadRefused(
-                f"{_size_text(info.st_size)}, over the {_size_text(limit)} limit; not read"
-            )
-        chunks = []
-        left = limit + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1024**2))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > limit:
-        raise ReadRefused(f"more than {_size_text(limit)} (the limit); not read")
-    return data
 
 
 def link_problem(path: PathLike, real_root: Path) -> str | None:
@@ -153,66 +85,9 @@ def link_problem(path: PathLike, real_root: Path) -> str | None:
     return None
 
 
-def loads_json(data: bytes) -> Any:
-    """Parse JSON bytes strictly enough that no later step can fail on the value.
-
-    Raises
-    ------
-    ValueError
-        With a readable reason: invalid UTF-8, a syntax error, an integer too large
-        to be a number, or nesting deeper than :data:`MAX_JSON_DEPTH`.
-    """
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"UnicodeDecodeError: {err}") from err
-    try:
-        value = json.loads(text, parse_int=_json_int)
-    except _JsonProblem as err:
-        raise ValueError(str(err)) from err
-    except json.JSONDecodeError as err:
-        raise ValueError(f"JSONDecodeError: {err}") from err
-    except RecursionError as err:
-        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from err
-    except ValueError as err:  # e.g. Python's limit on integer digits
-        raise ValueError(f"ValueError: {_cut(str(err))}") from err
-    if _json_depth(value) > MAX_JSON_DEPTH:
-        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
-    return value
-
-
-class _JsonProblem(ValueError):
-    pass
-
-
-def _json_int(text: str) -> int:
-    digits = len(text.lstrip("-"))
-    if digits > 300:  # float() of such an integer overflows, or int() refuses it
-        raise _JsonProblem(f"an integer with {digits} digits, too large to be a number")
-    return int(text)
-
-
-def _json_depth(value: Any) -> int:
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if depth > MAX_JSON_DEPTH:
-                break
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS] + "..."
-
-
 def error_text(err: BaseException) -> str:
     """``Type: message`` of an exception, cut to :data:`MAX_REASON_CHARS`."""
-    return _cut(f"{type(err).__name__}: {err}")
+    return cut_reason(f"{type(err).__name__}: {err}")
 
 
 class Exclusion(NamedTuple):
@@ -484,7 +359,7 @@ def _dir_seen(tree: BidsTree, path: Path) -> str | None:
 
 def _not_regular(path: Path) -> str | None:
     try:
-        kind = _special_kind(os.stat(path).st_mode)
+        kind = special_kind(os.stat(path).st_mode)
     except OSError as err:
         return f"cannot read: {error_text(err)}"
     return None if kind is None else f"{kind}, not a regular file; not read"

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -136,16 +137,163 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
-def read_json(path: PathLike) -> dict[str, Any]:
-    """A JSON object from a file; a malformed file or another JSON type is an
-    :class:`InputDataError` naming the file."""
-    path = Path(path)
+#: Largest JSON file read (a BIDS sidecar is a few kilobytes).
+MAX_JSON_BYTES = 16 * 1024**2
+#: Deepest nesting accepted in a JSON file (BIDS sidecars are about 3 deep).
+MAX_JSON_DEPTH = 100
+#: Longest exception message kept in a reason (the rest is cut).
+MAX_REASON_CHARS = 500
+
+
+class ReadRefused(Exception):
+    """A file ingest will not read: not a regular file, or over its size cap."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def special_kind(mode: int) -> str | None:
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _size_text(n_bytes: int) -> str:
+    return f"{n_bytes / 1024**2:g} MiB" if n_bytes >= 1024**2 else f"{n_bytes} bytes"
+
+
+def read_capped(path: PathLike, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes.
+
+    The file is opened without blocking (a named pipe cannot hang the call) and
+    checked on the open descriptor, and at most ``limit + 1`` bytes are read, so a
+    link to ``/dev/zero`` or a file that grows while read cannot exhaust memory.
+
+    Raises
+    ------
+    ReadRefused
+        For a named pipe, device, socket or folder (the reason names the kind), or
+        a file over ``limit`` bytes.
+    OSError
+        When the file cannot be opened or read.
+    """
+    kind = special_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise ReadRefused(f"{kind}, not a regular file; not read")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        info = os.fstat(fd)
+        kind = special_kind(info.st_mode)
+        if kind is not None:
+            raise ReadRefused(f"{kind}, not a regular file; not read")
+        if info.st_size > limit:
+            raise ReadRefused(
+                f"{_size_text(info.st_size)}, over the {_size_text(limit)} limit; not read"
+            )
+        chunks = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1024**2))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise ReadRefused(f"more than {_size_text(limit)} (the limit); not read")
+    return data
+
+
+def loads_json(data: bytes) -> Any:
+    """Parse JSON bytes strictly enough that no later step can fail on the value.
+
+    Raises
+    ------
+    ValueError
+        With a readable reason: invalid UTF-8, a syntax error, an integer too large
+        to be a number, or nesting deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"UnicodeDecodeError: {err}") from err
+    try:
+        value = json.loads(text, parse_int=_json_int)
+    except _JsonProblem as err:
+        raise ValueError(str(err)) from err
     except json.JSONDecodeError as err:
-        raise InputDataError(path, f"not valid JSON: {err}") from None
+        raise ValueError(f"JSONDecodeError: {err}") from err
+    except RecursionError as err:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from err
+    except ValueError as err:  # e.g. Python's limit on integer digits
+        raise ValueError(f"ValueError: {cut_reason(str(err))}") from err
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+class _JsonProblem(ValueError):
+    pass
+
+
+def _json_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > 300:  # float() of such an integer overflows, or int() refuses it
+        raise _JsonProblem(f"an integer with {digits} digits, too large to be a number")
+    return int(text)
+
+
+def _json_depth(value: Any) -> int:
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def cut_reason(text: str) -> str:
+    """``text`` cut to :data:`MAX_REASON_CHARS` (a reason stays readable)."""
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS] + "..."
+
+
+def read_json(path: PathLike, *, context: str | None = None) -> dict[str, Any]:
+    """A JSON object from a file, read with :func:`read_capped` and :func:`loads_json`.
+
+    Raises
+    ------
+    InputDataError
+        Naming the file: not a regular file, over :data:`MAX_JSON_BYTES`, not valid JSON
+        (syntax, UTF-8, an integer too large, nesting too deep) or not an object; the
+        reason is prefixed with ``context`` when given (e.g. "cannot read JSON sidecar").
+    OSError
+        When the file cannot be opened (e.g. it does not exist).
+    """
+    path = Path(path)
+    prefix = f"{context}: " if context else ""
+    try:
+        doc = loads_json(read_capped(path, MAX_JSON_BYTES))
+    except ReadRefused as err:
+        raise InputDataError(path, f"{prefix}{err.reason}") from None
+    except ValueError as err:
+        raise InputDataError(path, f"{prefix}not valid JSON: {err}") from None
     if not isinstance(doc, dict):
-        raise InputDataError(path, "expected a JSON object")
+        raise InputDataError(path, f"{prefix}expected a JSON object")
     return doc
 
 

@@ -21,8 +21,8 @@ from typing import Literal
 import pandas as pd
 
 from brainharmony.bids_names import label_problem, show
-from brainharmony.bids_tree import MAX_TABLE_BYTES, ReadRefused, read_capped
-from brainharmony.io import InputDataError
+from brainharmony.bids_tree import MAX_TABLE_BYTES
+from brainharmony.io import InputDataError, ReadRefused, read_capped
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from brainharmony.func.denoise import (
 from brainharmony.func.naming import run_stem
 from brainharmony.func.parcellate import parcel_means, resample_labels
 from brainharmony.func.pipeline import resolve_repetition_time
-from brainharmony.io import InputDataError, PathLike
+from brainharmony.io import InputDataError, PathLike, read_json
 from brainharmony.nifti_checks import DEFAULT_TR_RANGE, implausible_mask, load_checked
 
 logger = logging.getLogger(__name__)
@@ -438,17 +438,13 @@ def process_derivatives(
     records them. fMRIPrep's ``motion_outlierNN`` columns are not read: censoring
     follows ``denoise_settings``.
     """
-    import json
-
     d = denoise_settings or DenoiseSettings()
     meta: dict[str, Any] = {}
     if files.bold_sidecar is not None:
         try:
-            meta = json.loads(files.bold_sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON, UTF-8
+            meta = read_json(files.bold_sidecar, context="cannot read JSON sidecar")
+        except OSError as err:
             raise InputDataError(files.bold_sidecar, f"cannot read JSON sidecar: {err}") from err
-        if not isinstance(meta, dict):
-            raise InputDataError(files.bold_sidecar, "the sidecar is not a JSON object")
     t_r = resolve_repetition_time(
         files.bold, t_r, meta, files.bold_sidecar, tr_range or DEFAULT_TR_RANGE
     )

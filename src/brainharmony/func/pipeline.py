@@ -16,7 +16,6 @@ Order (fMRIPrep's, adapted; see ``docs/func.md``):
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,7 +52,7 @@ from brainharmony.func.register import (
     native_to_template_maps as compose_maps,
 )
 from brainharmony.func.slicetime import reference_time, slice_timing_correct
-from brainharmony.io import InputDataError, PathLike
+from brainharmony.io import InputDataError, PathLike, read_json
 from brainharmony.nifti_checks import (
     DEFAULT_TR_RANGE,
     MAX_ABS_VOXEL,
@@ -279,13 +278,12 @@ def bold_metadata(
         candidates.append(Path(sidecar).absolute())
     for path in candidates:
         try:
-            content = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON, UTF-8
+            content = read_json(path, context="cannot read JSON sidecar")
+        except OSError as err:
             raise InputDataError(path, f"cannot read JSON sidecar: {err}") from err
-        if isinstance(content, dict):
-            merged.update(content)
-            if sources is not None:
-                sources.update(dict.fromkeys(content, Path(path)))
+        merged.update(content)
+        if sources is not None:
+            sources.update(dict.fromkeys(content, Path(path)))
     return merged
 
 
@@ -463,10 +461,10 @@ def anatomy_exclusion(sidecar: PathLike | None) -> str:
     if sidecar is None or not Path(sidecar).exists():
         return ""
     try:
-        content = json.loads(Path(sidecar).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        content = read_json(sidecar, context="cannot read the anatomy sidecar")
+    except OSError as err:
         raise InputDataError(sidecar, f"cannot read the anatomy sidecar: {err}") from err
-    if not (isinstance(content, dict) and content.get("Excluded")):
+    if not content.get("Excluded"):
         return ""
     return f"anatomy excluded: {content.get('ExclusionReason') or 'no reason given'}"
 

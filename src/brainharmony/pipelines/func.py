@@ -17,7 +17,6 @@ dataclasses (:class:`~brainharmony.func.denoise.DenoiseSettings`,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import sys
@@ -62,7 +61,7 @@ from brainharmony.func.pipeline import (
     resolve_repetition_time,
 )
 from brainharmony.func.register import read_itk_affine
-from brainharmony.io import InputDataError, sidecar_path, write_text
+from brainharmony.io import InputDataError, read_json, sidecar_path, write_text
 from brainharmony.nifti_checks import DEFAULT_TR_RANGE, check_tr_range
 from brainharmony.scan_pairing import CheckSettings
 
@@ -270,7 +269,7 @@ def read_t1w_to_template(path: Path) -> np.ndarray:
         raise InputDataError(path, "T1w -> template transform not found")
     try:
         if path.suffix == ".json":
-            content = json.loads(path.read_text())
+            content = read_json(path, context="cannot read the transform")
             block = content.get("Transforms", content)
             found = [block[k] for k in ("T1wToTemplateRAS", "t1w_to_template") if k in block]
             if not found:
@@ -308,7 +307,7 @@ def _atlas_json(atlas_path: Path) -> dict[str, Any]:
 
     side = sidecar_path(atlas_path)
     if side.exists():
-        content = json.loads(side.read_text())
+        content = read_json(side)
         keys = ("Identity", "AtlasSource", "Space")
         return {
             "File": atlas_path.name,
