@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def _resolve_img_size(cfg: object, shards: list[tuple[Path | None, Path]]) -> ob
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony train``; returns the exit status."""
-    from brainharmony.train.config import load_config, with_overrides
+    from brainharmony.train.config import load_config, resolve_grad_accum, with_overrides
     from brainharmony.train.data import build_dataset
     from brainharmony.train.loop import NonFiniteLossError, train
 
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = with_overrides(cfg, args.set)
     if args.steps is not None:
         cfg = cfg.with_train(steps=args.steps)
+    # Before any data is read: a global batch that this process count cannot make.
+    resolve_grad_accum(cfg.train, int(os.environ.get("WORLD_SIZE") or 1), args.config)
     kind = cfg.data.get("kind")
     if kind == "fused":
         if args.shard or not args.index:

@@ -18,6 +18,9 @@ from brainharmony.planning.multitr import MultiTRPlan, pretrain_shards
 
 #: Model roles and their default YAMLs (demo sizes).
 ROLES = ("bh_s", "bh_f", "harmonizer", "lmae", "predictor")
+#: Roles trained by one job over ``train.gpus`` processes (torchrun); the others
+#: (``predictor-cv``) run one process.
+DDP_ROLES = ("bh_s", "bh_f", "harmonizer", "lmae")
 MODEL_FILES = ("model.safetensors", "config.json", "metrics.jsonl", "curves.png")
 #: Per-dataset outputs of the embedding rules: the token index of the frozen encoders,
 #: and the pooled features of each encoder (the evaluation's probe inputs).
@@ -52,6 +55,15 @@ class TrainPlan:
             return str(given)
         return str(Path(self.basedir) / given)
 
+    def processes(self, role: str) -> int:
+        """Training processes of a role's job (world size)."""
+        return max(self.gpus, 1) if role in DDP_ROLES else 1
+
+    def grad_accum(self, role: str) -> int:
+        """Accumulation steps of a role's YAML at :meth:`processes` (see
+        :func:`check_global_batch`)."""
+        return check_global_batch(self.yaml(role), self.processes(role))
+
     @property
     def options(self) -> str:
         """The options every ``brainharmony train``/``predictor-cv`` job gets."""
@@ -80,7 +92,7 @@ def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan
         raise ValueError(f"train.models has unknown role(s) {unknown}; roles: {list(ROLES)}")
     steps = block["steps"]
     ckpt_every = block["ckpt_every"]
-    return TrainPlan(
+    plan = TrainPlan(
         models=models,
         steps=None if steps is None else int(steps),
         ckpt_every=None if ckpt_every is None else int(ckpt_every),
@@ -89,6 +101,12 @@ def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan
         threads=int(block["threads"]),
         basedir=str(basedir),
     )
+    from pathlib import Path
+
+    for role in ROLES:  # a global batch that train.gpus cannot make stops the planning
+        if Path(plan.yaml(role)).is_file():
+            plan.grad_accum(role)
+    return plan
 
 
 def model_dir(role: str) -> str:
@@ -177,6 +195,38 @@ def pretrain_pairs(multitr: MultiTRPlan, ingest_checkpoint: Any) -> str:
     """``--shard/--index`` options of the pretraining datasets' multi-TR shards."""
     files = pretrain_series(multitr, ingest_checkpoint)
     return shard_pairs(files["shards"], files["indexes"])
+
+
+def check_global_batch(yaml_path: str, processes: int) -> int:
+    """Gradient-accumulation steps of a model YAML trained by ``processes`` processes.
+
+    ``train.global_batch / (train.batch_size * processes)`` when the YAML declares a
+    global batch (the same rule as ``brainharmony.train.config.resolve_grad_accum``, read
+    here without torch), else its ``train.grad_accum`` (default 1).
+
+    Raises
+    ------
+    ValueError
+        The global batch is not a multiple of ``batch_size * processes``, naming the YAML,
+        ``train.gpus`` and the process counts that would work.
+    """
+    train = (load_yaml(yaml_path) or {}).get("train") or {}
+    global_batch = train.get("global_batch")
+    if global_batch is None:
+        return int(train.get("grad_accum", 1))
+    batch = int(train.get("batch_size", 8))
+    per_step = batch * processes
+    if int(global_batch) % per_step:
+        fits = [
+            n for n in range(1, int(global_batch) // batch + 1) if global_batch % (batch * n) == 0
+        ]
+        raise ValueError(
+            f"{yaml_path}: train.global_batch {global_batch} is not a multiple of "
+            f"train.batch_size {batch} x {processes} process(es) (train.gpus) = {per_step}; "
+            f"with this batch_size it works with {', '.join(map(str, fits))} GPU(s): change "
+            "train.gpus, or the YAML's batch_size"
+        )
+    return int(global_batch) // per_step
 
 
 def check_volume_shape(yaml_path: str, model_box_mm: Sequence[int], resolution_mm: float) -> str:

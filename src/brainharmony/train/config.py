@@ -38,6 +38,7 @@ __all__ = [
     "config_from_mapping",
     "freeze",
     "load_config",
+    "resolve_grad_accum",
     "thaw",
 ]
 
@@ -81,7 +82,11 @@ class OptimConfig:
     min_lr : float
         Learning rate at the last step (cosine floor).
     weight_decay : float
-        Decoupled weight decay of the decayed group.
+        Decoupled weight decay of the decayed group (at the first step).
+    weight_decay_end : float or None
+        ``None`` (the default): the weight decay stays ``weight_decay`` throughout. A
+        value: a cosine from ``weight_decay`` (step 0) to ``weight_decay_end`` (the last
+        step), as in the MAE/I-JEPA code family (I-JEPA ramps 0.04 -> 0.4).
     betas : tuple of 2 float
     eps : float
     warmup_steps : int
@@ -93,6 +98,7 @@ class OptimConfig:
     lr: float = 1.0e-3
     min_lr: float = 0.0
     weight_decay: float = 0.05
+    weight_decay_end: float | None = None
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1.0e-8
     warmup_steps: int = 0
@@ -110,6 +116,13 @@ class TrainConfig:
     batch_size : int
         Samples per process per micro-batch (global batch =
         ``batch_size * world_size * grad_accum``).
+    global_batch : int or None
+        Samples per optimiser step over all processes. When set, the accumulation is
+        derived from the number of processes: ``grad_accum = global_batch / (batch_size *
+        world_size)`` (:func:`resolve_grad_accum`), so the optimiser steps, and the
+        learning-rate and weight-decay schedules over them, do not depend on the GPU
+        count; ``grad_accum`` must then be left at 1. ``None`` (the default):
+        ``grad_accum`` as given, and the global batch grows with the processes.
     seed : int
         Seeds python, numpy, torch, data order and crops.
     precision : {"auto", "fp32", "bf16"}
@@ -133,6 +146,7 @@ class TrainConfig:
     ckpt_every: int = 100
     num_workers: int = 0
     grad_accum: int = 1
+    global_batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,13 +161,18 @@ class ModelConfig:
     data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-ready dict with the YAML's layout."""
+        """Plain, JSON-ready dict with the YAML's layout.
+
+        The optional keys added later (``optim.weight_decay_end``, ``train.global_batch``)
+        are left out while ``None``, so a configuration that does not use them has the
+        same ``config.json`` (and checkpoint digest) as before they existed.
+        """
         return {
             "name": self.name,
             "kind": self.kind,
             "model": thaw(self.model),
-            "optim": thaw(dataclasses.asdict(self.optim)),
-            "train": thaw(dataclasses.asdict(self.train)),
+            "optim": _without_unset(thaw(dataclasses.asdict(self.optim)), _OPTIONAL_OPTIM),
+            "train": _without_unset(thaw(dataclasses.asdict(self.train)), _OPTIONAL_TRAIN),
             "data": thaw(self.data),
         }
 
@@ -169,6 +188,47 @@ class ModelConfig:
         return dataclasses.replace(self, train=train)
 
 
+_OPTIONAL_OPTIM = ("weight_decay_end",)
+_OPTIONAL_TRAIN = ("global_batch",)
+
+
+def _without_unset(doc: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if not (k in keys and v is None)}
+
+
+def resolve_grad_accum(train: TrainConfig, world_size: int, source: PathLike | str) -> int:
+    """Micro-batches per optimiser step for ``world_size`` processes.
+
+    ``train.grad_accum`` when ``train.global_batch`` is unset, else ``global_batch /
+    (batch_size * world_size)``.
+
+    Raises
+    ------
+    ModelConfigError
+        ``global_batch`` is not a multiple of ``batch_size * world_size`` (naming
+        ``source``, the model YAML, and the process counts that would work).
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if train.global_batch is None:
+        return train.grad_accum
+    per_step = train.batch_size * world_size
+    if train.global_batch % per_step:
+        fits = [
+            n
+            for n in range(1, train.global_batch // train.batch_size + 1)
+            if train.global_batch % (train.batch_size * n) == 0
+        ]
+        raise ModelConfigError(
+            source,
+            f"train.global_batch {train.global_batch} is not a multiple of train.batch_size "
+            f"{train.batch_size} x {world_size} processes = {per_step}, so no whole number "
+            f"of accumulation steps gives it; with this batch_size it works with "
+            f"{', '.join(map(str, fits))} processes (or change train.batch_size)",
+        )
+    return train.global_batch // per_step
+
+
 def _type_ok(value: Any, annotation: str) -> bool:
     if annotation == "int":
         return isinstance(value, int) and not isinstance(value, bool)
@@ -176,6 +236,8 @@ def _type_ok(value: Any, annotation: str) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if annotation == "float | None":
         return value is None or _type_ok(value, "float")
+    if annotation == "int | None":
+        return value is None or _type_ok(value, "int")
     if annotation == "str":
         return isinstance(value, str)
     if annotation == "tuple[float, float]":
@@ -228,6 +290,8 @@ def _validate(obj: Any, section: str, source: str) -> None:
             fail("min_lr", f"must be in [0, lr={obj.lr}], got {obj.min_lr}")
         if obj.weight_decay < 0:
             fail("weight_decay", f"must be >= 0, got {obj.weight_decay}")
+        if obj.weight_decay_end is not None and obj.weight_decay_end < 0:
+            fail("weight_decay_end", f"must be >= 0 or null, got {obj.weight_decay_end}")
         if not all(0 <= b < 1 for b in obj.betas):
             fail("betas", f"must both be in [0, 1), got {list(obj.betas)}")
         if obj.eps <= 0:
@@ -244,6 +308,20 @@ def _validate(obj: Any, section: str, source: str) -> None:
             fail("num_workers", f"must be >= 0, got {obj.num_workers}")
         if obj.seed < 0:
             fail("seed", f"must be >= 0, got {obj.seed}")
+        if obj.global_batch is not None:
+            if obj.global_batch < 1:
+                fail("global_batch", f"must be >= 1 or null, got {obj.global_batch}")
+            if obj.global_batch % obj.batch_size:
+                fail(
+                    "global_batch",
+                    f"{obj.global_batch} must be a multiple of train.batch_size {obj.batch_size}",
+                )
+            if obj.grad_accum != 1:
+                fail(
+                    "grad_accum",
+                    f"is derived from train.global_batch ({obj.global_batch}) and the number "
+                    f"of processes; remove it (got {obj.grad_accum})",
+                )
         if obj.precision not in PRECISIONS:
             fail("precision", f"must be one of {', '.join(PRECISIONS)}; got {obj.precision!r}")
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from brainharmony.io import InputDataError, PathLike, atomic_path, config_digest, sha256_file
 from brainharmony.train import checkpoint as ckpt
-from brainharmony.train.config import ModelConfig
+from brainharmony.train.config import ModelConfig, resolve_grad_accum
 from brainharmony.train.data import SeededItems, StreamBatchSampler, _mix
 from brainharmony.train.distributed import (
     DistContext,
@@ -47,7 +47,13 @@ from brainharmony.train.distributed import (
     teardown,
 )
 from brainharmony.train.metrics import MetricsLog, plot_curves, read_metrics
-from brainharmony.train.optim import build_optimizer, build_scheduler, resolve_precision
+from brainharmony.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    decay_exempt_names,
+    resolve_precision,
+    set_weight_decay,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +291,9 @@ def _train(
 
     tc = cfg.train
     total = tc.steps
+    # With train.global_batch the accumulation follows the process count, so every
+    # optimiser step sees the same number of samples on 1 or N GPUs.
+    grad_accum = resolve_grad_accum(tc, ctx.world_size, cfg.name)
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
     # Identical initial weights on every rank (DDP also broadcasts rank 0's).
@@ -372,7 +381,7 @@ def _train(
         end,
         rank=ctx.rank,
         world_size=ctx.world_size,
-        grad_accum=tc.grad_accum,
+        grad_accum=grad_accum,
         groups=getattr(dataset, "batch_groups", None),
     )
     loader = torch.utils.data.DataLoader(
@@ -384,6 +393,7 @@ def _train(
     )
     clip = cfg.optim.clip_grad if cfg.optim.clip_grad else float("inf")
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    exempt = decay_exempt_names(model)
     bar = None
     if progress and ctx.is_main and start < end:
         from tqdm.auto import tqdm
@@ -404,13 +414,14 @@ def _train(
             wrapped.train()
             optimizer.zero_grad(set_to_none=True)
             lr = float(optimizer.param_groups[0]["lr"])
+            wd = set_weight_decay(optimizer, exempt, cfg.optim, step, total)
             loss_acc = torch.zeros((), device=ctx.device)
             logs_acc: dict[str, float] = {}
-            for micro in range(tc.grad_accum):
+            for micro in range(grad_accum):
                 batch = _to_device(next(batches), ctx.device)
                 sync = (
                     wrapped.no_sync()
-                    if ctx.distributed and micro < tc.grad_accum - 1
+                    if ctx.distributed and micro < grad_accum - 1
                     else contextlib.nullcontext()
                 )
                 autocast = (
@@ -421,10 +432,10 @@ def _train(
                 with sync:
                     with autocast:
                         loss, logs = wrapped(batch)
-                    (loss.float() / tc.grad_accum).backward()
-                loss_acc += loss.detach().float() / tc.grad_accum
+                    (loss.float() / grad_accum).backward()
+                loss_acc += loss.detach().float() / grad_accum
                 for key, value in logs.items():
-                    logs_acc[key] = logs_acc.get(key, 0.0) + float(value) / tc.grad_accum
+                    logs_acc[key] = logs_acc.get(key, 0.0) + float(value) / grad_accum
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             loss_value = float(all_reduce_mean(loss_acc, ctx))
             if not (_finite(loss_value) and _finite(grad_norm)):
@@ -442,6 +453,8 @@ def _train(
             last_loss = loss_value
             if done == 1 or done % tc.log_every == 0 or done == total:
                 record: dict[str, Any] = {"step": done, "loss": loss_value, "lr": lr}
+                if wd is not None:  # the cosine weight-decay schedule only
+                    record["wd"] = wd
                 record["grad_norm"] = grad_norm
                 if logs_acc:
                     keys = sorted(logs_acc)

@@ -10,27 +10,42 @@ Weight decay is not applied to
 The learning rate at optimiser step ``s`` (0-based) of ``S`` with ``W`` warmup steps is
 ``lr * (s + 1) / W`` for ``s < W``, then a cosine from ``lr`` (at ``s = W``) to ``min_lr``
 (at ``s = S - 1``).
+
+The weight decay of the decayed group is ``weight_decay`` throughout, or, with
+``weight_decay_end`` set, ``wd_end + (wd - wd_end) * (1 + cos(pi * s / (S - 1))) / 2``: a
+cosine from ``weight_decay`` at the first step to ``weight_decay_end`` at the last (no
+warmup), the MAE/I-JEPA family's ``cosine_scheduler``/``CosineWDSchedule``.
+
+Both are functions of the optimiser step alone. With ``train.global_batch`` set, the
+number of optimiser steps and the samples each one sees do not depend on the number of
+processes either (:func:`plan_schedule`), so the schedules are the same on 1 or 8 GPUs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from brainharmony.train.config import OptimConfig
+from brainharmony.io import PathLike
+from brainharmony.train.config import ModelConfig, OptimConfig, resolve_grad_accum
 
 __all__ = [
+    "Schedule",
     "WarmupCosine",
     "build_optimizer",
     "build_scheduler",
     "decay_exempt_names",
     "lr_at",
     "param_groups",
+    "plan_schedule",
     "resolve_precision",
+    "set_weight_decay",
+    "wd_at",
 ]
 
 _NO_DECAY_MODULES = (
@@ -118,6 +133,91 @@ def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
     span = total_steps - 1 - warmup
     progress = 1.0 if span <= 0 else min(1.0, (step - warmup) / span)
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def wd_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Weight decay of the decayed group at optimiser step ``step`` (0-based)."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if cfg.weight_decay_end is None:
+        return cfg.weight_decay
+    span = total_steps - 1
+    progress = 1.0 if span <= 0 else min(1.0, step / span)
+    end = cfg.weight_decay_end
+    return end + (cfg.weight_decay - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_weight_decay(
+    optimizer: torch.optim.Optimizer, exempt: set[str], cfg: OptimConfig, step: int, total: int
+) -> float | None:
+    """Set the decayed group's weight decay for ``step`` (with ``weight_decay_end`` only).
+
+    The decayed group is the one whose parameter names (``names``, kept in the optimiser
+    state) are not in ``exempt`` (:func:`decay_exempt_names`); the exempt group stays at
+    0. Returns the value set, or ``None`` for the constant schedule (nothing is touched,
+    so those runs are unchanged).
+    """
+    if cfg.weight_decay_end is None:
+        return None
+    value = wd_at(step, cfg, total)
+    for group in optimizer.param_groups:
+        if not set(group.get("names", ())) & exempt:
+            group["weight_decay"] = value
+    return value
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a run does per optimiser step, for a given number of processes.
+
+    Attributes
+    ----------
+    world_size : int
+    grad_accum : int
+        Micro-batches per optimiser step on each process.
+    global_batch : int
+        Samples per optimiser step over all processes.
+    steps : int
+        Optimiser steps.
+    lr, weight_decay : tuple of float
+        Per optimiser step.
+    """
+
+    world_size: int
+    grad_accum: int
+    global_batch: int
+    steps: int
+    lr: tuple[float, ...]
+    weight_decay: tuple[float, ...]
+
+    @property
+    def samples(self) -> int:
+        """Samples seen over the run."""
+        return self.global_batch * self.steps
+
+
+def plan_schedule(
+    cfg: ModelConfig, world_size: int, source: PathLike | str | None = None
+) -> Schedule:
+    """The accumulation, global batch and per-step schedules of ``cfg`` on
+    ``world_size`` processes (what :func:`brainharmony.train.train` runs).
+
+    Raises
+    ------
+    ModelConfigError
+        ``train.global_batch`` does not divide into ``batch_size * world_size``.
+    """
+    tc = cfg.train
+    accum = resolve_grad_accum(tc, world_size, source or cfg.name)
+    total = tc.steps
+    return Schedule(
+        world_size=world_size,
+        grad_accum=accum,
+        global_batch=tc.batch_size * world_size * accum,
+        steps=total,
+        lr=tuple(lr_at(s, cfg.optim, total) for s in range(total)),
+        weight_decay=tuple(wd_at(s, cfg.optim, total) for s in range(total)),
+    )
 
 
 class WarmupCosine:
