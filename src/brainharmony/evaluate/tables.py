@@ -31,6 +31,7 @@ import pandas as pd
 
 from brainharmony.evaluate.harness import HARNESS, baseline_names, display_name
 from brainharmony.evaluate.metrics import (
+    COVARIATE_COLUMN,
     PREDICTION_COLUMNS,
     better,
     metrics_from_predictions,
@@ -38,6 +39,7 @@ from brainharmony.evaluate.metrics import (
     summarise,
 )
 from brainharmony.evaluate.settings import (
+    COVARIATE_METRICS,
     METRIC_LABELS,
     EvalSettings,
     TaskSpec,
@@ -132,7 +134,8 @@ def merge_predictions(
         raise InputDataError(None, "no prediction files given")
     merged = pd.concat(frames, ignore_index=True)
     p_cols = sorted({c for f in frames for c in f.columns if c.startswith("p_")})
-    merged = merged[list(PREDICTION_COLUMNS) + p_cols]
+    cov = [COVARIATE_COLUMN] if any(COVARIATE_COLUMN in f.columns for f in frames) else []
+    merged = merged[list(PREDICTION_COLUMNS) + cov + p_cols]
     merged = merged.sort_values(
         ["dataset", "task", "model", "seed", "fold", "split", "subject"], kind="stable"
     ).reset_index(drop=True)
@@ -213,8 +216,11 @@ def build_paper_table(
     """Arrange metrics.csv into the papers' layout (see the module notes)."""
     models = model_order(list(dict.fromkeys(metrics["model"])))
     columns: list[tuple[str, str, str]] = []
+    computed = set(zip(metrics["dataset"], metrics["task"], metrics["metric"], strict=True))
     for ds, tk in task_types:
         for metric in settings.table_metrics[task_types[(ds, tk)]]:
+            if metric in COVARIATE_METRICS and (ds, tk, metric) not in computed:
+                continue  # partial_r: only tasks with a partial_out covariate have it
             columns.append((ds, tk, metric))
     index = metrics.set_index(["dataset", "task", "model", "metric"])
     cells, bold = {}, set()
