@@ -160,7 +160,8 @@ rule report:
 
 rule predictor_cv:
     # The LMAE -> RWMoE -> SSM predictor trained per seed and fold of the task's splits
-    # (initialised from the pretrained LMAE), scored by the harness as model `predictor`.
+    # (initialised from the pretrained LMAE), scored by the harness as model `predictor`;
+    # also the ROI x expert map of its spatial RWMoE (TSV + figure, shown by the report).
     input:
         labels=rules.eval_labels.output.labels,
         splits=get_split_metas,
@@ -171,6 +172,8 @@ rule predictor_cv:
         yaml=PLAN.train.yaml("predictor"),
     output:
         predictions=PLAN.evaluate.external["predictor"],
+        experts=PLAN.evaluate.predictor_experts["weights"],
+        experts_figure=PLAN.evaluate.predictor_experts["figure"],
     log:
         "logs/eval/{dataset}_{task}_predictor.log",
     benchmark:
@@ -195,4 +198,5 @@ rule predictor_cv:
         "--splits {params.split_dirs} --settings {params.settings:q} "
         "--dataset {wildcards.dataset:q} --task {wildcards.task:q} {params.pairs} "
         "--scaling {input.scaling:q} --init {params.lmae:q} --work {params.work:q} "
-        "--threads {threads} {params.opts} --out {output.predictions:q} > {log:q} 2>&1"
+        "--threads {threads} {params.opts} --expert-weights {output.experts:q} "
+        "--expert-figure {output.experts_figure:q} --out {output.predictions:q} > {log:q} 2>&1"

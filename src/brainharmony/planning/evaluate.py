@@ -27,6 +27,12 @@ EMBEDDINGS: dict[str, str] = {
 EXTERNAL: dict[str, str] = {
     "predictor": "results/eval/{dataset}/{task}/predictor/predictions.tsv",
 }
+#: The predictor's ROI x expert map (``predictor-cv --expert-weights / --expert-figure``),
+#: beside its predictions; the report embeds the figure.
+PREDICTOR_EXPERTS: dict[str, str] = {
+    "weights": "results/eval/{dataset}/{task}/predictor/expert_weights.tsv",
+    "figure": "results/eval/{dataset}/{task}/predictor/expert_weights.png",
+}
 
 LABELS = "results/eval/{dataset}/{task}/labels.tsv"
 SPLITS_META = "results/splits/{dataset}/{task}/seed-{seed}/splits.json"
@@ -184,6 +190,10 @@ class EvalPlan:
     @property
     def external(self) -> Mapping[str, str]:
         return EXTERNAL
+
+    @property
+    def predictor_experts(self) -> Mapping[str, str]:
+        return PREDICTOR_EXPERTS
 
     @property
     def tables(self) -> dict[str, str]:
