@@ -382,7 +382,7 @@ class ReportBuilder:
         )
         rows = []
         for m in table.models:
-            cells = [f"<td>{_esc(display_name(m))}</td>"]
+            cells = [f"<td>{_esc(table.label(m))}</td>"]
             for c in table.columns:
                 text = _esc(table.text(m, c) or "–")
                 cells.append(

@@ -62,6 +62,10 @@ DEFAULT_MODELS = (
 )
 
 
+#: How the predictor's LMAE is pretrained (``evaluate.predictor_lmae``).
+PREDICTOR_LMAE_MODES = ("per_fold", "transductive")
+
+
 class SettingsError(ValueError):
     """The ``evaluate`` settings are invalid; the message names the key."""
 
@@ -297,6 +301,10 @@ class EvalSettings:
         Significance level of the paired tests shown in the tables.
     grids : Grids
     finetune : FineTuneSettings
+    predictor_lmae : {"per_fold", "transductive"}
+        How the predictor's LMAE stage is pretrained: per fold on that fold's training
+        subjects only (default), or once on every subject of ``pretrain.datasets``, test
+        folds included (transductive; the table labels the predictor so).
     """
 
     tasks: tuple[TaskSpec, ...] = ()
@@ -321,6 +329,7 @@ class EvalSettings:
     alpha: float = 0.05
     grids: Grids = field(default_factory=Grids)
     finetune: FineTuneSettings = field(default_factory=FineTuneSettings)
+    predictor_lmae: Literal["per_fold", "transductive"] = "per_fold"
 
     def task(self, dataset: str, name: str) -> TaskSpec:
         """The spec of one task (error listing the configured tasks when absent)."""
@@ -364,6 +373,7 @@ class EvalSettings:
                 )
                 for f in fields(FineTuneSettings)
             },
+            "predictor_lmae": self.predictor_lmae,
         }
 
 
@@ -381,6 +391,7 @@ _TOP_KEYS = {
     "alpha",
     "grids",
     "finetune",
+    "predictor_lmae",
 }
 _TASK_KEYS = {
     "target",
@@ -545,6 +556,11 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
     finetune = FineTuneSettings(**ft_raw)
     if finetune.epochs < 1 or finetune.batch_size < 1 or finetune.patience < 1:
         raise SettingsError("evaluate.finetune: epochs, batch_size and patience must be >= 1")
+    predictor_lmae = str(block.get("predictor_lmae", base.predictor_lmae))
+    if predictor_lmae not in PREDICTOR_LMAE_MODES:
+        raise SettingsError(
+            f"evaluate.predictor_lmae: one of {PREDICTOR_LMAE_MODES}; got {predictor_lmae!r}"
+        )
     return EvalSettings(
         tasks=tuple(tasks),
         cohorts=cohorts,
@@ -571,6 +587,7 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         alpha=alpha,
         grids=grids,
         finetune=finetune,
+        predictor_lmae=predictor_lmae,  # type: ignore[arg-type]
     )
 
 

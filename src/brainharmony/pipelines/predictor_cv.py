@@ -80,7 +80,9 @@ __all__ = [
     "align_experts",
     "candidate_steps",
     "fold_seed",
+    "lmae_mode",
     "predict_subjects",
+    "pretrain_lmae",
     "run",
     "run_cv",
     "training_dataset",
@@ -414,12 +416,18 @@ def run_fold(
     *,
     scaling_path: Path | None = None,
     init: Path | None = None,
+    lmae_cfg: Any | None = None,
     fractions: Sequence[float] = DEFAULT_SELECT_STEPS,
     threads: int | None = None,
     device: str | None = None,
     progress: bool = False,
 ) -> FoldResult:
-    """Train, select and predict one fold (see the module docstring)."""
+    """Train, select and predict one fold (see the module docstring).
+
+    With ``lmae_cfg`` (an ``lmae`` model YAML) the LMAE is first pretrained on the fold's
+    ``train`` subjects only (:func:`pretrain_lmae`) and the predictor starts from it;
+    ``init`` (an LMAE trained elsewhere) is then not allowed.
+    """
     import torch
 
     from brainharmony.models.predictor import export_expert_weights
@@ -454,6 +462,7 @@ def run_fold(
             "shards": [[str(s.shard), str(s.index_path), s.window] for s in sources],
             "scaling": str(scaling_path),
             "init": str(init),
+            "lmae": None if lmae_cfg is None else lmae_cfg.to_dict(),
             "steps": steps,
             # what each candidate leaves in the folder (older folders lack expert weights)
             "outputs": ["predictions", "expert_weights"],
@@ -473,6 +482,20 @@ def run_fold(
 
     inputs = [p for s in sources for p in (s.shard, s.index_path)]
     inputs += [p for p in (scaling_path, init) if p is not None]
+    if lmae_cfg is not None:
+        if init is not None:
+            raise ValueError("give either a per-fold LMAE configuration or --init, not both")
+        init = pretrain_lmae(
+            lmae_cfg.with_train(seed=fold_seed(lmae_cfg.train.seed, split_seed, fold)),
+            sources,
+            train_subjects,
+            fold_dir / "lmae",
+            scaling=scaling,
+            threads=threads,
+            device=device,
+            inputs=inputs,
+            progress=progress,
+        )
     frames: dict[int, pd.DataFrame] = {}
     state_dir = fold_dir / "state"
     test_subjects = {s for s, p in split_of.items() if p == "test"}
@@ -562,6 +585,80 @@ def run_fold(
         time.perf_counter() - began,
         experts,
     )
+
+
+def pretrain_lmae(
+    cfg: Any,
+    sources: Sequence[ShardSource],
+    subjects: set[str],
+    folder: Path,
+    *,
+    scaling: Any | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    inputs: Sequence[PathLike] = (),
+    progress: bool = False,
+) -> Path:
+    """Pretrain the LMAE on every shard row of ``subjects`` (a fold's training subjects).
+
+    The model folder is ``folder/model`` (resumable state in ``folder/state``; a finished
+    folder is reused); the rows used are listed in ``folder/rows.tsv``. Windows are the
+    LMAE YAML's ``data`` (``duration_s`` / ``window``), at each shard's TR.
+
+    Returns
+    -------
+    Path
+        The model folder (the predictor's ``init_from``).
+    """
+    from brainharmony.train import checkpoint as ckpt
+    from brainharmony.train.data import SeriesCollection
+    from brainharmony.train.loop import train
+
+    if cfg.kind != "lmae":
+        raise InputDataError(None, f"per-fold pretraining needs an 'lmae' YAML; got {cfg.kind!r}")
+    model_dir = folder / "model"
+    if (model_dir / ckpt.WEIGHTS_NAME).is_file():
+        return model_dir
+    parts, tables = [], []
+    for source in sources:
+        rows = source.rows_of(subjects)
+        if rows.size == 0:
+            continue
+        own = ShardSource.open(source.shard, source.index_path, cfg.data)
+        parts.append(
+            PackedSeriesDataset(
+                own.shard,
+                own.index,
+                window=own.window,
+                crop=cfg.data.get("crop", "random"),
+                rows=rows,
+                scaling=scaling,
+            )
+        )
+        tables.append(
+            pd.DataFrame(
+                {
+                    "shard": str(source.shard),
+                    "row": rows,
+                    "subject": own.index["subject"].to_numpy()[rows],
+                }
+            )
+        )
+    if not parts:
+        raise InputDataError(None, "no shard row belongs to a training subject of this fold")
+    write_tsv(folder / "rows.tsv", pd.concat(tables, ignore_index=True))
+    dataset = SeriesCollection(parts, group_by_part=bool(cfg.data.get("group_by_shard", False)))
+    train(
+        cfg,
+        dataset,
+        model_dir,
+        folder / "state",
+        threads=threads,
+        device=device,
+        inputs=inputs,
+        progress=progress,
+    )
+    return model_dir
 
 
 def _experts_path(fold_dir: Path, step: int) -> Path:
@@ -730,7 +827,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--index", action="append", default=[], type=Path, help="index TSV of the matching --shard"
     )
     parser.add_argument("--scaling", type=Path, help="robust-scaling statistics JSON")
-    parser.add_argument("--init", type=Path, help="trained model folder (LMAE) to start from")
+    lmae = parser.add_mutually_exclusive_group()
+    lmae.add_argument(
+        "--init",
+        type=Path,
+        help="trained model folder (LMAE) to start from; an LMAE pretrained on subjects "
+        "that include the test folds makes the protocol transductive",
+    )
+    lmae.add_argument(
+        "--lmae-config",
+        type=Path,
+        help="LMAE model YAML: pretrain it per fold on the fold's training subjects only and "
+        "start from it (inductive)",
+    )
+    parser.add_argument(
+        "--lmae-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one value of the --lmae-config YAML (repeatable)",
+    )
+    parser.add_argument("--lmae-steps", type=int, help="override the LMAE's train.steps")
     parser.add_argument(
         "--set",
         action="append",
@@ -843,6 +960,13 @@ def write_expert_map(
     return tsv, png
 
 
+def lmae_mode(init: Path | None, lmae_cfg: Any | None) -> str:
+    """How the LMAE stage was pretrained (the sidecar's ``LMAEPretraining``)."""
+    if lmae_cfg is not None:
+        return "per_fold"  # on each fold's training subjects only
+    return "none" if init is None else "given"  # --init: pretrained elsewhere
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony predictor-cv``."""
     import torch
@@ -881,6 +1005,19 @@ def run(args: argparse.Namespace) -> int:
     seeds = [s.seed for s in splits]
     if len(set(seeds)) != len(seeds):
         raise InputDataError(None, f"two split folders have the same seed: {seeds}")
+    lmae_cfg = None
+    if args.lmae_config is not None:
+        from brainharmony.train.config import with_overrides
+
+        lmae_cfg = with_overrides(load_config(args.lmae_config), list(args.lmae_set))
+        if args.lmae_steps is not None:
+            lmae_cfg = lmae_cfg.with_train(steps=args.lmae_steps)
+        if lmae_cfg.kind != "lmae":
+            raise InputDataError(
+                args.lmae_config, f"--lmae-config needs an 'lmae' YAML; got {lmae_cfg.kind!r}"
+            )
+    elif args.lmae_set or args.lmae_steps is not None:
+        raise InputDataError(None, "--lmae-set / --lmae-steps need --lmae-config")
     began = time.perf_counter()
     predictions, info, experts = run_cv(
         cfg,
@@ -892,13 +1029,15 @@ def run(args: argparse.Namespace) -> int:
         args.work,
         scaling_path=args.scaling,
         init=args.init,
+        lmae_cfg=lmae_cfg,
         fractions=_fractions(args.select_steps),
         threads=args.threads,
         device=args.device,
         progress=not args.no_progress,
     )
     used = [args.config, args.labels, *args.splits, *args.shard, *args.index]
-    used += [p for p in (args.scaling, args.init) if p is not None]
+    used += [p for p in (args.scaling, args.init, args.lmae_config) if p is not None]
+    info["LMAEPretraining"] = lmae_mode(args.init, lmae_cfg)
     write_json(
         sidecar_path(args.out),
         {

@@ -16,6 +16,7 @@ from typing import Any
 from brainharmony.evaluate.settings import EvalSettings, TaskSpec, settings_from_mapping
 from brainharmony.planning.multitr import denoised_series
 from brainharmony.planning.train import EMBEDDINGS as TRAIN_EMBEDDINGS
+from brainharmony.planning.train import model_dir, model_outputs
 
 #: Pooled-embedding file of a probe model, per workflow dataset ``{d}`` (the embedding
 #: rules' outputs, :data:`brainharmony.planning.train.EMBEDDINGS`).
@@ -153,6 +154,22 @@ def model_args(
             continue
         args += [f"{flag} {shlex.quote(f'{model}={p}')}" for p in named_inputs[model]]
     return " ".join(args)
+
+
+def predictor_lmae_inputs(settings: EvalSettings, lmae_yaml: str) -> dict[str, str]:
+    """The predictor's LMAE input (for ``unpack``): the LMAE of ``train_lmae``, trained on
+    every subject (``transductive``), or the LMAE YAML it pretrains per fold on the
+    fold's training subjects (``per_fold``, the default)."""
+    if settings.predictor_lmae == "transductive":
+        return {"lmae": model_outputs("lmae")["weights"]}
+    return {"lmae_yaml": lmae_yaml}
+
+
+def predictor_lmae_args(settings: EvalSettings, lmae_yaml: str) -> str:
+    """``--init <LMAE folder>`` (transductive) or ``--lmae-config <YAML>`` (per fold)."""
+    if settings.predictor_lmae == "transductive":
+        return f"--init {shlex.quote(model_dir('lmae'))}"
+    return f"--lmae-config {shlex.quote(lmae_yaml)}"
 
 
 def predictions(settings: EvalSettings) -> list[str]:

@@ -413,3 +413,31 @@ def test_partial_out_round_trips_through_the_settings_json():
     from brainharmony.evaluate.settings import TaskSpec
 
     assert TaskSpec.from_dict(settings.task("d", "t").to_dict()).partial_out == "age"
+
+
+def test_transductive_predictor_is_labelled_in_every_table_format():
+    from brainharmony.evaluate.tables import TRANSDUCTIVE
+
+    metrics, tests = _metrics()
+    metrics = metrics.copy()
+    metrics.loc[metrics["model"] == metrics["model"].iloc[-1], "model"] = "predictor"
+    tests = tests.iloc[0:0]
+    types = {
+        (d, t): ("regression" if m in ("mae", "pearson_r", "r2") else "classification")
+        for d, t, m in zip(metrics["dataset"], metrics["task"], metrics["metric"], strict=True)
+    }
+    label = "LMAE-RWMoE-SSM" + TRANSDUCTIVE
+    for mode, shown in (("per_fold", False), ("transductive", True)):
+        settings = settings_from_mapping({"predictor_lmae": mode})
+        table = build_paper_table(metrics, tests, settings, types)
+        texts = [
+            "\n".join(table_csv(table)["model"]),
+            table_markdown(table),
+            table_latex(table),
+        ]
+        for text in texts:
+            assert (label in text) is shown, mode
+            assert "LMAE-RWMoE-SSM" in text
+        assert ("Transductive" in table.note) is shown
+    with pytest.raises(Exception, match="predictor_lmae"):
+        settings_from_mapping({"predictor_lmae": "all"})

@@ -117,7 +117,14 @@ def _splits(root: Path, labels: Path, target: str, task: str, seeds: list[int]) 
     return out
 
 
-def _run(paths: dict[str, Path], task: str, splits: list[Path], work: Path, out: Path) -> int:
+def _run(
+    paths: dict[str, Path],
+    task: str,
+    splits: list[Path],
+    work: Path,
+    out: Path,
+    extra: list[str] | None = None,
+) -> int:
     argv = [
         "predictor-cv",
         "--config",
@@ -154,7 +161,7 @@ def _run(paths: dict[str, Path], task: str, splits: list[Path], work: Path, out:
     ]
     for item in TINY_SETS:
         argv += ["--set", item]
-    return main(argv)
+    return main(argv + list(extra or []))
 
 
 def _check_rows(out: Path, splits: list[Path], work: Path, labels: pd.Series) -> pd.DataFrame:
@@ -331,3 +338,59 @@ def test_align_experts_undoes_a_permutation_of_the_experts() -> None:
     assert np.abs(naive - want)[np.arange(8) != 5].max() > 0.1
     with pytest.raises(ValueError, match="different ROIs or experts"):
         align_experts([_expert_table(base), _expert_table(base[:, :2])])
+
+
+TINY_LMAE_SETS = [
+    "model.n_rois=10",
+    "model.dim=32",
+    "model.depth=1",
+    "model.heads=4",
+    "model.decoder_dim=32",
+    "model.decoder_heads=4",
+    "train.batch_size=4",
+    "data.duration_s=30.0",
+]
+
+
+def test_lmae_pretrained_per_fold_on_training_subjects_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _write_data(tmp_path)
+    splits = _splits(tmp_path, paths["labels"], "age", "regression", [0])
+    out = tmp_path / "eval" / "predictor" / "predictions.tsv"
+    work = tmp_path / "work"
+    lmae_yaml = Path(__file__).resolve().parents[3] / "models" / "lmae_demo.yaml"
+    import brainharmony.pipelines.predictor_cv as cv
+    import brainharmony.train.loop as loop
+
+    calls: list[tuple[str, Path | None]] = []
+    real_train = loop.train
+
+    def spy(cfg, dataset, out_dir, state_dir, **kwargs):
+        calls.append((cfg.kind, kwargs.get("init_from")))
+        return real_train(cfg, dataset, out_dir, state_dir, **kwargs)
+
+    monkeypatch.setattr(loop, "train", spy)
+    argv = ["--lmae-config", str(lmae_yaml), "--lmae-steps", "2"]
+    for item in TINY_LMAE_SETS:
+        argv += ["--lmae-set", item]
+    assert _run(paths, "age", splits, work, out, extra=argv) == 0
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["LMAEPretraining"] == "per_fold"
+    split_set = read_splits(splits[0])
+    for k, table in split_set.folds.items():
+        folder = work / "seed-0" / f"fold-{k}" / "lmae"
+        assert (folder / "model" / "model.safetensors").is_file()
+        rows = pd.read_csv(folder / "rows.tsv", sep="\t", dtype={"subject": str})
+        train = set(table.loc[table["split"] == "train", "subject"])
+        assert set(rows["subject"]) == train  # never a val or test subject
+    # each fold: one LMAE run, then the predictor starting from that fold's LMAE
+    lmae_runs = [c for c in calls if c[0] == "lmae"]
+    pred_inits = {str(c[1]) for c in calls if c[0] == "predictor"}
+    assert len(lmae_runs) == 3 and all(c[1] is None for c in lmae_runs)
+    assert pred_inits == {str(work / "seed-0" / f"fold-{k}" / "lmae" / "model") for k in range(3)}
+    _check_rows(out, splits, work, _harness("age", paths, splits, out)[0])
+    # --init (an LMAE trained on everyone) and --lmae-config exclude each other
+    with pytest.raises(SystemExit):
+        _run(paths, "age", splits, work, out, extra=[*argv, "--init", str(tmp_path)])
+    assert cv.lmae_mode(tmp_path, None) == "given" and cv.lmae_mode(None, None) == "none"
