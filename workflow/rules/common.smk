@@ -345,6 +345,17 @@ def get_predictor_indexes(wildcards):
     return _native_shards(wildcards, PLAN.multitr.series_index)
 
 
+def get_predictor_lmae(wildcards):
+    """The predictor's LMAE: the pretrained folder's weights (evaluate.predictor_lmae:
+    transductive) or the LMAE YAML pretrained per fold (per_fold)."""
+    return planning.evaluate.predictor_lmae_inputs(PLAN.evaluate.settings, PLAN.train.yaml("lmae"))
+
+
+def get_predictor_lmae_args(wildcards):
+    """``--init DIR`` or ``--lmae-config YAML`` (see get_predictor_lmae)."""
+    return planning.evaluate.predictor_lmae_args(PLAN.evaluate.settings, PLAN.train.yaml("lmae"))
+
+
 def get_predictor_work(wildcards):
     return f"work/predictor/{wildcards.dataset}/{wildcards.task}"
 

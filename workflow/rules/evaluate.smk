@@ -160,17 +160,22 @@ rule report:
 
 rule predictor_cv:
     # The LMAE -> RWMoE -> SSM predictor trained per seed and fold of the task's splits
-    # (initialised from the pretrained LMAE), scored by the harness as model `predictor`.
+    # (initialised from an LMAE pretrained on the fold's training subjects, or with
+    # evaluate.predictor_lmae: transductive from train_lmae's), scored by the harness as
+    # model `predictor`;
+    # also the ROI x expert map of its spatial RWMoE (TSV + figure, shown by the report).
     input:
+        unpack(get_predictor_lmae),
         labels=rules.eval_labels.output.labels,
         splits=get_split_metas,
         shards=get_predictor_shards,
         indexes=get_predictor_indexes,
         scaling=PLAN.multitr.scaling_stats,
-        lmae=rules.train_lmae.output.weights,
         yaml=PLAN.train.yaml("predictor"),
     output:
         predictions=PLAN.evaluate.external["predictor"],
+        experts=PLAN.evaluate.predictor_experts["weights"],
+        experts_figure=PLAN.evaluate.predictor_experts["figure"],
     log:
         "logs/eval/{dataset}_{task}_predictor.log",
     benchmark:
@@ -187,12 +192,13 @@ rule predictor_cv:
         settings=PLAN.evaluate.settings_json,
         split_dirs=get_split_dirs,
         pairs=get_shard_pairs,
-        lmae=subpath(input.lmae, parent=True),
+        lmae=get_predictor_lmae_args,
         work=get_predictor_work,
         opts=PLAN.train.options,
     shell:
         "{params.bh} -v predictor-cv --config {input.yaml:q} --labels {input.labels:q} "
         "--splits {params.split_dirs} --settings {params.settings:q} "
         "--dataset {wildcards.dataset:q} --task {wildcards.task:q} {params.pairs} "
-        "--scaling {input.scaling:q} --init {params.lmae:q} --work {params.work:q} "
-        "--threads {threads} {params.opts} --out {output.predictions:q} > {log:q} 2>&1"
+        "--scaling {input.scaling:q} {params.lmae} --work {params.work:q} "
+        "--threads {threads} {params.opts} --expert-weights {output.experts:q} "
+        "--expert-figure {output.experts_figure:q} --out {output.predictions:q} > {log:q} 2>&1"

@@ -79,9 +79,11 @@ def task_labels(
     Returns
     -------
     frame : pandas.DataFrame
-        Columns ``subject, dataset, site, <target>``, one row per labelled subject,
-        sorted by subject. ``site`` is the table's ``site`` column (ingest: the
-        participants.tsv site, else the dataset name), else the dataset.
+        Columns ``subject, dataset, site, <target>`` (then ``<partial_out>`` when the
+        task names a covariate: numeric, NaN where a subject has no value), one row
+        per labelled subject, sorted by subject. ``site`` is the table's ``site``
+        column (ingest: the participants.tsv site, else the dataset name), else the
+        dataset.
     excluded : dict of str to list of str
         Reason -> subjects left out (no value; value not in the map).
 
@@ -98,8 +100,9 @@ def task_labels(
     for path in tables:
         p = Path(path)
         frame = read_label_table(p)
-        if target not in frame.columns:
-            raise InputDataError(p, f"no column {target!r}; columns: {list(frame.columns)}")
+        for column in (target, spec.partial_out):
+            if column is not None and column not in frame.columns:
+                raise InputDataError(p, f"no column {column!r}; columns: {list(frame.columns)}")
         default_ds = p.parent.name
         for subject, group in frame.groupby("subject", sort=True):
             subject = str(subject)
@@ -142,11 +145,38 @@ def task_labels(
                         p, f"subject {subject!r}: {target!r} is not numeric: {col.tolist()}"
                     )
                 value = float(numbers.mean())
-            rows.append({"subject": subject, "dataset": dataset, "site": site, target: value})
+            row = {"subject": subject, "dataset": dataset, "site": site, target: value}
+            if spec.partial_out is not None:
+                row[spec.partial_out] = _covariate_value(p, subject, group[spec.partial_out])
+            rows.append(row)
     labelled = {r["subject"] for r in rows}
-    out = pd.DataFrame(rows, columns=["subject", "dataset", "site", target])
+    columns = ["subject", "dataset", "site", target]
+    if spec.partial_out is not None:
+        columns.append(spec.partial_out)
+    out = pd.DataFrame(rows, columns=columns)
     out = out.sort_values("subject", kind="stable").reset_index(drop=True)
     return out, {k: sorted(v - labelled) for k, v in excluded.items() if v - labelled}
+
+
+def _covariate_value(path: Path, subject: str, values: pd.Series) -> float:
+    """A subject's covariate: the mean of its numeric values (NaN when it has none)."""
+    col = values.dropna()
+    numbers = pd.to_numeric(col, errors="coerce")
+    if numbers.isna().any():
+        raise InputDataError(
+            path, f"subject {subject!r}: {values.name!r} is not numeric: {col.tolist()}"
+        )
+    return float(numbers.mean()) if len(numbers) else float("nan")
+
+
+def covariate_series(frame: pd.DataFrame, spec: TaskSpec) -> pd.Series | None:
+    """The ``partial_out`` column of a :func:`task_labels` frame by subject (None: none)."""
+    if spec.partial_out is None:
+        return None
+    if spec.partial_out not in frame.columns:
+        raise InputDataError(None, f"the label table has no {spec.partial_out!r} column")
+    values = pd.to_numeric(frame[spec.partial_out], errors="coerce").to_numpy(float)
+    return pd.Series(values, index=frame["subject"].astype(str).to_numpy(), dtype=float)
 
 
 def subject_labels(

@@ -215,3 +215,46 @@ def brain_figure(
         fig.colorbar(sc, cax=fig.add_axes((0.9, 0.15, 0.015, 0.6)))
     fig.suptitle(title, fontsize=9)
     return png_bytes(fig)
+
+
+def expert_map_figure(weights: np.ndarray, title: str, roi_labels: Sequence[str] = ()) -> bytes:
+    """ROI x expert weights as a heat map (experts in rows), and each ROI's top expert.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (n_rois, n_experts)
+        Mean gate weight per ROI and expert (NaN: ROI without data, drawn blank).
+    title : str
+    roi_labels : sequence of str, optional
+        Tick labels of the ROIs (only drawn for at most 40 ROIs).
+    """
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 2:
+        raise ValueError(f"weights must be (n_rois, n_experts); got shape {w.shape}")
+    r, e = w.shape
+    fig = _figure(7.2, 1.4 + 0.28 * e)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(e, 1))
+    image = top.imshow(
+        np.ma.masked_invalid(w.T), aspect="auto", cmap="viridis", vmin=0.0, interpolation="none"
+    )
+    top.set_ylabel("expert", fontsize=8)
+    top.set_yticks(range(e))
+    top.tick_params(labelsize=7)
+    fig.colorbar(image, ax=top, label="mean gate weight", shrink=0.9)
+    valid = np.isfinite(w).all(axis=1)
+    dominant = np.where(valid, np.argmax(np.nan_to_num(w, nan=-1.0), axis=1), -1)
+    bottom.imshow(
+        np.ma.masked_less(dominant[None, :].astype(float), 0),
+        aspect="auto",
+        cmap="tab10" if e <= 10 else "tab20",
+        vmin=0,
+        vmax=max(e - 1, 1),
+        interpolation="none",
+    )
+    bottom.set_yticks([0], ["top expert"], fontsize=7)
+    bottom.set_xlabel("ROI", fontsize=8)
+    if roi_labels and len(roi_labels) == r and r <= 40:
+        bottom.set_xticks(range(r), list(roi_labels), rotation=90, fontsize=6)
+    bottom.tick_params(labelsize=7)
+    top.set_title(title, fontsize=9)
+    return png_bytes(fig)

@@ -21,6 +21,11 @@ Regression:
   constant, e.g. the null model).
 * ``r2``: ``1 - SS_res / SS_tot`` with ``SS_tot`` around the partition's own mean
   (so predicting the training mean scores slightly below 0).
+* ``partial_r``: tasks with ``partial_out`` (e.g. age) only: Pearson r of the
+  residuals of ``y_true`` and of ``y_pred`` after an ordinary least-squares fit of
+  each on the covariate (with intercept), over the partition's subjects with a
+  covariate value; equals ``(r_tp - r_tc r_pc) / sqrt((1 - r_tc^2)(1 - r_pc^2))``.
+  The covariate is the ``covariate`` column of the predictions table.
 
 :func:`per_fold_metrics` scores every (dataset, task, model, seed, fold) test
 partition of a predictions table; :func:`summarise` gives mean, std (ddof 1) and n
@@ -51,6 +56,8 @@ PREDICTION_COLUMNS = (
     "y_true",
     "y_pred",
 )
+#: Optional column of a predictions table: the task's ``partial_out`` covariate value.
+COVARIATE_COLUMN = "covariate"
 #: Columns of metrics.csv.
 METRIC_COLUMNS = ("dataset", "task", "model", "metric", "mean", "std", "n")
 
@@ -204,6 +211,33 @@ def pearson_r(y_true: Any, y_pred: Any) -> float:
     return float(np.clip((tc @ pc) / denom, -1.0, 1.0)) if denom > 0 else float("nan")
 
 
+def partial_r(y_true: Any, y_pred: Any, covariate: Any) -> float:
+    """Pearson r of truth and prediction with ``covariate`` partialled out of both.
+
+    Each of ``y_true`` and ``y_pred`` is regressed on ``covariate`` (least squares
+    with intercept) and the residuals are correlated. Subjects whose covariate is not
+    finite are left out. NaN with fewer than 3 subjects, a constant covariate, or a
+    side the covariate explains exactly (constant residuals).
+    """
+    t = np.asarray(y_true, dtype=float).ravel()
+    p = np.asarray(y_pred, dtype=float).ravel()
+    c = np.asarray(covariate, dtype=float).ravel()
+    if not t.shape == p.shape == c.shape:
+        raise ValueError(f"{t.size} true values, {p.size} predictions, {c.size} covariates")
+    keep = np.isfinite(c)
+    t, p, c = t[keep], p[keep], c[keep]
+    if t.size < 3 or np.ptp(c) == 0:
+        return float("nan")
+    both = np.column_stack([t, p])
+    design = np.column_stack([np.ones_like(c), c - c.mean()])
+    coef, *_ = np.linalg.lstsq(design, both, rcond=None)
+    res = both - design @ coef
+    spread = np.linalg.norm(both - both.mean(axis=0), axis=0)
+    if np.any(np.linalg.norm(res, axis=0) <= 1e-12 * spread):
+        return float("nan")
+    return pearson_r(res[:, 0], res[:, 1])
+
+
 def r2(y_true: Any, y_pred: Any) -> float:
     """Coefficient of determination around the partition's own mean."""
     t = np.asarray(y_true, dtype=float).ravel()
@@ -220,6 +254,7 @@ def score(
     y_true: Any,
     y_pred: Any,
     proba: np.ndarray | None = None,
+    covariate: Any = None,
 ) -> dict[str, float]:
     """Every metric of ``task``'s type on one partition.
 
@@ -230,18 +265,24 @@ def score(
         Class order of ``proba`` (classification).
     y_true, y_pred : array-like of shape (n,)
     proba : ndarray of shape (n, n_classes), optional
+    covariate : array-like of shape (n,), optional
+        Values of the task's ``partial_out`` covariate (gives ``partial_r``).
 
     Returns
     -------
     dict of str to float
-        Keys: :data:`brainharmony.evaluate.settings.METRICS` of the task type.
+        Keys: :data:`brainharmony.evaluate.settings.METRICS` of the task type;
+        ``partial_r`` only when the task has ``partial_out`` and a covariate is given.
     """
     if task.type == "regression":
-        return {
+        out = {
             "mae": mae(y_true, y_pred),
             "pearson_r": pearson_r(y_true, y_pred),
             "r2": r2(y_true, y_pred),
         }
+        if task.partial_out is not None and covariate is not None:
+            out["partial_r"] = partial_r(y_true, y_pred, covariate)
+        return out
     if classes is None:
         raise ValueError("classification scores need the class order")
     return {
@@ -276,7 +317,8 @@ def per_fold_metrics(
     Parameters
     ----------
     predictions : pandas.DataFrame
-        Columns :data:`PREDICTION_COLUMNS` plus ``p_<class>`` columns.
+        Columns :data:`PREDICTION_COLUMNS` plus ``p_<class>`` columns, and a
+        :data:`COVARIATE_COLUMN` for tasks with ``partial_out`` (required for them).
     tasks : mapping
         ``(dataset, task) -> (TaskSpec, classes)``.
     split : str
@@ -294,7 +336,7 @@ def per_fold_metrics(
         if (ds, tk) not in tasks:
             raise ValueError(f"no task description for {ds}/{tk} (predictions.json)")
         spec, classes = tasks[(ds, tk)]
-        proba = None
+        proba, covariate = None, None
         if spec.type == "classification":
             cols = proba_columns(classes or ())
             missing = [c for c in cols if c not in group.columns]
@@ -305,7 +347,14 @@ def per_fold_metrics(
         else:
             y_true = pd.to_numeric(group["y_true"]).to_numpy(float)
             y_pred = pd.to_numeric(group["y_pred"]).to_numpy(float)
-        for metric, value in score(spec, classes, y_true, y_pred, proba).items():
+            if spec.partial_out is not None:
+                if COVARIATE_COLUMN not in group.columns:
+                    raise ValueError(
+                        f"{ds}/{tk} partials out {spec.partial_out!r} but the predictions "
+                        f"have no {COVARIATE_COLUMN!r} column"
+                    )
+                covariate = pd.to_numeric(group[COVARIATE_COLUMN]).to_numpy(float)
+        for metric, value in score(spec, classes, y_true, y_pred, proba, covariate).items():
             rows.append(
                 {
                     "dataset": ds,

@@ -40,7 +40,7 @@ from brainharmony.evaluate.data import (
     json_dump_safe,
 )
 from brainharmony.evaluate.harness import Fold, HarnessModel, Output, create, model_info
-from brainharmony.evaluate.metrics import PREDICTION_COLUMNS, proba_columns
+from brainharmony.evaluate.metrics import COVARIATE_COLUMN, PREDICTION_COLUMNS, proba_columns
 from brainharmony.evaluate.settings import EvalSettings, SettingsError, TaskSpec
 from brainharmony.io import InputDataError, provenance, write_json, write_tsv
 
@@ -81,6 +81,7 @@ def _rows(
     y_true: np.ndarray,
     out: Output,
     classes: Sequence[str] | None,
+    covariate: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     if out.y_pred.shape[0] != subjects.size:
         raise ValueError(
@@ -99,6 +100,8 @@ def _rows(
             "y_pred": out.y_pred,
         }
     )
+    if covariate is not None:
+        frame[COVARIATE_COLUMN] = [covariate.get(str(s), np.nan) for s in subjects]
     if task.type == "classification":
         cols = proba_columns(classes or ())
         if out.proba is None:
@@ -138,6 +141,7 @@ def evaluate_task(
     splits: Sequence[SplitSet],
     inputs: Mapping[str, Any],
     models: Sequence[str] | None = None,
+    covariates: pd.Series | None = None,
 ) -> TaskResult:
     """Run every model on every fold of every split seed of one task.
 
@@ -156,6 +160,11 @@ def evaluate_task(
         recorded for subjects left out.
     models : sequence of str, optional
         Harness model names; default ``settings.models``.
+    covariates : pandas.Series, optional
+        Subject -> value of the task's ``partial_out`` covariate (from
+        :func:`brainharmony.evaluate.data.covariate_series`); written to the
+        ``covariate`` column for ``partial_r``. Required when the task has one. The
+        models never see it.
 
     Returns
     -------
@@ -168,6 +177,11 @@ def evaluate_task(
         model_info(name)
     if not splits:
         raise ValueError("no split folders given")
+    if task.partial_out is not None and covariates is None:
+        raise SettingsError(
+            f"{task.dataset}/{task.name} partials out {task.partial_out!r}: pass its values"
+        )
+    covariate_of = None if task.partial_out is None else covariates.to_dict()  # type: ignore[union-attr]
     seeds = [s.seed for s in splits]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"two split folders have the same seed: {seeds}")
@@ -269,12 +283,30 @@ def evaluate_task(
                 if outcome.val is not None:
                     frames.append(
                         _rows(
-                            task, model.name, fold.seed, k, "val", val, y_val, outcome.val, classes
+                            task,
+                            model.name,
+                            fold.seed,
+                            k,
+                            "val",
+                            val,
+                            y_val,
+                            outcome.val,
+                            classes,
+                            covariate_of,
                         )
                     )
                 frames.append(
                     _rows(
-                        task, model.name, fold.seed, k, "test", test, y_test, outcome.test, classes
+                        task,
+                        model.name,
+                        fold.seed,
+                        k,
+                        "test",
+                        test,
+                        y_test,
+                        outcome.test,
+                        classes,
+                        covariate_of,
                     )
                 )
                 selection.append(
@@ -300,7 +332,8 @@ def evaluate_task(
                     outcome.val_score,
                 )
     predictions = pd.concat(frames, ignore_index=True)
-    cols = list(PREDICTION_COLUMNS) + (proba_columns(classes) if classes else [])
+    cols = list(PREDICTION_COLUMNS) + ([COVARIATE_COLUMN] if covariate_of is not None else [])
+    cols += proba_columns(classes) if classes else []
     predictions = predictions[cols]
     ratios = [v["test"] / v["train"] for v in fold_sizes.values()]
     info = {
@@ -340,6 +373,7 @@ def write_task_result(
                     "y_true": "label / value",
                     "y_pred": "predicted class / value",
                     "p_<class>": "class probability (normalised scores for ridge classifiers)",
+                    "covariate": "value of the task's partial_out covariate (partial_r only)",
                 },
                 **result.info,
                 "Settings": settings.to_dict(),

@@ -26,7 +26,8 @@ functional QC         ``results/func/*/**/*_desc-denoised_timeseries.json``, QC 
 group QC              ``results/qc/*/group_qc.tsv`` (rendered, excluded rows highlighted)
                       and ``results/qc/*/subjects/*.html`` (linked, relative to the page)
 geometry              ``results/geometry/figures/*.png``, ``results/geometry/**/*gradients.tsv``
-RWMoE experts         ``results/**/*expert*weight*.tsv`` (``roi, expert, weight``)
+RWMoE experts         ``results/**/*expert*weight*.png`` (the predictor's ROI x expert
+                      maps), ``results/**/*expert*weight*.tsv`` (``roi, expert, weight``)
 hub-token attention   ``results/**/*hub*attention*.tsv`` (``roi`` + a value column)
 ====================  ==========================================================
 """
@@ -378,7 +379,7 @@ class ReportBuilder:
         )
         rows = []
         for m in table.models:
-            cells = [f"<td>{_esc(display_name(m))}</td>"]
+            cells = [f"<td>{_esc(table.label(m))}</td>"]
             for c in table.columns:
                 text = _esc(table.text(m, c) or "–")
                 cells.append(
@@ -872,7 +873,19 @@ class ReportBuilder:
         return _figs(imgs)
 
     def section_experts(self) -> str:
-        return self._roi_tables("*expert*weight*.tsv", "RWMoE expert weight", ("expert",))
+        """The predictor's ROI x expert maps (``expert_weights.png`` of ``predictor-cv``),
+        then every expert-weight table drawn on the brain."""
+        pngs = sorted(p for p in self.results.glob("**/*expert*weight*.png") if p.is_file())
+        maps = [
+            _img(
+                self._use(png).read_bytes(),
+                f"expert map {png.parent.name}/{png.stem}",
+                png.relative_to(self.results).as_posix(),
+            )
+            for png in pngs[: self.max_figures]
+        ]
+        tables = self._roi_tables("*expert*weight*.tsv", "RWMoE expert weight", ("expert",))
+        return (_figs(maps) if maps else "") + tables
 
     def section_hubs(self) -> str:
         return self._roi_tables("*hub*attention*.tsv", "hub-token attention", ("hub", "head"))

@@ -21,9 +21,12 @@ TASK_TYPES: tuple[TaskType, ...] = ("classification", "regression")
 #: Metrics per task type, in table order. Names are the ``metric`` column of metrics.csv.
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1", "auc")
 REGRESSION_METRICS = ("mae", "pearson_r", "r2")
+#: Metrics computed only for tasks that name a covariate (``partial_out``): the partial
+#: correlation of prediction and truth with the covariate partialled out of both.
+COVARIATE_METRICS = ("partial_r",)
 METRICS: dict[TaskType, tuple[str, ...]] = {
     "classification": CLASSIFICATION_METRICS,
-    "regression": REGRESSION_METRICS,
+    "regression": REGRESSION_METRICS + COVARIATE_METRICS,
 }
 #: Metrics where smaller is better (all others: larger is better).
 LOWER_IS_BETTER = frozenset({"mae"})
@@ -36,6 +39,7 @@ METRIC_LABELS = {
     "mae": "MAE",
     "pearson_r": "r",
     "r2": "R2",
+    "partial_r": "partial r",
 }
 
 _LABEL = re.compile(r"[a-zA-Z0-9]+")  # fullmatch: no trailing newline
@@ -56,6 +60,10 @@ DEFAULT_MODELS = (
     "probe_harmonizer",
     "predictor",
 )
+
+
+#: How the predictor's LMAE is pretrained (``evaluate.predictor_lmae``).
+PREDICTOR_LMAE_MODES = ("per_fold", "transductive")
 
 
 class SettingsError(ValueError):
@@ -91,6 +99,9 @@ class TaskSpec:
         e.g. ADHD subtypes -> ``ADHD``. Values that are neither a key nor a label are
         left out (e.g. AD in a CN vs MCI task). A label may appear as a key only when
         it maps to itself, so applying the map twice changes nothing.
+    partial_out : str or None
+        Regression: a numeric phenotype column (e.g. ``age``) partialled out of truth
+        and prediction for the ``partial_r`` metric; None: no ``partial_r``.
     """
 
     dataset: str
@@ -103,6 +114,7 @@ class TaskSpec:
     site_mode: Literal["none", "stratify", "group"] = "none"
     datasets: tuple[str, ...] = ()
     mapping: tuple[tuple[str, str], ...] | None = None
+    partial_out: str | None = None
 
     def __post_init__(self) -> None:
         where = f"evaluate.tasks.{self.dataset}.{self.name}"
@@ -126,6 +138,13 @@ class TaskSpec:
             if self.positive is not None and self.positive not in self.classes:
                 raise SettingsError(
                     f"{where}.positive: {self.positive!r} is not one of classes {self.classes}"
+                )
+        if self.partial_out is not None:
+            if self.type != "regression":
+                raise SettingsError(f"{where}.partial_out: only regression tasks partial out")
+            if not self.partial_out or self.partial_out == self.target:
+                raise SettingsError(
+                    f"{where}.partial_out: must name a phenotype column other than the target"
                 )
         if not self.datasets:
             object.__setattr__(self, "datasets", (self.dataset,))
@@ -205,6 +224,7 @@ class TaskSpec:
             "site_mode": self.site_mode,
             "datasets": list(self.datasets),
             "map": dict(self.mapping) if self.mapping is not None else None,
+            "partial_out": self.partial_out,
         }
 
     @classmethod
@@ -221,6 +241,7 @@ class TaskSpec:
             site_mode=data.get("site_mode", "none"),
             datasets=tuple(data.get("datasets") or ()),
             mapping=_mapping(data.get("map")),
+            partial_out=None if data.get("partial_out") is None else str(data["partial_out"]),
         )
 
 
@@ -280,6 +301,10 @@ class EvalSettings:
         Significance level of the paired tests shown in the tables.
     grids : Grids
     finetune : FineTuneSettings
+    predictor_lmae : {"per_fold", "transductive"}
+        How the predictor's LMAE stage is pretrained: per fold on that fold's training
+        subjects only (default), or once on every subject of ``pretrain.datasets``, test
+        folds included (transductive; the table labels the predictor so).
     """
 
     tasks: tuple[TaskSpec, ...] = ()
@@ -304,6 +329,7 @@ class EvalSettings:
     alpha: float = 0.05
     grids: Grids = field(default_factory=Grids)
     finetune: FineTuneSettings = field(default_factory=FineTuneSettings)
+    predictor_lmae: Literal["per_fold", "transductive"] = "per_fold"
 
     def task(self, dataset: str, name: str) -> TaskSpec:
         """The spec of one task (error listing the configured tasks when absent)."""
@@ -323,6 +349,8 @@ class EvalSettings:
             d.pop("datasets")
             if d["map"] is None:
                 d.pop("map")
+            if d["partial_out"] is None:
+                d.pop("partial_out")
             tasks.setdefault(t.dataset, {})[t.name] = d
         return {
             "tasks": tasks,
@@ -345,6 +373,7 @@ class EvalSettings:
                 )
                 for f in fields(FineTuneSettings)
             },
+            "predictor_lmae": self.predictor_lmae,
         }
 
 
@@ -362,6 +391,7 @@ _TOP_KEYS = {
     "alpha",
     "grids",
     "finetune",
+    "predictor_lmae",
 }
 _TASK_KEYS = {
     "target",
@@ -371,6 +401,7 @@ _TASK_KEYS = {
     "average",
     "site_mode",
     "map",
+    "partial_out",
     "description",
 }
 
@@ -392,7 +423,11 @@ def _check_keys(block: Mapping[str, Any], allowed: set[str], where: str) -> None
 
 
 def _metric_map(
-    value: Any, default: Mapping[str, str], where: str, multi: bool = False
+    value: Any,
+    default: Mapping[str, str],
+    where: str,
+    multi: bool = False,
+    exclude: Sequence[str] = (),
 ) -> dict[str, Any]:
     out: dict[str, Any] = dict(default)
     if value is None:
@@ -402,10 +437,11 @@ def _metric_map(
     _check_keys(value, set(TASK_TYPES), where)
     for kind, chosen in value.items():
         names = list(chosen) if multi else [chosen]
+        allowed = tuple(m for m in METRICS[kind] if m not in exclude)
         for name in names:
-            if name not in METRICS[kind]:
+            if name not in allowed:
                 raise SettingsError(
-                    f"{where}.{kind}: unknown metric {name!r}; choose from {METRICS[kind]}"
+                    f"{where}.{kind}: unknown metric {name!r}; choose from {allowed}"
                 )
         out[kind] = tuple(names) if multi else names[0]
     return out
@@ -475,6 +511,9 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
                     site_mode=spec.get("site_mode", "none"),
                     datasets=cohorts.get(str(dataset), (str(dataset),)),
                     mapping=_mapping(spec.get("map")),
+                    partial_out=(
+                        None if spec.get("partial_out") is None else str(spec["partial_out"])
+                    ),
                 )
             )
     if known_datasets is not None:
@@ -517,6 +556,11 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
     finetune = FineTuneSettings(**ft_raw)
     if finetune.epochs < 1 or finetune.batch_size < 1 or finetune.patience < 1:
         raise SettingsError("evaluate.finetune: epochs, batch_size and patience must be >= 1")
+    predictor_lmae = str(block.get("predictor_lmae", base.predictor_lmae))
+    if predictor_lmae not in PREDICTOR_LMAE_MODES:
+        raise SettingsError(
+            f"evaluate.predictor_lmae: one of {PREDICTOR_LMAE_MODES}; got {predictor_lmae!r}"
+        )
     return EvalSettings(
         tasks=tuple(tasks),
         cohorts=cohorts,
@@ -526,10 +570,16 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         val_fraction=val_fraction,
         n_bins=int(block.get("n_bins", base.n_bins)),
         primary_metric=_metric_map(
-            block.get("primary_metric"), base.primary_metric, "evaluate.primary_metric"
+            block.get("primary_metric"),
+            base.primary_metric,
+            "evaluate.primary_metric",
+            exclude=COVARIATE_METRICS,  # tests compare every task; partial_r is not in all
         ),
         select_metric=_metric_map(
-            block.get("select_metric"), base.select_metric, "evaluate.select_metric"
+            block.get("select_metric"),
+            base.select_metric,
+            "evaluate.select_metric",
+            exclude=COVARIATE_METRICS,  # the harness selects without the covariate
         ),
         table_metrics=_metric_map(
             block.get("table_metrics"), base.table_metrics, "evaluate.table_metrics", multi=True
@@ -537,6 +587,7 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         alpha=alpha,
         grids=grids,
         finetune=finetune,
+        predictor_lmae=predictor_lmae,  # type: ignore[arg-type]
     )
 
 

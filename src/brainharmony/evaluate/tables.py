@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import pandas as pd
 
 from brainharmony.evaluate.harness import HARNESS, baseline_names, display_name
 from brainharmony.evaluate.metrics import (
+    COVARIATE_COLUMN,
     PREDICTION_COLUMNS,
     better,
     metrics_from_predictions,
@@ -38,6 +39,7 @@ from brainharmony.evaluate.metrics import (
     summarise,
 )
 from brainharmony.evaluate.settings import (
+    COVARIATE_METRICS,
     METRIC_LABELS,
     EvalSettings,
     TaskSpec,
@@ -132,7 +134,8 @@ def merge_predictions(
         raise InputDataError(None, "no prediction files given")
     merged = pd.concat(frames, ignore_index=True)
     p_cols = sorted({c for f in frames for c in f.columns if c.startswith("p_")})
-    merged = merged[list(PREDICTION_COLUMNS) + p_cols]
+    cov = [COVARIATE_COLUMN] if any(COVARIATE_COLUMN in f.columns for f in frames) else []
+    merged = merged[list(PREDICTION_COLUMNS) + cov + p_cols]
     merged = merged.sort_values(
         ["dataset", "task", "model", "seed", "fold", "split", "subject"], kind="stable"
     ).reset_index(drop=True)
@@ -177,6 +180,8 @@ class PaperTable:
         ``(model, (dataset, task))`` significantly better than the best baseline.
     note : str
         What the numbers are and which test the mark stands for.
+    labels : mapping of str to str
+        Row labels that differ from :func:`display_name` (see :func:`row_labels`).
     """
 
     models: list[str]
@@ -185,6 +190,11 @@ class PaperTable:
     bold: set[tuple[str, tuple[str, str, str]]]
     marked: set[tuple[str, tuple[str, str]]]
     note: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def label(self, model: str) -> str:
+        """The row label: ``labels`` (e.g. a transductive variant), else the display name."""
+        return self.labels.get(model, display_name(model))
 
     def text(self, model: str, col: tuple[str, str, str]) -> str:
         """The cell text with its significance mark; ``""`` when not applicable."""
@@ -213,8 +223,11 @@ def build_paper_table(
     """Arrange metrics.csv into the papers' layout (see the module notes)."""
     models = model_order(list(dict.fromkeys(metrics["model"])))
     columns: list[tuple[str, str, str]] = []
+    computed = set(zip(metrics["dataset"], metrics["task"], metrics["metric"], strict=True))
     for ds, tk in task_types:
         for metric in settings.table_metrics[task_types[(ds, tk)]]:
+            if metric in COVARIATE_METRICS and (ds, tk, metric) not in computed:
+                continue  # partial_r: only tasks with a partial_out covariate have it
             columns.append((ds, tk, metric))
     index = metrics.set_index(["dataset", "task", "model", "metric"])
     cells, bold = {}, set()
@@ -259,12 +272,29 @@ def build_paper_table(
         f"baseline at p < {settings.alpha:g} ({TEST_NAME}, on the primary metric: "
         f"{primary})."
     )
-    return PaperTable(models, columns, cells, bold, marked, note)
+    labels = row_labels(settings, models)
+    if labels:
+        note += (
+            " Transductive: the LMAE stage was pretrained on every subject, test folds "
+            "included (evaluate.predictor_lmae)."
+        )
+    return PaperTable(models, columns, cells, bold, marked, note, labels)
+
+
+#: Suffix of the predictor's row when its LMAE saw the test folds.
+TRANSDUCTIVE = " (transductive LMAE)"
+
+
+def row_labels(settings: EvalSettings, models: Sequence[str]) -> dict[str, str]:
+    """Row labels that differ from the display names: the predictor's LMAE variant."""
+    if settings.predictor_lmae == "transductive" and "predictor" in models:
+        return {"predictor": display_name("predictor") + TRANSDUCTIVE}
+    return {}
 
 
 def table_csv(table: PaperTable) -> pd.DataFrame:
     """The table as a DataFrame: ``model`` then one ``dataset/task/metric`` column each."""
-    data: dict[str, list[str]] = {"model": [display_name(m) for m in table.models]}
+    data: dict[str, list[str]] = {"model": [table.label(m) for m in table.models]}
     for col in table.columns:
         data["/".join(col)] = [table.text(m, col) for m in table.models]
     return pd.DataFrame(data)
@@ -275,7 +305,7 @@ def table_markdown(table: PaperTable) -> str:
     head = ["Model"] + [f"{d} · {t} · {table.header(c)}" for c in table.columns for d, t, _ in [c]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in table.models:
-        cells = [display_name(m)]
+        cells = [table.label(m)]
         for col in table.columns:
             text = table.text(m, col)
             cells.append(f"**{text}**" if (m, col) in table.bold and text else text or "–")
@@ -349,7 +379,7 @@ def table_latex(table: PaperTable, caption: str = "", label: str = "tab:results"
     )
     lines.append(r"\midrule")
     for m in table.models:
-        row = [latex_escape(display_name(m))]
+        row = [latex_escape(table.label(m))]
         row += [_latex_cell(table.text(m, c), (m, c) in table.bold) for c in table.columns]
         lines.append(" & ".join(row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]

@@ -15,6 +15,7 @@ from typing import Any
 
 from brainharmony.evaluate.data import (
     FeatureTable,
+    covariate_series,
     fc_from_series_files,
     fc_from_shard,
     labels_series,
@@ -148,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     for reason, subjects in excluded.items():
         logger.info("%d subjects left out (%s): %s", len(subjects), reason, subjects[:10])
     labels = labels_series(frame, task)
+    covariates = covariate_series(frame, task)
     splits = [read_splits(p) for p in args.splits]
     inputs: dict[str, Any] = {}
     needs = {model_info(m).inputs for m in models}
@@ -181,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
 
         inputs["finetune_data"] = factory
     try:
-        result = evaluate_task(task, settings, labels, splits, inputs, models)
+        result = evaluate_task(task, settings, labels, splits, inputs, models, covariates)
     except (SettingsError, ValueError) as err:
         if isinstance(err, InputDataError):
             raise

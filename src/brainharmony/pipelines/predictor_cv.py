@@ -24,10 +24,17 @@ Prediction: every run of a subject is cut into the training window (``data.durat
 (values or class probabilities) are averaged over the crops of a run, then over the runs of
 the subject.
 
+Expert-weight maps: each candidate's spatial gates on the fold's ``test`` subjects are
+written by :func:`brainharmony.models.predictor.export_expert_weights`; the chosen step's
+maps of all folds are matched to one expert numbering (:func:`align_experts`), averaged and
+written with a figure (``--expert-weights`` / ``--expert-figure``; default
+``expert_weights.tsv`` / ``.png`` beside ``--out``).
+
 Scratch state lives under ``--work`` (``seed-<s>/fold-<k>/``: the trainer's resumable
-``state/``, the finished ``model/``, one ``predictions-step<n>.tsv`` per candidate, and
-``train_rows.tsv``, the shard rows trained on). A killed job rerun with the same arguments
-resumes; a fold whose inputs changed (configuration, labels, subjects, shards) starts over.
+``state/``, the finished ``model/``, one ``predictions-step<n>.tsv`` and one
+``expert_weights-step<n>.tsv`` per candidate, and ``train_rows.tsv``, the shard rows
+trained on). A killed job rerun with the same arguments resumes; a fold whose inputs
+changed (configuration, labels, subjects, shards) starts over.
 Each fold's torch seed is derived from ``train.seed``, the split seed and the fold number,
 so reruns give identical files.
 """
@@ -54,6 +61,7 @@ from brainharmony.evaluate.settings import LOWER_IS_BETTER, SettingsError, load_
 from brainharmony.io import (
     InputDataError,
     PathLike,
+    atomic_path,
     config_digest,
     provenance,
     sidecar_path,
@@ -69,12 +77,16 @@ __all__ = [
     "FoldResult",
     "ShardSource",
     "add_arguments",
+    "align_experts",
     "candidate_steps",
     "fold_seed",
+    "lmae_mode",
     "predict_subjects",
+    "pretrain_lmae",
     "run",
     "run_cv",
     "training_dataset",
+    "write_expert_map",
 ]
 
 MODEL_NAME = "predictor"
@@ -215,6 +227,60 @@ def _crop_starts(n_frames: int, window: int) -> list[int]:
     return [int(s) for s in np.unique(np.linspace(0, n_frames - window, count).round())]
 
 
+def _subject_crops(
+    sources: Sequence[ShardSource], subjects: set[str], scaling: Any | None
+) -> tuple[list[dict[str, Any]], list[tuple[int, int]], dict[tuple[int, int], str]]:
+    """Training-length crops covering every run of ``subjects``.
+
+    Returns the crops (``x, mask, roi_mask, tr``), the ``(source, row)`` run of each and
+    the subject of each run. A crop without a valid frame or ROI is skipped.
+    """
+    crops: list[dict[str, Any]] = []
+    keys: list[tuple[int, int]] = []
+    owner: dict[tuple[int, int], str] = {}
+    for si, source in enumerate(sources):
+        rows = source.rows_of(subjects)
+        if rows.size == 0:
+            continue
+        full = PackedSeriesDataset(
+            source.shard, source.index, crop="start", rows=rows, scaling=scaling
+        )
+        for i in range(len(full)):
+            item = full[i]
+            n, w = int(item["length"]), source.window
+            for start in _crop_starts(n, w):
+                x = item["x"].new_zeros(w, item["x"].shape[1])
+                mask = item["mask"].new_zeros(w)
+                take = min(w, n - start)
+                x[:take] = item["x"][start : start + take]
+                mask[:take] = item["mask"][start : start + take]
+                if not bool(mask.any()) or not bool(item["roi_mask"].any()):
+                    continue
+                crops.append({"x": x, "mask": mask, "roi_mask": item["roi_mask"], "tr": item["tr"]})
+                keys.append((si, int(item["row"])))
+                owner[(si, int(item["row"]))] = str(source.index["subject"].iat[int(item["row"])])
+    return crops, keys, owner
+
+
+def _batches(
+    crops: Sequence[dict[str, Any]], keys: Sequence[tuple[int, int]], batch_size: int, device: str
+) -> Any:
+    """Crops collated into batches of up to ``batch_size`` on ``device``; a batch holds
+    crops of one shard only (one window length)."""
+    import torch
+
+    start = 0
+    while start < len(crops):
+        stop = start
+        while stop < len(crops) and stop - start < batch_size:
+            if keys[stop][0] != keys[start][0]:
+                break
+            stop += 1
+        batch = torch.utils.data.default_collate(list(crops[start:stop]))
+        yield {k: v.to(device) for k, v in batch.items()}
+        start = stop
+
+
 def predict_subjects(
     model: Any,
     sources: Sequence[ShardSource],
@@ -233,37 +299,14 @@ def predict_subjects(
 
     model.eval()
     per_run: dict[tuple[int, int], list[np.ndarray]] = {}
-    owner: dict[tuple[int, int], str] = {}
-    for si, source in enumerate(sources):
-        rows = source.rows_of(subjects)
-        if rows.size == 0:
-            continue
-        full = PackedSeriesDataset(
-            source.shard, source.index, crop="start", rows=rows, scaling=scaling
-        )
-        crops: list[dict[str, Any]] = []
-        keys: list[tuple[int, int]] = []
-        for i in range(len(full)):
-            item = full[i]
-            n, w = int(item["length"]), source.window
-            for start in _crop_starts(n, w):
-                x = item["x"].new_zeros(w, item["x"].shape[1])
-                mask = item["mask"].new_zeros(w)
-                take = min(w, n - start)
-                x[:take] = item["x"][start : start + take]
-                mask[:take] = item["mask"][start : start + take]
-                if not bool(mask.any()) or not bool(item["roi_mask"].any()):
-                    continue
-                crops.append({"x": x, "mask": mask, "roi_mask": item["roi_mask"], "tr": item["tr"]})
-                keys.append((si, int(item["row"])))
-                owner[(si, int(item["row"]))] = str(source.index["subject"].iat[int(item["row"])])
-        with torch.no_grad():
-            for b in range(0, len(crops), batch_size):
-                batch = torch.utils.data.default_collate(crops[b : b + batch_size])
-                batch = {k: v.to(device) for k, v in batch.items()}
-                out = model.predict(batch).double().cpu().numpy()
-                for key, value in zip(keys[b : b + batch_size], out, strict=True):
-                    per_run.setdefault(key, []).append(np.atleast_1d(value))
+    crops, keys, owner = _subject_crops(sources, subjects, scaling)
+    done = 0
+    with torch.no_grad():
+        for batch in _batches(crops, keys, batch_size, device):
+            out = model.predict(batch).double().cpu().numpy()
+            for key, value in zip(keys[done : done + len(out)], out, strict=True):
+                per_run.setdefault(key, []).append(np.atleast_1d(value))
+            done += len(out)
     per_subject: dict[str, list[np.ndarray]] = {}
     for key in sorted(per_run):
         per_subject.setdefault(owner[key], []).append(np.mean(per_run[key], axis=0))
@@ -294,6 +337,9 @@ class FoldResult:
     val_scores: dict[int, float]
     train_rows: int
     seconds: float
+    #: ``roi, expert, weight`` of the chosen step's spatial gates on the fold's test
+    #: subjects (None when no test subject has a usable crop).
+    experts: pd.DataFrame | None = None
 
 
 def _prediction_frame(
@@ -370,14 +416,21 @@ def run_fold(
     *,
     scaling_path: Path | None = None,
     init: Path | None = None,
+    lmae_cfg: Any | None = None,
     fractions: Sequence[float] = DEFAULT_SELECT_STEPS,
     threads: int | None = None,
     device: str | None = None,
     progress: bool = False,
 ) -> FoldResult:
-    """Train, select and predict one fold (see the module docstring)."""
+    """Train, select and predict one fold (see the module docstring).
+
+    With ``lmae_cfg`` (an ``lmae`` model YAML) the LMAE is first pretrained on the fold's
+    ``train`` subjects only (:func:`pretrain_lmae`) and the predictor starts from it;
+    ``init`` (an LMAE trained elsewhere) is then not allowed.
+    """
     import torch
 
+    from brainharmony.models.predictor import export_expert_weights
     from brainharmony.train.loop import train
 
     began = time.perf_counter()
@@ -409,7 +462,10 @@ def run_fold(
             "shards": [[str(s.shard), str(s.index_path), s.window] for s in sources],
             "scaling": str(scaling_path),
             "init": str(init),
+            "lmae": None if lmae_cfg is None else lmae_cfg.to_dict(),
             "steps": steps,
+            # what each candidate leaves in the folder (older folders lack expert weights)
+            "outputs": ["predictions", "expert_weights"],
         }
     )
     stamp = fold_dir / "inputs.json"
@@ -426,8 +482,23 @@ def run_fold(
 
     inputs = [p for s in sources for p in (s.shard, s.index_path)]
     inputs += [p for p in (scaling_path, init) if p is not None]
+    if lmae_cfg is not None:
+        if init is not None:
+            raise ValueError("give either a per-fold LMAE configuration or --init, not both")
+        init = pretrain_lmae(
+            lmae_cfg.with_train(seed=fold_seed(lmae_cfg.train.seed, split_seed, fold)),
+            sources,
+            train_subjects,
+            fold_dir / "lmae",
+            scaling=scaling,
+            threads=threads,
+            device=device,
+            inputs=inputs,
+            progress=progress,
+        )
     frames: dict[int, pd.DataFrame] = {}
     state_dir = fold_dir / "state"
+    test_subjects = {s for s, p in split_of.items() if p == "test"}
     for step in steps:
         cache = fold_dir / f"predictions-step{step}.tsv"
         if cache.is_file():
@@ -462,6 +533,16 @@ def run_fold(
             batch_size=cfg.train.batch_size,
             device=device,
         )
+        # the spatial expert weights of this candidate on the held-out subjects, written
+        # before its predictions (a cached prediction file implies its weights)
+        crops, keys, _ = _subject_crops(sources, test_subjects, scaling)
+        if crops:
+            export_expert_weights(
+                model,
+                _batches(crops, keys, cfg.train.batch_size, device),
+                _experts_path(fold_dir, step),
+                inputs=inputs,
+            )
         write_tsv(cache, _prediction_frame(preds, split_of, classes), float_format="%.10g")
         frames[step] = _read_cache(cache)  # as a resumed run sees it: identical files
 
@@ -492,8 +573,153 @@ def run_fold(
             out[f"p_{c}"] = proba[:, i]
     rank = out["split"].map({"val": 0, "test": 1})
     out = out.assign(_r=rank).sort_values(["_r", "subject"], kind="stable").drop(columns="_r")
+    experts_file = _experts_path(fold_dir, best)
+    experts = (
+        pd.read_csv(experts_file, sep="\t", dtype={"roi": str}) if experts_file.is_file() else None
+    )
     return FoldResult(
-        out.reset_index(drop=True), best, scores, len(rows), time.perf_counter() - began
+        out.reset_index(drop=True),
+        best,
+        scores,
+        len(rows),
+        time.perf_counter() - began,
+        experts,
+    )
+
+
+def pretrain_lmae(
+    cfg: Any,
+    sources: Sequence[ShardSource],
+    subjects: set[str],
+    folder: Path,
+    *,
+    scaling: Any | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    inputs: Sequence[PathLike] = (),
+    progress: bool = False,
+) -> Path:
+    """Pretrain the LMAE on every shard row of ``subjects`` (a fold's training subjects).
+
+    The model folder is ``folder/model`` (resumable state in ``folder/state``; a finished
+    folder is reused); the rows used are listed in ``folder/rows.tsv``. Windows are the
+    LMAE YAML's ``data`` (``duration_s`` / ``window``), at each shard's TR.
+
+    Returns
+    -------
+    Path
+        The model folder (the predictor's ``init_from``).
+    """
+    from brainharmony.train import checkpoint as ckpt
+    from brainharmony.train.data import SeriesCollection
+    from brainharmony.train.loop import train
+
+    if cfg.kind != "lmae":
+        raise InputDataError(None, f"per-fold pretraining needs an 'lmae' YAML; got {cfg.kind!r}")
+    model_dir = folder / "model"
+    if (model_dir / ckpt.WEIGHTS_NAME).is_file():
+        return model_dir
+    parts, tables = [], []
+    for source in sources:
+        rows = source.rows_of(subjects)
+        if rows.size == 0:
+            continue
+        own = ShardSource.open(source.shard, source.index_path, cfg.data)
+        parts.append(
+            PackedSeriesDataset(
+                own.shard,
+                own.index,
+                window=own.window,
+                crop=cfg.data.get("crop", "random"),
+                rows=rows,
+                scaling=scaling,
+            )
+        )
+        tables.append(
+            pd.DataFrame(
+                {
+                    "shard": str(source.shard),
+                    "row": rows,
+                    "subject": own.index["subject"].to_numpy()[rows],
+                }
+            )
+        )
+    if not parts:
+        raise InputDataError(None, "no shard row belongs to a training subject of this fold")
+    write_tsv(folder / "rows.tsv", pd.concat(tables, ignore_index=True))
+    dataset = SeriesCollection(parts, group_by_part=bool(cfg.data.get("group_by_shard", False)))
+    train(
+        cfg,
+        dataset,
+        model_dir,
+        folder / "state",
+        threads=threads,
+        device=device,
+        inputs=inputs,
+        progress=progress,
+    )
+    return model_dir
+
+
+def _experts_path(fold_dir: Path, step: int) -> Path:
+    return fold_dir / f"expert_weights-step{step}.tsv"
+
+
+def align_experts(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per-fold ``roi, expert, weight`` maps on one expert numbering, averaged.
+
+    Expert numbers are arbitrary in each fold's model (any permutation of the experts is
+    the same model), so a mean over folds of "expert 0" would mix unrelated clusters.
+    Every fold's experts are matched one-to-one to the first fold's by the assignment
+    that minimises the summed squared difference of their ROI weight profiles (Hungarian
+    algorithm; NaN weights count as 0), then renumbered.
+
+    Parameters
+    ----------
+    tables : sequence of pandas.DataFrame
+        ``roi, expert, weight`` each (:func:`brainharmony.models.rwmoe.expert_weight_table`),
+        same ROIs and number of experts.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``roi, expert, weight, sd, n_folds``: the mean and standard deviation (ddof 1;
+        0 for one fold) over the folds where the ROI has a weight, in the first table's
+        ROI order and expert numbering.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if not tables:
+        raise ValueError("align_experts: no table given")
+    mats = []
+    rois = list(dict.fromkeys(tables[0]["roi"].astype(str)))
+    for t in tables:
+        m = t.assign(roi=t["roi"].astype(str)).pivot(index="roi", columns="expert", values="weight")
+        if set(m.index) != set(rois) or m.shape[1] != tables[0]["expert"].nunique():
+            raise ValueError("align_experts: the folds' maps have different ROIs or experts")
+        mats.append(m.reindex(rois).to_numpy(float))
+    ref = np.nan_to_num(mats[0])
+    aligned = []
+    for m in mats:
+        filled = np.nan_to_num(m)
+        cost = ((ref[:, :, None] - filled[:, None, :]) ** 2).sum(axis=0)  # (E_ref, E_fold)
+        _, cols = linear_sum_assignment(cost)
+        aligned.append(m[:, cols])
+    stack = np.stack(aligned)  # (folds, R, E)
+    n = np.isfinite(stack).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, np.nansum(stack, axis=0) / np.maximum(n, 1), np.nan)
+        dev = np.nansum((stack - mean) ** 2, axis=0)
+        sd = np.where(n > 1, np.sqrt(dev / np.maximum(n - 1, 1)), np.where(n == 1, 0.0, np.nan))
+    e = stack.shape[2]
+    return pd.DataFrame(
+        {
+            "roi": np.repeat(np.asarray(rois, dtype=object), e),
+            "expert": np.tile(np.arange(e), len(rois)),
+            "weight": mean.ravel(),
+            "sd": sd.ravel(),
+            "n_folds": n.ravel().astype(int),
+        }
     )
 
 
@@ -506,8 +732,11 @@ def run_cv(
     sources: Sequence[ShardSource],
     work: PathLike,
     **kwargs: Any,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Every fold of every split seed; returns the prediction rows and a summary.
+) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame | None]:
+    """Every fold of every split seed: the prediction rows, a summary and the expert map.
+
+    The expert map is :func:`align_experts` of the folds' spatial expert weights (each
+    fold's chosen model on its test subjects); None when no fold has one.
 
     ``kwargs`` go to :func:`run_fold` (``scaling_path``, ``init``, ``fractions``,
     ``threads``, ``device``, ``progress``).
@@ -518,6 +747,7 @@ def run_cv(
     labelled = set(labels.index.astype(str))
     have_data = set().union(*(set(s.index["subject"]) for s in sources))
     frames: list[pd.DataFrame] = []
+    experts: list[pd.DataFrame] = []
     folds: dict[str, Any] = {}
     no_data: set[str] = set()
     for split_set in splits:
@@ -559,6 +789,8 @@ def run_cv(
             )
             no_data |= lost
             frames.append(result.rows)
+            if result.experts is not None:
+                experts.append(result.experts)
             folds[f"{split_set.seed}/{k}"] = {
                 "chosen_step": result.chosen_step,
                 "val_scores": {str(s): v for s, v in result.val_scores.items()},
@@ -570,8 +802,9 @@ def run_cv(
         "SelectMetric": settings.select_metric[task.type],
         "Folds": folds,
         "SubjectsWithoutData": sorted(no_data),
+        "ExpertWeightFolds": len(experts),
     }
-    return predictions, info
+    return predictions, info, (align_experts(experts) if experts else None)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -594,7 +827,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--index", action="append", default=[], type=Path, help="index TSV of the matching --shard"
     )
     parser.add_argument("--scaling", type=Path, help="robust-scaling statistics JSON")
-    parser.add_argument("--init", type=Path, help="trained model folder (LMAE) to start from")
+    lmae = parser.add_mutually_exclusive_group()
+    lmae.add_argument(
+        "--init",
+        type=Path,
+        help="trained model folder (LMAE) to start from; an LMAE pretrained on subjects "
+        "that include the test folds makes the protocol transductive",
+    )
+    lmae.add_argument(
+        "--lmae-config",
+        type=Path,
+        help="LMAE model YAML: pretrain it per fold on the fold's training subjects only and "
+        "start from it (inductive)",
+    )
+    parser.add_argument(
+        "--lmae-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one value of the --lmae-config YAML (repeatable)",
+    )
+    parser.add_argument("--lmae-steps", type=int, help="override the LMAE's train.steps")
     parser.add_argument(
         "--set",
         action="append",
@@ -613,6 +866,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", required=True, type=Path, help="predictions.tsv to write")
+    parser.add_argument(
+        "--expert-weights",
+        type=Path,
+        help="ROI x expert map TSV to write (default: expert_weights.tsv beside --out)",
+    )
+    parser.add_argument(
+        "--expert-figure",
+        type=Path,
+        help="its figure, PNG (default: the --expert-weights path with suffix .png)",
+    )
 
 
 def _fractions(text: str) -> list[float]:
@@ -653,6 +916,57 @@ def _task_config(cfg: Any, task: Any, n_classes: int | None, sets: Sequence[str]
     return with_overrides(cfg, assignments)
 
 
+def write_expert_map(
+    table: pd.DataFrame,
+    tsv: Path,
+    png: Path,
+    task: Any,
+    info: Mapping[str, Any],
+    inputs: Sequence[PathLike] = (),
+) -> tuple[Path, Path]:
+    """Write the aligned expert map (:func:`align_experts`) as TSV + sidecar and PNG."""
+    from brainharmony.evaluate.figures import expert_map_figure
+
+    rois = list(dict.fromkeys(table["roi"].astype(str)))
+    matrix = table.pivot(index="roi", columns="expert", values="weight").reindex(rois)
+    n_folds = int(info.get("ExpertWeightFolds", 0))
+    title = (
+        f"predictor spatial experts, {task.dataset}/{task.name} "
+        f"(mean over {n_folds} folds' test subjects)"
+    )
+    png_bytes = expert_map_figure(matrix.to_numpy(float), title, rois)
+    with atomic_path(png) as tmp:
+        tmp.write_bytes(png_bytes)
+    write_json(
+        sidecar_path(tsv),
+        {
+            "Description": "RWMoE spatial expert weights of the cross-validated predictor: "
+            "per fold, the chosen model's mean gate over its test subjects' crops; experts "
+            "matched to the first fold's by the Hungarian algorithm, then averaged",
+            "Columns": {
+                "roi": "ROI (index of the shard's ROI order)",
+                "expert": "spatial expert, numbered as in the first fold",
+                "weight": "mean gate weight over folds; a ROI's weights sum to 1",
+                "sd": "standard deviation over folds (ddof 1)",
+                "n_folds": "folds in which the ROI has data",
+            },
+            "Task": task.to_dict(),
+            "Folds": n_folds,
+            "Figure": png.name,
+            "Provenance": provenance(step="predictor-cv-experts", inputs=inputs),
+        },
+    )
+    write_tsv(tsv, table, float_format="%.10g")
+    return tsv, png
+
+
+def lmae_mode(init: Path | None, lmae_cfg: Any | None) -> str:
+    """How the LMAE stage was pretrained (the sidecar's ``LMAEPretraining``)."""
+    if lmae_cfg is not None:
+        return "per_fold"  # on each fold's training subjects only
+    return "none" if init is None else "given"  # --init: pretrained elsewhere
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``brainharmony predictor-cv``."""
     import torch
@@ -691,8 +1005,21 @@ def run(args: argparse.Namespace) -> int:
     seeds = [s.seed for s in splits]
     if len(set(seeds)) != len(seeds):
         raise InputDataError(None, f"two split folders have the same seed: {seeds}")
+    lmae_cfg = None
+    if args.lmae_config is not None:
+        from brainharmony.train.config import with_overrides
+
+        lmae_cfg = with_overrides(load_config(args.lmae_config), list(args.lmae_set))
+        if args.lmae_steps is not None:
+            lmae_cfg = lmae_cfg.with_train(steps=args.lmae_steps)
+        if lmae_cfg.kind != "lmae":
+            raise InputDataError(
+                args.lmae_config, f"--lmae-config needs an 'lmae' YAML; got {lmae_cfg.kind!r}"
+            )
+    elif args.lmae_set or args.lmae_steps is not None:
+        raise InputDataError(None, "--lmae-set / --lmae-steps need --lmae-config")
     began = time.perf_counter()
-    predictions, info = run_cv(
+    predictions, info, experts = run_cv(
         cfg,
         task,
         settings,
@@ -702,13 +1029,15 @@ def run(args: argparse.Namespace) -> int:
         args.work,
         scaling_path=args.scaling,
         init=args.init,
+        lmae_cfg=lmae_cfg,
         fractions=_fractions(args.select_steps),
         threads=args.threads,
         device=args.device,
         progress=not args.no_progress,
     )
     used = [args.config, args.labels, *args.splits, *args.shard, *args.index]
-    used += [p for p in (args.scaling, args.init) if p is not None]
+    used += [p for p in (args.scaling, args.init, args.lmae_config) if p is not None]
+    info["LMAEPretraining"] = lmae_mode(args.init, lmae_cfg)
     write_json(
         sidecar_path(args.out),
         {
@@ -732,6 +1061,11 @@ def run(args: argparse.Namespace) -> int:
             ),
         },
     )
+    experts_tsv = args.expert_weights or args.out.with_name("expert_weights.tsv")
+    experts_png = args.expert_figure or experts_tsv.with_suffix(".png")
+    if experts is None:
+        raise InputDataError(None, "no fold has a test subject with usable data: no expert map")
+    write_expert_map(experts, experts_tsv, experts_png, task, info, used)
     write_tsv(args.out, predictions, float_format="%.10g")
     logger.info(
         "wrote %s (%d rows) in %.1f s", args.out, len(predictions), time.perf_counter() - began

@@ -16,6 +16,7 @@ from typing import Any
 from brainharmony.evaluate.settings import EvalSettings, TaskSpec, settings_from_mapping
 from brainharmony.planning.multitr import denoised_series
 from brainharmony.planning.train import EMBEDDINGS as TRAIN_EMBEDDINGS
+from brainharmony.planning.train import model_dir, model_outputs
 
 #: Pooled-embedding file of a probe model, per workflow dataset ``{d}`` (the embedding
 #: rules' outputs, :data:`brainharmony.planning.train.EMBEDDINGS`).
@@ -26,6 +27,12 @@ EMBEDDINGS: dict[str, str] = {
 #: Predictions TSV of an externally trained model, per evaluation ``{dataset}``/``{task}``.
 EXTERNAL: dict[str, str] = {
     "predictor": "results/eval/{dataset}/{task}/predictor/predictions.tsv",
+}
+#: The predictor's ROI x expert map (``predictor-cv --expert-weights / --expert-figure``),
+#: beside its predictions; the report embeds the figure.
+PREDICTOR_EXPERTS: dict[str, str] = {
+    "weights": "results/eval/{dataset}/{task}/predictor/expert_weights.tsv",
+    "figure": "results/eval/{dataset}/{task}/predictor/expert_weights.png",
 }
 
 LABELS = "results/eval/{dataset}/{task}/labels.tsv"
@@ -149,6 +156,22 @@ def model_args(
     return " ".join(args)
 
 
+def predictor_lmae_inputs(settings: EvalSettings, lmae_yaml: str) -> dict[str, str]:
+    """The predictor's LMAE input (for ``unpack``): the LMAE of ``train_lmae``, trained on
+    every subject (``transductive``), or the LMAE YAML it pretrains per fold on the
+    fold's training subjects (``per_fold``, the default)."""
+    if settings.predictor_lmae == "transductive":
+        return {"lmae": model_outputs("lmae")["weights"]}
+    return {"lmae_yaml": lmae_yaml}
+
+
+def predictor_lmae_args(settings: EvalSettings, lmae_yaml: str) -> str:
+    """``--init <LMAE folder>`` (transductive) or ``--lmae-config <YAML>`` (per fold)."""
+    if settings.predictor_lmae == "transductive":
+        return f"--init {shlex.quote(model_dir('lmae'))}"
+    return f"--lmae-config {shlex.quote(lmae_yaml)}"
+
+
 def predictions(settings: EvalSettings) -> list[str]:
     """Every task's ``predictions.tsv`` (the inputs of ``brainharmony tables``)."""
     return [PREDICTIONS.format(dataset=d, task=t) for d, t in tasks(settings)]
@@ -184,6 +207,10 @@ class EvalPlan:
     @property
     def external(self) -> Mapping[str, str]:
         return EXTERNAL
+
+    @property
+    def predictor_experts(self) -> Mapping[str, str]:
+        return PREDICTOR_EXPERTS
 
     @property
     def tables(self) -> dict[str, str]:

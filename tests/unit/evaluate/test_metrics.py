@@ -135,3 +135,89 @@ def test_per_fold_metrics_and_summary_use_test_rows_only():
     assert summary.loc["f1", "std"] == pytest.approx(np.std([6 / 7, 0.5], ddof=1))
     assert summary.loc["f1", "n"] == 2
     assert list(M.summarise(per).columns) == list(M.METRIC_COLUMNS)
+
+
+def test_partial_r_by_hand_on_a_small_case():
+    # covariate c = (0, 1, 2, 3); t = (1, 2, 4, 3) and p = (2, 1, 3, 5).
+    # OLS on c: t_hat = 1.3 + 0.8 c -> residuals (-0.3, -0.1, 1.1, -0.7);
+    #           p_hat = 1.1 + 1.1 c -> residuals (0.9, -1.2, -0.3, 0.6).
+    # r = -0.9 / sqrt(1.8 * 2.7) = -1 / sqrt(6).
+    c = [0.0, 1.0, 2.0, 3.0]
+    t = [1.0, 2.0, 4.0, 3.0]
+    p = [2.0, 1.0, 3.0, 5.0]
+    rt = np.array([-0.3, -0.1, 1.1, -0.7])
+    rp = np.array([0.9, -1.2, -0.3, 0.6])
+    expected = (rt @ rp) / np.sqrt((rt @ rt) * (rp @ rp))  # residual means are 0
+    assert M.partial_r(t, p, c) == pytest.approx(expected, abs=1e-12)
+    assert expected == pytest.approx(-1 / np.sqrt(6), abs=1e-12)
+
+
+def test_partial_r_equals_the_closed_form_and_differs_from_r():
+    rng = np.random.default_rng(3)
+    age = rng.uniform(18, 88, 200)
+    y_true = -0.3 * age + rng.normal(0, 5, 200)
+    y_pred = -0.25 * age + 0.4 * y_true + rng.normal(0, 5, 200)
+    r = lambda a, b: np.corrcoef(a, b)[0, 1]  # noqa: E731
+    r_tp, r_tc, r_pc = r(y_true, y_pred), r(y_true, age), r(y_pred, age)
+    closed = (r_tp - r_tc * r_pc) / np.sqrt((1 - r_tc**2) * (1 - r_pc**2))
+    value = M.partial_r(y_true, y_pred, age)
+    assert value == pytest.approx(closed, abs=1e-10)
+    assert abs(value - M.pearson_r(y_true, y_pred)) > 0.1  # age inflates the raw r
+    # a prediction that is age alone has no partial correlation left (undefined)
+    assert np.isnan(M.partial_r(y_true, 2.0 * age + 1.0, age))
+    # subjects without a covariate value are left out; a constant covariate: NaN
+    with_gap = np.r_[age[:-1], np.nan]
+    assert M.partial_r(y_true, y_pred, with_gap) == pytest.approx(
+        M.partial_r(y_true[:-1], y_pred[:-1], age[:-1]), abs=1e-12
+    )
+    assert np.isnan(M.partial_r(y_true, y_pred, np.ones(200)))
+
+
+def _regression_frame(rng: np.random.Generator, with_covariate: bool) -> pd.DataFrame:
+    rows = []
+    for fold in range(3):
+        age = rng.uniform(20, 80, 30)
+        y = -0.2 * age + rng.normal(0, 3, 30)
+        pred = 0.5 * y - 0.1 * age + rng.normal(0, 3, 30)
+        for split in ("val", "test"):
+            for i in range(30):
+                row = {
+                    "dataset": "camcan",
+                    "task": "fluid",
+                    "model": "m",
+                    "seed": 0,
+                    "fold": fold,
+                    "split": split,
+                    "subject": f"{fold}-{i}",
+                    "y_true": y[i],
+                    "y_pred": pred[i] if split == "test" else y[i],
+                }
+                if with_covariate:
+                    row[M.COVARIATE_COLUMN] = age[i]
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_per_fold_partial_r_is_scored_per_test_partition_and_summarised():
+    spec = TaskSpec("camcan", "fluid", "fluid_intelligence", "regression", partial_out="age")
+    frame = _regression_frame(np.random.default_rng(0), with_covariate=True)
+    per = M.per_fold_metrics(frame, {spec.key: (spec, None)})
+    got = per.loc[per["metric"] == "partial_r"].sort_values("fold")["value"].to_numpy()
+    test = frame.loc[frame["split"] == "test"]
+    want = [
+        M.partial_r(g["y_true"], g["y_pred"], g[M.COVARIATE_COLUMN])
+        for _, g in test.groupby("fold", sort=True)
+    ]
+    np.testing.assert_allclose(got, want)
+    assert len(got) == 3 and not np.allclose(got, 1.0)
+    summary = M.summarise(per)
+    assert list(summary["metric"]) == ["mae", "pearson_r", "r2", "partial_r"]
+    row = summary.set_index("metric").loc["partial_r"]
+    assert row["mean"] == pytest.approx(np.mean(want))
+    assert row["std"] == pytest.approx(np.std(want, ddof=1))
+    # without partial_out the metric is absent; with it but no column, an error
+    plain = TaskSpec("camcan", "fluid", "fluid_intelligence", "regression")
+    assert "partial_r" not in set(M.per_fold_metrics(frame, {plain.key: (plain, None)})["metric"])
+    bare = _regression_frame(np.random.default_rng(0), with_covariate=False)
+    with pytest.raises(ValueError, match="covariate"):
+        M.per_fold_metrics(bare, {spec.key: (spec, None)})

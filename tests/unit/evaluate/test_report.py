@@ -125,6 +125,14 @@ def synthetic_results(root: Path, n_rois: int = 20) -> Path:
             for r in range(n_rois)
         ]
     ).to_csv(pred_dir / "expert_weights.tsv", sep="\t", index=False)
+    # the predictor-cv expert map: its TSV and figure beside the predictions
+    cv_dir = results / "eval" / "synth" / "age" / "predictor"
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    from brainharmony.evaluate.figures import expert_map_figure
+
+    (cv_dir / "expert_weights.png").write_bytes(
+        expert_map_figure(rng.dirichlet([1.0, 1.0], size=n_rois), "synth/age experts")
+    )
     pd.DataFrame({"roi": range(n_rois), "attention": rng.random(n_rois)}).to_csv(
         results / "models" / "bh_f_demo" / "hub_attention.tsv", sep="\t", index=False
     )
@@ -174,6 +182,14 @@ def test_full_report_is_self_contained_and_complete(tmp_path):
     assert "FC ridge" in sections["results"] and "<b>" in sections["results"]
     assert sections["predictions"].count("<img") == 3 + 1  # 3 confusion matrices + 1 scatter
     assert "NCCWithTemplateInBrain" in sections["anat"]
+    # the predictor's ROI x expert map is embedded with its path, before the brain maps
+    assert "eval/synth/age/predictor/expert_weights.png" in sections["experts"]
+    first = re.search(r'<img src="data:image/png;base64,([^"]+)"', sections["experts"])
+    assert (
+        first
+        and base64.b64decode(first.group(1))
+        == (results / "eval" / "synth" / "age" / "predictor" / "expert_weights.png").read_bytes()
+    )
     assert "datasets:" in sections["provenance"] and "numpy" in sections["provenance"]
 
 

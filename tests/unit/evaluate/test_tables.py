@@ -331,3 +331,113 @@ def test_binary_task_requires_a_positive_class():
     with pytest.raises(SettingsError, match="binary task needs 'positive'"):
         spec.resolve_classes(["CN", "PT", "CN"])
     assert spec.resolve_classes(["a", "b", "c"]) == ("a", "b", "c")
+
+
+def test_partial_out_covariate_flows_from_labels_to_partial_r(tmp_path):
+    import yaml
+
+    table = planted_cohort(30)
+    rng = np.random.default_rng(7)
+    table["score"] = (-0.5 * table["age"] + rng.normal(0, 4, 30)).round(3)
+    table.loc[3, "age"] = np.nan  # a subject without the covariate keeps its score
+    table.to_csv(tmp_path / "participants.tsv", sep="\t", index=False, na_rep="n/a")
+    series = write_series(tmp_path / "func", table.fillna({"age": 50.0}))
+    tasks = {"synth": {"score": {"target": "score", "type": "regression", "partial_out": "age"}}}
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": tasks,
+                "grids": SMALL_GRIDS,
+                "models": ["null_model", "fc_ridge"],
+                "table_metrics": {"regression": ["mae", "partial_r"]},
+            }
+        )
+    )
+    splits = write_split_dirs(table, "score", "regression", tmp_path / "splits", n_folds=3)
+    out = tmp_path / "eval" / "synth" / "score" / "predictions.tsv"
+    args = ["evaluate", "--dataset", "synth", "--task", "score", "--settings", str(settings)]
+    args += ["--labels", str(tmp_path / "participants.tsv"), "--splits", str(splits[0])]
+    assert cli.main([*args, "--series", *map(str, series), "--out", str(out)]) == 0
+    merged_out = tmp_path / "eval" / "predictions.tsv"
+    tables_args = ["tables", "--inputs", str(out), "--predictions", str(merged_out)]
+    assert cli.main([*tables_args, "--out-dir", str(tmp_path / "tables")]) == 0
+    merged = pd.read_csv(merged_out, sep="\t", dtype={"subject": str})
+    age = table.set_index("subject")["age"]
+    np.testing.assert_allclose(
+        merged["covariate"].to_numpy(float), age.loc[merged["subject"]].to_numpy(float)
+    )
+    written = pd.read_csv(tmp_path / "tables" / "metrics.csv")
+    fc = written.loc[(written["model"] == "fc_ridge") & (written["metric"] == "partial_r")]
+    assert len(fc) == 1 and fc["n"].item() == 3
+    test = merged.loc[(merged["split"] == "test") & (merged["model"] == "fc_ridge")]
+    from brainharmony.evaluate.metrics import partial_r
+
+    by_fold = [partial_r(g["y_true"], g["y_pred"], g["covariate"]) for _, g in test.groupby("fold")]
+    assert fc["mean"].item() == pytest.approx(np.mean(by_fold), rel=1e-9)
+    pd.testing.assert_frame_equal(
+        metrics_from_file(merged_out).reset_index(drop=True), written, check_dtype=False
+    )
+    paper = pd.read_csv(tmp_path / "tables" / "paper_table.csv")
+    assert list(paper.columns) == ["model", "synth/score/mae", "synth/score/partial_r"]
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (
+            {"tasks": {"d": {"t": {"target": "x", "type": "classification", "partial_out": "a"}}}},
+            "only regression tasks partial out",
+        ),
+        (
+            {"tasks": {"d": {"t": {"target": "x", "type": "regression", "partial_out": "x"}}}},
+            "other than the target",
+        ),
+        ({"select_metric": {"regression": "partial_r"}}, "unknown metric 'partial_r'"),
+        ({"primary_metric": {"regression": "partial_r"}}, "unknown metric 'partial_r'"),
+    ],
+)
+def test_partial_out_settings_errors(block, message):
+    from brainharmony.evaluate.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=message):
+        settings_from_mapping(block)
+
+
+def test_partial_out_round_trips_through_the_settings_json():
+    block = {"tasks": {"d": {"t": {"target": "x", "type": "regression", "partial_out": "age"}}}}
+    settings = settings_from_mapping(block)
+    assert settings.task("d", "t").partial_out == "age"
+    again = settings_from_mapping(settings.to_dict())
+    assert again.task("d", "t") == settings.task("d", "t")
+    from brainharmony.evaluate.settings import TaskSpec
+
+    assert TaskSpec.from_dict(settings.task("d", "t").to_dict()).partial_out == "age"
+
+
+def test_transductive_predictor_is_labelled_in_every_table_format():
+    from brainharmony.evaluate.tables import TRANSDUCTIVE
+
+    metrics, tests = _metrics()
+    metrics = metrics.copy()
+    metrics.loc[metrics["model"] == metrics["model"].iloc[-1], "model"] = "predictor"
+    tests = tests.iloc[0:0]
+    types = {
+        (d, t): ("regression" if m in ("mae", "pearson_r", "r2") else "classification")
+        for d, t, m in zip(metrics["dataset"], metrics["task"], metrics["metric"], strict=True)
+    }
+    label = "LMAE-RWMoE-SSM" + TRANSDUCTIVE
+    for mode, shown in (("per_fold", False), ("transductive", True)):
+        settings = settings_from_mapping({"predictor_lmae": mode})
+        table = build_paper_table(metrics, tests, settings, types)
+        texts = [
+            "\n".join(table_csv(table)["model"]),
+            table_markdown(table),
+            table_latex(table),
+        ]
+        for text in texts:
+            assert (label in text) is shown, mode
+            assert "LMAE-RWMoE-SSM" in text
+        assert ("Transductive" in table.note) is shown
+    with pytest.raises(Exception, match="predictor_lmae"):
+        settings_from_mapping({"predictor_lmae": "all"})

@@ -15,7 +15,12 @@ from brainharmony.evaluate.data import labels_series, read_splits, task_labels
 from brainharmony.evaluate.harness import create
 from brainharmony.evaluate.protocol import evaluate_task
 from brainharmony.evaluate.settings import settings_from_mapping
-from brainharmony.pipelines.predictor_cv import _crop_starts, candidate_steps, fold_seed
+from brainharmony.pipelines.predictor_cv import (
+    _crop_starts,
+    align_experts,
+    candidate_steps,
+    fold_seed,
+)
 from brainharmony.splits import make_splits, write_splits
 
 R = 10
@@ -112,7 +117,14 @@ def _splits(root: Path, labels: Path, target: str, task: str, seeds: list[int]) 
     return out
 
 
-def _run(paths: dict[str, Path], task: str, splits: list[Path], work: Path, out: Path) -> int:
+def _run(
+    paths: dict[str, Path],
+    task: str,
+    splits: list[Path],
+    work: Path,
+    out: Path,
+    extra: list[str] | None = None,
+) -> int:
     argv = [
         "predictor-cv",
         "--config",
@@ -149,7 +161,7 @@ def _run(paths: dict[str, Path], task: str, splits: list[Path], work: Path, out:
     ]
     for item in TINY_SETS:
         argv += ["--set", item]
-    return main(argv)
+    return main(argv + list(extra or []))
 
 
 def _check_rows(out: Path, splits: list[Path], work: Path, labels: pd.Series) -> pd.DataFrame:
@@ -213,10 +225,30 @@ def test_regression_two_seeds_every_subject_and_harness(tmp_path: Path) -> None:
     assert set(side["Folds"]) == {f"{s}/{k}" for s in (0, 1) for k in range(3)}
     for fold in side["Folds"].values():
         assert fold["chosen_step"] in (2, 4) and set(fold["val_scores"]) == {"2", "4"}
+    # The expert-weight map: each fold's chosen step, on that fold's test subjects,
+    # aligned and averaged over the 6 folds; a figure beside it.
+    experts = pd.read_csv(out.with_name("expert_weights.tsv"), sep="\t", dtype={"roi": str})
+    assert list(experts.columns) == ["roi", "expert", "weight", "sd", "n_folds"]
+    assert len(experts) == R * 2 and set(experts["expert"]) == {0, 1}
+    np.testing.assert_allclose(experts.groupby("roi")["weight"].sum(), 1.0, atol=1e-9)
+    assert (experts["n_folds"] == 6).all() and (experts["sd"] >= 0).all()
+    assert out.with_name("expert_weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    expert_side = json.loads(out.with_name("expert_weights.json").read_text())
+    assert expert_side["Folds"] == 6 and side["ExpertWeightFolds"] == 6
+    for s_, k in [(0, 0), (1, 2)]:
+        fold_dir = work / f"seed-{s_}" / f"fold-{k}"
+        chosen = side["Folds"][f"{s_}/{k}"]["chosen_step"]
+        per_fold = pd.read_csv(fold_dir / f"expert_weights-step{chosen}.tsv", sep="\t")
+        assert len(per_fold) == R * 2
     # A rerun resumes from the work folder's caches and writes the same bytes.
-    first = out.read_bytes(), out.with_suffix(".json").read_bytes()
+    first = [
+        p.read_bytes() for p in (out, out.with_suffix(".json"), out.with_name("expert_weights.tsv"))
+    ]
     assert _run(paths, "age", splits, work, out) == 0
-    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == first
+    again = [
+        p.read_bytes() for p in (out, out.with_suffix(".json"), out.with_name("expert_weights.tsv"))
+    ]
+    assert again == first
 
 
 def test_classification_probabilities_and_reproducible(tmp_path: Path) -> None:
@@ -273,3 +305,92 @@ def test_helpers() -> None:
     assert _crop_starts(45, 15) == [0, 15, 30]
     starts = _crop_starts(50, 20)
     assert starts[0] == 0 and starts[-1] == 30 and len(starts) == 3
+
+
+def _expert_table(weights: np.ndarray) -> pd.DataFrame:
+    r, e = weights.shape
+    return pd.DataFrame(
+        {
+            "roi": np.repeat([str(i) for i in range(r)], e),
+            "expert": np.tile(np.arange(e), r),
+            "weight": weights.ravel(),
+        }
+    )
+
+
+def test_align_experts_undoes_a_permutation_of_the_experts() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.dirichlet([0.3, 0.3, 0.3], size=8)  # 8 ROIs, 3 distinct experts
+    noisy = base + rng.normal(0, 0.01, base.shape)
+    permuted = noisy[:, [2, 0, 1]]  # the same clusters, numbered differently
+    permuted[5] = np.nan  # a ROI without data in this fold
+    table = align_experts([_expert_table(base), _expert_table(permuted)])
+    w = table.pivot(index="roi", columns="expert", values="weight").to_numpy()
+    sd = table.pivot(index="roi", columns="expert", values="sd").to_numpy()
+    n = table.pivot(index="roi", columns="expert", values="n_folds").to_numpy()
+    want = (base + noisy) / 2
+    want[5] = base[5]
+    np.testing.assert_allclose(w, want, atol=1e-12)
+    assert sd[np.arange(8) != 5].max() < 0.05  # matched: only the noise differs
+    assert (n[5] == 1).all() and (sd[5] == 0).all() and (n[np.arange(8) != 5] == 2).all()
+    # without the matching, the naive mean mixes unrelated experts
+    naive = (base + np.nan_to_num(permuted)) / 2
+    assert np.abs(naive - want)[np.arange(8) != 5].max() > 0.1
+    with pytest.raises(ValueError, match="different ROIs or experts"):
+        align_experts([_expert_table(base), _expert_table(base[:, :2])])
+
+
+TINY_LMAE_SETS = [
+    "model.n_rois=10",
+    "model.dim=32",
+    "model.depth=1",
+    "model.heads=4",
+    "model.decoder_dim=32",
+    "model.decoder_heads=4",
+    "train.batch_size=4",
+    "data.duration_s=30.0",
+]
+
+
+def test_lmae_pretrained_per_fold_on_training_subjects_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _write_data(tmp_path)
+    splits = _splits(tmp_path, paths["labels"], "age", "regression", [0])
+    out = tmp_path / "eval" / "predictor" / "predictions.tsv"
+    work = tmp_path / "work"
+    lmae_yaml = Path(__file__).resolve().parents[3] / "models" / "lmae_demo.yaml"
+    import brainharmony.pipelines.predictor_cv as cv
+    import brainharmony.train.loop as loop
+
+    calls: list[tuple[str, Path | None]] = []
+    real_train = loop.train
+
+    def spy(cfg, dataset, out_dir, state_dir, **kwargs):
+        calls.append((cfg.kind, kwargs.get("init_from")))
+        return real_train(cfg, dataset, out_dir, state_dir, **kwargs)
+
+    monkeypatch.setattr(loop, "train", spy)
+    argv = ["--lmae-config", str(lmae_yaml), "--lmae-steps", "2"]
+    for item in TINY_LMAE_SETS:
+        argv += ["--lmae-set", item]
+    assert _run(paths, "age", splits, work, out, extra=argv) == 0
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["LMAEPretraining"] == "per_fold"
+    split_set = read_splits(splits[0])
+    for k, table in split_set.folds.items():
+        folder = work / "seed-0" / f"fold-{k}" / "lmae"
+        assert (folder / "model" / "model.safetensors").is_file()
+        rows = pd.read_csv(folder / "rows.tsv", sep="\t", dtype={"subject": str})
+        train = set(table.loc[table["split"] == "train", "subject"])
+        assert set(rows["subject"]) == train  # never a val or test subject
+    # each fold: one LMAE run, then the predictor starting from that fold's LMAE
+    lmae_runs = [c for c in calls if c[0] == "lmae"]
+    pred_inits = {str(c[1]) for c in calls if c[0] == "predictor"}
+    assert len(lmae_runs) == 3 and all(c[1] is None for c in lmae_runs)
+    assert pred_inits == {str(work / "seed-0" / f"fold-{k}" / "lmae" / "model") for k in range(3)}
+    _check_rows(out, splits, work, _harness("age", paths, splits, out)[0])
+    # --init (an LMAE trained on everyone) and --lmae-config exclude each other
+    with pytest.raises(SystemExit):
+        _run(paths, "age", splits, work, out, extra=[*argv, "--init", str(tmp_path)])
+    assert cv.lmae_mode(tmp_path, None) == "given" and cv.lmae_mode(None, None) == "none"
