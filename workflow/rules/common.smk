@@ -347,7 +347,7 @@ def get_predictor_indexes(wildcards):
 
 def get_predictor_lmae(wildcards):
     """The predictor's LMAE: the pretrained folder's weights (evaluate.predictor_lmae:
-    transductive) or the LMAE YAML pretrained per fold (per_fold)."""
+    shared) or the LMAE YAML pretrained per fold (per_fold)."""
     return planning.evaluate.predictor_lmae_inputs(PLAN.evaluate.settings, PLAN.train.yaml("lmae"))
 
 

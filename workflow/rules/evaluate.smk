@@ -161,7 +161,7 @@ rule report:
 rule predictor_cv:
     # The LMAE -> RWMoE -> SSM predictor trained per seed and fold of the task's splits
     # (initialised from an LMAE pretrained on the fold's training subjects, or with
-    # evaluate.predictor_lmae: transductive from train_lmae's), scored by the harness as
+    # evaluate.predictor_lmae: shared from train_lmae's), scored by the harness as
     # model `predictor`;
     # also the ROI x expert map of its spatial RWMoE (TSV + figure, shown by the report).
     input:

@@ -63,7 +63,7 @@ DEFAULT_MODELS = (
 
 
 #: How the predictor's LMAE is pretrained (``evaluate.predictor_lmae``).
-PREDICTOR_LMAE_MODES = ("per_fold", "transductive")
+PREDICTOR_LMAE_MODES = ("per_fold", "shared")
 
 
 class SettingsError(ValueError):
@@ -301,7 +301,7 @@ class EvalSettings:
         Significance level of the paired tests shown in the tables.
     grids : Grids
     finetune : FineTuneSettings
-    predictor_lmae : {"per_fold", "transductive"}
+    predictor_lmae : {"per_fold", "shared"}
         How the predictor's LMAE stage is pretrained: per fold on that fold's training
         subjects only (default), or once on every subject of ``pretrain.datasets``, test
         folds included (transductive; the table labels the predictor so).
@@ -329,7 +329,7 @@ class EvalSettings:
     alpha: float = 0.05
     grids: Grids = field(default_factory=Grids)
     finetune: FineTuneSettings = field(default_factory=FineTuneSettings)
-    predictor_lmae: Literal["per_fold", "transductive"] = "per_fold"
+    predictor_lmae: Literal["per_fold", "shared"] = "per_fold"
 
     def task(self, dataset: str, name: str) -> TaskSpec:
         """The spec of one task (error listing the configured tasks when absent)."""

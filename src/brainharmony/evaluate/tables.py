@@ -193,7 +193,7 @@ class PaperTable:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def label(self, model: str) -> str:
-        """The row label: ``labels`` (e.g. a transductive variant), else the display name."""
+        """The row label: ``labels`` (e.g. the shared-LMAE variant), else the display name."""
         return self.labels.get(model, display_name(model))
 
     def text(self, model: str, col: tuple[str, str, str]) -> str:
@@ -275,20 +275,21 @@ def build_paper_table(
     labels = row_labels(settings, models)
     if labels:
         note += (
-            " Transductive: the LMAE stage was pretrained on every subject, test folds "
-            "included (evaluate.predictor_lmae)."
+            " Shared LMAE: the predictor's LMAE stage was pretrained once, on every "
+            "subject of pretrain.datasets (evaluate.predictor_lmae: shared); where the "
+            "evaluated dataset is one of them, its test folds were seen (transductive)."
         )
     return PaperTable(models, columns, cells, bold, marked, note, labels)
 
 
-#: Suffix of the predictor's row when its LMAE saw the test folds.
-TRANSDUCTIVE = " (transductive LMAE)"
+#: Suffix of the predictor's row when its LMAE was pretrained once for all folds.
+SHARED_LMAE = " (shared LMAE)"
 
 
 def row_labels(settings: EvalSettings, models: Sequence[str]) -> dict[str, str]:
     """Row labels that differ from the display names: the predictor's LMAE variant."""
-    if settings.predictor_lmae == "transductive" and "predictor" in models:
-        return {"predictor": display_name("predictor") + TRANSDUCTIVE}
+    if settings.predictor_lmae == "shared" and "predictor" in models:
+        return {"predictor": display_name("predictor") + SHARED_LMAE}
     return {}
 
 

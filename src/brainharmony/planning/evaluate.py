@@ -158,16 +158,16 @@ def model_args(
 
 def predictor_lmae_inputs(settings: EvalSettings, lmae_yaml: str) -> dict[str, str]:
     """The predictor's LMAE input (for ``unpack``): the LMAE of ``train_lmae``, trained on
-    every subject (``transductive``), or the LMAE YAML it pretrains per fold on the
+    every subject of pretrain.datasets (``shared``), or the LMAE YAML it pretrains per fold on the
     fold's training subjects (``per_fold``, the default)."""
-    if settings.predictor_lmae == "transductive":
+    if settings.predictor_lmae == "shared":
         return {"lmae": model_outputs("lmae")["weights"]}
     return {"lmae_yaml": lmae_yaml}
 
 
 def predictor_lmae_args(settings: EvalSettings, lmae_yaml: str) -> str:
-    """``--init <LMAE folder>`` (transductive) or ``--lmae-config <YAML>`` (per fold)."""
-    if settings.predictor_lmae == "transductive":
+    """``--init <LMAE folder>`` (shared) or ``--lmae-config <YAML>`` (per fold)."""
+    if settings.predictor_lmae == "shared":
         return f"--init {shlex.quote(model_dir('lmae'))}"
     return f"--lmae-config {shlex.quote(lmae_yaml)}"
 

@@ -415,8 +415,8 @@ def test_partial_out_round_trips_through_the_settings_json():
     assert TaskSpec.from_dict(settings.task("d", "t").to_dict()).partial_out == "age"
 
 
-def test_transductive_predictor_is_labelled_in_every_table_format():
-    from brainharmony.evaluate.tables import TRANSDUCTIVE
+def test_shared_lmae_predictor_is_labelled_in_every_table_format():
+    from brainharmony.evaluate.tables import SHARED_LMAE
 
     metrics, tests = _metrics()
     metrics = metrics.copy()
@@ -426,8 +426,8 @@ def test_transductive_predictor_is_labelled_in_every_table_format():
         (d, t): ("regression" if m in ("mae", "pearson_r", "r2") else "classification")
         for d, t, m in zip(metrics["dataset"], metrics["task"], metrics["metric"], strict=True)
     }
-    label = "LMAE-RWMoE-SSM" + TRANSDUCTIVE
-    for mode, shown in (("per_fold", False), ("transductive", True)):
+    label = "LMAE-RWMoE-SSM" + SHARED_LMAE
+    for mode, shown in (("per_fold", False), ("shared", True)):
         settings = settings_from_mapping({"predictor_lmae": mode})
         table = build_paper_table(metrics, tests, settings, types)
         texts = [
@@ -438,6 +438,6 @@ def test_transductive_predictor_is_labelled_in_every_table_format():
         for text in texts:
             assert (label in text) is shown, mode
             assert "LMAE-RWMoE-SSM" in text
-        assert ("Transductive" in table.note) is shown
+        assert ("Shared LMAE" in table.note) is shown
     with pytest.raises(Exception, match="predictor_lmae"):
         settings_from_mapping({"predictor_lmae": "all"})

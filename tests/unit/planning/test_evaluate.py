@@ -68,11 +68,11 @@ def test_paths_follow_the_task_and_its_pooled_datasets():
     assert again.task("abide1", "asd").datasets == ("abide1NYU", "abide1UCLA1")
 
 
-def test_predictor_lmae_is_per_fold_unless_transductive():
+def test_predictor_lmae_is_per_fold_unless_shared():
     assert SETTINGS.predictor_lmae == "per_fold"
     yaml = "models/lmae demo.yaml"
     assert P.predictor_lmae_inputs(SETTINGS, yaml) == {"lmae_yaml": yaml}
     assert P.predictor_lmae_args(SETTINGS, yaml) == "--lmae-config 'models/lmae demo.yaml'"
-    trans = settings_from_mapping({"predictor_lmae": "transductive"})
+    trans = settings_from_mapping({"predictor_lmae": "shared"})
     assert P.predictor_lmae_inputs(trans, yaml) == {"lmae": "results/models/lmae/model.safetensors"}
     assert P.predictor_lmae_args(trans, yaml) == "--init results/models/lmae"
