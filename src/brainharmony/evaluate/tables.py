@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,9 @@ class PaperTable:
         ``(model, (dataset, task))`` significantly better than the best baseline.
     note : str
         What the numbers are and which test the mark stands for.
+    labels : mapping
+        ``model -> row label`` under the run's settings (a frozen fine-tuning entry
+        says "LP").
     """
 
     models: list[str]
@@ -185,6 +188,12 @@ class PaperTable:
     bold: set[tuple[str, tuple[str, str, str]]]
     marked: set[tuple[str, tuple[str, str]]]
     note: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def label(self, model: str) -> str:
+        """Row label (:func:`~brainharmony.evaluate.harness.display_name` under the
+        table's settings)."""
+        return self.labels.get(model) or display_name(model)
 
     def text(self, model: str, col: tuple[str, str, str]) -> str:
         """The cell text with its significance mark; ``""`` when not applicable."""
@@ -259,12 +268,13 @@ def build_paper_table(
         f"baseline at p < {settings.alpha:g} ({TEST_NAME}, on the primary metric: "
         f"{primary})."
     )
-    return PaperTable(models, columns, cells, bold, marked, note)
+    labels = {m: display_name(m, settings) for m in models}
+    return PaperTable(models, columns, cells, bold, marked, note, labels)
 
 
 def table_csv(table: PaperTable) -> pd.DataFrame:
     """The table as a DataFrame: ``model`` then one ``dataset/task/metric`` column each."""
-    data: dict[str, list[str]] = {"model": [display_name(m) for m in table.models]}
+    data: dict[str, list[str]] = {"model": [table.label(m) for m in table.models]}
     for col in table.columns:
         data["/".join(col)] = [table.text(m, col) for m in table.models]
     return pd.DataFrame(data)
@@ -275,7 +285,7 @@ def table_markdown(table: PaperTable) -> str:
     head = ["Model"] + [f"{d} · {t} · {table.header(c)}" for c in table.columns for d, t, _ in [c]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in table.models:
-        cells = [display_name(m)]
+        cells = [table.label(m)]
         for col in table.columns:
             text = table.text(m, col)
             cells.append(f"**{text}**" if (m, col) in table.bold and text else text or "–")
@@ -349,7 +359,7 @@ def table_latex(table: PaperTable, caption: str = "", label: str = "tab:results"
     )
     lines.append(r"\midrule")
     for m in table.models:
-        row = [latex_escape(display_name(m))]
+        row = [latex_escape(table.label(m))]
         row += [_latex_cell(table.text(m, c), (m, c) in table.bold) for c in table.columns]
         lines.append(" & ".join(row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
