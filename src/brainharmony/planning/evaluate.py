@@ -190,8 +190,11 @@ def model_args(
     args: list[str] = []
     tokens: list[str] = []
     for model in settings.models:
+        files = named_inputs.get(model)
+        if files is None:  # not an input of this model, or not planned yet (checkpoint)
+            continue
         if model in FINETUNE:
-            folder = str(named_inputs[model][0]).rsplit("/", 1)[0]
+            folder = str(files[0]).rsplit("/", 1)[0]
             args.append(f"--finetune {shlex.quote(f'{model}={folder}')}")
             tokens += [str(p) for p in named_inputs.get(f"{model}__tokens", [])]
             shards = [str(p) for p in named_inputs.get(f"{model}__shards", [])]
@@ -207,7 +210,7 @@ def model_args(
         flag = "--embedding" if model in embeddings else "--external" if model in external else None
         if flag is None:
             continue
-        args += [f"{flag} {shlex.quote(f'{model}={p}')}" for p in named_inputs[model]]
+        args += [f"{flag} {shlex.quote(f'{model}={p}')}" for p in files]
     if tokens:
         args.append("--ft-tokens " + " ".join(shlex.quote(t) for t in tokens))
     return " ".join(args)
