@@ -24,7 +24,7 @@ import yaml
 
 from brainharmony.anat.settings import AnatSettings
 from brainharmony.demo.generate import generate_demo
-from brainharmony.evaluate.settings import EvalSettings
+from brainharmony.evaluate.settings import EvalSettings, FineTuneSettings
 from brainharmony.func.fmriprep import DEFAULT_SPACE, FmriprepSettings
 from brainharmony.ingest import ingest_dataset
 from brainharmony.planning.func import FuncPlan
@@ -104,6 +104,7 @@ LIBRARY: dict[str, Callable[[], Any]] = {
     **_same_fields(MultiTRPlan, "multitr", {"scaling": "scaling_mode"}),
     **_same_fields(TrainPlan, "train"),
     **_same_fields(EvalSettings, "evaluate", skip=("tasks", "grids", "finetune")),
+    **_same_fields(FineTuneSettings, "evaluate.finetune"),
 }
 
 #: Schema keys that set no library default, and why.
@@ -116,7 +117,7 @@ WORKFLOW_ONLY: dict[str, str] = {
     "pretrain.datasets": "null = every configured dataset (a workflow-level choice)",
     "evaluate.tasks": "{} = no task; tasks name workflow datasets",
     "evaluate.grids": "{} = brainharmony.evaluate.settings.Grids' defaults",
-    "evaluate.finetune": "{} = brainharmony.evaluate.settings.FineTuneSettings' defaults",
+    "evaluate.finetune": "{}: its keys' defaults are FineTuneSettings' (checked above)",
 }
 
 #: Dataclass fields that have no config key (filled from elsewhere), and why.

@@ -131,8 +131,11 @@ evaluate:
         batch_size: {type: integer, minimum: 1}
         weight_decay: {type: number, minimum: 0}
         train_encoder: {type: boolean}
-        encoder_lr_scale: {type: number, minimum: 0}
+        layer_decay: {type: number, exclusiveMinimum: 0, maximum: 1}
+        drop_path: {type: number, minimum: 0, exclusiveMaximum: 1}
         label_smoothing: {type: number, minimum: 0, exclusiveMaximum: 1}
+        warmup_epochs: {type: number, minimum: 0}
+        min_lr: {type: number, minimum: 0}
         patience: {type: integer, minimum: 1}
 """
 )
@@ -255,6 +258,19 @@ def _on_skeleton(preset: Path, root: Path) -> dict:
 # --------------------------------------------------------------------------- tests
 
 
+def test_brainharmonix_presets_fine_tune_as_published(tmp_path):
+    """Every preset's finetune_* rows train the Harmonizer (or F) with the published
+    stage-2 recipe (docs/evaluation.md)."""
+    for preset in PRESETS:
+        config = load_yaml(preset)
+        validate_config(config, _schema_path(tmp_path))
+        ft = settings_from_mapping(config).finetune
+        assert ft.train_encoder, preset.name
+        assert (ft.epochs, ft.lrs, ft.layer_decay, ft.drop_path) == (50, (5e-4,), 0.65, 0.1)
+        assert (ft.label_smoothing, ft.warmup_epochs, ft.min_lr) == (0.1, 5, 1e-6)
+        assert (ft.batch_size, ft.weight_decay) == (16, 0.05), preset.name
+
+
 def test_there_is_a_preset_per_paper_dataset():
     assert {p.stem for p in PRESETS} == {
         "abide1",
@@ -272,7 +288,7 @@ def test_schema_fragment_defaults_equal_the_code_defaults(tmp_path):
     validate_config(config, _schema_path(tmp_path))
     defaults = settings_from_mapping({}).to_dict()
     for key, value in config["evaluate"].items():
-        if key in ("grids", "finetune"):
+        if key == "grids":
             assert value == {}
         else:
             assert value == defaults[key], key

@@ -37,11 +37,14 @@ TINY = {
             "probe_bh_f",
             "probe_bh_f_roisim",
             "probe_harmonizer",
+            "finetune_harmonizer",
+            "finetune_bh_f",
             "predictor",
         ],
         "seeds": [0],
         "n_folds": 2,
         "val_fraction": 0.3,
+        "finetune": {"epochs": 2, "warmup_epochs": 0.5, "patience": 2},
     },
 }
 
@@ -174,8 +177,16 @@ def test_tiny_run_through_every_stage(tiny_run):
         "probe_bh_f",
         "probe_bh_f_roisim",
         "probe_harmonizer",
+        "finetune_harmonizer",
+        "finetune_bh_f",
         "predictor",
     }
+    # the fine-tuned rows trained the Harmonizer / F encoder (not a frozen probe)
+    selection = pd.read_csv(res / "eval" / "demoA" / "diagnosis" / "selection.tsv", sep="\t")
+    tuned = selection.loc[selection["model"].str.startswith("finetune_"), "params"]
+    assert len(tuned) > 0 and all(json.loads(p)["train_encoder"] for p in tuned)
+    table = (res / "tables" / "paper_table.md").read_text()
+    assert "| BrainHarmonix (FT) |" in table and "| BrainHarmonix-F (FT) |" in table
     metrics = pd.read_csv(res / "tables" / "metrics.csv")
     assert list(metrics.columns[:7]) == ["dataset", "task", "model", "metric", "mean", "std", "n"]
     for ext in ("csv", "md", "tex"):

@@ -304,8 +304,13 @@ def get_eval_site_mode(wildcards):
 
 
 def get_eval_model_inputs(wildcards):
-    """Named inputs of the models that need more than FC (embeddings, predictions)."""
-    return planning.evaluate.model_inputs(PLAN.evaluate.settings, wildcards)
+    """Named inputs of the models that need more than FC (embeddings, predictions, the
+    fine-tuned model folders and their data)."""
+    return planning.evaluate.model_inputs(
+        PLAN.evaluate.settings,
+        wildcards,
+        native_ms=lambda d: planning.multitr.native_ms(d, checkpoints.ingest),
+    )
 
 
 def get_eval_model_args(wildcards, input):

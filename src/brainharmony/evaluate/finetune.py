@@ -6,14 +6,22 @@ Generic over model kinds: the model is rebuilt from its folder (``config.json`` 
 ``encode(batch) -> (B, D)`` is used. A head ``LayerNorm(D) -> Linear(D, out)`` (the
 papers' ``fc_norm`` + linear head) is trained on the fold's training subjects:
 
-* ``train_encoder: false`` (default): the encoder is frozen; its features are
-  computed once per item and reused by every fold, seed and learning rate.
-* ``train_encoder: true``: the encoder is trained too (its learning rate scaled by
-  ``encoder_lr_scale``), restarting from the pretrained weights in every fold.
+* ``train_encoder: true`` (default; the published BrainHarmonix stage 2): the model's
+  parameters that ``encode`` reaches (found by one backward pass: for the Harmonizer
+  its hub tokens, input projections, blocks and norms, not its decoders; for
+  BrainHarmonix-F the encoder ``encode`` uses) are trained with the head, restarting
+  from the pretrained weights in every fold. The inputs of the Harmonizer are the
+  frozen S/F tokens, so the S and F encoders never change. Learning rates decay layer
+  by layer (:func:`param_groups`), drop-path is switched on in the trained blocks
+  (:func:`set_drop_path`, training only).
+* ``train_encoder: false``: the encoder is frozen (a linear probe on its features,
+  computed once per item and reused by every fold, seed and learning rate).
 
-Per learning rate (``lrs``), training runs for up to ``epochs`` epochs (AdamW,
-``weight_decay``; cross-entropy with ``label_smoothing``, or MSE on the standardised
-target) and stops after ``patience`` epochs without improvement of the validation
+Per learning rate (``lrs``, the head's peak rate), training runs for up to ``epochs``
+epochs (AdamW, ``weight_decay`` on matrices only; cross-entropy with
+``label_smoothing``, or MSE on the standardised target), the rate warming up linearly
+for ``warmup_epochs`` and then following a cosine to ``min_lr`` (:func:`lr_at`, every
+step), and stops after ``patience`` epochs without improvement of the validation
 selection metric; the (learning rate, epoch) with the best validation score gives the
 test predictions. A subject with several items (sessions, runs) is predicted by the
 mean of its items' probabilities / values.
@@ -29,6 +37,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -185,6 +195,121 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+# ---------------------------------------------------------------------- the recipe
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def lr_at(epoch: float, base: float, epochs: float, warmup: float, min_lr: float) -> float:
+    """Learning rate at (fractional) ``epoch``: linear warmup, then half a cosine.
+
+    ``base * epoch / warmup`` for ``epoch < warmup``, then
+    ``min_lr + (base - min_lr) * (1 + cos(pi * (epoch - warmup) / (epochs - warmup))) / 2``
+    (the MAE/BrainHarmonix ``adjust_learning_rate``).
+    """
+    if epoch < warmup:
+        return base * epoch / warmup
+    if epochs <= warmup:
+        return base
+    t = min((epoch - warmup) / (epochs - warmup), 1.0)
+    return min_lr + (base - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def block_index(name: str) -> int | None:
+    """Index of the transformer block a parameter belongs to (``...blocks.<i>.``)."""
+    found = _BLOCK.findall(name)
+    return int(found[-1]) if found else None
+
+
+def layer_id(name: str, n_blocks: int) -> int:
+    """Layer of a parameter for layer-wise decay: 0 for the inputs (embeddings, input
+    projections, hub / modality tokens), ``i + 1`` for block ``i``, ``n_blocks + 1`` for
+    the norms after the blocks (``...norm...`` outside a block)."""
+    i = block_index(name)
+    if i is not None:
+        return i + 1
+    return n_blocks + 1 if "norm" in name.rsplit(".", 1)[0] else 0
+
+
+def param_groups(
+    named: Sequence[tuple[str, nn.Parameter]],
+    decay: float,
+    weight_decay: float,
+    n_blocks: int | None = None,
+) -> list[dict[str, Any]]:
+    """AdamW groups with layer-wise learning-rate decay.
+
+    A parameter of layer ``l`` (:func:`layer_id`) gets ``lr_scale = decay **
+    (n_blocks + 1 - l)``: the last block ``decay``, the first ``decay ** n_blocks``, the
+    inputs ``decay ** (n_blocks + 1)``, the final norms 1. Matrices get
+    ``weight_decay``, vectors (biases, norms) none.
+    """
+    if n_blocks is None:
+        idx = [block_index(n) for n, _ in named]
+        n_blocks = max((i for i in idx if i is not None), default=-1) + 1
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in named:
+        lid = layer_id(name, n_blocks)
+        no_wd = p.ndim <= 1
+        g = groups.setdefault(
+            (lid, no_wd),
+            {
+                "params": [],
+                "names": [],
+                "layer": lid,
+                "lr_scale": float(decay ** (n_blocks + 1 - lid)),
+                "weight_decay": 0.0 if no_wd else float(weight_decay),
+            },
+        )
+        g["params"].append(p)
+        g["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def loss_function(task_type: str, label_smoothing: float = 0.0) -> nn.Module:
+    """Training loss: cross-entropy with label smoothing (the target gets
+    ``1 - eps + eps / K``, every other class ``eps / K``) for classification, MSE on
+    the standardised target for regression."""
+    if task_type == "classification":
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return nn.MSELoss()
+
+
+def reached_parameters(model: nn.Module, batch: Mapping[str, Any]) -> list[str]:
+    """Names of the parameters that ``model.encode(batch)`` depends on (one backward)."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    model.encode(batch).float().sum().backward()
+    names = [n for n, p in model.named_parameters() if p.grad is not None]
+    for n, p in model.named_parameters():
+        p.grad = None
+        p.requires_grad_(flags[n])
+    return names
+
+
+def set_drop_path(model: nn.Module, trained: Sequence[str], rate: float) -> int:
+    """Stochastic depth in the trained blocks: block ``i`` of ``n`` drops its residual
+    branches with ``rate * i / (n - 1)`` (only in training mode). Returns ``n``."""
+    from brainharmony.models.blocks import DropPath
+
+    blocks: dict[int, list[DropPath]] = {}
+    for name, module in model.named_modules():
+        i = block_index(name)
+        if not isinstance(module, DropPath) or i is None:
+            continue
+        tag = f"blocks.{i}."
+        block = name[: name.rindex(tag) + len(tag)]
+        if any(t.startswith(block) for t in trained):
+            blocks.setdefault(i, []).append(module)
+    n = max(blocks, default=-1) + 1
+    for i, modules in blocks.items():
+        for m in modules:
+            m.p = rate * i / max(n - 1, 1)
+    return n
+
+
 class FineTune(HarnessModel):
     """Head (and optionally encoder) training through ``encode`` on each fold."""
 
@@ -216,6 +341,19 @@ class FineTune(HarnessModel):
         for i, s in enumerate(self.source.subjects):
             items.setdefault(str(s), []).append(i)
         self._by_subject = {k: np.asarray(v, dtype=np.int64) for k, v in items.items()}
+        #: names of the trained model parameters (those ``encode`` reaches)
+        self.trained: list[str] = []
+        self.n_blocks = 0
+        if self.ft.train_encoder:
+            self.encoder.to(self.device)
+            probe = _to(_collate([self.source[0]]), self.device)
+            self.trained = reached_parameters(self.encoder, probe)
+            if not self.trained:
+                raise ValueError(f"{info.name}: encode reaches no parameter to fine-tune")
+            wanted = set(self.trained)
+            for n, p in self.encoder.named_parameters():
+                p.requires_grad_(n in wanted)
+            self.n_blocks = set_drop_path(self.encoder, self.trained, self.ft.drop_path)
 
     def available_subjects(self) -> set[str] | None:
         return set(self._by_subject)
@@ -322,16 +460,28 @@ class FineTune(HarnessModel):
         head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, n_out)).to(self.device)
         nn.init.trunc_normal_(head[1].weight, std=0.02)
         nn.init.zeros_(head[1].bias)
-        groups = [{"params": list(head.parameters()), "lr": lr}]
-        if not frozen:
-            groups.append(
-                {"params": list(self.encoder.parameters()), "lr": lr * self.ft.encoder_lr_scale}
+        groups = [
+            {**g, "lr_scale": 1.0}
+            for g in param_groups(
+                [(f"head.{n}", p) for n, p in head.named_parameters()],
+                self.ft.layer_decay,
+                self.ft.weight_decay,
+                n_blocks=0,
             )
-        opt = torch.optim.AdamW(groups, weight_decay=self.ft.weight_decay)
-        if self.task.type == "classification":
-            loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=self.ft.label_smoothing)
-        else:
-            loss_fn = nn.MSELoss()
+        ]
+        if not frozen:
+            params = dict(self.encoder.named_parameters())
+            groups += param_groups(
+                [(n, params[n]) for n in self.trained],
+                self.ft.layer_decay,
+                self.ft.weight_decay,
+                n_blocks=self.n_blocks,
+            )
+        for g in groups:
+            g["lr"] = 0.0
+        opt = torch.optim.AdamW(groups)
+        steps = max(1, -(-tr_idx.size // self.ft.batch_size))
+        loss_fn = loss_function(self.task.type, self.ft.label_smoothing)
         best_score, best_epoch, best_val = -np.inf, 0, None
         best_state: dict[str, Any] | None = None
         since = 0
@@ -341,8 +491,17 @@ class FineTune(HarnessModel):
             if not frozen:
                 self.encoder.train()
             order = torch.randperm(tr_idx.size, generator=gen).numpy()
-            for start in range(0, order.size, bs):
+            for step, start in enumerate(range(0, order.size, bs)):
                 sel = order[start : start + bs]
+                now = lr_at(
+                    epoch - 1 + step / steps,
+                    lr,
+                    self.ft.epochs,
+                    self.ft.warmup_epochs,
+                    self.ft.min_lr,
+                )
+                for g in opt.param_groups:
+                    g["lr"] = now * g["lr_scale"]
                 if feats0 is not None:
                     feats = feats0[torch.as_tensor(tr_idx[sel])].to(self.device)
                 else:

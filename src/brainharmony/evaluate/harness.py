@@ -125,12 +125,29 @@ def model_info(name: str) -> ModelInfo:
     )
 
 
-def display_name(name: str) -> str:
-    """Table row label of a model."""
+#: What a fine-tuning entry's "(FT)" becomes when ``evaluate.finetune.train_encoder`` is
+#: false: only the head is trained on frozen features, a linear probe.
+FROZEN_TAG = "(LP, trained head)"
+
+
+def display_name(name: str, settings: EvalSettings | None = None) -> str:
+    """Table row label of a model.
+
+    With ``settings``, a fine-tuning entry (``finetune_*``) run with a frozen encoder
+    (``evaluate.finetune.train_encoder: false``) is labelled a linear probe
+    (:data:`FROZEN_TAG` instead of "(FT)"), so that no row claims fine-tuning it did not do.
+    """
     try:
-        return model_info(name).display
+        info = model_info(name)
     except ValueError:
         return name
+    if (
+        settings is not None
+        and not settings.finetune.train_encoder
+        and info.target == f"{_FT}:FineTune"
+    ):
+        return info.display.replace("(FT)", FROZEN_TAG)
+    return info.display
 
 
 def baseline_names() -> list[str]:

@@ -49,7 +49,11 @@ from brainharmony.atlas import schaefer400_centroids, schaefer400_labels
 from brainharmony.evaluate import figures as fg
 from brainharmony.evaluate.harness import display_name
 from brainharmony.evaluate.metrics import confusion_matrix
-from brainharmony.evaluate.settings import CLASSIFICATION_METRICS, settings_from_mapping
+from brainharmony.evaluate.settings import (
+    CLASSIFICATION_METRICS,
+    EvalSettings,
+    settings_from_mapping,
+)
 from brainharmony.evaluate.stats import TEST_COLUMNS
 from brainharmony.evaluate.tables import (
     PaperTable,
@@ -293,6 +297,7 @@ class ReportBuilder:
         self._centroids_tried = centroids is not None
         self.sections: list[tuple[str, str, str]] = []
         self.inputs: list[Path] = []
+        self._label_settings: EvalSettings | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -397,6 +402,18 @@ class ReportBuilder:
             + (f'<p class="note">Files: {_esc(files)} in {_esc(self.tables)}.</p>' if files else "")
         )
 
+    def _label(self, model: str) -> str:
+        """A model's row label under the run's settings (``tables.json``)."""
+        if self._label_settings is None:
+            side = self.tables / "tables.json"
+            raw = (
+                json.loads(side.read_text(encoding="utf-8")).get("Settings", {})
+                if side.is_file()
+                else {}
+            )
+            self._label_settings = settings_from_mapping(raw)
+        return display_name(model, self._label_settings)
+
     def _task_types(self, metrics: pd.DataFrame) -> dict[tuple[str, str], str]:
 
         types: dict[tuple[str, str], str] = {}
@@ -414,8 +431,8 @@ class ReportBuilder:
             return _absent("No paired tests (fewer than two models per task).")
 
         shown = tests.assign(
-            model=tests["model"].map(display_name),
-            reference=tests["reference"].map(display_name),
+            model=tests["model"].map(self._label),
+            reference=tests["reference"].map(self._label),
         )[[c for c in TEST_COLUMNS if c not in ("test_train_ratio", "test")]]  # test: in the note
         not_better = tests.loc[
             (tests["role"] == "vs_null") & ~((tests["p"] < 0.05) & (tests["mean_diff"] > 0))
@@ -423,7 +440,7 @@ class ReportBuilder:
         honest = ""
         if len(not_better):
             items = ", ".join(
-                f"{display_name(m)} on {d}/{t} (p = {p:.3g})"
+                f"{self._label(m)} on {d}/{t} (p = {p:.3g})"
                 for d, t, m, p in zip(
                     not_better["dataset"],
                     not_better["task"],
@@ -470,7 +487,7 @@ class ReportBuilder:
                     cm = confusion_matrix(rows["y_true"], rows["y_pred"], classes or [])
                     imgs.append(
                         _img(
-                            fg.confusion_figure(cm, classes or [], display_name(m)),
+                            fg.confusion_figure(cm, classes or [], self._label(m)),
                             f"confusion matrix {ds} {tk} {m}",
                         )
                     )
@@ -479,7 +496,7 @@ class ReportBuilder:
                 panels = {}
                 for m in models:
                     rows = sub.loc[sub["model"] == m]
-                    panels[display_name(m)] = (
+                    panels[self._label(m)] = (
                         pd.to_numeric(rows["y_true"]).to_numpy(float),
                         pd.to_numeric(rows["y_pred"]).to_numpy(float),
                     )
@@ -514,7 +531,7 @@ class ReportBuilder:
                 {
                     "dataset": ds,
                     "task": tk,
-                    "model": display_name(m),
+                    "model": self._label(m),
                     "folds": len(g),
                     "mean val score": g["val_score"].mean(),
                     "most chosen (on val)": top,

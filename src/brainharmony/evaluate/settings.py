@@ -263,16 +263,55 @@ class Grids:
 
 @dataclass(frozen=True)
 class FineTuneSettings:
-    """Fine-tuning through a pretrained model's ``encode`` (see :mod:`.finetune`)."""
+    """Fine-tuning through a pretrained model's ``encode`` (see :mod:`.finetune`).
 
-    epochs: int = 30
-    lrs: tuple[float, ...] = (1e-3, 1e-2)
+    The defaults are the published BrainHarmonix stage-2 recipe
+    (``../shared/reference/brainharmonix.md`` §8.3): the Harmonizer (or the F encoder)
+    and the head are trained for 50 epochs, AdamW with weight decay 0.05, learning rate
+    5e-4 with layer-wise decay 0.65 per block (the head at the full rate), 5 warmup
+    epochs then a cosine down to 1e-6, drop-path 0.1 and label smoothing 0.1.
+
+    Attributes
+    ----------
+    epochs : int
+        Length of the schedule (and the most epochs trained).
+    lrs : tuple of float
+        Peak learning rates of the head; each is one candidate chosen on val.
+    batch_size : int
+    weight_decay : float
+        AdamW weight decay of the matrices (biases and norms: none).
+    train_encoder : bool
+        Train the model's blocks too (fine-tuning); ``false`` trains the head on
+        frozen features (a linear probe: its table label says "LP").
+    layer_decay : float
+        Learning-rate factor per block below the head: block ``i`` of ``n`` gets
+        ``layer_decay ** (n - i)``, the inputs (embeddings, hub tokens)
+        ``layer_decay ** (n + 1)``, the final norms and the head 1.
+    drop_path : float
+        Stochastic depth of the last trained block during fine-tuning (block ``i``:
+        ``drop_path * i / (n - 1)``); never applied when predicting.
+    label_smoothing : float
+        Of the classification cross-entropy.
+    warmup_epochs : float
+        Linear warmup from 0 to the peak learning rate, then a cosine to ``min_lr``
+        at ``epochs`` (updated every step).
+    min_lr : float
+    patience : int
+        Stop after this many epochs without a better validation score (the best epoch
+        is kept in any case; ``patience >= epochs`` runs the whole schedule).
+    """
+
+    epochs: int = 50
+    lrs: tuple[float, ...] = (5e-4,)
     batch_size: int = 16
     weight_decay: float = 0.05
-    train_encoder: bool = False
-    encoder_lr_scale: float = 0.1
-    label_smoothing: float = 0.0
-    patience: int = 10
+    train_encoder: bool = True
+    layer_decay: float = 0.65
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 5.0
+    min_lr: float = 1e-6
+    patience: int = 50
 
 
 @dataclass(frozen=True)
@@ -561,6 +600,14 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         raise SettingsError(
             f"evaluate.predictor_lmae: one of {PREDICTOR_LMAE_MODES}; got {predictor_lmae!r}"
         )
+    if not 0 < finetune.layer_decay <= 1:
+        raise SettingsError(
+            f"evaluate.finetune.layer_decay: must be in (0, 1]; got {finetune.layer_decay}"
+        )
+    if not 0 <= finetune.drop_path < 1 or not 0 <= finetune.label_smoothing < 1:
+        raise SettingsError("evaluate.finetune: drop_path and label_smoothing must be in [0, 1)")
+    if finetune.warmup_epochs < 0 or finetune.min_lr < 0:
+        raise SettingsError("evaluate.finetune: warmup_epochs and min_lr must be >= 0")
     return EvalSettings(
         tasks=tuple(tasks),
         cohorts=cohorts,

@@ -181,7 +181,8 @@ class PaperTable:
     note : str
         What the numbers are and which test the mark stands for.
     labels : mapping of str to str
-        Row labels that differ from :func:`display_name` (see :func:`row_labels`).
+        ``model -> row label`` under the run's settings (a frozen fine-tuning entry says
+        "LP"; the predictor with a shared LMAE says so; see :func:`row_labels`).
     """
 
     models: list[str]
@@ -193,8 +194,8 @@ class PaperTable:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def label(self, model: str) -> str:
-        """The row label: ``labels`` (e.g. the shared-LMAE variant), else the display name."""
-        return self.labels.get(model, display_name(model))
+        """Row label (``labels``, else :func:`~brainharmony.evaluate.harness.display_name`)."""
+        return self.labels.get(model) or display_name(model)
 
     def text(self, model: str, col: tuple[str, str, str]) -> str:
         """The cell text with its significance mark; ``""`` when not applicable."""
@@ -272,8 +273,10 @@ def build_paper_table(
         f"baseline at p < {settings.alpha:g} ({TEST_NAME}, on the primary metric: "
         f"{primary})."
     )
-    labels = row_labels(settings, models)
-    if labels:
+    labels = {m: display_name(m, settings) for m in models}
+    shared = row_labels(settings, models)
+    labels.update(shared)
+    if shared:
         note += (
             " Shared LMAE: the predictor's LMAE stage was pretrained once, on every "
             "subject of pretrain.datasets (evaluate.predictor_lmae: shared); where the "
@@ -287,9 +290,9 @@ SHARED_LMAE = " (shared LMAE)"
 
 
 def row_labels(settings: EvalSettings, models: Sequence[str]) -> dict[str, str]:
-    """Row labels that differ from the display names: the predictor's LMAE variant."""
+    """Row labels the predictor's LMAE variant adds (``shared``)."""
     if settings.predictor_lmae == "shared" and "predictor" in models:
-        return {"predictor": display_name("predictor") + SHARED_LMAE}
+        return {"predictor": display_name("predictor", settings) + SHARED_LMAE}
     return {}
 
 

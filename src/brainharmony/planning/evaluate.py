@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from brainharmony.evaluate.settings import EvalSettings, TaskSpec, settings_from_mapping
-from brainharmony.planning.multitr import denoised_series
+from brainharmony.planning.multitr import SCALING_STATS, denoised_series, series_shard
 from brainharmony.planning.train import EMBEDDINGS as TRAIN_EMBEDDINGS
 from brainharmony.planning.train import model_dir, model_outputs
 
@@ -33,6 +33,15 @@ EXTERNAL: dict[str, str] = {
 PREDICTOR_EXPERTS: dict[str, str] = {
     "weights": "results/eval/{dataset}/{task}/predictor/expert_weights.tsv",
     "figure": "results/eval/{dataset}/{task}/predictor/expert_weights.png",
+}
+
+#: Fine-tuning entries the workflow runs: the trained model role whose folder is
+#: fine-tuned, and the data it is fine-tuned on (``tokens``: the frozen S/F encoders'
+#: token files of each pooled dataset; ``series``: each dataset's series shard at its
+#: own TR, with the pretraining scaling statistics).
+FINETUNE: dict[str, tuple[str, str]] = {
+    "finetune_harmonizer": ("harmonizer", "tokens"),
+    "finetune_bh_f": ("bh_f", "series"),
 }
 
 LABELS = "results/eval/{dataset}/{task}/labels.tsv"
@@ -128,8 +137,15 @@ def model_inputs(
     wildcards: Any,
     embeddings: Mapping[str, str] = EMBEDDINGS,
     external: Mapping[str, str] = EXTERNAL,
+    native_ms: Callable[[str], int] | None = None,
 ) -> dict[str, list[str]]:
-    """Named inputs of the models that need more than FC (for ``unpack``)."""
+    """Named inputs of the models that need more than FC (for ``unpack``).
+
+    A fine-tuning entry (:data:`FINETUNE`) gets its model folder's files under its
+    name and its data under ``<name>__tokens`` or ``<name>__shards`` (series shard and
+    index, pairwise) plus ``<name>__scaling``; ``native_ms(dataset)`` gives a
+    dataset's own TR in ms (the shards' file names) and is needed for ``series``.
+    """
     spec = task_of(settings, wildcards)
     files: dict[str, list[str]] = {}
     for model in settings.models:
@@ -137,6 +153,34 @@ def model_inputs(
             files[model] = [embeddings[model].format(d=d) for d in spec.datasets]
         elif model in external:
             files[model] = [external[model].format(dataset=spec.dataset, task=spec.name)]
+        elif model in FINETUNE:
+            role, data = FINETUNE[model]
+            out = model_outputs(role)
+            files[model] = [out["weights"], out["config"]]
+            if data == "tokens":
+                files[f"{model}__tokens"] = [
+                    TRAIN_EMBEDDINGS["tokens"].format(dataset=d) for d in spec.datasets
+                ]
+            else:
+                if native_ms is None:
+                    raise ValueError(f"{model}: the datasets' TRs are needed (native_ms)")
+                shards: list[str] = []
+                for d in spec.datasets:
+                    ms = native_ms(d)
+                    shards += [
+                        series_shard("series").format(dataset=d, ms=ms),
+                        series_shard("index").format(dataset=d, ms=ms),
+                    ]
+                files[f"{model}__shards"] = shards
+                files[f"{model}__scaling"] = [SCALING_STATS]
+        elif model.startswith("finetune_"):
+            raise ValueError(
+                f"evaluate.models: the workflow fine-tunes {sorted(FINETUNE)}; {model!r} "
+                "runs with `brainharmony evaluate --finetune` outside it"
+            )
+    series_models = [m for m in settings.models if FINETUNE.get(m, ("", ""))[1] == "series"]
+    if len(series_models) > 1:
+        raise ValueError(f"evaluate.models: one series fine-tuning entry at most; {series_models}")
     return files
 
 
@@ -146,13 +190,35 @@ def model_args(
     embeddings: Mapping[str, str] = EMBEDDINGS,
     external: Mapping[str, str] = EXTERNAL,
 ) -> str:
-    """``--embedding NAME=FILE`` / ``--external NAME=FILE`` arguments for those inputs."""
+    """``--embedding NAME=FILE`` / ``--external NAME=FILE`` arguments for those inputs,
+    and ``--finetune NAME=DIR`` with the fine-tuning data (``--ft-tokens``,
+    ``--ft-shard``, ``--scaling``)."""
     args: list[str] = []
+    tokens: list[str] = []
     for model in settings.models:
+        files = named_inputs.get(model)
+        if files is None:  # not an input of this model, or not planned yet (checkpoint)
+            continue
+        if model in FINETUNE:
+            folder = str(files[0]).rsplit("/", 1)[0]
+            args.append(f"--finetune {shlex.quote(f'{model}={folder}')}")
+            tokens += [str(p) for p in named_inputs.get(f"{model}__tokens", [])]
+            shards = [str(p) for p in named_inputs.get(f"{model}__shards", [])]
+            args += [
+                f"--ft-shard {shlex.quote(s)} {shlex.quote(i)}"
+                for s, i in zip(shards[::2], shards[1::2], strict=True)
+            ]
+            args += [
+                f"--scaling {shlex.quote(str(p))}"
+                for p in named_inputs.get(f"{model}__scaling", [])
+            ]
+            continue
         flag = "--embedding" if model in embeddings else "--external" if model in external else None
         if flag is None:
             continue
-        args += [f"{flag} {shlex.quote(f'{model}={p}')}" for p in named_inputs[model]]
+        args += [f"{flag} {shlex.quote(f'{model}={p}')}" for p in files]
+    if tokens:
+        args.append("--ft-tokens " + " ".join(shlex.quote(t) for t in tokens))
     return " ".join(args)
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from brainharmony.evaluate.data import read_splits
@@ -108,7 +109,14 @@ def _settings(**ft: Any):
                     "age": {"target": "age", "type": "regression"},
                 }
             },
-            "finetune": {"epochs": 15, "lrs": [0.01], "batch_size": 8, "patience": 15, **ft},
+            "finetune": {
+                "epochs": 15,
+                "lrs": [0.01],
+                "batch_size": 8,
+                "patience": 15,
+                "warmup_epochs": 1,
+                **ft,
+            },
         }
     )
 
@@ -122,7 +130,7 @@ def _labels(table: pd.DataFrame, tmp: Path, target: str, kind: str) -> pd.Series
 
 def test_frozen_finetune_beats_null_and_leaves_the_encoder_alone(tmp_path, tiny_model):
     table = planted_cohort(24)
-    settings = _settings()
+    settings = _settings(train_encoder=False)
     spec = settings.task("synth", "dx")
     source = MemoryItems(table)
     inputs = {"model_dir": {"finetune_bh_f": tiny_model}, "finetune_data": source}
@@ -248,3 +256,236 @@ def test_item_source_reads_fused_token_files(tmp_path):
     assert list(source.subjects) == ["a", "a", "b"]
     item = source[1]
     assert tuple(item["f_tokens"].shape) == (6, 4) and item["f_valid"].dtype == torch.bool
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def test_warmup_then_cosine_learning_rate_values():
+    from brainharmony.evaluate.finetune import lr_at
+
+    base, low = 5e-4, 1e-6
+    kw = {"epochs": 50, "warmup": 5, "min_lr": low}
+    assert lr_at(0.0, base, **kw) == 0.0
+    assert lr_at(2.5, base, **kw) == pytest.approx(2.5e-4)
+    assert lr_at(5.0, base, **kw) == pytest.approx(base)
+    # half-way through the cosine: the mean of peak and floor
+    assert lr_at(27.5, base, **kw) == pytest.approx((base + low) / 2)
+    assert lr_at(16.25, base, **kw) == pytest.approx(
+        low + (base - low) * (1 + np.cos(np.pi / 4)) / 2
+    )
+    assert lr_at(50.0, base, **kw) == pytest.approx(low)
+    assert lr_at(3.0, base, epochs=3, warmup=0, min_lr=low) == pytest.approx(low)
+
+
+def test_label_smoothing_loss_by_hand():
+    from brainharmony.evaluate.finetune import loss_function
+
+    logits = torch.tensor([[2.0, 0.0], [0.5, 1.5]])
+    target = torch.tensor([0, 1])
+    logp = torch.log_softmax(logits, dim=1).numpy()
+    eps, k = 0.1, 2
+    by_hand = np.mean(
+        [
+            -(1 - eps + eps / k) * logp[i, t] - (eps / k) * logp[i, 1 - t]
+            for i, t in enumerate([0, 1])
+        ]
+    )
+    got = float(loss_function("classification", eps)(logits, target))
+    assert got == pytest.approx(by_hand, rel=1e-6)
+    assert got > float(loss_function("classification", 0.0)(logits, target))  # confident logits
+    assert isinstance(loss_function("regression", eps), nn.MSELoss)
+
+
+#: planted offset of the PT tokens (CN: minus it)
+SHIFT = 2.0
+
+HARMONIZER = {
+    "f_dim": 4,
+    "s_dim": 4,
+    "f_grid": [3, 2],
+    "s_grid": [1, 1, 2],
+    "dim": 16,
+    "depth": 3,
+    "heads": 2,
+    "dec_dim": 8,
+    "dec_depth": 1,
+    "dec_heads": 2,
+    "n_hubs": 2,
+}
+
+
+def _harmonizer(**over: Any) -> nn.Module:
+    from brainharmony.models.registry import build_model
+
+    torch.manual_seed(0)
+    return build_model("harmonizer", {**HARMONIZER, **over})
+
+
+def _fused_batch(n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "f_tokens": torch.randn(n, 6, 4, generator=g),
+        "f_valid": torch.ones(n, 6, dtype=torch.bool),
+        "s_tokens": torch.randn(n, 2, 4, generator=g),
+    }
+
+
+def test_layer_wise_decay_gives_each_block_its_learning_rate():
+    from brainharmony.evaluate.finetune import param_groups, reached_parameters
+
+    model = _harmonizer()
+    trained = reached_parameters(model, _fused_batch())
+    # encode reaches the hub tokens, input projections, blocks and norms, not the decoders
+    assert not any("decoder" in n for n in trained)
+    assert {"hubs", "f_in.weight", "s_in.weight", "fc_norm.weight"} <= set(trained)
+    params = dict(model.named_parameters())
+    groups = param_groups([(n, params[n]) for n in trained], 0.65, 0.05)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    for i in range(3):  # block i of 3: 0.65 ** (3 - i)
+        assert scale[f"encoder.blocks.{i}.attn.qkv.weight"] == pytest.approx(0.65 ** (3 - i))
+        assert scale[f"encoder.blocks.{i}.norm1.weight"] == pytest.approx(0.65 ** (3 - i))
+    for n in ("hubs", "f_in.weight", "s_modality"):
+        assert scale[n] == pytest.approx(0.65**4)
+    for n in ("encoder.norm.weight", "fc_norm.bias"):
+        assert scale[n] == 1.0
+    assert wd["encoder.blocks.0.attn.qkv.weight"] == 0.05
+    assert wd["encoder.blocks.0.attn.qkv.bias"] == 0.0 and wd["fc_norm.weight"] == 0.0
+    assert sorted(n for g in groups for n in g["names"]) == sorted(trained)
+
+
+def test_drop_path_is_active_in_training_only():
+    from brainharmony.evaluate.finetune import reached_parameters, set_drop_path
+
+    model = _harmonizer()
+    reference = _harmonizer().eval()
+    batch = _fused_batch(8)
+    n = set_drop_path(model, reached_parameters(model, batch), 0.5)
+    assert n == 3
+    rates = [b.drop_path.p for b in model.encoder.blocks]
+    assert rates == pytest.approx([0.0, 0.25, 0.5])
+    assert all(b.drop_path.p == 0.0 for b in model.f_decoder.blocks.blocks)  # not trained
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(batch), reference.encode(batch))
+        model.train()
+        torch.manual_seed(1)
+        a = model.encode(batch)
+        torch.manual_seed(2)
+        b = model.encode(batch)
+    assert not torch.allclose(a, b)
+
+
+def _token_cohort(tmp: Path, table: pd.DataFrame, seed: int = 0) -> Path:
+    """Fused token files: a diagnosis-dependent offset on the F and S tokens."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _, row in table.iterrows():
+        shift = SHIFT if row["diagnosis"] == "PT" else -SHIFT
+        name = f"sub-{row['subject']}_tokens.npz"
+        np.savez(
+            tmp / name,
+            f_tokens=(rng.standard_normal((6, 4)) + shift).astype(np.float16),
+            f_valid=np.ones(6, bool),
+            s_tokens=(rng.standard_normal((2, 4)) + shift).astype(np.float32),
+        )
+        rows.append({"subject": row["subject"], "session": "n/a", "path": name})
+    pd.DataFrame(rows).to_csv(tmp / "tokens.tsv", sep="\t", index=False)
+    return tmp / "tokens.tsv"
+
+
+def _harmonizer_folder(tmp: Path) -> Path:
+    folder = tmp / "harmonizer"
+    folder.mkdir()
+    save_file(_harmonizer().state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(
+        json.dumps({"kind": "harmonizer", "model": HARMONIZER, "data": {"kind": "fused"}})
+    )
+    return folder
+
+
+def test_harmonizer_finetune_trains_the_harmonizer_not_the_encoders_tokens(tmp_path):
+    import hashlib
+
+    table = planted_cohort(24)
+    (tmp_path / "tok").mkdir()
+    index = _token_cohort(tmp_path / "tok", table)
+    digest = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "tok").iterdir()
+    }
+    folder = _harmonizer_folder(tmp_path)
+    settings = _settings(epochs=6, lrs=[5e-3], warmup_epochs=1, drop_path=0.1)
+    spec = settings.task("synth", "dx")
+    labels = _labels(table, tmp_path, "diagnosis", "classification")
+    splits = [
+        read_splits(p)
+        for p in write_split_dirs(table, "diagnosis", "classification", tmp_path / "s", n_folds=3)
+    ]
+    source = item_source("fused", {}, tokens=[index])
+    model = create(
+        "finetune_harmonizer",
+        spec,
+        settings,
+        {"model_dir": {"finetune_harmonizer": folder}, "finetune_data": source},
+    )
+    assert model.n_blocks == 3 and not any("decoder" in n for n in model.trained)
+    out = model.run_fold(_first_fold(splits[0], labels, spec))
+    assert out.params["train_encoder"] is True
+    state = model.encoder.state_dict()
+    for name in ("hubs", "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.2.mlp.fc1.weight"):
+        assert not torch.equal(state[name], model.pretrained[name]), name
+    for name in state:  # the decoders (not reached by encode) keep their weights
+        if "decoder" in name:
+            torch.testing.assert_close(state[name], model.pretrained[name])
+    # the frozen S/F encoders' outputs (the token files) are only read
+    assert digest == {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "tok").iterdir()
+    }
+
+
+def test_harmonizer_finetune_end_to_end_beats_null(tmp_path):
+    table = planted_cohort(24)
+    (tmp_path / "tok").mkdir()
+    index = _token_cohort(tmp_path / "tok", table)
+    folder = _harmonizer_folder(tmp_path)
+    settings = _settings(epochs=8, lrs=[5e-3], warmup_epochs=1)
+    spec = settings.task("synth", "dx")
+    labels = _labels(table, tmp_path, "diagnosis", "classification")
+    splits = [
+        read_splits(p)
+        for p in write_split_dirs(table, "diagnosis", "classification", tmp_path / "s", n_folds=3)
+    ]
+    inputs = {
+        "model_dir": {"finetune_harmonizer": folder},
+        "finetune_data": lambda kind, cfg: item_source(kind, cfg, tokens=[index]),
+    }
+    res = evaluate_task(
+        spec, settings, labels, splits, inputs, ["null_model", "finetune_harmonizer"]
+    )
+    test = res.predictions.loc[res.predictions["split"] == "test"]
+    assert (test.groupby("model")["subject"].nunique() == 24).all()
+    # AUC per fold (the selection metric; 3 validation subjects leave the calibration,
+    # hence the accuracy, to chance on a random-initialised Harmonizer)
+    auc = test.groupby("model").apply(
+        lambda g: (
+            g.groupby("fold")
+            .apply(lambda h: roc_auc_score(h["y_true"] == "PT", h["p_PT"]), include_groups=False)
+            .mean()
+        ),
+        include_groups=False,
+    )
+    assert auc["finetune_harmonizer"] >= 0.9 > 0.5 >= auc["null_model"]
+
+
+def test_frozen_finetune_rows_are_labelled_linear_probes():
+    from brainharmony.evaluate.harness import display_name
+
+    tuned = _settings()
+    frozen = _settings(train_encoder=False)
+    assert display_name("finetune_harmonizer", tuned) == "BrainHarmonix (FT)"
+    assert display_name("finetune_bh_f", tuned) == "BrainHarmonix-F (FT)"
+    assert "(LP" in display_name("finetune_harmonizer", frozen)
+    assert "(FT)" not in display_name("finetune_bh_f", frozen)
+    assert display_name("finetune_harmonizer", frozen) != display_name("probe_harmonizer", frozen)
+    assert display_name("probe_harmonizer", frozen) == "BrainHarmonix (LP)"

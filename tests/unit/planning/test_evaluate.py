@@ -3,6 +3,8 @@
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from brainharmony.evaluate.settings import settings_from_mapping
 from brainharmony.planning import evaluate as P
 
@@ -76,3 +78,51 @@ def test_predictor_lmae_is_per_fold_unless_shared():
     trans = settings_from_mapping({"predictor_lmae": "shared"})
     assert P.predictor_lmae_inputs(trans, yaml) == {"lmae": "results/models/lmae/model.safetensors"}
     assert P.predictor_lmae_args(trans, yaml) == "--init results/models/lmae"
+
+
+def test_finetune_entries_get_their_model_folder_and_data():
+    settings = settings_from_mapping(
+        {
+            "tasks": SETTINGS.to_dict()["tasks"],
+            "cohorts": {"abide1": ["abide1NYU", "abide1UCLA1"]},
+            "models": ["null_model", "finetune_harmonizer", "finetune_bh_f"],
+        }
+    )
+    w = SimpleNamespace(dataset="abide1", task="asd")
+    ms = {"abide1NYU": 2000, "abide1UCLA1": 3000}
+    inputs = P.model_inputs(settings, w, native_ms=ms.__getitem__)
+    assert inputs == {
+        "finetune_harmonizer": [
+            "results/models/harmonizer/model.safetensors",
+            "results/models/harmonizer/config.json",
+        ],
+        "finetune_harmonizer__tokens": [
+            "results/embeddings/tokens/abide1NYU/index.tsv",
+            "results/embeddings/tokens/abide1UCLA1/index.tsv",
+        ],
+        "finetune_bh_f": [
+            "results/models/bh_f/model.safetensors",
+            "results/models/bh_f/config.json",
+        ],
+        "finetune_bh_f__shards": [
+            "results/multitr/abide1NYU/abide1NYU_tr-2000_series.npy",
+            "results/multitr/abide1NYU/abide1NYU_tr-2000_index.tsv",
+            "results/multitr/abide1UCLA1/abide1UCLA1_tr-3000_series.npy",
+            "results/multitr/abide1UCLA1/abide1UCLA1_tr-3000_index.tsv",
+        ],
+        "finetune_bh_f__scaling": ["results/multitr/atlas-Schaefer400_desc-robust_scaling.json"],
+    }
+    assert P.model_args(settings, inputs) == (
+        "--finetune finetune_harmonizer=results/models/harmonizer "
+        "--finetune finetune_bh_f=results/models/bh_f "
+        "--ft-shard results/multitr/abide1NYU/abide1NYU_tr-2000_series.npy "
+        "results/multitr/abide1NYU/abide1NYU_tr-2000_index.tsv "
+        "--ft-shard results/multitr/abide1UCLA1/abide1UCLA1_tr-3000_series.npy "
+        "results/multitr/abide1UCLA1/abide1UCLA1_tr-3000_index.tsv "
+        "--scaling results/multitr/atlas-Schaefer400_desc-robust_scaling.json "
+        "--ft-tokens results/embeddings/tokens/abide1NYU/index.tsv "
+        "results/embeddings/tokens/abide1UCLA1/index.tsv"
+    )
+    other = settings_from_mapping({**settings.to_dict(), "models": ["finetune_bh_s"]})
+    with pytest.raises(ValueError, match="outside it"):
+        P.model_inputs(other, w, native_ms=ms.__getitem__)
