@@ -15,24 +15,16 @@ from safetensors.torch import load_file
 from brainharmony.models.mae3d import MAE3D
 from brainharmony.train.config import config_from_mapping
 from brainharmony.train.metrics import read_metrics
+from tests.unit.train.test_loop import TINY
 
 # Float tolerance of the weight comparison: the two runs sum the same gradients in another
 # order (micro-batch accumulation vs. the all-reduce), so they agree to rounding only.
 RTOL, ATOL = 1e-5, 1e-6
 
+# The tiny BrainHarmonix-S of test_loop, with the cosine weight decay and a global batch.
 CFG = {
+    **TINY,
     "name": "tiny_s_gb",
-    "kind": "bh_s",
-    "model": {
-        "img_size": [16, 16, 16],
-        "patch": 8,
-        "dim": 32,
-        "depth": 1,
-        "heads": 4,
-        "decoder_dim": 32,
-        "decoder_depth": 1,
-        "decoder_heads": 4,
-    },
     "optim": {
         "lr": 1.0e-3,
         "min_lr": 1.0e-5,
