@@ -52,6 +52,12 @@ test-fast: install
 bench: install
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
+# The GPU check (benchmarks/gpu_check.py): fast kernels vs their twins, a bf16 training step
+# of every model at paper width, DDP over NCCL; exits 1 on any disagreement. CPU: GPU_CHECK_ARGS=--cpu
+.PHONY: gpu-check
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
