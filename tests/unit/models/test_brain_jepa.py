@@ -186,3 +186,38 @@ def test_yamls_build(table: Path, tmp_path: Path) -> None:
     np.save(wide, np.random.default_rng(2).normal(size=(400, 20)))
     model = build_model("brain_jepa", {**demo.model, "gradients": str(wide)})
     assert model.encode(torch.randn(1, demo.data["window"], 400)).shape == (1, demo.model["dim"])
+
+
+def test_the_trainer_runs_the_kind_on_packed_series(table: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from brainharmony.packing import pack_series
+    from brainharmony.train.config import config_from_mapping
+    from brainharmony.train.data import build_dataset
+    from brainharmony.train.loop import train
+    from brainharmony.train.metrics import read_metrics
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i, n in enumerate((40, 52, 37, 45)):  # 37 < 40 frames: the last patch is padding
+        path = tmp_path / f"s{i}.npy"
+        np.save(path, rng.standard_normal((n, R)).astype(np.float32))
+        rows.append({"subject": f"s{i}", "session": "n/a", "run": "n/a", "tr": 2.0, "path": path})
+    pack_series(pd.DataFrame(rows), tmp_path / "ser.npy", tmp_path / "ser.tsv")
+    model = {"n_rois": R, "patch": K, "dim": 32, "depth": 1, "heads": 2, "gradients": str(table),
+             "n_gradients": G, "pred_dim": 16, "pred_depth": 1, "pred_heads": 2}  # fmt: skip
+    cfg = config_from_mapping(
+        {
+            "name": "bj_toy",
+            "kind": "brain_jepa",
+            "model": model,
+            "optim": {"lr": 1e-3, "warmup_steps": 1},
+            "train": {"steps": 2, "batch_size": 2, "log_every": 1, "ckpt_every": 2},
+            "data": {"kind": "series", "window": P * K},
+        }
+    )
+    ds = build_dataset(cfg.data, [(tmp_path / "ser.npy", tmp_path / "ser.tsv")])
+    train(cfg, ds, tmp_path / "out", tmp_path / "state", progress=False)
+    logs = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    assert [r["step"] for r in logs] == [1, 2] and all(np.isfinite(r["loss"]) for r in logs)
+    assert (tmp_path / "out" / "model.safetensors").is_file()
