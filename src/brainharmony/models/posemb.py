@@ -24,6 +24,11 @@ as they learn (a moving target). Here each input table is divided once, at const
 by its root-mean-square (a constant), so the projections see O(1) inputs and the
 embedding is a fixed linear function of the learned weights.
 
+Brain-JEPA's variant (``table_scaling="none"``, ``roi_rescale="minmax"``): the gradient
+table enters the projection unscaled and the projected ROI part is min-max rescaled to
+[-1, 1] over the whole table at every forward pass, as the official ``GradTs_2dPE`` does
+(:mod:`brainharmony.models.brain_jepa` uses it to reproduce released weights).
+
 Tables on disk
 --------------
 :func:`read_roi_table` reads what the geometry stage writes (TSV with a ``roi`` name
@@ -55,6 +60,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Combine = Literal["concat", "sum"]
+TableScaling = Literal["rms", "none"]
+RoiRescale = Literal["none", "minmax"]
 
 
 def sincos_1d(positions: Tensor | np.ndarray | Sequence[float], dim: int) -> Tensor:
@@ -191,7 +198,9 @@ def read_roi_table(
     return values
 
 
-def _rms_scaled(table: np.ndarray, name: str) -> Tensor:
+def _rms_scaled(table: np.ndarray, name: str, scaling: TableScaling = "rms") -> Tensor:
+    if scaling == "none":
+        return torch.as_tensor(table, dtype=torch.float32)
     rms = float(np.sqrt(np.mean(np.square(table))))
     if rms == 0.0:
         raise ValueError(f"RoiTimePosEmbed: the {name} table is all zeros")
@@ -221,6 +230,12 @@ class RoiTimePosEmbed(nn.Module):
     placeholder_shapes : (K, G), optional
         Build zero tables of these widths instead of taking arrays, to be filled by
         ``load_state_dict`` (rebuilding a saved model whose table files are absent).
+    table_scaling : {"rms", "none"}
+        ``"rms"`` (default): each table is divided by its root-mean-square at
+        construction; ``"none"``: stored as given (Brain-JEPA).
+    roi_rescale : {"none", "minmax"}
+        ``"minmax"``: the ROI part is rescaled to [-1, 1] by its global minimum and
+        maximum at every call (Brain-JEPA's ``GradTs_2dPE``); ``"none"`` (default).
     """
 
     def __init__(
@@ -236,8 +251,18 @@ class RoiTimePosEmbed(nn.Module):
         combine: Combine = "concat",
         time_dim: int | None = None,
         placeholder_shapes: tuple[int, int] | None = None,
+        table_scaling: TableScaling = "rms",
+        roi_rescale: RoiRescale = "none",
     ) -> None:
         super().__init__()
+        if table_scaling not in ("rms", "none"):
+            raise ValueError(
+                f"RoiTimePosEmbed: table_scaling must be 'rms' or 'none'; got {table_scaling!r}"
+            )
+        if roi_rescale not in ("none", "minmax"):
+            raise ValueError(
+                f"RoiTimePosEmbed: roi_rescale must be 'none' or 'minmax'; got {roi_rescale!r}"
+            )
         if combine not in ("concat", "sum"):
             raise ValueError(f"RoiTimePosEmbed: combine must be 'concat' or 'sum'; got {combine!r}")
         if n_rois < 1 or n_patches < 1:
@@ -255,6 +280,7 @@ class RoiTimePosEmbed(nn.Module):
             td, roi_dim = dim, dim
         self.dim, self.n_rois, self.n_patches = int(dim), int(n_rois), int(n_patches)
         self.combine: Combine = combine
+        self.roi_rescale: RoiRescale = roi_rescale
         self.time_dim, self.roi_dim = int(td), int(roi_dim)
         self.register_buffer("time_table", sincos_1d(np.arange(n_patches), td), persistent=False)
 
@@ -277,7 +303,7 @@ class RoiTimePosEmbed(nn.Module):
                     f"RoiTimePosEmbed: {name} table has shape {arr.shape}; expected "
                     f"({n_rois}, n_features)"
                 )
-            tables[name] = _rms_scaled(arr, name)
+            tables[name] = _rms_scaled(arr, name, table_scaling)
         self.sources = tuple(tables)
         self.proj = nn.ModuleDict()
         for name, table in tables.items():
@@ -302,7 +328,11 @@ class RoiTimePosEmbed(nn.Module):
         if self.roi_table is not None:
             return self.roi_table
         parts = [self.proj[name](getattr(self, name)) for name in self.sources]
-        return torch.stack(parts).mean(dim=0)
+        roi = torch.stack(parts).mean(dim=0)
+        if self.roi_rescale == "minmax":
+            lo, hi = roi.min(), roi.max()
+            roi = (roi - lo) / (hi - lo) * 2 - 1
+        return roi
 
     def forward(self) -> Tensor:
         """The table of shape (R, P, dim)."""
