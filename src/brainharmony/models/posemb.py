@@ -24,6 +24,10 @@ as they learn (a moving target). Here each input table is divided once, at const
 by its root-mean-square (a constant), so the projections see O(1) inputs and the
 embedding is a fixed linear function of the learned weights.
 
+``roi_norm="minmax"`` reproduces the official rescaling (the global min-max of the ROI part
+to [-1, 1], recomputed at every forward pass); ``brainharmony import-weights bh-f`` sets it
+and stores the official tables unscaled (docs/training.md).
+
 Tables on disk
 --------------
 :func:`read_roi_table` reads what the geometry stage writes (TSV with a ``roi`` name
@@ -55,6 +59,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Combine = Literal["concat", "sum"]
+RoiNorm = Literal["none", "minmax"]
 
 
 def sincos_1d(positions: Tensor | np.ndarray | Sequence[float], dim: int) -> Tensor:
@@ -221,6 +226,9 @@ class RoiTimePosEmbed(nn.Module):
     placeholder_shapes : (K, G), optional
         Build zero tables of these widths instead of taking arrays, to be filled by
         ``load_state_dict`` (rebuilding a saved model whose table files are absent).
+    roi_norm : {"none", "minmax"}
+        ``"minmax"``: rescale the whole ROI part (projected tables) to [-1, 1] by its global
+        minimum and maximum at every call, as the official model (default ``"none"``).
     """
 
     def __init__(
@@ -236,8 +244,12 @@ class RoiTimePosEmbed(nn.Module):
         combine: Combine = "concat",
         time_dim: int | None = None,
         placeholder_shapes: tuple[int, int] | None = None,
+        roi_norm: RoiNorm = "none",
     ) -> None:
         super().__init__()
+        if roi_norm not in ("none", "minmax"):
+            raise ValueError(f"RoiTimePosEmbed: roi_norm must be 'none' or 'minmax'; got {roi_norm!r}")
+        self.roi_norm: RoiNorm = roi_norm
         if combine not in ("concat", "sum"):
             raise ValueError(f"RoiTimePosEmbed: combine must be 'concat' or 'sum'; got {combine!r}")
         if n_rois < 1 or n_patches < 1:
@@ -294,7 +306,8 @@ class RoiTimePosEmbed(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, grid=({self.n_rois}, {self.n_patches}), combine={self.combine}, "
-            f"time_dim={self.time_dim}, sources={list(self.sources) or ['learned']}"
+            f"time_dim={self.time_dim}, sources={list(self.sources) or ['learned']}, "
+            f"roi_norm={self.roi_norm}"
         )
 
     def roi_embedding(self) -> Tensor:
@@ -302,7 +315,11 @@ class RoiTimePosEmbed(nn.Module):
         if self.roi_table is not None:
             return self.roi_table
         parts = [self.proj[name](getattr(self, name)) for name in self.sources]
-        return torch.stack(parts).mean(dim=0)
+        roi = torch.stack(parts).mean(dim=0)
+        if self.roi_norm == "minmax":
+            lo, hi = roi.min(), roi.max()
+            roi = (roi - lo) / (hi - lo) * 2 - 1
+        return roi
 
     def forward(self) -> Tensor:
         """The table of shape (R, P, dim)."""
