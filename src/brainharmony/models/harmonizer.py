@@ -46,6 +46,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -207,7 +208,7 @@ class Harmonizer(nn.Module):
         self.hubs = nn.Parameter(torch.zeros(1, self.n_hubs, self.dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim)) if cls_token else None
         if positions == "sequence":
-            seq = sincos_1d(torch.arange(self.n_f + self.n_s), self.dim)
+            seq = sincos_1d(np.arange(self.n_f + self.n_s), self.dim)
             f_pos, s_pos = seq[: self.n_f], seq[self.n_f :]
         else:
             f_pos, s_pos = sincos_nd(self.f_grid, dim), sincos_nd(self.s_grid, dim)

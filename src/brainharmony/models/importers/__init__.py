@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the converters, not by the registry
+    import torch
 
 __all__ = ["SOURCES", "CheckpointMismatch", "ImportedModel", "SourceUnavailable", "converter"]
 
