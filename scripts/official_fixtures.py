@@ -82,7 +82,7 @@ H_SMALL = {
 
 def _provide_timm_stub() -> str:
     try:
-        import timm.models.layers  # noqa: F401
+        import timm.models.layers
 
         return importlib.metadata.version("timm")
     except Exception:
@@ -99,9 +99,7 @@ def _provide_timm_stub() -> str:
 
 def _randomise(model: nn.Module, gen: torch.Generator) -> None:
     """Fixed random weights (every learned tensor; the fixed sin-cos tables stay)."""
-    norms = {
-        f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.LayerNorm)
-    }
+    norms = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.split(".")[-1] in FIXED_TABLES:
@@ -145,9 +143,8 @@ def _write_tables(folder: Path, harmonics: np.ndarray, gradients: np.ndarray) ->
 
 
 def bh_f(repo: Path, tmp: Path, arrays: dict, doc: dict, gen: torch.Generator) -> None:
-    import ml_collections
-
     import libs.model as official_models
+    import ml_collections
     from libs.flex_transformer import FlexVisionTransformer, VisionTransformerPredictor
     from libs.ssl_models.jepa_flex import JEPA_TS_FLEX
 
@@ -203,9 +200,7 @@ def bh_f(repo: Path, tmp: Path, arrays: dict, doc: dict, gen: torch.Generator) -
         str(repo / "brainharmony_pos_embed/schaefer400_roi_eigenmodes.csv"),
         str(repo / "brainharmony_pos_embed/gradient_mapping_400.csv"),
     )
-    full = JEPA_TS_FLEX(
-        config("vit_base_flex", (400, 18), 768, 384, 6, 12, 48, full_csvs), "cpu"
-    )
+    full = JEPA_TS_FLEX(config("vit_base_flex", (400, 18), 768, 384, 6, 12, 48, full_csvs), "cpu")
     doc["bh_f"]["inventory"] = _inventory(full.state_dict())
     del full
 
@@ -294,7 +289,9 @@ def bh_s(arrays: dict, doc: dict, gen: torch.Generator) -> None:
     arrays["bh_s/out/tokens"] = out.numpy().astype(np.float32)
     doc["bh_s"]["small"] = c
     doc["bh_s"]["checkpoint_layout"] = "{'model': state dict, 'epoch': int, 'args': Namespace}"
-    doc["bh_s"]["outputs"] = "forward(volume (B, 1, X, Y, Z)) -> patch tokens (B, N, D), CLS dropped"
+    doc["bh_s"]["outputs"] = (
+        "forward(volume (B, 1, X, Y, Z)) -> patch tokens (B, N, D), CLS dropped"
+    )
 
 
 def harmonizer(arrays: dict, doc: dict, gen: torch.Generator) -> None:

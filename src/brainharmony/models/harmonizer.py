@@ -181,7 +181,9 @@ class Harmonizer(nn.Module):
     ) -> None:
         super().__init__()
         if positions not in ("grid", "sequence"):
-            raise ValueError(f"Harmonizer: positions must be 'grid' or 'sequence'; got {positions!r}")
+            raise ValueError(
+                f"Harmonizer: positions must be 'grid' or 'sequence'; got {positions!r}"
+            )
         if not (use_f or use_s):
             raise ValueError("Harmonizer: use_f and use_s are both false; nothing to fuse")
         if n_hubs < 1:

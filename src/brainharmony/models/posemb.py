@@ -248,7 +248,9 @@ class RoiTimePosEmbed(nn.Module):
     ) -> None:
         super().__init__()
         if roi_norm not in ("none", "minmax"):
-            raise ValueError(f"RoiTimePosEmbed: roi_norm must be 'none' or 'minmax'; got {roi_norm!r}")
+            raise ValueError(
+                f"RoiTimePosEmbed: roi_norm must be 'none' or 'minmax'; got {roi_norm!r}"
+            )
         self.roi_norm: RoiNorm = roi_norm
         if combine not in ("concat", "sum"):
             raise ValueError(f"RoiTimePosEmbed: combine must be 'concat' or 'sum'; got {combine!r}")

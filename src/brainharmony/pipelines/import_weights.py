@@ -142,14 +142,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         convert = converter(args.source)
     except SourceUnavailable as err:
-        raise InputDataError(args.checkpoint, f"cannot import source {args.source!r}: {err}") from None
+        raise InputDataError(
+            args.checkpoint, f"cannot import source {args.source!r}: {err}"
+        ) from None
     checkpoint = load_checkpoint_file(args.checkpoint)
     try:
         imported = convert(checkpoint, extra=extra, overrides=_overrides(args.overrides))
     except CheckpointMismatch as err:
         raise InputDataError(args.checkpoint, f"{err} (source {args.source})") from None
     except ValueError as err:  # a derived or overridden configuration our model refuses
-        raise InputDataError(args.checkpoint, f"cannot build the {args.source} model: {err}") from None
+        raise InputDataError(
+            args.checkpoint, f"cannot build the {args.source} model: {err}"
+        ) from None
     data = dict(DATA.get(imported.kind, {}))
     if imported.kind == "bh_f":
         data["duration_s"] = round(imported.model_cfg["n_patches"] * imported.model_cfg["tau"], 6)

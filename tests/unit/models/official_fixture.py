@@ -84,7 +84,10 @@ def s_batch() -> tuple[dict[str, torch.Tensor], np.ndarray]:
 def harmonizer_batch() -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """Our batch (inputs = u @ v, as the official run) and the official hub outputs."""
     a = arrays()
-    x = (torch.from_numpy(a["harmonizer/in/u"]).double() @ torch.from_numpy(a["harmonizer/in/v"]).double())
+    x = (
+        torch.from_numpy(a["harmonizer/in/u"]).double()
+        @ torch.from_numpy(a["harmonizer/in/v"]).double()
+    )
     x = x.float()[None]
     valid = torch.from_numpy(a["harmonizer/in/attn_mask"]).bool()
     batch = {"f_tokens": x[:, :7200], "f_valid": valid, "s_tokens": x[:, 7200:]}

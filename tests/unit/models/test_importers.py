@@ -36,7 +36,9 @@ def _imported(source: str, kind: str, tmp_path, **over):
 
 
 @pytest.mark.parametrize("case", ["tr0735", "tr1470"])
-@pytest.mark.parametrize(("encode_with", "official"), [("target", "encoder_ema"), ("context", "encoder")])
+@pytest.mark.parametrize(
+    ("encode_with", "official"), [("target", "encoder_ema"), ("context", "encoder")]
+)
 def test_bh_f_reproduces_the_official_encoder(tmp_path, case, encode_with, official):
     imported, model = _imported("bh-f", "bh_f", tmp_path)
     model.encode_with = encode_with
@@ -74,7 +76,7 @@ def test_bh_s_checks_the_sincos_layout(tmp_path):
 
 
 def test_harmonizer_reproduces_the_official_hubs(tmp_path):
-    imported, model = _imported("harmonizer", "harmonizer", tmp_path)
+    _, model = _imported("harmonizer", "harmonizer", tmp_path)
     batch, official = fx.harmonizer_batch()
     with torch.no_grad():
         hubs, _ = model.encode_tokens(batch)
@@ -91,11 +93,36 @@ def test_harmonizer_reproduces_the_official_hubs(tmp_path):
 # --------------------------------------------------------------------------- inventories
 
 ARCH = {
-    "bh_f": ("n_rois", "n_patches", "dim", "depth", "heads", "mlp_ratio", "tau", "k_base",
-             "n_harmonics", "n_gradients", "pred_dim", "pred_depth", "pred_heads"),
+    "bh_f": (
+        "n_rois",
+        "n_patches",
+        "dim",
+        "depth",
+        "heads",
+        "mlp_ratio",
+        "tau",
+        "k_base",
+        "n_harmonics",
+        "n_gradients",
+        "pred_dim",
+        "pred_depth",
+        "pred_heads",
+    ),
     "bh_s": ("img_size", "patch", "dim", "depth", "heads", "mlp_ratio"),
-    "harmonizer": ("f_dim", "s_dim", "f_grid", "s_grid", "dim", "depth", "heads", "mlp_ratio",
-                   "dec_dim", "dec_depth", "dec_heads", "n_hubs"),
+    "harmonizer": (
+        "f_dim",
+        "s_dim",
+        "f_grid",
+        "s_grid",
+        "dim",
+        "depth",
+        "heads",
+        "mlp_ratio",
+        "dec_dim",
+        "dec_depth",
+        "dec_heads",
+        "n_hubs",
+    ),
 }
 
 
@@ -125,10 +152,19 @@ def test_full_size_inventory_is_mapped_or_dropped_with_a_reason(kind):
         assert tuple(rule.fn(*args).shape) == tuple(ours[rule.target].shape), rule.target
     # the mapped keys cover our encoder: only the parts named in the notes stay fresh
     fresh = set(ours) - {r.target for r in plan.rules}
-    allowed = {"bh_f": ("predictor.", "pos.harmonics", "pos.gradients"),
-               "bh_s": ("decoder", "mask_token"),
-               "harmonizer": ("f_decoder.", "s_decoder.", "f_modality", "s_modality",
-                              "fc_norm.", "f_in.", "s_in.")}[kind]
+    allowed = {
+        "bh_f": ("predictor.", "pos.harmonics", "pos.gradients"),
+        "bh_s": ("decoder", "mask_token"),
+        "harmonizer": (
+            "f_decoder.",
+            "s_decoder.",
+            "f_modality",
+            "s_modality",
+            "fc_norm.",
+            "f_in.",
+            "s_in.",
+        ),
+    }[kind]
     assert all(any(a in k for a in allowed) for k in fresh), sorted(fresh)[:5]
 
 
@@ -137,8 +173,11 @@ def test_full_size_inventory_is_mapped_or_dropped_with_a_reason(kind):
 
 @pytest.mark.parametrize(
     ("source", "kind", "wrapped", "guess"),
-    [("bh-f", "bh_s", True, "bh-s"), ("bh-s", "harmonizer", True, "harmonizer"),
-     ("harmonizer", "bh_f", False, "bh-f")],
+    [
+        ("bh-f", "bh_s", True, "bh-s"),
+        ("bh-s", "harmonizer", True, "harmonizer"),
+        ("harmonizer", "bh_f", False, "bh-f"),
+    ],
 )
 def test_wrong_source_is_named(tmp_path, source, kind, wrapped, guess):
     ckpt = {"model": fx.state(kind)} if wrapped else fx.state(kind)
@@ -153,7 +192,7 @@ def test_bh_f_needs_its_position_tables():
 
 def test_unknown_keys_and_non_tensors_are_refused():
     sd = {"model": {**fx.state("bh_s"), "surprise.weight": torch.zeros(2)}}
-    with pytest.raises(CheckpointMismatch, match="does not know.*surprise"):
+    with pytest.raises(CheckpointMismatch, match=r"does not know.*surprise"):
         converter("bh-s")(sd, extra={}, overrides={"heads": 2})
     with pytest.raises(CheckpointMismatch, match="not named tensors"):
         converter("bh-s")({"model": {"a": 1}}, extra={}, overrides={})
@@ -164,9 +203,11 @@ def test_registry_lists_four_sources_and_tolerates_an_absent_module(monkeypatch)
     from brainharmony.models import importers
 
     monkeypatch.setattr(
-        importers, "SOURCES", {**SOURCES, "brain-jepa": "brainharmony.models.importers.nope:convert"}
+        importers,
+        "SOURCES",
+        {**SOURCES, "brain-jepa": "brainharmony.models.importers.nope:convert"},
     )
-    with pytest.raises(SourceUnavailable, match="brain-jepa.*not part of this installation"):
+    with pytest.raises(SourceUnavailable, match=r"brain-jepa.*not part of this installation"):
         importers.converter("brain-jepa")
     with pytest.raises(ValueError, match="known sources"):
         importers.converter("bh-x")

@@ -79,7 +79,6 @@ def converter(source: str) -> Callable[..., ImportedModel]:
         if err.name != module_name:
             raise
         raise SourceUnavailable(
-            f"the converter of source {source!r} ({module_name}) is not part of this "
-            "installation"
+            f"the converter of source {source!r} ({module_name}) is not part of this installation"
         ) from None
     return getattr(module, attr)

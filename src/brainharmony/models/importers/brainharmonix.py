@@ -39,7 +39,6 @@ inventories without the released files.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,7 +249,9 @@ def _f_encoder_rules(plan: Plan, keys: Sequence[str], off: str, ours: str) -> No
         elif rest in ("norm.weight", "norm.bias"):
             plan.rules.append(Rule(f"{ours}blocks.{rest}", (key,)))
         elif rest == "patch_embed.proj.weight":
-            plan.rules.append(Rule(f"{ours}tape.weight", (key,), lambda w: w.reshape(w.shape[0], -1)))
+            plan.rules.append(
+                Rule(f"{ours}tape.weight", (key,), lambda w: w.reshape(w.shape[0], -1))
+            )
         elif rest == "patch_embed.proj.bias":
             plan.rules.append(Rule(f"{ours}tape.bias", (key,)))
         elif m := re.fullmatch(r"pos_embed\.(geo_harm|grad)_proj\.(weight|bias)", rest):
@@ -265,15 +266,22 @@ def _f_encoder_rules(plan: Plan, keys: Sequence[str], off: str, ours: str) -> No
 def plan_bh_f(shapes: Mapping[str, Sequence[int]]) -> Plan:
     """Key plan of a ``harmonix-f/model.pth`` state dict (names and shapes only)."""
     keys = list(shapes)
-    _expect("bh-f", keys, any(k.startswith("encoder_ema.") for k in keys), "no 'encoder_ema.*' weights")
+    _expect(
+        "bh-f", keys, any(k.startswith("encoder_ema.") for k in keys), "no 'encoder_ema.*' weights"
+    )
     plan = Plan()
     _f_encoder_rules(plan, keys, "encoder_ema.", "target_encoder.")
     if any(k.startswith("encoder.") for k in keys):
         _f_encoder_rules(plan, keys, "encoder.", "encoder.")
     else:
         ema_rules = list(plan.rules)
-        plan.rules += [Rule("encoder." + r.target[len("target_encoder.") :], r.sources, r.fn) for r in ema_rules]
-        plan.notes.append("no 'encoder.*' weights: the context encoder is a copy of the EMA encoder")
+        plan.rules += [
+            Rule("encoder." + r.target[len("target_encoder.") :], r.sources, r.fn)
+            for r in ema_rules
+        ]
+        plan.notes.append(
+            "no 'encoder.*' weights: the context encoder is a copy of the EMA encoder"
+        )
     for key in keys:
         if key.startswith("decoder."):
             plan.dropped[key] = F_PREDICTOR
@@ -340,7 +348,8 @@ def _f_tables(extra: Mapping[str, Path], k: int, g: int) -> tuple[np.ndarray, np
         table = read_roi_table(path)
         if table.shape[1] != width:
             raise InputDataError(
-                path, f"has {table.shape[1]} columns; the checkpoint's {name} projection takes {width}"
+                path,
+                f"has {table.shape[1]} columns; the checkpoint's {name} projection takes {width}",
             )
         tables.append(table)
     if tables[0].shape[0] != tables[1].shape[0]:
@@ -376,7 +385,8 @@ def convert_bh_f(
     ours = pos.time_table[None].expand(pos.n_rois, -1, -1).reshape(-1, pos.time_dim)
     diff = _check_table("pos_embed.emb_h_encoder", sd["encoder_ema.pos_embed.emb_h_encoder"], ours)
     notes = [
-        "TAPE interp=bicubic, grid=k: the official PI-resize (our default: lanczos3 on the TR grid)",
+        "TAPE interp=bicubic, grid=k: the official PI-resize (our default: lanczos3 on the "
+        "TR grid)",
         f"tau = k_base x {OFFICIAL_BASE_TR} s = {cfg['tau']} s (the official standard_time)",
         "min_valid_fraction=0.01: a time patch with any real frame is a token, as the official "
         "ceil(T / k)",
@@ -595,7 +605,8 @@ def convert_harmonizer(
     notes = [
         "positions=sequence: the official 1-D sin-cos over the F | S sequence",
         "cls_token=true: the official CLS token (position zero) takes part in attention",
-        "f_in/s_in: " + ("the official shared pre_map" if "pre_map.weight" in sd else "identity")
+        "f_in/s_in: "
+        + ("the official shared pre_map" if "pre_map.weight" in sd else "identity")
         + "; modality embeddings zero (the official model has none)",
         "hubs = latent_tokens + enc_latent_token_positional_embedding (summed once)",
         f"heads={cfg['heads']} (not stored in the checkpoint: 64 per head unless overridden)",
