@@ -2,8 +2,8 @@
 """Record reference numbers from the official BrainHarmonix code for the importer tests.
 
 Run it in a scratch environment *outside* this repository that has the official code's
-dependencies (torch, numpy, pandas, einops, ml_collections; flash-attn or a CPU stand-in
-for it, see below). It imports the official modules from ``--official-repo`` at run time;
+dependencies (torch, numpy, pandas, einops, ml_collections, packaging; flash-attn, or the
+CPU stand-in below). It imports the official modules from ``--official-repo`` at run time;
 no line of them is part of this repository (the official code is CC BY-NC-SA).
 
 What it writes (``--out``, default ``tests/fixtures/official/``):
@@ -21,11 +21,12 @@ What it writes (``--out``, default ``tests/fixtures/official/``):
 
 The official outputs are computed in float64 (``torch.set_default_dtype``), which also
 keeps the official flash-attention wrapper off its float32 branch (that branch needs
-autocast). Without a GPU, flash-attn can be replaced by a stand-in package named
-``flash_attn`` (plain softmax attention with the same call shapes, plus
-``flash_attn.bert_padding``) and its distribution metadata; the JSON records which was
-used. When ``timm`` cannot be imported, ``timm.models.layers.to_3tuple`` (the only name the
-official encoders take from it) is provided by this script, and the JSON says so.
+autocast). When flash-attn cannot be imported (no GPU), this script provides a stand-in
+module named ``flash_attn`` (plain softmax attention with the same call shapes, plus
+``flash_attn.bert_padding``) and answers the official code's version and CUDA checks; the
+JSON records which was used. When ``timm`` cannot be imported,
+``timm.models.layers.to_3tuple`` (the only name the official encoders take from it) is
+provided by this script, and the JSON says so.
 
 Usage::
 
@@ -95,6 +96,73 @@ def _provide_timm_stub() -> str:
     timm.models = models
     sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers})
     return "not installed: to_3tuple provided by scripts/official_fixtures.py"
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """softmax(q k^T * scale) v for one sequence: q (Nq, H, Dh), k and v (Nk, H, Dh)."""
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    out = torch.empty_like(q)
+    keys, values = k.permute(1, 2, 0), v.permute(1, 0, 2)
+    for start in range(0, q.shape[0], 1024):  # query chunks bound the memory
+        w = torch.softmax((q[start : start + 1024].permute(1, 0, 2) @ keys) * scale, dim=-1)
+        out[start : start + 1024] = (w @ values).permute(1, 0, 2)
+    return out
+
+
+def _provide_flash_attn_stand_in() -> str:
+    """A CPU stand-in for flash-attn when it is not installed (see the module docstring)."""
+    try:
+        import flash_attn  # noqa: F401
+
+        version = importlib.metadata.version("flash_attn")
+        return version if torch.cuda.is_available() else f"{version} (no CUDA: not exercised)"
+    except Exception:
+        pass
+
+    def dense(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **_):
+        assert not causal and dropout_p == 0.0
+        return torch.stack([_attend(q[b], k[b], v[b], softmax_scale) for b in range(len(q))])
+
+    def varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+               dropout_p=0.0, softmax_scale=None, causal=False, **_):  # fmt: skip
+        assert not causal and dropout_p == 0.0
+        out = torch.empty_like(q)
+        for b in range(len(cu_seqlens_q) - 1):
+            qa, qb = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+            ka, kb = int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1])
+            out[qa:qb] = _attend(q[qa:qb], k[ka:kb], v[ka:kb], softmax_scale)
+        return out
+
+    def packed(qkv, dropout_p=0.0, softmax_scale=None, causal=False, **_):
+        return dense(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal)
+
+    def pad_input(hidden, indices, batch, seqlen):
+        out = hidden.new_zeros(batch * seqlen, *hidden.shape[1:])
+        out[indices] = hidden
+        return out.reshape(batch, seqlen, *hidden.shape[1:])
+
+    def unpad_input(hidden, mask):
+        lengths = mask.sum(dim=-1, dtype=torch.int32)
+        indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+        cu = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+        flat = hidden.reshape(-1, *hidden.shape[2:])
+        return flat[indices], indices, cu, int(lengths.max())
+
+    module = types.ModuleType("flash_attn")
+    module.__version__ = "2.7.3"
+    module.flash_attn_func = dense
+    module.flash_attn_varlen_func = varlen
+    module.flash_attn_qkvpacked_func = packed
+    padding = types.ModuleType("flash_attn.bert_padding")
+    padding.index_first_axis = lambda x, indices: x[indices]
+    padding.pad_input, padding.unpad_input = pad_input, unpad_input
+    module.bert_padding = padding
+    sys.modules.update({"flash_attn": module, "flash_attn.bert_padding": padding})
+    real_version = importlib.metadata.version
+    importlib.metadata.version = lambda name: (  # the official checks read the version
+        module.__version__ if name == "flash_attn" else real_version(name)
+    )
+    return "2.7.3 API, CPU stand-in of scripts/official_fixtures.py (plain softmax attention)"
 
 
 def _randomise(model: nn.Module, gen: torch.Generator) -> None:
@@ -354,14 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     repo = args.official_repo.resolve()
     sys.path.insert(0, str(repo))
     timm_version = _provide_timm_stub()
-    try:
-        flash = importlib.metadata.version("flash_attn")
-        import flash_attn
-
-        if not hasattr(flash_attn, "flash_attn_interface"):
-            flash += " (CPU stand-in: plain softmax attention)"
-    except importlib.metadata.PackageNotFoundError:
-        flash = "not installed"
+    flash = _provide_flash_attn_stand_in()
     if not torch.version.cuda:
         # The official check asks for a CUDA build of torch before it imports flash-attn;
         # with the stand-in on a CPU build it is answered yes (the only path with masks).
