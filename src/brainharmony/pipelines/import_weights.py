@@ -12,6 +12,7 @@ printed and kept in ``config.json``'s provenance (docs/training.md, "Released we
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -146,8 +147,14 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, f"cannot import source {args.source!r}: {err}"
         ) from None
     checkpoint = load_checkpoint_file(args.checkpoint)
+    kwargs: dict[str, Any] = {"extra": extra}
+    overrides = _overrides(args.overrides)
+    if "overrides" in inspect.signature(convert).parameters:
+        kwargs["overrides"] = overrides
+    elif overrides:
+        raise InputDataError(args.checkpoint, f"source {args.source!r} takes no --set overrides")
     try:
-        imported = convert(checkpoint, extra=extra, overrides=_overrides(args.overrides))
+        imported = convert(checkpoint, **kwargs)
     except CheckpointMismatch as err:
         raise InputDataError(args.checkpoint, f"{err} (source {args.source})") from None
     except ValueError as err:  # a derived or overridden configuration our model refuses
