@@ -95,6 +95,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "brainharmony.pipelines.embed",
         "frozen encoders -> per-subject token files and pooled features (F, S, Harmonizer)",
     ),
+    "import-weights": (
+        "brainharmony.pipelines.import_weights",
+        "released checkpoints (bh-f, bh-s, harmonizer, brain-jepa) -> a model folder",
+    ),
 }
 
 

@@ -310,6 +310,7 @@ def get_eval_model_inputs(wildcards):
         PLAN.evaluate.settings,
         wildcards,
         native_ms=lambda d: planning.multitr.native_ms(d, checkpoints.ingest),
+        outputs=PLAN.train.outputs,
     )
 
 
@@ -353,12 +354,16 @@ def get_predictor_indexes(wildcards):
 def get_predictor_lmae(wildcards):
     """The predictor's LMAE: the pretrained folder's weights (evaluate.predictor_lmae:
     shared) or the LMAE YAML pretrained per fold (per_fold)."""
-    return planning.evaluate.predictor_lmae_inputs(PLAN.evaluate.settings, PLAN.train.yaml("lmae"))
+    return planning.evaluate.predictor_lmae_inputs(
+        PLAN.evaluate.settings, PLAN.train.yaml("lmae"), PLAN.train.outputs
+    )
 
 
 def get_predictor_lmae_args(wildcards):
     """``--init DIR`` or ``--lmae-config YAML`` (see get_predictor_lmae)."""
-    return planning.evaluate.predictor_lmae_args(PLAN.evaluate.settings, PLAN.train.yaml("lmae"))
+    return planning.evaluate.predictor_lmae_args(
+        PLAN.evaluate.settings, PLAN.train.yaml("lmae"), PLAN.train.outputs
+    )
 
 
 def get_predictor_work(wildcards):

@@ -42,10 +42,7 @@ rule multitr_all:
 
 rule train_all:
     input:
-        *(
-            PLAN.train.model_outputs(role).values()
-            for role in ("bh_s", "bh_f", "harmonizer", "lmae")
-        ),
+        *(PLAN.train.model_outputs(role).values() for role in PLAN.train.trained),
         expand(rules.embed_encoders.output, dataset=DATASETS),
         expand(rules.embed_harmonizer.output, dataset=DATASETS),
 

@@ -9,7 +9,8 @@
 # Each training job checkpoints to work/train/<model>/ (not a declared output), so a
 # killed job resumes where it stopped when rerun. resources.gpu comes from train.gpus;
 # more than one GPU launches DDP through torchrun (TRAIN_BH, common.smk). See
-# docs/training.md. Planning: brainharmony.planning.train (PLAN.train).
+# docs/training.md. A role named in train.pretrained is not trained: its readers take the
+# given model folder (PLAN.train.weights). Planning: brainharmony.planning.train (PLAN.train).
 
 
 rule train_bh_s:
@@ -77,8 +78,9 @@ rule train_bh_f:
 
 rule embed_encoders:
     input:
-        f_model=rules.train_bh_f.output.weights,
-        s_model=rules.train_bh_s.output.weights,
+        # train.pretrained: the given folder instead of the training rule's
+        f_model=PLAN.train.weights("bh_f"),
+        s_model=PLAN.train.weights("bh_s"),
         series=get_native_series_shard,
         series_index=get_native_series_index,
         volumes=PLAN.multitr.volume_shard,
@@ -143,7 +145,7 @@ rule train_harmonizer:
 
 rule embed_harmonizer:
     input:
-        model=rules.train_harmonizer.output.weights,
+        model=PLAN.train.weights("harmonizer"),
         tokens=rules.embed_encoders.output.tokens,
     output:
         PLAN.train.embeddings["harmonizer"],

@@ -29,6 +29,14 @@ Features
     representation the downstream heads use; :meth:`Harmonizer.encode_tokens` returns the
     hub outputs.
 
+Official layout (``brainharmony import-weights harmonizer``; docs/training.md):
+``positions: sequence`` gives each token the 1-D sin-cos of its place in the concatenated
+sequence (F token ``i`` at ``i``, S token ``j`` at ``n_f + j``) instead of its grid position,
+and ``cls_token: true`` adds a learned token at position zero that takes part in attention
+(its output is not used). With the input maps set to the official ones (identity, or the
+shared ``pre_map``) and zero modality embeddings, the encoder's hub outputs equal the
+official ``OneTokRegViT.forward_encoder``'s.
+
 Ablations: ``n_hubs``; ``use_f: false`` or ``use_s: false`` (one modality only: no fusion).
 """
 
@@ -38,6 +46,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,7 +54,7 @@ from torch import Tensor, nn
 from brainharmony.models.blocks import LN_EPS, Encoder, init_vit_weights
 from brainharmony.models.jepa import gather_tokens, run_encoder
 from brainharmony.models.masks import mask_to_index
-from brainharmony.models.posemb import sincos_nd
+from brainharmony.models.posemb import sincos_1d, sincos_nd
 
 __all__ = ["Harmonizer", "ModalityDecoder", "build", "normalise_tokens"]
 
@@ -138,6 +147,11 @@ class Harmonizer(nn.Module):
         Standardise each target token over its features.
     grad_checkpoint : bool
         Recompute block activations in the backward pass.
+    positions : {"grid", "sequence"}
+        Encoder positions: each modality's own grid (default) or the official 1-D index in
+        the concatenated F | S sequence.
+    cls_token : bool
+        A learned token (position zero) joins the encoder's sequence (official layout).
     """
 
     def __init__(
@@ -162,8 +176,14 @@ class Harmonizer(nn.Module):
         weight_s: float = 1.0,
         norm_targets: bool = True,
         grad_checkpoint: bool = False,
+        positions: str = "grid",
+        cls_token: bool = False,
     ) -> None:
         super().__init__()
+        if positions not in ("grid", "sequence"):
+            raise ValueError(
+                f"Harmonizer: positions must be 'grid' or 'sequence'; got {positions!r}"
+            )
         if not (use_f or use_s):
             raise ValueError("Harmonizer: use_f and use_s are both false; nothing to fuse")
         if n_hubs < 1:
@@ -186,20 +206,27 @@ class Harmonizer(nn.Module):
         self.n_s = self.s_grid[0] * self.s_grid[1] * self.s_grid[2]
         self.dim, self.n_hubs = int(dim), int(n_hubs)
         self.grad_checkpoint = bool(grad_checkpoint)
+        self.positions = positions
         self.hubs = nn.Parameter(torch.zeros(1, self.n_hubs, self.dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim)) if cls_token else None
+        if positions == "sequence":
+            seq = sincos_1d(np.arange(self.n_f + self.n_s), self.dim)
+            f_pos, s_pos = seq[: self.n_f], seq[self.n_f :]
+        else:
+            f_pos, s_pos = sincos_nd(self.f_grid, dim), sincos_nd(self.s_grid, dim)
         self.encoder = Encoder(dim, depth, heads, mlp_ratio=mlp_ratio, drop_path=drop_path)
         self.fc_norm = nn.LayerNorm(dim, eps=LN_EPS)
         if self.use_f:
             self.f_in = nn.Linear(f_dim, dim)
             self.f_modality = _token(dim)
-            self.register_buffer("f_pos", sincos_nd(self.f_grid, dim), persistent=False)
+            self.register_buffer("f_pos", f_pos, persistent=False)
             self.f_decoder = ModalityDecoder(
                 dim, dec_dim, dec_depth, dec_heads, self.f_grid, f_dim, mlp_ratio, grad_checkpoint
             )
         if self.use_s:
             self.s_in = nn.Linear(s_dim, dim)
             self.s_modality = _token(dim)
-            self.register_buffer("s_pos", sincos_nd(self.s_grid, dim), persistent=False)
+            self.register_buffer("s_pos", s_pos, persistent=False)
             self.s_decoder = ModalityDecoder(
                 dim, dec_dim, dec_depth, dec_heads, self.s_grid, s_dim, mlp_ratio, grad_checkpoint
             )
@@ -210,6 +237,8 @@ class Harmonizer(nn.Module):
         # Hubs at the 0.02 scale of every other learned token (the official std-1 init
         # dwarfs the projected inputs).
         nn.init.trunc_normal_(self.hubs, std=0.02, a=-0.04, b=0.04)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
         for name in ("f_modality", "s_modality"):
             if hasattr(self, name):
                 nn.init.trunc_normal_(getattr(self, name), std=0.02, a=-0.04, b=0.04)
@@ -222,7 +251,9 @@ class Harmonizer(nn.Module):
         return {
             name
             for name, _ in self.named_parameters()
-            if name == "hubs" or name.endswith("mask_token") or name.endswith("_modality")
+            if name in ("hubs", "cls_token")
+            or name.endswith("mask_token")
+            or name.endswith("_modality")
         }
 
     # ------------------------------------------------------------------ inputs
@@ -272,6 +303,9 @@ class Harmonizer(nn.Module):
             oks.append(torch.ones(s.shape[:2], dtype=torch.bool, device=s.device))
             inputs["s"] = s
         b = parts[0].shape[0]
+        if self.cls_token is not None:  # position zero: no position added
+            parts.insert(0, self.cls_token.to(parts[0].dtype).expand(b, -1, -1))
+            oks.insert(0, torch.ones(b, 1, dtype=torch.bool, device=parts[0].device))
         parts.append(self.hubs.expand(b, -1, -1).to(parts[0].dtype))
         oks.append(torch.ones(b, self.n_hubs, dtype=torch.bool, device=parts[0].device))
         x = torch.cat(parts, dim=1)

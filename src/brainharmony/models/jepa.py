@@ -378,6 +378,7 @@ _DEFAULTS: dict[str, Any] = {
     "use_harmonics": True,
     "use_gradients": True,
     "pos_combine": "concat",
+    "pos_roi_norm": "none",
     "tables_from_state": False,
     "pred_dim": 384,
     "pred_depth": 6,
@@ -402,6 +403,7 @@ def _pos(
         use_harmonics=bool(cfg["use_harmonics"]),
         use_gradients=bool(cfg["use_gradients"]),
         combine=cfg["pos_combine"],
+        roi_rescale=cfg["pos_roi_norm"],
         placeholder_shapes=(int(cfg["n_harmonics"]), int(cfg["n_gradients"]))
         if placeholder
         else None,
@@ -416,7 +418,8 @@ def build(cfg: Mapping[str, Any]) -> BrainHarmonixF:
     ``min_valid_fraction``, ``interp``, ``grid``, ``overflow``; the position tables
     ``harmonics`` / ``gradients`` (paths of the geometry stage's ROI tables), how many of
     their columns to use (``n_harmonics``, ``n_gradients``), ``use_harmonics``,
-    ``use_gradients``, ``pos_combine`` and ``tables_from_state`` (zero tables to be filled
+    ``use_gradients``, ``pos_combine``, ``pos_roi_norm`` (``"minmax"``: the official
+    rescaling of the ROI part) and ``tables_from_state`` (zero tables to be filled
     by a state dict: rebuilding a saved model without its table files); the predictor's
     ``pred_dim``, ``pred_depth``, ``pred_heads``; ``ema`` (start, end), ``loss_beta``,
     ``masks`` (:class:`~brainharmony.models.masks.JepaMaskConfig` fields),

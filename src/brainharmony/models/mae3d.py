@@ -22,9 +22,13 @@ Design (MAE, He et al. 2022, in 3D)
 * ``encode``: the encoder on all tokens (no masking), mean over tokens -> (B, dim);
   ``encode_tokens``: all tokens (B, N, dim) and an all-True validity mask.
 
-Approximations against the official encoder (brainharmonix.md section 6): no CLS token (the
-official one is prepended and dropped at the output; every token here is a patch), and the
-decoder is our own since the released file has none.
+Approximations against the official encoder (brainharmonix.md section 6): by default no CLS
+token (the official one is prepended and dropped at the output; every token here is a patch),
+and the decoder is our own since the released file has none. ``cls_token: true`` and
+``pos_axes: [1, 0, 2]`` reproduce the official encoder exactly (``brainharmony
+import-weights bh-s`` sets both; docs/training.md): a learned token with a zero position is
+prepended to the patch tokens and dropped after the encoder, and the sin-cos channels are
+laid out as the official table (second grid axis first).
 """
 
 from __future__ import annotations
@@ -63,11 +67,14 @@ def sincos_pos_embed_1d(dim: int, positions: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
-def sincos_pos_embed_3d(dim: int, grid: Sequence[int]) -> np.ndarray:
+def sincos_pos_embed_3d(
+    dim: int, grid: Sequence[int], axes: Sequence[int] = (0, 1, 2)
+) -> np.ndarray:
     """Fixed 3D sin-cos position embeddings over a ``(gx, gy, gz)`` token grid.
 
-    Each axis gets ``2 * (dim // 6)`` channels (x first, then y, then z); the remaining
-    ``dim mod 6`` channels are zero.
+    Each axis gets ``2 * (dim // 6)`` channels, in the order given by ``axes`` (default x
+    first, then y, then z; the official BrainHarmonix-S table is ``(1, 0, 2)``); the
+    remaining ``dim mod 6`` channels are zero.
 
     Returns
     -------
@@ -80,7 +87,10 @@ def sincos_pos_embed_3d(dim: int, grid: Sequence[int]) -> np.ndarray:
     if per_axis == 0:
         raise ValueError(f"width {dim} is too small for a 3D sin-cos embedding (needs >= 6)")
     ix, iy, iz = np.meshgrid(*(np.arange(g) for g in grid), indexing="ij")
-    parts = [sincos_pos_embed_1d(per_axis, a.reshape(-1)) for a in (ix, iy, iz)]
+    if sorted(int(a) for a in axes) != [0, 1, 2]:
+        raise ValueError(f"axes must be a permutation of (0, 1, 2), got {list(axes)}")
+    coords = (ix, iy, iz)
+    parts = [sincos_pos_embed_1d(per_axis, coords[int(a)].reshape(-1)) for a in axes]
     out = np.zeros((ix.size, dim), dtype=np.float64)
     out[:, : 3 * per_axis] = np.concatenate(parts, axis=1)
     return out
@@ -135,6 +145,11 @@ class MAE3D(nn.Module):
         Normalise each target patch by its mean and variance.
     drop_path : float
         Stochastic depth of the encoder's last block.
+    cls_token : bool
+        Prepend a learned token (position zero) to the encoder's input and drop it at its
+        output (the official encoder; default off).
+    pos_axes : sequence of 3 int
+        Channel order of the sin-cos table's axes (``[1, 0, 2]``: the official table).
     """
 
     def __init__(
@@ -152,6 +167,8 @@ class MAE3D(nn.Module):
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
         drop_path: float = 0.0,
+        cls_token: bool = False,
+        pos_axes: Sequence[int] = (0, 1, 2),
     ) -> None:
         super().__init__()
         size = tuple(int(s) for s in img_size)
@@ -172,11 +189,13 @@ class MAE3D(nn.Module):
         self.dim = int(dim)
 
         self.patch_embed = nn.Linear(self.patch_dim, dim)
+        self.pos_axes = tuple(int(a) for a in pos_axes)
         self.register_buffer(
             "pos_embed",
-            torch.from_numpy(sincos_pos_embed_3d(dim, self.grid)).float()[None],
+            torch.from_numpy(sincos_pos_embed_3d(dim, self.grid, self.pos_axes)).float()[None],
             persistent=False,
         )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
         self.encoder = Encoder(dim, depth, heads, mlp_ratio=mlp_ratio, drop_path=drop_path)
 
         self.decoder_embed = nn.Linear(dim, decoder_dim)
@@ -195,10 +214,12 @@ class MAE3D(nn.Module):
         # As MAE: the patch projection is initialised like a Linear of the flattened patch.
         nn.init.xavier_uniform_(self.patch_embed.weight)
         nn.init.normal_(self.mask_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters excluded from weight decay besides biases and norms."""
-        return {"mask_token"}
+        return {"mask_token", "cls_token"} if self.cls_token is not None else {"mask_token"}
 
     # ------------------------------------------------------------------ helpers
     def _volumes(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -233,6 +254,13 @@ class MAE3D(nn.Module):
         picked = _gather(patches, ids)
         return self.patch_embed(picked) + _gather(self.pos_embed.expand(ids.shape[0], -1, -1), ids)
 
+    def _run_encoder(self, tokens: Tensor) -> Tensor:
+        """The encoder over embedded tokens (B, n, D), with the CLS token when configured."""
+        if self.cls_token is None:
+            return self.encoder(tokens)
+        cls = self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        return self.encoder(torch.cat([cls, tokens], dim=1))[:, 1:]
+
     def _decode(self, latent: Tensor, ids_keep: Tensor, ids_out: Tensor) -> Tensor:
         """Predict the patches at ``ids_out`` from the latents of the visible tokens."""
         b = latent.shape[0]
@@ -260,7 +288,7 @@ class MAE3D(nn.Module):
         """
         patches = patchify(self._volumes(batch), self.patch)
         ids_keep, ids_masked = self.random_masking(patches.shape[0], patches.device)
-        latent = self.encoder(self._embed(patches, ids_keep))
+        latent = self._run_encoder(self._embed(patches, ids_keep))
         if ids_masked.shape[1] == 0:  # mask_ratio 0: nothing to reconstruct
             return latent.sum() * 0.0, {}
         pred = self._decode(latent, ids_keep, ids_masked)
@@ -280,7 +308,7 @@ class MAE3D(nn.Module):
         tokens : Tensor of shape (B, N, dim)
         valid : BoolTensor of shape (B, N), all True
         """
-        tokens = self.encoder(self._embed(patchify(self._volumes(batch), self.patch)))
+        tokens = self._run_encoder(self._embed(patchify(self._volumes(batch), self.patch)))
         valid = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return tokens, valid
 

@@ -16,7 +16,7 @@ from typing import Any
 from brainharmony.evaluate.settings import EvalSettings, TaskSpec, settings_from_mapping
 from brainharmony.planning.multitr import SCALING_STATS, denoised_series, series_shard
 from brainharmony.planning.train import EMBEDDINGS as TRAIN_EMBEDDINGS
-from brainharmony.planning.train import model_dir, model_outputs
+from brainharmony.planning.train import model_outputs
 
 #: Pooled-embedding file of a probe model, per workflow dataset ``{d}`` (the embedding
 #: rules' outputs, :data:`brainharmony.planning.train.EMBEDDINGS`).
@@ -138,13 +138,16 @@ def model_inputs(
     embeddings: Mapping[str, str] = EMBEDDINGS,
     external: Mapping[str, str] = EXTERNAL,
     native_ms: Callable[[str], int] | None = None,
+    outputs: Callable[[str], Mapping[str, str]] = model_outputs,
 ) -> dict[str, list[str]]:
     """Named inputs of the models that need more than FC (for ``unpack``).
 
     A fine-tuning entry (:data:`FINETUNE`) gets its model folder's files under its
     name and its data under ``<name>__tokens`` or ``<name>__shards`` (series shard and
     index, pairwise) plus ``<name>__scaling``; ``native_ms(dataset)`` gives a
-    dataset's own TR in ms (the shards' file names) and is needed for ``series``.
+    dataset's own TR in ms (the shards' file names) and is needed for ``series``;
+    ``outputs(role)`` gives a role's model files (``TrainPlan.outputs``: a
+    ``train.pretrained`` folder or the training rule's outputs).
     """
     spec = task_of(settings, wildcards)
     files: dict[str, list[str]] = {}
@@ -155,7 +158,7 @@ def model_inputs(
             files[model] = [external[model].format(dataset=spec.dataset, task=spec.name)]
         elif model in FINETUNE:
             role, data = FINETUNE[model]
-            out = model_outputs(role)
+            out = outputs(role)
             files[model] = [out["weights"], out["config"]]
             if data == "tokens":
                 files[f"{model}__tokens"] = [
@@ -222,19 +225,29 @@ def model_args(
     return " ".join(args)
 
 
-def predictor_lmae_inputs(settings: EvalSettings, lmae_yaml: str) -> dict[str, str]:
-    """The predictor's LMAE input (for ``unpack``): the LMAE of ``train_lmae``, trained on
-    every subject of pretrain.datasets (``shared``), or the LMAE YAML it pretrains per fold on the
-    fold's training subjects (``per_fold``, the default)."""
+def predictor_lmae_inputs(
+    settings: EvalSettings,
+    lmae_yaml: str,
+    outputs: Callable[[str], Mapping[str, str]] = model_outputs,
+) -> dict[str, str]:
+    """The predictor's LMAE input (for ``unpack``): the LMAE of ``train_lmae`` (or of
+    ``train.pretrained.lmae``, through ``outputs``), trained on every subject of
+    pretrain.datasets (``shared``), or the LMAE YAML it pretrains per fold on the fold's
+    training subjects (``per_fold``, the default)."""
     if settings.predictor_lmae == "shared":
-        return {"lmae": model_outputs("lmae")["weights"]}
+        return {"lmae": outputs("lmae")["weights"]}
     return {"lmae_yaml": lmae_yaml}
 
 
-def predictor_lmae_args(settings: EvalSettings, lmae_yaml: str) -> str:
+def predictor_lmae_args(
+    settings: EvalSettings,
+    lmae_yaml: str,
+    outputs: Callable[[str], Mapping[str, str]] = model_outputs,
+) -> str:
     """``--init <LMAE folder>`` (shared) or ``--lmae-config <YAML>`` (per fold)."""
     if settings.predictor_lmae == "shared":
-        return f"--init {shlex.quote(model_dir('lmae'))}"
+        folder = outputs("lmae")["weights"].rsplit("/", 1)[0]
+        return f"--init {shlex.quote(folder)}"
     return f"--lmae-config {shlex.quote(lmae_yaml)}"
 
 

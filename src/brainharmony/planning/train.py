@@ -2,7 +2,11 @@
 
 The ``train:`` config block names one model YAML per model role; the rules pass the
 workflow's files (shards, scaling statistics, geometry tables, splits) to
-``brainharmony train`` and ``brainharmony embed``. Nothing here imports torch.
+``brainharmony train`` and ``brainharmony embed``. ``train.pretrained`` names model
+folders (``model.safetensors`` + ``config.json``, e.g. written by ``brainharmony
+import-weights``) used instead of training a role: the rules that read a role's model
+take :meth:`TrainPlan.outputs` (the given folder, or ``results/models/<role>``), so the
+role's training rule is never requested. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ ROLES = ("bh_s", "bh_f", "harmonizer", "lmae", "predictor")
 #: (``predictor-cv``) run one process.
 DDP_ROLES = ("bh_s", "bh_f", "harmonizer", "lmae")
 MODEL_FILES = ("model.safetensors", "config.json", "metrics.jsonl", "curves.png")
+#: Roles that ``train.pretrained`` may replace by a model folder (the folder's
+#: ``config.json`` must have this kind).
+PRETRAINED_ROLES = ("bh_s", "bh_f", "harmonizer", "lmae")
 #: Per-dataset outputs of the embedding rules: the token index of the frozen encoders,
 #: and the pooled features of each encoder (the evaluation's probe inputs).
 EMBEDDINGS: dict[str, str] = {
@@ -43,6 +50,7 @@ class TrainPlan:
     gpus: int = 0
     device: str = "auto"
     threads: int = 1
+    pretrained: Mapping[str, str] = field(default_factory=dict)
     basedir: str = "."
 
     def yaml(self, role: str) -> str:
@@ -72,6 +80,23 @@ class TrainPlan:
     def model_outputs(self, role: str) -> dict[str, str]:
         return model_outputs(role)
 
+    def outputs(self, role: str) -> dict[str, str]:
+        """The model files a role's consumers read: its ``train.pretrained`` folder's
+        (``weights``, ``config``), else its training rule's outputs."""
+        if role in self.pretrained:
+            folder = self.pretrained[role].rstrip("/")
+            return {"weights": f"{folder}/model.safetensors", "config": f"{folder}/config.json"}
+        return model_outputs(role)
+
+    def weights(self, role: str) -> str:
+        """``outputs(role)["weights"]``."""
+        return self.outputs(role)["weights"]
+
+    @property
+    def trained(self) -> list[str]:
+        """The roles the workflow trains (those without ``train.pretrained``)."""
+        return [role for role in PRETRAINED_ROLES if role not in self.pretrained]
+
     @property
     def embeddings(self) -> dict[str, str]:
         """Output patterns of the embedding rules (wildcard ``dataset``)."""
@@ -92,6 +117,7 @@ def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan
         raise ValueError(f"train.models has unknown role(s) {unknown}; roles: {list(ROLES)}")
     steps = block["steps"]
     ckpt_every = block["ckpt_every"]
+    pretrained = {role: check_pretrained(role, str(d)) for role, d in block["pretrained"].items()}
     plan = TrainPlan(
         models=models,
         steps=None if steps is None else int(steps),
@@ -99,6 +125,7 @@ def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan
         gpus=int(block["gpus"]),
         device=str(block["device"]),
         threads=int(block["threads"]),
+        pretrained=pretrained,
         basedir=str(basedir),
     )
     from pathlib import Path
@@ -107,6 +134,43 @@ def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan
         if Path(plan.yaml(role)).is_file():
             plan.grad_accum(role)
     return plan
+
+
+def check_pretrained(role: str, folder: str) -> str:
+    """A ``train.pretrained`` folder, checked when the workflow is planned.
+
+    It must hold ``model.safetensors`` and a ``config.json`` whose ``kind`` is the role's.
+
+    Raises
+    ------
+    ValueError
+        Missing folder or file, unreadable config.json, or a model of another kind.
+    """
+    import json
+    from pathlib import Path
+
+    if role not in PRETRAINED_ROLES:
+        raise ValueError(
+            f"train.pretrained.{role}: not a role with a model folder; "
+            f"roles: {list(PRETRAINED_ROLES)}"
+        )
+    path = Path(folder)
+    key = f"train.pretrained.{role}"
+    if not path.is_dir():
+        raise ValueError(f"{key}: model folder {folder!r} does not exist")
+    for name in ("model.safetensors", "config.json"):
+        if not (path / name).is_file():
+            raise ValueError(
+                f"{key}: {folder!r} has no {name} (a model folder from `brainharmony train` "
+                "or `brainharmony import-weights` holds model.safetensors and config.json)"
+            )
+    try:
+        kind = json.loads((path / "config.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(f"{key}: {folder}/config.json cannot be read: {err}") from None
+    if kind != role:
+        raise ValueError(f"{key}: {folder!r} holds a {kind!r} model; the role needs {role!r}")
+    return folder
 
 
 def model_dir(role: str) -> str:

@@ -257,14 +257,26 @@ def load_weights(
 
 
 def write_model_config(
-    path: PathLike, cfg: ModelConfig, *, trained_steps: int, inputs: Sequence[PathLike] = ()
+    path: PathLike,
+    cfg: ModelConfig,
+    *,
+    trained_steps: int,
+    inputs: Sequence[PathLike] = (),
+    step: str = "train",
+    parameters: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``config.json``: the configuration, the steps trained and provenance."""
+    """Write ``config.json``: the configuration, the steps trained and provenance.
+
+    ``step`` and ``parameters`` name the step that made the folder (``train``, or
+    ``import-weights`` with its source and notes) in the provenance block.
+    """
     document = cfg.to_dict()
     document["format"] = MODEL_FORMAT
     document["trained_steps"] = int(trained_steps)
     document["provenance"] = provenance(
-        step="train", inputs=inputs, parameters={"name": cfg.name, "kind": cfg.kind}
+        step=step,
+        inputs=inputs,
+        parameters={"name": cfg.name, "kind": cfg.kind, **dict(parameters or {})},
     )
     return write_json(path, document)
 

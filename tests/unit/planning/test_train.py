@@ -21,6 +21,7 @@ def _block(gpus: int, **models: str) -> dict:
             "gpus": gpus,
             "device": "auto",
             "threads": 1,
+            "pretrained": {},
         }
     }
 
@@ -54,3 +55,23 @@ def test_paper_yamls_plan_on_1_2_and_8_gpus() -> None:
         assert plan.grad_accum("bh_f") * 16 * max(gpus, 1) == 512
         assert plan.grad_accum("harmonizer") * 16 * max(gpus, 1) == 128
         assert plan.processes("predictor") == 1 and plan.grad_accum("predictor") == 1
+
+
+def test_pretrained_folders_replace_the_training_outputs(tmp_path):
+    import json
+
+    from brainharmony.planning.train import TrainPlan, check_pretrained
+
+    folder = tmp_path / "bh_f"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\0")
+    (folder / "config.json").write_text(json.dumps({"kind": "bh_f"}))
+    plan = TrainPlan(pretrained={"bh_f": check_pretrained("bh_f", str(folder))})
+    assert plan.weights("bh_f") == f"{folder}/model.safetensors"
+    assert plan.outputs("bh_f")["config"] == f"{folder}/config.json"
+    assert plan.weights("bh_s") == "results/models/bh_s/model.safetensors"
+    assert "bh_f" not in plan.trained and "bh_s" in plan.trained
+    with pytest.raises(ValueError, match=r"train.pretrained.bh_s: .* holds a 'bh_f' model"):
+        check_pretrained("bh_s", str(folder))
+    with pytest.raises(ValueError, match="not a role with a model folder"):
+        check_pretrained("predictor", str(folder))
