@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,36 @@ def test_missing_extra_file(tmp_path, capsys):
         ["bh-f", ckpt, str(tmp_path / "o"), "--extra", "harmonics=/nonexistent.csv"], capsys
     )
     assert code == 2 and "/nonexistent.csv" in io.err
+
+
+def test_brain_jepa_file_to_folder_to_load_trained(tmp_path, capsys):
+    """The official Brain-JEPA fixture through the command: the folder rebuilds alone and
+    its ``encode`` gives the official pooled feature."""
+    fix = Path(__file__).resolve().parents[2] / "fixtures" / "official"
+    weights = np.load(fix / "brain_jepa_weights.npz")
+    ckpt: dict = {"epoch": 299}
+    for name in weights.files:
+        part, key = name.split("/", 1)
+        ckpt.setdefault(part, {})[key] = torch.from_numpy(weights[name])
+    path = _save(tmp_path / "jepa-ep300.pth.tar", ckpt)
+    small = json.loads((fix / "brain_jepa.json").read_text())["small"]
+    heads = tmp_path / "heads.json"
+    heads.write_text(json.dumps({"heads": small["heads"]}))
+    out = tmp_path / "brain_jepa"
+    gradient = f"gradient={fix / 'brain_jepa_gradient.csv'}"
+    code, io = _run(
+        ["brain-jepa", path, str(out), "--extra", gradient, "--extra", f"config={heads}"], capsys
+    )
+    assert code == 0, io.err
+    model = load_trained(out).eval()
+    official = np.load(fix / "brain_jepa_io.npz")
+    x = torch.from_numpy(official["x"])[:, 0].transpose(1, 2)  # (B, 1, R, T) -> (B, T, R)
+    with torch.no_grad():
+        pooled = model.encode(x)
+    assert np.abs(pooled.numpy() - official["pooled"]).max() < 1e-5
+    doc = json.loads((out / "config.json").read_text())
+    assert doc["kind"] == "brain_jepa"
+    assert doc["provenance"]["Parameters"]["source"] == "brain-jepa"
+    # Without the gradient table the command refuses, naming what is missing.
+    code, io = _run(["brain-jepa", path, str(tmp_path / "x")], capsys)
+    assert code != 0 and "gradient" in io.err
