@@ -14,8 +14,8 @@
 
 rule train_bh_s:
     input:
-        shards=PLAN.multitr.volume_shards,
-        indexes=PLAN.multitr.volume_indexes,
+        # the pretraining datasets with T1w (none: an error saying so, when planned)
+        unpack(get_bh_s_volumes),
         # A YAML that does not fit the anatomy stage's box is refused when planned.
         yaml=get_bh_s_yaml,
     output:
@@ -112,7 +112,7 @@ rule embed_encoders:
 
 rule train_harmonizer:
     input:
-        tokens=expand(rules.embed_encoders.output.tokens, dataset=PLAN.multitr.pretrain),
+        tokens=get_harmonizer_tokens,
         yaml=PLAN.train.yaml("harmonizer"),
     output:
         **PLAN.train.model_outputs("harmonizer"),
