@@ -70,6 +70,7 @@ from brainharmony.io import (
     ReadRefused,
     provenance,
     read_capped,
+    special_kind,
     write_json,
 )
 from brainharmony.nifti_checks import check_tr_range, tr_range_problem
@@ -119,6 +120,14 @@ def read_parcel_file(path: PathLike, n_rois: int = N_ROIS) -> ParcelSeries:
         ``n_rois``.
     """
     p = Path(path)
+    try:
+        kind = special_kind(os.stat(p).st_mode)
+    except FileNotFoundError:
+        raise InputDataError(p, "series file not found") from None
+    except OSError as err:
+        raise InputDataError(p, f"cannot read: {err.strerror or err}") from None
+    if kind is not None:
+        raise InputDataError(p, f"is {kind}, not a series file")
     suffix = p.suffix.lower()
     if suffix not in SERIES_SUFFIXES:
         raise InputDataError(p, f"unknown series format {show(p.suffix)}; use {SERIES_SUFFIXES}")
