@@ -47,7 +47,7 @@ rule parcel_series:
         series=PLAN.ingest.parcel_series,
         sidecar=PLAN.ingest.parcel_series.replace(".tsv", ".json"),
     log:
-        "logs/ingest/{dataset}/{fstem}_series.log",
+        "logs/ingest/{dataset}/{fdir}/{fstem}_series.log",
     wildcard_constraints:
         fdir=PLAN.func.fdir,
         fstem=PLAN.func.fstem,
