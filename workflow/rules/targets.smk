@@ -48,6 +48,7 @@ rule train_all:
         ),
         expand(rules.embed_encoders.output, dataset=BIDS_DATASETS),
         expand(rules.embed_harmonizer.output, dataset=BIDS_DATASETS),
+        expand(rules.embed_f.output, dataset=PLAN.ingest.parcellated),
 
 
 # The one stage that needs more than the schema defaults: evaluate.tasks (which

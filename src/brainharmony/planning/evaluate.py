@@ -44,12 +44,12 @@ FINETUNE: dict[str, tuple[str, str]] = {
     "finetune_bh_f": ("bh_f", "series"),
 }
 
-#: Models whose inputs need T1w images (BrainHarmonix-S features or the S+F token files
-#: of the Harmonizer, and -- until the encoders' embedding runs without volumes -- the
-#: frozen F features, which the same embedding job writes): a ``parcellated`` dataset
-#: has none, so they leave it out (and a task with only such datasets goes without them).
+#: Models whose inputs need T1w images (BrainHarmonix-S features, or the S+F token files
+#: of the Harmonizer and of the ROI-similarity readout): a ``parcellated`` dataset has
+#: none, so they leave it out (and a task with only such datasets goes without them).
+#: ``probe_bh_f`` stays: rule ``embed_f`` writes its features without T1w.
 NEEDS_T1: frozenset[str] = frozenset(
-    {"probe_bh_s", "probe_harmonizer", "finetune_harmonizer", "probe_bh_f", "probe_bh_f_roisim"}
+    {"probe_bh_s", "probe_harmonizer", "finetune_harmonizer", "probe_bh_f_roisim"}
 )
 
 LABELS = "results/eval/{dataset}/{task}/labels.tsv"

@@ -55,6 +55,16 @@ class IngestPlan:
         return sorted(d for d in self.datasets if d not in self.parcellated)
 
     @property
+    def bids_pattern(self) -> str:
+        """Wildcard constraint matching the ``bids`` datasets' names only."""
+        return names_pattern(self.bids_datasets)
+
+    @property
+    def parcellated_pattern(self) -> str:
+        """Wildcard constraint matching the ``parcellated`` datasets' names only."""
+        return names_pattern(self.parcellated)
+
+    @property
     def parcel_series(self) -> str:
         return PARCEL_SERIES
 
@@ -102,6 +112,13 @@ class IngestPlan:
 def parcellated(datasets: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Names of the ``parcellated`` datasets of a ``datasets:`` block, sorted."""
     return sorted(name for name, ds in datasets.items() if ds.get("kind") == "parcellated")
+
+
+def names_pattern(names: list[str]) -> str:
+    """A regular expression matching exactly ``names`` (none: one that matches nothing)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
 def check_datasets(datasets: Mapping[str, Mapping[str, Any]]) -> None:

@@ -115,14 +115,18 @@ def test_evaluation_leaves_the_t1_models_out_where_no_dataset_has_t1(tmp_path):
     plan = planning.from_config(_config(tmp_path))
     settings, parc = plan.evaluate.settings, plan.ingest.parcellated
     only = SimpleNamespace(dataset="ukb", task="age")
-    assert E.models_for(settings, only, parc) == ["null_model", "fc_ridge", "finetune_bh_f"]
+    kept = ["null_model", "fc_ridge", "probe_bh_f", "finetune_bh_f"]
+    assert E.models_for(settings, only, parc) == kept
     inputs = E.model_inputs(settings, only, native_ms=lambda d: 735, parcellated=parc)
-    assert set(inputs) == {"finetune_bh_f", "finetune_bh_f__shards", "finetune_bh_f__scaling"}
+    assert set(inputs) == {
+        "probe_bh_f", "finetune_bh_f", "finetune_bh_f__shards", "finetune_bh_f__scaling"
+    }  # fmt: skip
+    assert inputs["probe_bh_f"] == ["results/embeddings/bh_f/ukb.npz"]
     assert "results/multitr/ukb/ukb_tr-735_series.npy" in inputs["finetune_bh_f__shards"]
     # a cohort with a BIDS dataset keeps them, on that dataset's embeddings only
     both = SimpleNamespace(dataset="both", task="age")
     assert E.models_for(settings, both, parc) == MODELS
     inputs = E.model_inputs(settings, both, native_ms=lambda d: 735, parcellated=parc)
     assert inputs["probe_harmonizer"] == ["results/embeddings/harmonizer/site.npz"]
-    assert inputs["probe_bh_f"] == ["results/embeddings/bh_f/site.npz"]
+    assert inputs["probe_bh_f"] == [f"results/embeddings/bh_f/{d}.npz" for d in ("site", "ukb")]
     assert len(inputs["finetune_bh_f__shards"]) == 4
