@@ -1,5 +1,6 @@
 """A ``parcellated`` dataset through the workflow: run table -> ingest -> series ->
-multi-TR -> BrainHarmonix-F training -> evaluation (the acceptance test of issue 25.4).
+multi-TR -> BrainHarmonix-F training and F features -> evaluation (the acceptance test
+of issue 25.4).
 
 The series are the demo generator's own: the tiny preset's demoA is generated, and its
 truth folder's noise-free parcel BOLD of each run (``*_desc-bold_timeseries.npy``,
@@ -81,7 +82,7 @@ def test_parcellated_dataset_runs_ingest_multitr_training_and_evaluation(tmp_pat
         "train": {"steps": 4},
         "evaluate": {
             "tasks": {"ukb": {"age": {"target": "age", "type": "regression"}}},
-            "models": ["null_model", "fc_ridge", "probe_harmonizer", "finetune_bh_f"],
+            "models": ["null_model", "fc_ridge", "probe_bh_f", "probe_harmonizer", "finetune_bh_f"],
             "seeds": [0],
             "n_folds": 2,
             "val_fraction": 0.3,
@@ -123,9 +124,13 @@ def test_parcellated_dataset_runs_ingest_multitr_training_and_evaluation(tmp_pat
     last = json.loads((res / "models/bh_f/metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 4 and np.isfinite(last["loss"])
     assert not (res / "models/bh_s").exists() and not (res / "models/harmonizer").exists()
+    # its frozen F features without T1w (rule embed_f), every subject
+    emb = np.load(res / "embeddings/bh_f/ukb.npz")
+    assert emb["subject"].tolist() == ["01", "02", "03", "04"] and emb["features"].ndim == 2
+    assert not (res / "embeddings/tokens").exists()
     # evaluation: the rows that need no T1w; the Harmonizer's left out of the task
     preds = pd.read_csv(res / "eval/predictions.tsv", sep="\t", dtype={"subject": str})
-    assert set(preds["model"]) == {"null_model", "fc_ridge", "finetune_bh_f"}
+    assert set(preds["model"]) == {"null_model", "fc_ridge", "probe_bh_f", "finetune_bh_f"}
     assert set(preds["subject"]) == {"01", "02", "03", "04"}
     metrics = pd.read_csv(res / "tables/metrics.csv")
     assert {"fc_ridge", "finetune_bh_f"} <= set(metrics["model"])
