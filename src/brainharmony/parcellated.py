@@ -182,29 +182,29 @@ def _parse_text(p: Path, raw: bytes, sep: str) -> tuple[np.ndarray, list[str] | 
         raise InputDataError(p, "is empty")
     first = [cell.strip() for cell in lines[0].split(sep)]
     header = not all(_is_number(cell) for cell in first)
-    try:
+    kind = "comma" if sep == "," else "tab"
+    read = {"sep": sep, "header": 0 if header else None, "skip_blank_lines": True}
+    try:  # fast path: every cell a number or missing
         frame = pd.read_csv(
-            io.StringIO(text),
-            sep=sep,
-            header=0 if header else None,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=True,
+            io.StringIO(text), na_values=list(MISSING_VALUES), keep_default_na=False, **read
         )
     except (ValueError, pd.errors.ParserError) as err:
-        kind = "comma" if sep == "," else "tab"
         raise InputDataError(p, f"not a {kind}-separated table: {err}") from None
-    cells = frame.apply(lambda col: col.str.strip())
-    missing = cells.isin(list(MISSING_VALUES))
-    numbers = cells.apply(lambda col: pd.to_numeric(col, errors="coerce")).astype(np.float64)
-    spelled = cells.apply(lambda col: col.str.lower().isin(["nan", "inf", "-inf", "+inf"]))
-    bad = numbers.isna() & ~missing & ~spelled
-    if bad.to_numpy().any():
-        i, j = (int(k[0]) for k in np.nonzero(bad.to_numpy()))
-        raise InputDataError(
-            p, f"line {i + 1 + header}, column {j + 1}: {show(cells.iat[i, j])} is not a number"
-        )
-    values = numbers.to_numpy()
+    if all(dtype.kind in "iuf" for dtype in frame.dtypes):
+        values = frame.to_numpy(dtype=np.float64)
+    else:  # find the first cell that is not a number (spelled nan/inf pass, then fail later)
+        cells = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, **read)
+        cells = cells.apply(lambda col: col.str.strip())
+        missing = cells.isin(list(MISSING_VALUES))
+        numbers = cells.apply(lambda col: pd.to_numeric(col, errors="coerce")).astype(np.float64)
+        spelled = cells.apply(lambda col: col.str.lower().isin(["nan", "inf", "-inf", "+inf"]))
+        bad = numbers.isna() & ~missing & ~spelled
+        if bad.to_numpy().any():
+            i, j = (int(k[0]) for k in np.nonzero(bad.to_numpy()))
+            raise InputDataError(
+                p, f"line {i + 1 + header}, column {j + 1}: {show(cells.iat[i, j])} is not a number"
+            )
+        values = numbers.to_numpy()
     names = [str(c) for c in frame.columns] if header else None
     return values, names
 

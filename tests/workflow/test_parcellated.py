@@ -91,8 +91,9 @@ def test_parcellated_dataset_runs_ingest_multitr_training_and_evaluation(tmp_pat
     }
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    tables = "results/tables/metrics.csv"
-    out = run_snakemake(work, "--configfile", str(cfg), "--cores", "2", "multitr_all", tables)
+    out = run_snakemake(
+        work, "--configfile", str(cfg), "--cores", "2", "multitr_all", "evaluate_all"
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     res = work / "results"
 
@@ -135,6 +136,7 @@ def test_parcellated_dataset_runs_ingest_multitr_training_and_evaluation(tmp_pat
     metrics = pd.read_csv(res / "tables/metrics.csv")
     assert {"fc_ridge", "finetune_bh_f"} <= set(metrics["model"])
     assert metrics.loc[metrics["metric"] == "mae", "mean"].notna().all()
+    assert "ukb" in (res / "report/index.html").read_text()
 
 
 def test_bh_s_with_only_parcellated_pretraining_is_refused_when_planned(tmp_path):
@@ -150,3 +152,22 @@ def test_bh_s_with_only_parcellated_pretraining_is_refused_when_planned(tmp_path
     out = run_snakemake(tmp_path, "--configfile", str(cfg), "-n", "multitr_all")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert re.search(r"^ingest +1$", out.stdout, flags=re.M), out.stdout[-2000:]
+
+
+def test_a_parcellated_dataset_beside_bids_datasets_plans(tmp_path):
+    """The tiny config plus a parcellated dataset in a cohort with demoA: the whole
+    plan (`all`) builds, the run table's ingest among the first jobs."""
+    from tests.workflow.test_workflow import TINY
+
+    table = tmp_path / "my runs $(x).tsv"
+    table.write_text("subject\trun\tpath\ttr\n01\t1\ta.npy\t0.7\n")
+    config = json.loads(json.dumps(TINY))
+    config["datasets"]["ukb"] = {"kind": "parcellated", "run_table": str(table)}
+    config["evaluate"]["cohorts"] = {"both": ["demoA", "ukb"]}
+    config["evaluate"]["tasks"]["both"] = {"age": {"target": "age", "type": "regression"}}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = run_snakemake(tmp_path, "--configfile", str(cfg), "-n", "-p", "all")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"--run-table '{table}' --n-rois 400" in out.stdout  # quoted: one word
+    assert re.search(r"^ingest +3$", out.stdout, flags=re.M), out.stdout[-2000:]
