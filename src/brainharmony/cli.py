@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "brainharmony.pipelines.ingest",
         "index a BIDS dataset into scans.tsv / excluded.tsv",
     ),
+    "parcel-series": (
+        "brainharmony.pipelines.parcel_series",
+        "one released parcel series (dataset kind parcellated) in the func stage's format",
+    ),
     "run": (
         "brainharmony.pipelines.bids_app",
         "BIDS-App entry point: BIDS_DIR OUTPUT_DIR participant|group [-- snakemake options]",

@@ -22,6 +22,8 @@ def test_minimal_config_gets_every_default():
     ds = config["datasets"]["study"]
     assert ds == {
         "bids_dir": "/data/study",
+        "kind": "bids",
+        "n_rois": 400,
         "demo": False,
         "task": "rest",
         "site_column": None,

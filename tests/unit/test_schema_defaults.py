@@ -27,6 +27,7 @@ from brainharmony.demo.generate import generate_demo
 from brainharmony.evaluate.settings import EvalSettings, FineTuneSettings
 from brainharmony.func.fmriprep import DEFAULT_SPACE, FmriprepSettings
 from brainharmony.ingest import ingest_dataset
+from brainharmony.parcellated import ingest_parcellated
 from brainharmony.planning.func import FuncPlan
 from brainharmony.planning.geometry import GeometryPlan
 from brainharmony.planning.multitr import MultiTRPlan
@@ -90,6 +91,7 @@ LIBRARY: dict[str, Callable[[], Any]] = {
         f"datasets.<name>.{name}": parameter_default(ingest_dataset, name)
         for name in ("site_column", "exclude_subjects", "participant_label")
     },
+    "datasets.<name>.n_rois": parameter_default(ingest_parcellated, "n_rois"),
     **_same_fields(AnatSettings, "anat"),
     **_same_fields(
         FuncPlan,
@@ -111,6 +113,7 @@ LIBRARY: dict[str, Callable[[], Any]] = {
 WORKFLOW_ONLY: dict[str, str] = {
     "demo.root": "where the workflow writes the demo datasets",
     "datasets.<name>.demo": "whether the workflow generates the dataset",
+    "datasets.<name>.kind": "which ingestion the workflow runs (BIDS folder or run table)",
     "datasets.<name>.phenotypes": "the columns the workflow carries (the library: none)",
     "func.fmriprep.output_root": "where the workflow puts fMRIPrep's derivatives",
     "func.fmriprep.work_root": "where the workflow puts fMRIPrep's working folders",
@@ -125,6 +128,8 @@ NOT_CONFIG_KEYS: dict[str, str] = {
     "func.anat_template": "FuncPlan takes it from anat.template",
     "func.fmriprep": "the func.fmriprep block, checked key by key above",
     "multitr.pretrain": "MultiTRPlan takes it from pretrain.datasets",
+    "func.parcellated": "FuncPlan takes it from datasets.<name>.kind",
+    "multitr.parcellated": "MultiTRPlan takes it from datasets.<name>.kind",
     "train.basedir": "the workflow's folder, not a setting",
 }
 

@@ -47,6 +47,9 @@ onstart:
 
 
 DATASETS = sorted(config["datasets"])
+# Datasets with images (kind bids): the anatomy, functional and QC stages run on them;
+# the others (kind parcellated) start from released parcel series (docs/ingest.md).
+BIDS_DATASETS = PLAN.ingest.bids_datasets
 DEMO_ROOT = config["demo"]["root"]
 DEMO_DATASETS = sorted(name for name, ds in config["datasets"].items() if ds["demo"])
 ENVS = Path(workflow.basedir) / "envs"
@@ -70,18 +73,21 @@ BH = _package_command()
 
 
 def dataset_description(wildcards):
-    """The file that stands for a raw BIDS dataset in the DAG.
+    """The file that stands for a dataset in the DAG: a raw BIDS folder's
+    dataset_description.json, or a parcellated dataset's run table.
 
     Demo datasets are produced by rule `demo`; a user's dataset must exist at planning
     time, and a missing one is reported now, not mid-run.
     """
     ds = config["datasets"][wildcards.dataset]
-    path = Path(ds["bids_dir"]) / "dataset_description.json"
+    path = Path(PLAN.ingest.source_path(wildcards.dataset))
     if not ds["demo"] and not path.exists():
-        raise ValueError(
-            f"dataset '{wildcards.dataset}': {path} not found; "
-            f"bids_dir must point at a raw BIDS folder"
+        what = (
+            "run_table must name the run table of its parcel series"
+            if wildcards.dataset in PLAN.ingest.parcellated
+            else "bids_dir must point at a raw BIDS folder"
         )
+        raise ValueError(f"dataset '{wildcards.dataset}': {path} not found; {what}")
     return str(path)
 
 
@@ -97,6 +103,20 @@ TRAIN_GEOMETRY_SETS = planning.train.geometry_sets(PLAN.geometry)
 # --------------------------------------------------------------------------------------
 def get_bids_dir(wildcards):
     return PLAN.ingest.bids_dir(wildcards.dataset)
+
+
+def get_ingest_source(wildcards):
+    """``--bids-dir DIR`` or ``--run-table FILE --n-rois N`` (shell-quoted)."""
+    return PLAN.ingest.source_option(wildcards.dataset)
+
+
+def get_parcel_source(wildcards):
+    """A parcellated dataset's run: its released series file (scans.tsv `bold`)."""
+    return _func_row(wildcards).bold
+
+
+def get_parcel_tr(wildcards):
+    return repr(_func_row(wildcards).tr)
 
 
 def get_ingest_options(wildcards):
@@ -137,7 +157,7 @@ def get_anat_session_option(wildcards):
 
 def get_anat_targets(wildcards):
     """Every anat output of every dataset (anat_all)."""
-    return planning.anat.targets(DATASETS, checkpoints.ingest, PLAN.anat.settings)
+    return planning.anat.targets(BIDS_DATASETS, checkpoints.ingest, PLAN.anat.settings)
 
 
 def get_dataset_anat_targets(wildcards):
@@ -244,6 +264,18 @@ def get_shard_pairs(wildcards, input):
     return planning.train.shard_pairs(input.shards, input.indexes)
 
 
+def get_bh_s_volumes(wildcards):
+    """Named inputs `shards`, `indexes`: the T1 volume shards of the pretraining datasets
+    that have T1w; an error naming the problem when none has (all parcellated)."""
+    return {"shards": PLAN.multitr.volume_shards, "indexes": PLAN.multitr.volume_indexes}
+
+
+def get_harmonizer_tokens(wildcards):
+    """The token indexes of the pretraining datasets with T1w (the Harmonizer's data)."""
+    datasets = planning.multitr.require_t1_pretrain(PLAN.multitr, "The Harmonizer")
+    return [rules.embed_encoders.output.tokens.format(dataset=d) for d in datasets]
+
+
 def get_bh_s_yaml(wildcards):
     """BrainHarmonix-S's YAML; one that does not fit the anatomy stage's box is refused."""
     anat = PLAN.anat.settings
@@ -303,6 +335,11 @@ def get_eval_site_mode(wildcards):
     return _eval_task(wildcards).site_mode
 
 
+def get_eval_models(wildcards):
+    """The task's models (those needing T1w left out when it has only parcellated data)."""
+    return planning.evaluate.models_for(PLAN.evaluate.settings, wildcards, PLAN.ingest.parcellated)
+
+
 def get_eval_model_inputs(wildcards):
     """Named inputs of the models that need more than FC (embeddings, predictions, the
     fine-tuned model folders and their data)."""
@@ -311,6 +348,7 @@ def get_eval_model_inputs(wildcards):
         wildcards,
         native_ms=lambda d: planning.multitr.native_ms(d, checkpoints.ingest),
         outputs=PLAN.train.outputs,
+        parcellated=PLAN.ingest.parcellated,
     )
 
 

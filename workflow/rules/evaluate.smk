@@ -94,7 +94,7 @@ rule evaluate:
         bh=BH,
         settings=PLAN.evaluate.settings_json,
         split_dirs=get_split_dirs,
-        models=list(PLAN.evaluate.settings.models),
+        models=get_eval_models,
         extra=get_eval_model_args,
     shell:
         "{params.bh} -v evaluate --dataset {wildcards.dataset:q} --task {wildcards.task:q} "

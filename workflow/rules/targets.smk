@@ -19,9 +19,9 @@ rule func_all:
 
 rule qc_all:
     input:
-        expand(rules.group_qc.output.table, dataset=DATASETS),
-        expand(rules.group_qc.output.sidecar, dataset=DATASETS),
-        expand(rules.group_qc.output.pages, dataset=DATASETS),
+        expand(rules.group_qc.output.table, dataset=BIDS_DATASETS),
+        expand(rules.group_qc.output.sidecar, dataset=BIDS_DATASETS),
+        expand(rules.group_qc.output.pages, dataset=BIDS_DATASETS),
 
 
 rule geometry_all:
@@ -35,16 +35,17 @@ rule geometry_all:
 rule multitr_all:
     input:
         get_multitr_targets,
-        expand(PLAN.multitr.volume_shard, dataset=DATASETS),
-        expand(PLAN.multitr.volume_index, dataset=DATASETS),
+        expand(PLAN.multitr.volume_shard, dataset=BIDS_DATASETS),
+        expand(PLAN.multitr.volume_index, dataset=BIDS_DATASETS),
         PLAN.multitr.scaling_stats,
 
 
 rule train_all:
     input:
         *(PLAN.train.model_outputs(role).values() for role in PLAN.train.trained),
-        expand(rules.embed_encoders.output, dataset=DATASETS),
-        expand(rules.embed_harmonizer.output, dataset=DATASETS),
+        expand(rules.embed_encoders.output, dataset=BIDS_DATASETS),
+        expand(rules.embed_harmonizer.output, dataset=BIDS_DATASETS),
+        expand(rules.embed_f.output, dataset=PLAN.ingest.parcellated),
 
 
 # The one stage that needs more than the schema defaults: evaluate.tasks (which

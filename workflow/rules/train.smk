@@ -2,6 +2,7 @@
 #   train_bh_s        BrainHarmonix-S (3D MAE) on the pretraining set's T1 volume shards
 #   train_bh_f        BrainHarmonix-F (JEPA) on the pretraining set's multi-TR series shards
 #   embed_encoders    frozen S + F -> per-subject token files + pooled features, per dataset
+#   embed_f           frozen F -> pooled features, per dataset without T1w (parcellated)
 #   train_harmonizer  hub tokens over the pretraining set's S + F tokens
 #   embed_harmonizer  pooled hub features per dataset
 #   embed_roi_similarity  BrainHarmonix-F ROI-similarity readout per dataset
@@ -15,8 +16,8 @@
 
 rule train_bh_s:
     input:
-        shards=PLAN.multitr.volume_shards,
-        indexes=PLAN.multitr.volume_indexes,
+        # the pretraining datasets with T1w (none: an error saying so, when planned)
+        unpack(get_bh_s_volumes),
         # A YAML that does not fit the anatomy stage's box is refused when planned.
         yaml=get_bh_s_yaml,
     output:
@@ -92,6 +93,8 @@ rule embed_encoders:
         s=PLAN.train.embeddings["bh_s"],
     log:
         "logs/train/embed_{dataset}.log",
+    wildcard_constraints:
+        dataset=PLAN.ingest.bids_pattern,
     conda:
         str(ENVS / "train.yaml")
     threads: PLAN.train.threads
@@ -112,9 +115,39 @@ rule embed_encoders:
         "--out-f {output.f:q} --out-s {output.s:q} --threads {threads} > {log:q} 2>&1"
 
 
+rule embed_f:
+    # A dataset without T1w (kind parcellated): BrainHarmonix-F features only, in
+    # embed_encoders' layout (no token files, so no Harmonizer features).
+    input:
+        f_model=rules.train_bh_f.output.weights,
+        series=get_native_series_shard,
+        series_index=get_native_series_index,
+        scaling=PLAN.multitr.scaling_stats,
+    output:
+        f=PLAN.train.embeddings["bh_f"],
+    log:
+        "logs/train/embed_f_{dataset}.log",
+    wildcard_constraints:
+        dataset=PLAN.ingest.parcellated_pattern,
+    conda:
+        str(ENVS / "train.yaml")
+    threads: PLAN.train.threads
+    resources:
+        gpu=min(PLAN.train.gpus, 1),
+        mem_mb=8000,
+        runtime=240,
+    params:
+        bh=BH,
+        f_dir=subpath(input.f_model, parent=True),
+    shell:
+        "{params.bh} -v embed f --f-model {params.f_dir:q} --series-shard {input.series:q} "
+        "--series-index {input.series_index:q} --scaling {input.scaling:q} "
+        "--out-f {output.f:q} --threads {threads} > {log:q} 2>&1"
+
+
 rule train_harmonizer:
     input:
-        tokens=expand(rules.embed_encoders.output.tokens, dataset=PLAN.multitr.pretrain),
+        tokens=get_harmonizer_tokens,
         yaml=PLAN.train.yaml("harmonizer"),
     output:
         **PLAN.train.model_outputs("harmonizer"),

@@ -15,6 +15,10 @@
       sidecar (model folder, inputs, provenance). F features are the model's ``encode``
       averaged over the session's runs; S features are ``encode`` of the session's volume.
 
+``brainharmony embed f``
+    The F half of ``encoders`` alone, for a dataset without T1w (kind ``parcellated``):
+    the pooled F features ``--out-f`` in the same layout, no token files.
+
 ``brainharmony embed harmonizer``
     Loads a trained Harmonizer and writes its pooled features (``encode``: LayerNorm of
     the mean hub token) for every row of a token index, in the same ``.npz`` layout
@@ -65,6 +69,7 @@ __all__ = [
     "add_arguments",
     "collate_rows",
     "embed_encoders",
+    "embed_f",
     "embed_harmonizer",
     "embed_roi_similarity",
     "frozen_series_data",
@@ -404,7 +409,34 @@ def embed_encoders(
         },
     )
 
-    # F: mean over each session's runs, in index order of first appearance.
+    _write_f_features(out_f, f_index, f_pooled, f_model, series_shard, series_index)
+    write_features(
+        out_s,
+        s_index["subject"].astype(str).tolist(),
+        s_index["session"].astype(str).tolist(),
+        np.stack([s_pooled[r] for r in range(len(s_index))]),
+        {
+            "Description": "BrainHarmonix-S pooled features (one per T1 volume)",
+            "Model": str(s_model),
+            **provenance(step="embed-encoders", inputs=[volume_shard, volume_index]),
+        },
+    )
+    logger.info(
+        "embedded %d series, %d volumes; %d token files", len(f_index), len(s_index), len(index)
+    )
+    return index
+
+
+def _write_f_features(
+    out_f: PathLike,
+    f_index: pd.DataFrame,
+    f_pooled: Mapping[int, np.ndarray],
+    f_model: PathLike,
+    series_shard: PathLike,
+    series_index: PathLike,
+) -> None:
+    """Pooled F features: the mean over each session's runs, in index order of first
+    appearance."""
     keys = list(dict.fromkeys(zip(f_index["subject"], f_index["session"], strict=True)))
     by_key: dict[tuple[str, str], list[np.ndarray]] = {}
     for r, key in enumerate(zip(f_index["subject"], f_index["session"], strict=True)):
@@ -421,21 +453,35 @@ def embed_encoders(
             **provenance(step="embed-encoders", inputs=[series_shard, series_index]),
         },
     )
-    write_features(
-        out_s,
-        s_index["subject"].astype(str).tolist(),
-        s_index["session"].astype(str).tolist(),
-        np.stack([s_pooled[r] for r in range(len(s_index))]),
-        {
-            "Description": "BrainHarmonix-S pooled features (one per T1 volume)",
-            "Model": str(s_model),
-            **provenance(step="embed-encoders", inputs=[volume_shard, volume_index]),
-        },
-    )
-    logger.info(
-        "embedded %d series, %d volumes; %d token files", len(f_index), len(s_index), len(index)
-    )
-    return index
+
+
+def embed_f(
+    *,
+    f_model: PathLike,
+    series_shard: PathLike,
+    series_index: PathLike,
+    out_f: PathLike,
+    scaling: PathLike | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> None:
+    """Pooled F features of one dataset without T1w (a ``parcellated`` dataset): the
+    frozen BrainHarmonix-F part of :func:`embed_encoders`, in the same ``--out-f``
+    layout (no token files: the Harmonizer needs the S tokens too)."""
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    f_net, f_kind = load_frozen(f_model, device)
+    _expect_kind(f_kind, "bh_f", f_model)
+    f_index, f_data = frozen_series_data(f_net, series_shard, series_index, scaling)
+    f_pooled: dict[int, np.ndarray] = {}
+    with torch.no_grad():
+        for chunk in _batches(range(len(f_index)), batch_size):
+            feats = f_net.encode(collate_rows(f_data, chunk, device)).cpu().numpy()
+            f_pooled.update(zip(chunk, feats, strict=True))
+    _write_f_features(out_f, f_index, f_pooled, f_model, series_shard, series_index)
+    logger.info("embedded %d series (F only, no T1w)", len(f_index))
 
 
 def embed_harmonizer(
@@ -588,6 +634,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     enc.add_argument("--out-f", required=True, type=Path, help="pooled F features (.npz)")
     enc.add_argument("--out-s", required=True, type=Path, help="pooled S features (.npz)")
     enc.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    fonly = sub.add_parser(
+        "f", help="frozen F -> pooled features only (a dataset without T1w: parcellated)"
+    )
+    fonly.add_argument("--f-model", required=True, type=Path, help="trained bh_f model folder")
+    fonly.add_argument("--series-shard", required=True, type=Path, help="packed series .npy")
+    fonly.add_argument("--series-index", required=True, type=Path, help="its index .tsv")
+    fonly.add_argument("--scaling", type=Path, help="robust-scaling statistics (.json)")
+    fonly.add_argument("--out-f", required=True, type=Path, help="pooled F features (.npz)")
     har = sub.add_parser("harmonizer", help="trained Harmonizer -> pooled features")
     har.add_argument("--model", required=True, type=Path, help="trained harmonizer folder")
     har.add_argument("--tokens-index", required=True, type=Path, help="token index.tsv")
@@ -597,7 +651,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sim.add_argument("--tokens-index", required=True, type=Path, help="token index.tsv")
     sim.add_argument("--out", required=True, type=Path, help="features (.npz)")
-    for p in (enc, har):
+    for p in (enc, fonly, har):
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
         p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -629,6 +683,16 @@ def run(args: argparse.Namespace) -> int:
             scaling=args.scaling,
             batch_size=args.batch_size,
             dtype=args.dtype,
+            device=device,
+        )
+    elif args.embed_command == "f":
+        embed_f(
+            f_model=args.f_model,
+            series_shard=args.series_shard,
+            series_index=args.series_index,
+            out_f=args.out_f,
+            scaling=args.scaling,
+            batch_size=args.batch_size,
             device=device,
         )
     else:

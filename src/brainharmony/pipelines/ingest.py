@@ -1,7 +1,8 @@
 """``brainharmony ingest``: index a BIDS dataset into ``scans.tsv`` / ``excluded.tsv``.
 
-The indexing is :mod:`brainharmony.ingest`; the option defaults are the per-run rules'
-(:class:`brainharmony.scan_pairing.CheckSettings`).
+The indexing is :mod:`brainharmony.ingest` (``--bids-dir``) or, for released parcel
+series, :mod:`brainharmony.parcellated` (``--run-table``); the option defaults are the
+per-run rules' (:class:`brainharmony.scan_pairing.CheckSettings`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from brainharmony.bids_names import label_problem
 from brainharmony.cli_types import bids_label, output_dir
 from brainharmony.ingest import NoUsableScansError, ingest_dataset, write_excluded, write_outputs
 from brainharmony.io import InputDataError
+from brainharmony.parcellated import N_ROIS, ingest_parcellated
 from brainharmony.participants import PHENOTYPE_KINDS, PhenotypeKind
 from brainharmony.scan_pairing import CheckSettings
 from brainharmony.scans_table import phenotype_name_problem
@@ -72,7 +74,21 @@ def _subject_labels(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``brainharmony ingest``."""
-    parser.add_argument("--bids-dir", required=True, type=Path, help="raw BIDS dataset root")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bids-dir", type=Path, help="raw BIDS dataset root")
+    source.add_argument(
+        "--run-table",
+        type=Path,
+        help="run table of released parcel series (subject, session, run, path, tr, "
+        "phenotypes; docs/ingest.md); the dataset kind 'parcellated'",
+    )
+    parser.add_argument(
+        "--n-rois",
+        type=_positive_int,
+        default=N_ROIS,
+        help="parcels of the --run-table series; only the workflow's atlas is accepted "
+        "(default: %(default)s, Schaefer-400)",
+    )
     parser.add_argument(
         "--dataset",
         required=True,
@@ -154,19 +170,33 @@ def run(args: argparse.Namespace) -> int:
     )
     out_dir = Path(args.out_dir)
     try:
-        result = ingest_dataset(
-            args.bids_dir,
-            args.dataset,
-            task=args.task,
-            min_volumes=args.min_volumes,
-            tr_tolerance=args.tr_tolerance,
-            tr_conflict=args.tr_conflict,
-            tr_range=tuple(args.tr_range),
-            phenotypes=args.phenotypes,
-            site_column=args.site_column,
-            exclude_subjects=labels,
-            participant_label=keep,
-        )
+        if args.run_table is not None:
+            result = ingest_parcellated(
+                args.run_table,
+                args.dataset,
+                task=args.task,
+                min_volumes=args.min_volumes,
+                tr_range=tuple(args.tr_range),
+                phenotypes=args.phenotypes,
+                site_column=args.site_column,
+                n_rois=args.n_rois,
+                exclude_subjects=labels,
+                participant_label=keep,
+            )
+        else:
+            result = ingest_dataset(
+                args.bids_dir,
+                args.dataset,
+                task=args.task,
+                min_volumes=args.min_volumes,
+                tr_tolerance=args.tr_tolerance,
+                tr_conflict=args.tr_conflict,
+                tr_range=tuple(args.tr_range),
+                phenotypes=args.phenotypes,
+                site_column=args.site_column,
+                exclude_subjects=labels,
+                participant_label=keep,
+            )
     except NoUsableScansError as err:
         path = write_excluded(err.result, out_dir)
         for stale in ("scans.tsv", "scans.json"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,14 @@ FINETUNE: dict[str, tuple[str, str]] = {
     "finetune_harmonizer": ("harmonizer", "tokens"),
     "finetune_bh_f": ("bh_f", "series"),
 }
+
+#: Models whose inputs need T1w images (BrainHarmonix-S features, or the S+F token files
+#: of the Harmonizer and of the ROI-similarity readout): a ``parcellated`` dataset has
+#: none, so they leave it out (and a task with only such datasets goes without them).
+#: ``probe_bh_f`` stays: rule ``embed_f`` writes its features without T1w.
+NEEDS_T1: frozenset[str] = frozenset(
+    {"probe_bh_s", "probe_harmonizer", "finetune_harmonizer", "probe_bh_f_roisim"}
+)
 
 LABELS = "results/eval/{dataset}/{task}/labels.tsv"
 SPLITS_META = "results/splits/{dataset}/{task}/seed-{seed}/splits.json"
@@ -132,6 +140,22 @@ def split_dirs(paths: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(p).rsplit("/", 1)[0]) for p in paths)
 
 
+def t1_datasets(spec: TaskSpec, parcellated: Collection[str]) -> list[str]:
+    """The task's pooled datasets that have T1w images."""
+    return [d for d in spec.datasets if d not in parcellated]
+
+
+def models_for(
+    settings: EvalSettings, wildcards: Any, parcellated: Collection[str] = ()
+) -> list[str]:
+    """The models evaluated on a task: ``evaluate.models`` less those that need T1w
+    (:data:`NEEDS_T1`) when every dataset pooled into the task is ``parcellated``."""
+    spec = task_of(settings, wildcards)
+    if t1_datasets(spec, parcellated):
+        return list(settings.models)
+    return [m for m in settings.models if m not in NEEDS_T1]
+
+
 def model_inputs(
     settings: EvalSettings,
     wildcards: Any,
@@ -139,6 +163,7 @@ def model_inputs(
     external: Mapping[str, str] = EXTERNAL,
     native_ms: Callable[[str], int] | None = None,
     outputs: Callable[[str], Mapping[str, str]] = model_outputs,
+    parcellated: Collection[str] = (),
 ) -> dict[str, list[str]]:
     """Named inputs of the models that need more than FC (for ``unpack``).
 
@@ -151,9 +176,11 @@ def model_inputs(
     """
     spec = task_of(settings, wildcards)
     files: dict[str, list[str]] = {}
-    for model in settings.models:
+    with_t1 = t1_datasets(spec, parcellated)
+    for model in models_for(settings, wildcards, parcellated):
+        pooled = with_t1 if model in NEEDS_T1 else spec.datasets
         if model in embeddings:
-            files[model] = [embeddings[model].format(d=d) for d in spec.datasets]
+            files[model] = [embeddings[model].format(d=d) for d in pooled]
         elif model in external:
             files[model] = [external[model].format(dataset=spec.dataset, task=spec.name)]
         elif model in FINETUNE:
@@ -162,7 +189,7 @@ def model_inputs(
             files[model] = [out["weights"], out["config"]]
             if data == "tokens":
                 files[f"{model}__tokens"] = [
-                    TRAIN_EMBEDDINGS["tokens"].format(dataset=d) for d in spec.datasets
+                    TRAIN_EMBEDDINGS["tokens"].format(dataset=d) for d in pooled
                 ]
             else:
                 if native_ms is None:

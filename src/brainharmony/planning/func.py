@@ -73,6 +73,9 @@ class FuncPlan:
     atlas_space: str | None = None
     anat_template: str = "MNI152NLin2009aAsym"
     fmriprep: Mapping[str, Any] = field(default_factory=dict)
+    #: Datasets of kind ``parcellated``: their series come from the run table (rule
+    #: ``parcel_series``), no func job is planned for them.
+    parcellated: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -224,6 +227,9 @@ def settings_from_config(config: Mapping[str, Any]) -> FuncPlan:
         atlas_space=None if atlas["space"] is None else str(atlas["space"]),
         anat_template=str(config["anat"]["template"]),
         fmriprep=dict(block["fmriprep"]),
+        parcellated=tuple(
+            sorted(n for n, ds in config["datasets"].items() if ds.get("kind") == "parcellated")
+        ),
     )
 
 
@@ -581,6 +587,8 @@ def targets(
     if plan.backend == "native":
         patterns += list(native_outputs(plan).values())
     for dataset in datasets:
+        if dataset in plan.parcellated:  # released series: nothing for the func stage
+            continue
         scans = ingest_checkpoint.get(dataset=dataset).output.scans
         for row in runs(scans, tasks[dataset]):
             fields = {"dataset": dataset, "fdir": row.fdir, "fstem": row.fstem}

@@ -13,6 +13,7 @@ from typing import Any
 
 from brainharmony.planning import anat as ap
 from brainharmony.planning import func as fp
+from brainharmony.planning.ingest import PARCEL_SERIES
 
 ATLAS = "Schaefer400"
 ROOT = "results/multitr"
@@ -28,6 +29,13 @@ class MultiTRPlan:
     seed: int = 0
     scaling_mode: str = "all_frames"
     pretrain: tuple[str, ...] = ()
+    #: Datasets of kind ``parcellated`` (no T1w: no volume shard).
+    parcellated: tuple[str, ...] = ()
+
+    @property
+    def t1_pretrain(self) -> tuple[str, ...]:
+        """The pretraining datasets that have T1w images (not ``parcellated``)."""
+        return tuple(d for d in self.pretrain if d not in self.parcellated)
 
     @property
     def series_shard(self) -> str:
@@ -51,13 +59,36 @@ class MultiTRPlan:
 
     @property
     def volume_shards(self) -> list[str]:
-        """The pretraining datasets' T1 volume shards."""
-        return [VOLUME_SHARD.format(dataset=d) for d in self.pretrain]
+        """The pretraining datasets' T1 volume shards (:func:`require_t1_pretrain`)."""
+        return [
+            VOLUME_SHARD.format(dataset=d) for d in require_t1_pretrain(self, "BrainHarmonix-S")
+        ]
 
     @property
     def volume_indexes(self) -> list[str]:
         """The pretraining datasets' T1 volume shard indexes."""
-        return [VOLUME_INDEX.format(dataset=d) for d in self.pretrain]
+        return [
+            VOLUME_INDEX.format(dataset=d) for d in require_t1_pretrain(self, "BrainHarmonix-S")
+        ]
+
+
+def require_t1_pretrain(plan: MultiTRPlan, what: str) -> tuple[str, ...]:
+    """The pretraining datasets with T1w; the error that says so when there are none.
+
+    Raises
+    ------
+    ValueError
+        Every pretraining dataset is ``parcellated``: ``what`` (BrainHarmonix-S, the
+        Harmonizer) cannot be trained.
+    """
+    if not plan.t1_pretrain:
+        raise ValueError(
+            f"{what} needs T1w images, but every pretraining dataset "
+            f"({', '.join(plan.pretrain)}) is of kind parcellated (released parcel series, "
+            "no images): add a BIDS dataset to pretrain.datasets, or request only targets "
+            "without it (multitr_all, evaluate with FC / BrainHarmonix-F / predictor models)"
+        )
+    return plan.t1_pretrain
 
 
 def multitr_from_config(config: Mapping[str, Any]) -> MultiTRPlan:
@@ -77,6 +108,9 @@ def multitr_from_config(config: Mapping[str, Any]) -> MultiTRPlan:
         seed=int(block["seed"]),
         scaling_mode=str(block["scaling"]),
         pretrain=chosen,
+        parcellated=tuple(
+            sorted(n for n, ds in config["datasets"].items() if ds.get("kind") == "parcellated")
+        ),
     )
 
 
@@ -99,8 +133,13 @@ SCALING_STATS = f"{ROOT}/atlas-{ATLAS}_desc-robust_scaling.json"
 def denoised_series(
     dataset: str, ingest_checkpoint: Any, func_plan: Any, tasks: Mapping[str, str]
 ) -> list[str]:
-    """The functional stage's denoised series of every run of ``dataset``."""
-    pattern = fp.denoise_outputs(func_plan)["timeseries"]
+    """The functional stage's denoised series of every run of ``dataset`` (of a
+    ``parcellated`` dataset: its released series in the same format, rule
+    ``parcel_series``)."""
+    if dataset in func_plan.parcellated:
+        pattern = PARCEL_SERIES
+    else:
+        pattern = fp.denoise_outputs(func_plan)["timeseries"]
     scans = ingest_checkpoint.get(dataset=dataset).output.scans
     return [
         pattern.format(dataset=dataset, fdir=r.fdir, fstem=r.fstem)
@@ -198,7 +237,7 @@ def pretrain_shards(
     """(shards, indexes) of the pretraining datasets: every TR (series) or the T1 volumes."""
     shards: list[str] = []
     indexes: list[str] = []
-    for ds in plan.pretrain:
+    for ds in plan.t1_pretrain if kind == "volumes" else plan.pretrain:
         if kind == "volumes":
             shards.append(VOLUME_SHARD.format(dataset=ds))
             indexes.append(VOLUME_INDEX.format(dataset=ds))

@@ -15,6 +15,7 @@ from brainharmony.cli import main
 from brainharmony.io import InputDataError, write_npy, write_tsv
 from brainharmony.models.harmonizer_data import FusedDataset, read_token_file, read_token_index
 from brainharmony.pipelines.embed import (
+    embed_f,
     load_frozen,
     pair_sessions,
     read_features,
@@ -333,3 +334,41 @@ def test_roi_similarity_command_needs_the_token_grid(tmp_path: Path, capsys) -> 
     (folder / "index.json").write_text('{"FGrid": [4, 2]}')
     assert main(argv) == 0
     assert read_features(out)["features"].shape == (1, 6)
+
+
+def test_embed_f_equals_the_f_features_of_embed_encoders(tmp_path: Path) -> None:
+    """A dataset without T1w (kind parcellated): ``embed f`` writes the same pooled F
+    features as ``embed encoders`` does with volumes, and no token files."""
+    h, g = _tables(tmp_path)
+    f_raw = {"name": "f", "kind": "bh_f", "model": {**F_MODEL, "harmonics": str(h),
+             "gradients": str(g)}}  # fmt: skip
+    _save_model(tmp_path / "f", f_raw, seed=0)
+    _save_model(tmp_path / "s", {"name": "s", "kind": "bh_s", "model": S_MODEL}, 1)
+    paths = _data(tmp_path)
+    out = tmp_path / "emb"
+    common = [
+        "--f-model",
+        str(tmp_path / "f"),
+        "--series-shard",
+        str(paths["s_shard"]),
+        "--series-index",
+        str(paths["s_index"]),
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    argv = ["embed", "encoders", *common, "--s-model", str(tmp_path / "s"),
+            "--volume-shard", str(paths["v_shard"]), "--volume-index", str(paths["v_index"]),
+            "--tokens-dir", str(out / "tokens"), "--out-f", str(out / "both.npz"),
+            "--out-s", str(out / "s.npz")]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["embed", "f", *common, "--out-f", str(out / "f_only" / "f.npz")]) == 0
+    both, alone = read_features(out / "both.npz"), read_features(out / "f_only" / "f.npz")
+    assert alone["subject"].tolist() == both["subject"].tolist() == ["01", "01", "02", "03"]
+    assert alone["session"].tolist() == both["session"].tolist()
+    np.testing.assert_allclose(alone["features"], both["features"], rtol=1e-6, atol=1e-7)
+    assert sorted(p.name for p in (out / "f_only").iterdir()) == ["f.json", "f.npz"]
+    with pytest.raises(InputDataError, match="is a 'bh_s' model; expected 'bh_f'"):
+        embed_f(f_model=tmp_path / "s", series_shard=paths["s_shard"],
+                series_index=paths["s_index"], out_f=out / "x.npz")  # fmt: skip
