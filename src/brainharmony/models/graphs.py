@@ -350,12 +350,23 @@ class BrainGNN(nn.Module):
             scores.append(s)
             readouts += [h.max(dim=1).values, h.mean(dim=1)]
         z = torch.cat(readouts, dim=1)
-        z = self.drop(self.bn1(F.relu(self.fc1(z))))
-        z = self.drop(self.bn2(F.relu(self.fc2(z))))
+        z = self.drop(_batch_norm(self.bn1, F.relu(self.fc1(z))))
+        z = self.drop(_batch_norm(self.bn2, F.relu(self.fc2(z))))
         return self.fc3(z), scores
 
     def forward(self, x: Tensor, adj: Tensor) -> Tensor:
         return self.forward_with_scores(x, adj)[0]
+
+
+def _batch_norm(bn: nn.BatchNorm1d, z: Tensor) -> Tensor:
+    """``bn(z)``; a batch of one subject in training (a fold with one training subject)
+    is normalised with the running statistics, which it leaves unchanged (batch
+    statistics of one sample are undefined)."""
+    if bn.training and z.shape[0] == 1:
+        return F.batch_norm(
+            z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+        )
+    return bn(z)
 
 
 def braingnn_regularisers(

@@ -212,3 +212,51 @@ def test_settings_round_trip_through_json():
     again = settings_from_mapping(s.to_dict())
     assert again.graphs == s.graphs
     assert again.graphs.bnt.clusters == 8 and again.graphs.brainnetcnn.e2e_channels == (8, 8)
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_one_training_subject_still_trains(name, data):
+    """A tiny fold (one training and one validation subject) runs: BrainGNN's batch norm
+    falls back to its running statistics for a batch of one."""
+    table, labels = data
+    s = settings(**{name: {**SMALL[name], "epochs": 2, "patience": 2}})
+    fold = Fold(
+        0, 0, table.subjects[:1], table.subjects[1:2], table.subjects[2:5],
+        labels[:1], labels[1:2], CLASSES,
+    )  # fmt: skip
+    out = create(name, s.task("d", "dx"), s, {"fc": table}).run_fold(fold)
+    assert out.test.proba.shape == (3, 2) and np.isfinite(out.test.proba).all()
+
+
+def test_cli_evaluate_runs_the_graph_baselines_on_series_files(tmp_path):
+    """The workflow's route: ``brainharmony evaluate --series ... --models ...`` with the
+    settings JSON carrying ``graphs``; every baseline predicts every test subject."""
+    import json
+
+    import pandas as pd
+
+    from brainharmony import cli
+    from tests.unit.evaluate.test_protocol import planted_cohort, write_series, write_split_dirs
+
+    table = planted_cohort(16)
+    table.to_csv(tmp_path / "participants.tsv", sep="\t", index=False)
+    series = write_series(tmp_path / "func", table)  # 10 ROIs
+    small = {name: {**SMALL[name], "epochs": 2, "patience": 2} for name in GRAPHS}
+    small["bnt"].update(heads=2, clusters=4)
+    block = {
+        "tasks": {"synth": {"dx": {"target": "diagnosis", "type": "classification",
+                                   "positive": "PT"}}},
+        "models": ["fc_ridge", *GRAPHS],
+        "graphs": small,
+    }  # fmt: skip
+    splits = write_split_dirs(table, "diagnosis", "classification", tmp_path / "splits", n_folds=2)
+    out = tmp_path / "predictions.tsv"
+    args = ["evaluate", "--dataset", "synth", "--task", "dx", "--settings", json.dumps(block)]
+    args += ["--labels", str(tmp_path / "participants.tsv"), "--splits", *map(str, splits)]
+    args += ["--series", *map(str, series), "--threads", "1", "--out", str(out)]
+    assert cli.main(args) == 0
+    assert torch.get_num_threads() == 1
+    preds = pd.read_csv(out, sep="\t", dtype={"subject": str})
+    test = preds.loc[preds["split"] == "test"]
+    assert set(test["model"]) == {"fc_ridge", *GRAPHS}
+    assert (test.groupby("model")["subject"].nunique() == 16).all()
