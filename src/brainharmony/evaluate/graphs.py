@@ -170,10 +170,11 @@ class GraphBaseline(HarnessModel):
         y_std: float,
     ) -> Output:
         model.eval()
+        bs = self.cfg.batch_size  # the training batch bounds the memory of prediction too
         with torch.no_grad():
             outs = [
-                self.forward(model, [t[i : i + 64] for t in inputs])[0]
-                for i in range(0, inputs[0].shape[0], 64)
+                self.forward(model, [t[i : i + bs] for t in inputs])[0]
+                for i in range(0, inputs[0].shape[0], bs)
             ]
         out = torch.cat(outs).double().numpy()
         if self.task.type == "regression":
