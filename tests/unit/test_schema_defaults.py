@@ -24,7 +24,13 @@ import yaml
 
 from brainharmony.anat.settings import AnatSettings
 from brainharmony.demo.generate import generate_demo
-from brainharmony.evaluate.settings import EvalSettings, FineTuneSettings
+from brainharmony.evaluate.settings import (
+    BNTSettings,
+    BrainGNNSettings,
+    BrainNetCNNSettings,
+    EvalSettings,
+    FineTuneSettings,
+)
 from brainharmony.func.fmriprep import DEFAULT_SPACE, FmriprepSettings
 from brainharmony.ingest import ingest_dataset
 from brainharmony.parcellated import ingest_parcellated
@@ -105,8 +111,11 @@ LIBRARY: dict[str, Callable[[], Any]] = {
     **_same_fields(GeometryPlan, "geometry"),
     **_same_fields(MultiTRPlan, "multitr", {"scaling": "scaling_mode"}),
     **_same_fields(TrainPlan, "train"),
-    **_same_fields(EvalSettings, "evaluate", skip=("tasks", "grids", "finetune")),
+    **_same_fields(EvalSettings, "evaluate", skip=("tasks", "grids", "finetune", "graphs")),
     **_same_fields(FineTuneSettings, "evaluate.finetune"),
+    **_same_fields(BrainNetCNNSettings, "evaluate.graphs.brainnetcnn"),
+    **_same_fields(BrainGNNSettings, "evaluate.graphs.braingnn"),
+    **_same_fields(BNTSettings, "evaluate.graphs.bnt"),
 }
 
 #: Schema keys that set no library default, and why.

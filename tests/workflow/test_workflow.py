@@ -40,11 +40,26 @@ TINY = {
             "finetune_harmonizer",
             "finetune_bh_f",
             "predictor",
+            "brainnetcnn",
+            "braingnn",
+            "bnt",
         ],
         "seeds": [0],
         "n_folds": 2,
         "val_fraction": 0.3,
         "finetune": {"epochs": 2, "warmup_epochs": 0.5, "patience": 2},
+        # the graph baselines shrunk to a check that they run end to end (400 ROIs)
+        "graphs": {
+            "brainnetcnn": {
+                "e2e_channels": [4, 4],
+                "e2n_channels": 8,
+                "n2g_channels": 16,
+                "hidden": [8],
+                "epochs": 2,
+            },
+            "braingnn": {"conv_dims": [8, 8], "mlp_hidden": 16, "epochs": 2},
+            "bnt": {"ff_dim": 32, "clusters": 8, "hidden": [16], "epochs": 2},
+        },
     },
 }
 
@@ -180,6 +195,9 @@ def test_tiny_run_through_every_stage(tiny_run):
         "finetune_harmonizer",
         "finetune_bh_f",
         "predictor",
+        "brainnetcnn",
+        "braingnn",
+        "bnt",
     }
     # the fine-tuned rows trained the Harmonizer / F encoder (not a frozen probe)
     selection = pd.read_csv(res / "eval" / "demoA" / "diagnosis" / "selection.tsv", sep="\t")

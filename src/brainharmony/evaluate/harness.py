@@ -56,9 +56,17 @@ class ModelInfo:
     inputs: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def uses_torch(self) -> bool:
+        """Whether the model trains with torch (its thread count is then limited too)."""
+        return self.target.partition(":")[0] in TORCH_MODULES
+
 
 _B = "brainharmony.evaluate.baselines"
 _FT = "brainharmony.evaluate.finetune"
+_G = "brainharmony.evaluate.graphs"
+#: Modules whose models train with torch (``brainharmony evaluate --threads`` limits it).
+TORCH_MODULES = frozenset({_FT, _G})
 
 #: Every harness model, by name.
 HARNESS: dict[str, ModelInfo] = {
@@ -68,6 +76,9 @@ HARNESS: dict[str, ModelInfo] = {
         ModelInfo("fc_ridge", "FC ridge", f"{_B}:RidgeModel", True, "fc"),
         ModelInfo("fc_kernel_ridge", "FC kernel ridge (RBF)", f"{_B}:KernelRidgeModel", True, "fc"),
         ModelInfo("fc_logistic", "FC logistic regression", f"{_B}:LogisticModel", True, "fc"),
+        ModelInfo("brainnetcnn", "BrainNetCNN", f"{_G}:BrainNetCNNModel", True, "fc"),
+        ModelInfo("braingnn", "BrainGNN", f"{_G}:BrainGNNModel", True, "fc"),
+        ModelInfo("bnt", "BNT", f"{_G}:BNTModel", True, "fc"),
         ModelInfo(
             "probe_harmonizer", "BrainHarmonix (LP)", f"{_B}:LinearProbe", False, "embedding"
         ),

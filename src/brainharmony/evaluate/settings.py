@@ -315,6 +315,102 @@ class FineTuneSettings:
 
 
 @dataclass(frozen=True)
+class BrainNetCNNSettings:
+    """BrainNetCNN (``brainnetcnn``): Kawahara et al. 2017, their sizes and recipe.
+
+    Architecture (:class:`brainharmony.models.graphs.BrainNetCNNConfig`): two
+    edge-to-edge layers of 32 maps, edge-to-node 64, node-to-graph 256, fully connected
+    128 and 30, dropout 0.5, leaky ReLU slope 0.33. Training: SGD with momentum 0.9,
+    learning rate 0.01, weight decay 5e-4, mini-batches of 14 (the paper's Caffe
+    solver). The paper gives no epoch count: up to ``epochs``, the epoch chosen on val
+    (stopping after ``patience`` epochs without a better val score).
+    """
+
+    e2e_channels: tuple[int, ...] = (32, 32)
+    e2n_channels: int = 64
+    n2g_channels: int = 256
+    hidden: tuple[int, ...] = (128, 30)
+    dropout: float = 0.5
+    negative_slope: float = 0.33
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    batch_size: int = 14
+    epochs: int = 100
+    patience: int = 20
+
+
+@dataclass(frozen=True)
+class BrainGNNSettings:
+    """BrainGNN (``braingnn``): Li et al. 2021, sizes and recipe of the official code
+    (xxlya/BrainGNN_Pytorch).
+
+    Two Ra-GConv layers of 32 with 8 communities, each followed by R-pool keeping half
+    the nodes; fully connected 32 and 512, dropout 0.5. Graphs: node features the FC
+    rows, edges the top ``edge_density`` of the positive FC values. Loss:
+    cross-entropy + ``unit_weight`` x unit loss + ``topk_weight`` x TopK-pooling loss
+    (both layers) + ``consistency_weight`` x group-level consistency. Training: SGD
+    (Nesterov momentum 0.9), learning rate 0.01 halved every 20 epochs, weight decay
+    5e-3, batches of 100, up to 100 epochs, the epoch chosen on val.
+    """
+
+    conv_dims: tuple[int, ...] = (32, 32)
+    communities: int = 8
+    pool_ratio: float = 0.5
+    mlp_hidden: int = 512
+    dropout: float = 0.5
+    edge_density: float = 0.1
+    unit_weight: float = 1.0
+    topk_weight: float = 0.1
+    consistency_weight: float = 0.1
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.005
+    step_size: int = 20
+    gamma: float = 0.5
+    batch_size: int = 100
+    epochs: int = 100
+    patience: int = 20
+
+
+@dataclass(frozen=True)
+class BNTSettings:
+    """Brain Network Transformer (``bnt``): Kan et al. 2022, sizes and recipe of the
+    official code (Wayfear/BrainNetworkTransformer).
+
+    Two transformer layers over the ROI tokens (4 heads, feed-forward 1024, dropout
+    0.1), OCRead with 100 frozen orthonormal centres (encoder MLP 32), reduction to 8
+    per cluster, fully connected 256 and 32. Training: Adam, learning rate 1e-4 with a
+    cosine decay to 1e-5 over ``epochs``, weight decay 1e-4, batches of 64, up to 200
+    epochs, the epoch chosen on val.
+    """
+
+    layers: int = 2
+    heads: int = 4
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    clusters: int = 100
+    encoder_hidden: int = 32
+    reduced_dim: int = 8
+    hidden: tuple[int, ...] = (256, 32)
+    lr: float = 0.0001
+    min_lr: float = 0.00001
+    weight_decay: float = 0.0001
+    batch_size: int = 64
+    epochs: int = 200
+    patience: int = 20
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """The published graph baselines (``evaluate.graphs``; :mod:`.graphs`)."""
+
+    brainnetcnn: BrainNetCNNSettings = field(default_factory=BrainNetCNNSettings)
+    braingnn: BrainGNNSettings = field(default_factory=BrainGNNSettings)
+    bnt: BNTSettings = field(default_factory=BNTSettings)
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     """The ``evaluate:`` block with defaults.
 
@@ -340,6 +436,8 @@ class EvalSettings:
         Significance level of the paired tests shown in the tables.
     grids : Grids
     finetune : FineTuneSettings
+    graphs : GraphSettings
+        Sizes and recipes of the graph baselines (``brainnetcnn``, ``braingnn``, ``bnt``).
     predictor_lmae : {"per_fold", "shared"}
         How the predictor's LMAE stage is pretrained: per fold on that fold's training
         subjects only (default), or once on every subject of ``pretrain.datasets``, test
@@ -368,6 +466,7 @@ class EvalSettings:
     alpha: float = 0.05
     grids: Grids = field(default_factory=Grids)
     finetune: FineTuneSettings = field(default_factory=FineTuneSettings)
+    graphs: GraphSettings = field(default_factory=GraphSettings)
     predictor_lmae: Literal["per_fold", "shared"] = "per_fold"
 
     def task(self, dataset: str, name: str) -> TaskSpec:
@@ -412,6 +511,7 @@ class EvalSettings:
                 )
                 for f in fields(FineTuneSettings)
             },
+            "graphs": {f.name: _plain(getattr(self.graphs, f.name)) for f in fields(GraphSettings)},
             "predictor_lmae": self.predictor_lmae,
         }
 
@@ -430,6 +530,7 @@ _TOP_KEYS = {
     "alpha",
     "grids",
     "finetune",
+    "graphs",
     "predictor_lmae",
 }
 _TASK_KEYS = {
@@ -443,6 +544,78 @@ _TASK_KEYS = {
     "partial_out",
     "description",
 }
+
+
+def _plain(block: Any) -> dict[str, Any]:
+    """A settings dataclass as a JSON-ready dict (tuples as lists)."""
+    return {
+        f.name: list(v) if isinstance(v := getattr(block, f.name), tuple) else v
+        for f in fields(block)
+    }
+
+
+#: Graph-baseline settings that must be > 0, in [0, 1), or in (0, 1].
+_GRAPH_POSITIVE = (
+    "lr",
+    "batch_size",
+    "epochs",
+    "patience",
+    "communities",
+    "mlp_hidden",
+    "e2n_channels",
+    "n2g_channels",
+    "layers",
+    "heads",
+    "ff_dim",
+    "clusters",
+    "encoder_hidden",
+    "reduced_dim",
+    "step_size",
+    "gamma",
+)
+_GRAPH_UNIT_OPEN = ("dropout", "momentum")
+_GRAPH_UNIT_CLOSED = ("pool_ratio", "edge_density")
+
+
+def _graph_settings(raw: Any) -> GraphSettings:
+    """``evaluate.graphs`` -> :class:`GraphSettings` (unknown keys and bad values named)."""
+    if raw is None:
+        return GraphSettings()
+    if not isinstance(raw, Mapping):
+        raise SettingsError("evaluate.graphs: expected a mapping model -> settings")
+    kinds = [f.name for f in fields(GraphSettings)]
+    _check_keys(raw, set(kinds), "evaluate.graphs")
+    built: dict[str, Any] = {}
+    for name in kinds:
+        cls = type(getattr(GraphSettings(), name))
+        block = raw.get(name) or {}
+        where = f"evaluate.graphs.{name}"
+        if not isinstance(block, Mapping):
+            raise SettingsError(f"{where}: expected a mapping")
+        _check_keys(block, {g.name for g in fields(cls)}, where)
+        values: dict[str, Any] = {}
+        for key, value in block.items():
+            if isinstance(value, Sequence) and not isinstance(value, str):
+                if not value or any(not isinstance(v, int) or v < 1 for v in value):
+                    raise SettingsError(f"{where}.{key}: expected a non-empty list of ints >= 1")
+                value = tuple(int(v) for v in value)
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise SettingsError(f"{where}.{key}: expected a number; got {value!r}")
+            values[key] = value
+        settings = cls(**values)
+        for key in (g.name for g in fields(cls)):
+            v = getattr(settings, key)
+            if key in _GRAPH_POSITIVE and not v > 0:
+                raise SettingsError(f"{where}.{key}: must be > 0; got {v}")
+            if key in _GRAPH_UNIT_OPEN and not 0 <= v < 1:
+                raise SettingsError(f"{where}.{key}: must be in [0, 1); got {v}")
+            if key in _GRAPH_UNIT_CLOSED and not 0 < v <= 1:
+                raise SettingsError(f"{where}.{key}: must be in (0, 1]; got {v}")
+            if key.endswith("_weight") or key in ("weight_decay", "min_lr"):
+                if v < 0:
+                    raise SettingsError(f"{where}.{key}: must be >= 0; got {v}")
+        built[name] = settings
+    return GraphSettings(**built)
 
 
 def _mapping(value: Any) -> tuple[tuple[str, str], ...] | None:
@@ -634,6 +807,7 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         alpha=alpha,
         grids=grids,
         finetune=finetune,
+        graphs=_graph_settings(block.get("graphs")),
         predictor_lmae=predictor_lmae,  # type: ignore[arg-type]
     )
 

@@ -169,11 +169,11 @@ def _run(args: argparse.Namespace) -> int:
     inputs["exclusions"] = subject_exclusions(args.series, args.fc_shard)
     dirs = parse_named(args.finetune, "--finetune")
     inputs["model_dir"] = {k: v[0] for k, v in dirs.items()}
-    if dirs:
-        if args.threads:
-            import torch
+    if args.threads and (dirs or any(model_info(m).uses_torch for m in models)):
+        import torch
 
-            torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    if dirs:
         from brainharmony.evaluate.finetune import item_source
 
         shards = [(s, i) for s, i in args.ft_shard]
