@@ -88,8 +88,6 @@ def load_checkpoint_file(path: Path) -> Mapping[str, Any]:
         Missing, unreadable or corrupt file; pickled objects beyond the allow-list; a
         file that is not a mapping.
     """
-    import pickle
-
     import torch
 
     if not path.is_file():
@@ -97,15 +95,18 @@ def load_checkpoint_file(path: Path) -> Mapping[str, Any]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except Exception as err:
+        # torch's weights_only refusal, matched by its message so that this module never
+        # imports pickle (tests/unit/test_safe_loading.py)
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        what = f" ({found.group(1)})" if found else ""
-        raise InputDataError(
-            path,
-            "refused: it holds pickled objects other than tensors, plain containers and "
-            f"argparse.Namespace{what}; only weights are loaded",
-        ) from None
-    except Exception as err:  # truncated, not a zip/pickle, not torch at all
+        if found or "Weights only load failed" in str(err):
+            what = f" ({found.group(1)})" if found else ""
+            raise InputDataError(
+                path,
+                "refused: it holds pickled objects other than tensors, plain containers and "
+                f"argparse.Namespace{what}; only weights are loaded",
+            ) from None
+        # truncated, not a zip/pickle, not torch at all
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputDataError(path, f"cannot be read as a PyTorch checkpoint: {first}") from None
     if not isinstance(obj, Mapping):
