@@ -57,8 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from brainharmony.models.blocks import Encoder, init_vit_weights
-from brainharmony.models.jepa import BrainHarmonixF, JepaPredictor, run_encoder
-from brainharmony.models.masks import JepaMaskConfig
+from brainharmony.models.jepa import BrainHarmonixF, assemble, run_encoder
 from brainharmony.models.posemb import RoiTimePosEmbed, read_roi_table
 
 __all__ = ["BrainJepa", "BrainJepaEncoder", "build", "gradient_pos_embed"]
@@ -252,20 +251,5 @@ def build(cfg: Mapping[str, Any]) -> BrainJepa:
         drop_path=float(c["drop_path"]),
         grad_checkpoint=bool(c["grad_checkpoint"]),
     )
-    predictor = JepaPredictor(
-        dim,
-        gradient_pos_embed(pred_dim, n_rois, n_patches, table, n_grad),
-        pred_dim=pred_dim,
-        depth=int(c["pred_depth"]),
-        heads=int(c["pred_heads"]),
-        mlp_ratio=float(c["mlp_ratio"]),
-        grad_checkpoint=bool(c["grad_checkpoint"]),
-    )
-    return BrainJepa(
-        encoder,
-        predictor,
-        masks=JepaMaskConfig.from_mapping(c["masks"]),
-        ema=tuple(c["ema"]),  # type: ignore[arg-type]
-        loss_beta=float(c["loss_beta"]),
-        encode_with=str(c["encode_with"]),
-    )
+    pred_pos = gradient_pos_embed(pred_dim, n_rois, n_patches, table, n_grad)
+    return assemble(BrainJepa, c, encoder, pred_pos)  # type: ignore[return-value]

@@ -53,7 +53,7 @@ from brainharmony.models.masks import JepaMaskConfig, mask_to_index, sample_jepa
 from brainharmony.models.posemb import RoiTimePosEmbed, read_roi_table
 from brainharmony.models.tape import DEFAULT_TAU, TAPE
 
-__all__ = ["BrainHarmonixF", "FEncoder", "JepaPredictor", "build", "gather_tokens"]
+__all__ = ["BrainHarmonixF", "FEncoder", "JepaPredictor", "assemble", "build", "gather_tokens"]
 
 logger = logging.getLogger(__name__)
 
@@ -469,16 +469,25 @@ def build(cfg: Mapping[str, Any]) -> BrainHarmonixF:
         drop_path=float(c["drop_path"]),
         grad_checkpoint=bool(c["grad_checkpoint"]),
     )
+    return assemble(BrainHarmonixF, c, encoder, _pos(c, pred_dim, tables, placeholder))
+
+
+def assemble(
+    cls: type[BrainHarmonixF], c: Mapping[str, Any], encoder: nn.Module, pred_pos: nn.Module
+) -> BrainHarmonixF:
+    """The JEPA model ``cls`` around a built ``encoder``: its predictor (position embedding
+    ``pred_pos`` at width ``pred_dim``), masks, EMA and loss, from the full ``model:``
+    mapping ``c`` (shared by BrainHarmonix-F and :mod:`brainharmony.models.brain_jepa`)."""
     predictor = JepaPredictor(
-        dim,
-        _pos(c, pred_dim, tables, placeholder),
-        pred_dim=pred_dim,
+        int(c["dim"]),
+        pred_pos,
+        pred_dim=int(c["pred_dim"]),
         depth=int(c["pred_depth"]),
         heads=int(c["pred_heads"]),
         mlp_ratio=float(c["mlp_ratio"]),
         grad_checkpoint=bool(c["grad_checkpoint"]),
     )
-    return BrainHarmonixF(
+    return cls(
         encoder,
         predictor,
         masks=JepaMaskConfig.from_mapping(c["masks"]),
