@@ -28,7 +28,10 @@ from tests.conftest import BIN, REPO, snakemake_exe
 
 pytestmark = pytest.mark.workflow
 
-PRESETS = sorted((REPO / "config" / "presets").glob("*.yaml"))
+#: The paper presets (``demo_*.yaml`` are demo-data runs, tested in test_variants.py).
+PRESETS = sorted(
+    p for p in (REPO / "config" / "presets").glob("*.yaml") if not p.stem.startswith("demo_")
+)
 
 #: The ``evaluate:`` schema block (merged into the schema's properties for these tests).
 EVALUATE_SCHEMA = yaml.safe_load(

@@ -314,6 +314,65 @@ def get_harmonizer_grid(wildcards):
     return planning.train.harmonizer_sets(PLAN.train, anat.model_box_mm, anat.resolution_mm)
 
 
+# train: variants (train.variants; wildcard `variant`) ------------------------------------
+def get_variant_train_inputs(wildcards):
+    """Named inputs of a variant's training job: its YAML and its data (the pretraining
+    series shards, all TRs or the native ones, with the scaling statistics and geometry
+    tables; or the main encoders' token indexes)."""
+    return planning.train.variant_train_inputs(
+        PLAN.train,
+        wildcards.variant,
+        PLAN.multitr,
+        PLAN.geometry,
+        checkpoints.ingest,
+        rules.embed_encoders.output.tokens,
+    )
+
+
+def get_variant_yaml(wildcards):
+    """The variant's model YAML, checked (it exists; its kind suits the role)."""
+    return planning.train.check_variant_yaml(PLAN.train, wildcards.variant)
+
+
+def get_variant_train_args(wildcards):
+    """Its data options and --set overrides (brainharmony.planning.train)."""
+    anat = PLAN.anat.settings
+    return planning.train.variant_train_args(
+        PLAN.train,
+        wildcards.variant,
+        get_variant_train_inputs(wildcards),
+        PLAN.geometry,
+        anat.model_box_mm,
+        anat.resolution_mm,
+    )
+
+
+def get_variant_embed_inputs(wildcards):
+    """Named inputs of a variant's embedding job on one dataset."""
+    name = wildcards.variant
+    native = {}
+    if PLAN.train.variants[name].role == "bh_f":
+        native = {
+            "series": get_native_series_shard(wildcards),
+            "index": get_native_series_index(wildcards),
+        }
+    return planning.train.variant_embed_inputs(
+        PLAN.train,
+        name,
+        wildcards.dataset,
+        native,
+        PLAN.multitr.scaling_stats,
+        rules.embed_encoders.output.tokens,
+        PLAN.ingest.parcellated,
+    )
+
+
+def get_variant_embed_args(wildcards, output):
+    return planning.train.variant_embed_args(
+        PLAN.train, wildcards.variant, get_variant_embed_inputs(wildcards), output[0]
+    )
+
+
 # evaluate -------------------------------------------------------------------------------
 def _eval_task(wildcards):
     return planning.evaluate.task_of(PLAN.evaluate.settings, wildcards)
@@ -337,7 +396,9 @@ def get_eval_site_mode(wildcards):
 
 def get_eval_models(wildcards):
     """The task's models (those needing T1w left out when it has only parcellated data)."""
-    return planning.evaluate.models_for(PLAN.evaluate.settings, wildcards, PLAN.ingest.parcellated)
+    return planning.evaluate.models_for(
+        PLAN.evaluate.settings, wildcards, PLAN.ingest.parcellated, PLAN.evaluate.needs_t1
+    )
 
 
 def get_eval_model_inputs(wildcards):
@@ -346,14 +407,18 @@ def get_eval_model_inputs(wildcards):
     return planning.evaluate.model_inputs(
         PLAN.evaluate.settings,
         wildcards,
+        embeddings=PLAN.evaluate.embeddings,
         native_ms=lambda d: planning.multitr.native_ms(d, checkpoints.ingest),
         outputs=PLAN.train.outputs,
         parcellated=PLAN.ingest.parcellated,
+        needs_t1=PLAN.evaluate.needs_t1,
     )
 
 
 def get_eval_model_args(wildcards, input):
-    return planning.evaluate.model_args(PLAN.evaluate.settings, input)
+    return planning.evaluate.model_args(
+        PLAN.evaluate.settings, input, embeddings=PLAN.evaluate.embeddings
+    )
 
 
 def get_split_metas(wildcards):

@@ -46,6 +46,8 @@ rule train_all:
         expand(rules.embed_encoders.output, dataset=BIDS_DATASETS),
         expand(rules.embed_harmonizer.output, dataset=BIDS_DATASETS),
         expand(rules.embed_f.output, dataset=PLAN.ingest.parcellated),
+        # train.variants: each one's model folder and features
+        PLAN.train.variant_targets(DATASETS, BIDS_DATASETS),
 
 
 # The one stage that needs more than the schema defaults: evaluate.tasks (which

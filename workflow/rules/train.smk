@@ -249,3 +249,67 @@ rule train_lmae:
         "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
         "--state {params.state:q} {params.pairs} --scaling {input.scaling:q} "
         "--threads {threads} {params.opts} > {log:q} 2>&1"
+
+
+# Variants (train.variants): extra models trained next to the main ones, e.g. the
+# ablations and Brain-JEPA (docs/evaluation.md, "Ablations and Brain-JEPA"). One rule
+# trains any variant: a bh_f variant (kind bh_f or brain_jepa) on the pretraining series
+# shards (every TR, or the native TR only with multitr: native), a harmonizer variant on
+# the main encoders' token files; the variant's `set` items override its YAML.
+rule train_variant:
+    input:
+        unpack(get_variant_train_inputs),
+        # its YAML (refused when planned if missing or of a kind the role cannot take)
+        yaml=get_variant_yaml,
+    output:
+        **PLAN.train.variant_outputs(),
+    log:
+        "logs/train/variants/{variant}.log",
+    benchmark:
+        "benchmarks/results/train/variants/{variant}.tsv"
+    wildcard_constraints:
+        variant=PLAN.train.variant_pattern(),
+    conda:
+        str(ENVS / "train.yaml")
+    threads: PLAN.train.threads
+    resources:
+        gpu=PLAN.train.gpus,
+        mem_mb=16000,
+        runtime=2880,
+    params:
+        bh=TRAIN_BH,
+        out=subpath(output.weights, parent=True),
+        state=get_state_dir,
+        args=get_variant_train_args,
+        opts=PLAN.train.options,
+    shell:
+        "{params.bh} -v train --config {input.yaml:q} --out {params.out:q} "
+        "--state {params.state:q} {params.args} --threads {threads} {params.opts} "
+        "> {log:q} 2>&1"
+
+
+# A variant's pooled features per dataset: `embed f` (bh_f variants: the dataset's
+# native-TR shard) or `embed harmonizer` (the main encoders' token files; datasets with
+# T1w only).
+rule embed_variant:
+    input:
+        unpack(get_variant_embed_inputs),
+        weights=PLAN.train.variant_outputs()["weights"],
+    output:
+        PLAN.train.variant_embedding,
+    log:
+        "logs/train/variants/embed_{variant}_{dataset}.log",
+    wildcard_constraints:
+        variant=PLAN.train.variant_pattern(),
+    conda:
+        str(ENVS / "train.yaml")
+    threads: PLAN.train.threads
+    resources:
+        gpu=min(PLAN.train.gpus, 1),
+        mem_mb=8000,
+        runtime=240,
+    params:
+        bh=BH,
+        args=get_variant_embed_args,
+    shell:
+        "{params.bh} -v embed {params.args} --threads {threads} > {log:q} 2>&1"

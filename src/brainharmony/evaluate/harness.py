@@ -146,8 +146,11 @@ def display_name(name: str, settings: EvalSettings | None = None) -> str:
 
     With ``settings``, a fine-tuning entry (``finetune_*``) run with a frozen encoder
     (``evaluate.finetune.train_encoder: false``) is labelled a linear probe
-    (:data:`FROZEN_TAG` instead of "(FT)"), so that no row claims fine-tuning it did not do.
+    (:data:`FROZEN_TAG` instead of "(FT)"), so that no row claims fine-tuning it did not do;
+    a label in ``settings.labels`` (``evaluate.labels``, the workflow's variants) wins.
     """
+    if settings is not None and name in settings.labels:
+        return settings.labels[name]
     try:
         info = model_info(name)
     except ValueError:

@@ -442,6 +442,9 @@ class EvalSettings:
         How the predictor's LMAE stage is pretrained: per fold on that fold's training
         subjects only (default), or once on every subject of ``pretrain.datasets``, test
         folds included (transductive; the table labels the predictor so).
+    labels : mapping of str to str
+        Row label per harness model name, over the registry's (the workflow adds those
+        of its ``train.variants``: ``probe_<name>`` -> ``"<label> (LP)"``).
     """
 
     tasks: tuple[TaskSpec, ...] = ()
@@ -468,6 +471,7 @@ class EvalSettings:
     finetune: FineTuneSettings = field(default_factory=FineTuneSettings)
     graphs: GraphSettings = field(default_factory=GraphSettings)
     predictor_lmae: Literal["per_fold", "shared"] = "per_fold"
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     def task(self, dataset: str, name: str) -> TaskSpec:
         """The spec of one task (error listing the configured tasks when absent)."""
@@ -513,6 +517,7 @@ class EvalSettings:
             },
             "graphs": {f.name: _plain(getattr(self.graphs, f.name)) for f in fields(GraphSettings)},
             "predictor_lmae": self.predictor_lmae,
+            "labels": dict(self.labels),
         }
 
 
@@ -532,6 +537,7 @@ _TOP_KEYS = {
     "finetune",
     "graphs",
     "predictor_lmae",
+    "labels",
 }
 _TASK_KEYS = {
     "target",
@@ -665,6 +671,23 @@ def _floats(value: Any, where: str, positive: bool = True) -> tuple[float, ...]:
     out = tuple(float(v) for v in value)
     if positive and any(v <= 0 for v in out):
         raise SettingsError(f"{where}: every value must be > 0; got {list(out)}")
+    return out
+
+
+def _labels(value: Any) -> dict[str, str]:
+    """``evaluate.labels``: harness model name -> row label."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"evaluate.labels: expected a mapping model -> label; got {value!r}")
+    out: dict[str, str] = {}
+    for model, label in value.items():
+        if not _MODEL.fullmatch(str(model)) or not str(label).strip():
+            raise SettingsError(
+                f"evaluate.labels: {model!r}: {label!r} is not a harness model name with a "
+                "non-empty label"
+            )
+        out[str(model)] = str(label)
     return out
 
 
@@ -809,6 +832,7 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         finetune=finetune,
         graphs=_graph_settings(block.get("graphs")),
         predictor_lmae=predictor_lmae,  # type: ignore[arg-type]
+        labels=_labels(block.get("labels")),
     )
 
 

@@ -91,8 +91,9 @@ _SERIES_META = ("subject", "session", "run", "tr", "frames", "offset")
 def load_frozen(model_dir: PathLike, device: Any = "cpu") -> tuple[Any, str]:
     """Rebuild a trained model folder, frozen and in eval mode.
 
-    BrainHarmonix-F is rebuilt with ``tables_from_state`` (its position tables come from
-    the weights, so the geometry files need not exist) and TAPE's ``overflow: crop``.
+    BrainHarmonix-F and Brain-JEPA are rebuilt with ``tables_from_state`` (their
+    position tables come from the weights, so the geometry files need not exist);
+    BrainHarmonix-F with TAPE's ``overflow: crop``.
 
     Returns
     -------
@@ -107,8 +108,9 @@ def load_frozen(model_dir: PathLike, device: Any = "cpu") -> tuple[Any, str]:
     folder = Path(model_dir)
     cfg = load_config(folder / CONFIG_NAME)
     model_cfg = thaw(cfg.model)
-    if cfg.kind == "bh_f":
+    if cfg.kind in F_KINDS:
         model_cfg["tables_from_state"] = True
+    if cfg.kind == "bh_f":
         model_cfg["overflow"] = "crop"
     model = build_model(cfg.kind, model_cfg)
     load_weights(model, folder / WEIGHTS_NAME, strict=True)
@@ -117,9 +119,16 @@ def load_frozen(model_dir: PathLike, device: Any = "cpu") -> tuple[Any, str]:
     return model.to(device).eval(), cfg.kind
 
 
-def _expect_kind(kind: str, wanted: str, folder: PathLike) -> None:
-    if kind != wanted:
-        raise InputDataError(Path(folder), f"is a {kind!r} model; expected {wanted!r}")
+#: Series encoders whose pooled features ``embed f`` writes: BrainHarmonix-F, and
+#: Brain-JEPA (a fixed number of frames per patch, no TAPE).
+F_KINDS = ("bh_f", "brain_jepa")
+
+
+def _expect_kind(kind: str, wanted: str | tuple[str, ...], folder: PathLike) -> None:
+    allowed = (wanted,) if isinstance(wanted, str) else wanted
+    if kind not in allowed:
+        expected = " or ".join(repr(k) for k in allowed)
+        raise InputDataError(Path(folder), f"is a {kind!r} model; expected {expected}")
 
 
 # --------------------------------------------------------------------------- files
@@ -260,6 +269,8 @@ def collate_rows(dataset: Any, rows: Iterable[int], device: Any) -> dict[str, An
 def _series_window(model: Any, trs: np.ndarray) -> int:
     from brainharmony.models.tape import patch_frames
 
+    if not hasattr(model.encoder, "tape"):  # Brain-JEPA: a fixed number of frames
+        return int(model.encoder.n_frames)
     tape = model.encoder.tape
     return max(tape.n_patches * patch_frames(float(tr), tape.tau) for tr in np.unique(trs))
 
@@ -434,9 +445,10 @@ def _write_f_features(
     f_model: PathLike,
     series_shard: PathLike,
     series_index: PathLike,
+    what: str = "BrainHarmonix-F",
 ) -> None:
     """Pooled F features: the mean over each session's runs, in index order of first
-    appearance."""
+    appearance (``what``: the encoder's name in the sidecar)."""
     keys = list(dict.fromkeys(zip(f_index["subject"], f_index["session"], strict=True)))
     by_key: dict[tuple[str, str], list[np.ndarray]] = {}
     for r, key in enumerate(zip(f_index["subject"], f_index["session"], strict=True)):
@@ -447,7 +459,7 @@ def _write_f_features(
         [k[1] for k in keys],
         np.stack([np.mean(by_key[k], axis=0) for k in keys]),
         {
-            "Description": "BrainHarmonix-F pooled features (mean over each session's runs)",
+            "Description": f"{what} pooled features (mean over each session's runs)",
             "Model": str(f_model),
             "Runs": [len(by_key[k]) for k in keys],
             **provenance(step="embed-encoders", inputs=[series_shard, series_index]),
@@ -467,21 +479,24 @@ def embed_f(
 ) -> None:
     """Pooled F features of one dataset without T1w (a ``parcellated`` dataset): the
     frozen BrainHarmonix-F part of :func:`embed_encoders`, in the same ``--out-f``
-    layout (no token files: the Harmonizer needs the S tokens too)."""
+    layout (no token files: the Harmonizer needs the S tokens too). The model may also
+    be a Brain-JEPA folder (kind ``brain_jepa``: ``encode``, the mean of its target
+    encoder's tokens, over each series' first ``n_patches * patch`` frames)."""
     import torch
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     f_net, f_kind = load_frozen(f_model, device)
-    _expect_kind(f_kind, "bh_f", f_model)
+    _expect_kind(f_kind, F_KINDS, f_model)
     f_index, f_data = frozen_series_data(f_net, series_shard, series_index, scaling)
     f_pooled: dict[int, np.ndarray] = {}
     with torch.no_grad():
         for chunk in _batches(range(len(f_index)), batch_size):
             feats = f_net.encode(collate_rows(f_data, chunk, device)).cpu().numpy()
             f_pooled.update(zip(chunk, feats, strict=True))
-    _write_f_features(out_f, f_index, f_pooled, f_model, series_shard, series_index)
-    logger.info("embedded %d series (F only, no T1w)", len(f_index))
+    what = "Brain-JEPA" if f_kind == "brain_jepa" else "BrainHarmonix-F"
+    _write_f_features(out_f, f_index, f_pooled, f_model, series_shard, series_index, what)
+    logger.info("embedded %d series with %s (F only, no T1w)", len(f_index), what)
 
 
 def embed_harmonizer(
@@ -637,7 +652,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fonly = sub.add_parser(
         "f", help="frozen F -> pooled features only (a dataset without T1w: parcellated)"
     )
-    fonly.add_argument("--f-model", required=True, type=Path, help="trained bh_f model folder")
+    fonly.add_argument(
+        "--f-model", required=True, type=Path, help="trained bh_f (or brain_jepa) model folder"
+    )
     fonly.add_argument("--series-shard", required=True, type=Path, help="packed series .npy")
     fonly.add_argument("--series-index", required=True, type=Path, help="its index .tsv")
     fonly.add_argument("--scaling", type=Path, help="robust-scaling statistics (.json)")

@@ -44,6 +44,7 @@ def from_config(config: Mapping[str, Any], basedir: str = ".") -> Plan:
     ValueError
         A setting no stage can run with (the message names it).
     """
+    train_plan = train.plan_from_config(config, basedir)
     return Plan(
         ingest=ingest.plan_from_config(config),
         anat=anat.plan_from_config(config),
@@ -51,6 +52,6 @@ def from_config(config: Mapping[str, Any], basedir: str = ".") -> Plan:
         qc=qc.QCPlan(),
         geometry=geometry.geometry_from_config(config),
         multitr=multitr.multitr_from_config(config),
-        train=train.plan_from_config(config, basedir),
-        evaluate=evaluate.plan_from_config(config),
+        train=train_plan,
+        evaluate=evaluate.plan_from_config(config, train_plan.variants),
     )

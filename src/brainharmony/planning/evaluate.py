@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from brainharmony.evaluate.settings import EvalSettings, TaskSpec, settings_from_mapping
 from brainharmony.planning.multitr import SCALING_STATS, denoised_series, series_shard
 from brainharmony.planning.train import EMBEDDINGS as TRAIN_EMBEDDINGS
-from brainharmony.planning.train import model_outputs
+from brainharmony.planning.train import VARIANT_EMBEDDING, Variant, model_outputs
 
 #: Pooled-embedding file of a probe model, per workflow dataset ``{d}`` (the embedding
 #: rules' outputs, :data:`brainharmony.planning.train.EMBEDDINGS`).
@@ -146,14 +146,18 @@ def t1_datasets(spec: TaskSpec, parcellated: Collection[str]) -> list[str]:
 
 
 def models_for(
-    settings: EvalSettings, wildcards: Any, parcellated: Collection[str] = ()
+    settings: EvalSettings,
+    wildcards: Any,
+    parcellated: Collection[str] = (),
+    needs_t1: Collection[str] = NEEDS_T1,
 ) -> list[str]:
     """The models evaluated on a task: ``evaluate.models`` less those that need T1w
-    (:data:`NEEDS_T1`) when every dataset pooled into the task is ``parcellated``."""
+    (``needs_t1``, default :data:`NEEDS_T1`) when every dataset pooled into the task is
+    ``parcellated``."""
     spec = task_of(settings, wildcards)
     if t1_datasets(spec, parcellated):
         return list(settings.models)
-    return [m for m in settings.models if m not in NEEDS_T1]
+    return [m for m in settings.models if m not in needs_t1]
 
 
 def model_inputs(
@@ -164,6 +168,7 @@ def model_inputs(
     native_ms: Callable[[str], int] | None = None,
     outputs: Callable[[str], Mapping[str, str]] = model_outputs,
     parcellated: Collection[str] = (),
+    needs_t1: Collection[str] = NEEDS_T1,
 ) -> dict[str, list[str]]:
     """Named inputs of the models that need more than FC (for ``unpack``).
 
@@ -172,13 +177,15 @@ def model_inputs(
     index, pairwise) plus ``<name>__scaling``; ``native_ms(dataset)`` gives a
     dataset's own TR in ms (the shards' file names) and is needed for ``series``;
     ``outputs(role)`` gives a role's model files (``TrainPlan.outputs``: a
-    ``train.pretrained`` folder or the training rule's outputs).
+    ``train.pretrained`` folder or the training rule's outputs); ``embeddings`` and
+    ``needs_t1`` are :attr:`EvalPlan.embeddings` / :attr:`EvalPlan.needs_t1` (the
+    variants' features included).
     """
     spec = task_of(settings, wildcards)
     files: dict[str, list[str]] = {}
     with_t1 = t1_datasets(spec, parcellated)
-    for model in models_for(settings, wildcards, parcellated):
-        pooled = with_t1 if model in NEEDS_T1 else spec.datasets
+    for model in models_for(settings, wildcards, parcellated, needs_t1):
+        pooled = with_t1 if model in needs_t1 else spec.datasets
         if model in embeddings:
             files[model] = [embeddings[model].format(d=d) for d in pooled]
         elif model in external:
@@ -283,12 +290,47 @@ def predictions(settings: EvalSettings) -> list[str]:
     return [PREDICTIONS.format(dataset=d, task=t) for d, t in tasks(settings)]
 
 
+def variant_embeddings(variants: Mapping[str, Variant]) -> dict[str, str]:
+    """``probe_<name>`` -> the variant's features per workflow dataset ``{d}``."""
+    return {
+        f"probe_{name}": VARIANT_EMBEDDING.replace("{dataset}", "{d}").replace("{variant}", name)
+        for name in variants
+    }
+
+
+def variant_labels(variants: Mapping[str, Variant]) -> dict[str, str]:
+    """``probe_<name>`` -> ``"<label> (LP)"``: the variants' row labels."""
+    return {f"probe_{name}": f"{v.label} (LP)" for name, v in variants.items()}
+
+
+def check_models(settings: EvalSettings, embeddings: Mapping[str, str]) -> None:
+    """Refuse, when the workflow is planned, a ``probe_<x>`` that nothing in the
+    workflow embeds (neither a main encoder's features nor a ``train.variants`` entry).
+
+    Raises
+    ------
+    ValueError
+        Naming the model and the names that would work.
+    """
+    for model in settings.models:
+        if model.startswith("probe_") and model not in embeddings:
+            raise ValueError(
+                f"evaluate.models: {model!r} has no features in this workflow: add a "
+                f"train.variants entry {model.removeprefix('probe_')!r}, or use one of "
+                f"{sorted(embeddings)}"
+            )
+
+
 @dataclass(frozen=True)
 class EvalPlan:
     """What the evaluation rules read: the settings (``.settings``), their JSON (the
-    commands' ``--settings``) and the path patterns."""
+    commands' ``--settings``), the path patterns, and the features of the probes
+    (``.embeddings``: the main encoders' and the ``train.variants``')."""
 
     settings: EvalSettings
+    embeddings: Mapping[str, str] = field(default_factory=lambda: dict(EMBEDDINGS))
+    #: Models whose inputs need T1w (:data:`NEEDS_T1` and the Harmonizer variants' probes).
+    needs_t1: frozenset[str] = NEEDS_T1
 
     @property
     def settings_json(self) -> str:
@@ -336,6 +378,23 @@ class EvalPlan:
         return predictions(self.settings)
 
 
-def plan_from_config(config: Mapping[str, Any]) -> EvalPlan:
-    """The evaluation plan of a validated workflow config."""
-    return EvalPlan(settings_from_mapping(config))
+def plan_from_config(
+    config: Mapping[str, Any], variants: Mapping[str, Variant] | None = None
+) -> EvalPlan:
+    """The evaluation plan of a validated workflow config.
+
+    ``variants`` (``TrainPlan.variants``) add their probes' features and row labels
+    (``evaluate.labels`` wins over a variant's label).
+
+    Raises
+    ------
+    ValueError
+        A ``probe_<x>`` in ``evaluate.models`` that nothing embeds (:func:`check_models`).
+    """
+    variants = variants or {}
+    settings = settings_from_mapping(config)
+    settings = replace(settings, labels={**variant_labels(variants), **settings.labels})
+    embeddings = {**EMBEDDINGS, **variant_embeddings(variants)}
+    check_models(settings, embeddings)
+    needs_t1 = NEEDS_T1 | {f"probe_{n}" for n, v in variants.items() if v.role == "harmonizer"}
+    return EvalPlan(settings, embeddings=embeddings, needs_t1=frozenset(needs_t1))

@@ -11,14 +11,15 @@ role's training rule is never requested. Nothing here imports torch.
 
 from __future__ import annotations
 
+import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from brainharmony.config import load_yaml
 from brainharmony.planning.geometry import GeometryPlan
-from brainharmony.planning.multitr import MultiTRPlan, pretrain_shards
+from brainharmony.planning.multitr import MultiTRPlan, pretrain_shards, require_t1_pretrain
 
 #: Model roles and their default YAMLs (demo sizes).
 ROLES = ("bh_s", "bh_f", "harmonizer", "lmae", "predictor")
@@ -51,17 +52,41 @@ class TrainPlan:
     device: str = "auto"
     threads: int = 1
     pretrained: Mapping[str, str] = field(default_factory=dict)
+    #: ``train.variants``: extra models trained next to the main ones (:class:`Variant`).
+    variants: Mapping[str, Variant] = field(default_factory=dict)
     basedir: str = "."
 
     def yaml(self, role: str) -> str:
         """The model YAML of a role: as given when it exists from the working folder,
         else relative to the workflow's folder (where ``models/`` ships)."""
-        from pathlib import Path
+        return resolve_yaml(self.models[role], self.basedir)
 
-        given = Path(self.models[role])
-        if given.is_absolute() or given.exists():
-            return str(given)
-        return str(Path(self.basedir) / given)
+    def variant_names(self, role: str | None = None) -> list[str]:
+        """The variants (of one role), in config order."""
+        return [n for n, v in self.variants.items() if role is None or v.role == role]
+
+    def variant_pattern(self, role: str | None = None) -> str:
+        """Wildcard constraint of the variant rules (``variant``)."""
+        return variant_pattern(self.variant_names(role))
+
+    def variant_outputs(self, name: str = "{variant}") -> dict[str, str]:
+        """The model files of a variant's training job (``results/models/<name>/``)."""
+        return model_outputs(name)
+
+    @property
+    def variant_embedding(self) -> str:
+        """Pooled features of a variant (wildcards ``variant``, ``dataset``)."""
+        return VARIANT_EMBEDDING
+
+    def variant_targets(self, datasets: Sequence[str], t1_datasets: Sequence[str]) -> list[str]:
+        """Every variant's model files and its features on each dataset (those with
+        T1w only for a Harmonizer variant): the ``train_all`` part of the variants."""
+        out: list[str] = []
+        for name, variant in self.variants.items():
+            out += list(self.variant_outputs(name).values())
+            pooled = datasets if variant.role == "bh_f" else t1_datasets
+            out += [VARIANT_EMBEDDING.format(variant=name, dataset=d) for d in pooled]
+        return out
 
     def processes(self, role: str) -> int:
         """Training processes of a role's job (world size)."""
@@ -126,6 +151,7 @@ def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan
         device=str(block["device"]),
         threads=int(block["threads"]),
         pretrained=pretrained,
+        variants=variants_from_config(block["variants"], models),
         basedir=str(basedir),
     )
     from pathlib import Path
@@ -133,6 +159,8 @@ def plan_from_config(config: Mapping[str, Any], basedir: str = ".") -> TrainPlan
     for role in ROLES:  # a global batch that train.gpus cannot make stops the planning
         if Path(plan.yaml(role)).is_file():
             plan.grad_accum(role)
+    for name, variant in plan.variants.items():  # the YAML exists and has the role's kind
+        check_global_batch(check_variant_yaml(plan, name), plan.processes(variant.role))
     return plan
 
 
@@ -351,3 +379,274 @@ def harmonizer_sets(plan: TrainPlan, model_box_mm: Sequence[int], resolution_mm:
         return ""
     grid = volume_grid(plan.yaml("bh_s"), model_box_mm, resolution_mm)
     return sets([f"model.s_grid={grid}"])
+
+
+# --------------------------------------------------------------------------------------
+# Variants: extra models trained next to the main ones (ablations, Brain-JEPA)
+# --------------------------------------------------------------------------------------
+#: Roles a variant may take, and the model kinds its YAML may have for each.
+VARIANT_KINDS: dict[str, tuple[str, ...]] = {
+    "bh_f": ("bh_f", "brain_jepa"),
+    "harmonizer": ("harmonizer",),
+}
+#: Which of the pretraining datasets' series shards a ``bh_f`` variant trains on: every
+#: multi-TR shard (``all``, as the main BrainHarmonix-F) or each dataset's own TR only
+#: (``native``: no multi-TR augmentation).
+VARIANT_MULTITR = ("all", "native")
+#: Names a variant cannot take: the roles (their model folders) and the other folders
+#: under ``results/embeddings/``.
+RESERVED_NAMES = frozenset({*ROLES, *EMBEDDINGS})
+_VARIANT_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_VARIANT_KEYS = frozenset({"role", "model", "set", "multitr", "label"})
+#: The pattern of the variant rules' wildcard when there is no such variant (matches
+#: nothing, so those rules never run).
+NO_VARIANT = "(?!x)x"
+#: Model folder and pooled features of a variant (wildcards ``variant``, ``dataset``).
+VARIANT_EMBEDDING = "results/embeddings/{variant}/{dataset}.npz"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ``train.variants`` entry: a model trained next to the main ones.
+
+    Attributes
+    ----------
+    name : str
+        Its folder names (``results/models/<name>/``, ``results/embeddings/<name>/``)
+        and its harness rows (``probe_<name>``).
+    role : {"bh_f", "harmonizer"}
+        How it is trained and embedded: a ``bh_f`` variant (kind ``bh_f`` or
+        ``brain_jepa``) on the pretraining datasets' series shards, embedded by
+        ``brainharmony embed f``; a ``harmonizer`` variant on the main encoders' token
+        files, embedded by ``brainharmony embed harmonizer``.
+    model : str
+        Its model YAML (default: the role's ``train.models`` YAML).
+    overrides : tuple of str
+        ``SECTION.KEY=VALUE`` assignments passed to ``brainharmony train --set``.
+    multitr : {"all", "native"}
+        ``bh_f`` role: train on every multi-TR shard or on the native-TR shards only.
+    label : str
+        Row label of its harness entries, without the "(LP)"/"(FT)" tag.
+    """
+
+    name: str
+    role: str
+    model: str
+    overrides: tuple[str, ...] = ()
+    multitr: str = "all"
+    label: str = ""
+
+
+def variants_from_config(block: Mapping[str, Any], models: Mapping[str, str]) -> dict[str, Variant]:
+    """The ``train.variants`` block, checked.
+
+    Raises
+    ------
+    ValueError
+        A name that is not lower-case alphanumeric or collides with a role or an
+        embedding folder, an unknown key or role, a ``set`` item without ``=``, or
+        ``multitr`` on a role that has none; the message names the entry.
+    """
+    out: dict[str, Variant] = {}
+    for name, spec in (block or {}).items():
+        key = f"train.variants.{name}"
+        if not _VARIANT_NAME.fullmatch(str(name)):
+            raise ValueError(f"{key}: a variant name is lower case letters, digits and _")
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"{key}: {name!r} is taken (a model role or an embedding folder: "
+                f"{sorted(RESERVED_NAMES)}); choose another name"
+            )
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"{key}: expected a mapping with role, model, set, multitr, label")
+        unknown = sorted(set(spec) - _VARIANT_KEYS)
+        if unknown:
+            raise ValueError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(_VARIANT_KEYS)}")
+        role = spec.get("role")
+        if role not in VARIANT_KINDS:
+            raise ValueError(f"{key}.role: one of {list(VARIANT_KINDS)}; got {role!r}")
+        overrides = tuple(str(s) for s in spec.get("set") or ())
+        bad = [s for s in overrides if "=" not in s or not s.partition("=")[0].strip()]
+        if bad:
+            raise ValueError(f"{key}.set: expected SECTION.KEY=VALUE items; got {bad}")
+        multitr = str(spec.get("multitr", "all"))
+        if multitr not in VARIANT_MULTITR:
+            raise ValueError(f"{key}.multitr: one of {list(VARIANT_MULTITR)}; got {multitr!r}")
+        if role != "bh_f" and "multitr" in spec:
+            raise ValueError(f"{key}.multitr: only a bh_f variant trains on series shards")
+        out[str(name)] = Variant(
+            name=str(name),
+            role=str(role),
+            model=str(spec.get("model") or models[role]),
+            overrides=overrides,
+            multitr=multitr,
+            label=str(spec.get("label") or name),
+        )
+    return out
+
+
+def check_variant_yaml(plan: TrainPlan, name: str) -> str:
+    """A variant's YAML path (resolved as :meth:`TrainPlan.yaml`), checked: it exists
+    and its ``kind`` suits the variant's role.
+
+    Raises
+    ------
+    ValueError
+        Naming the variant, the YAML and the problem.
+    """
+    from pathlib import Path
+
+    variant = plan.variants[name]
+    path = Path(resolve_yaml(variant.model, plan.basedir))
+    key = f"train.variants.{name}.model"
+    if not path.is_file():
+        raise ValueError(f"{key}: {variant.model} not found")
+    kind = (load_yaml(path) or {}).get("kind")
+    if kind not in VARIANT_KINDS[variant.role]:
+        raise ValueError(
+            f"{key}: {path} is a {kind!r} model; a {variant.role} variant needs one of "
+            f"{list(VARIANT_KINDS[variant.role])}"
+        )
+    return str(path)
+
+
+def resolve_yaml(given: str, basedir: str) -> str:
+    """A model YAML as given when it exists from the working folder, else relative to
+    the workflow's folder (where ``models/`` ships)."""
+    from pathlib import Path
+
+    path = Path(given)
+    if path.is_absolute() or path.exists():
+        return str(path)
+    return str(Path(basedir) / path)
+
+
+def variant_pattern(names: Iterable[str]) -> str:
+    """The wildcard constraint of the variant rules: exactly these names (or nothing)."""
+    names = sorted(names)
+    if not names:
+        return NO_VARIANT
+    return "(" + "|".join(re.escape(n) for n in names) + ")"
+
+
+def variant_pretrain_series(
+    plan: TrainPlan, name: str, multitr: MultiTRPlan, ingest_checkpoint: Any
+) -> dict[str, list[str]]:
+    """Named inputs ``shards``, ``indexes`` of a ``bh_f`` variant: every multi-TR shard
+    of the pretraining datasets, or (``multitr: native``) their native-TR shards only."""
+    if plan.variants[name].multitr == "native":
+        multitr = replace(multitr, factors=(1,))
+    return pretrain_series(multitr, ingest_checkpoint)
+
+
+def variant_train_inputs(
+    plan: TrainPlan,
+    name: str,
+    multitr: MultiTRPlan,
+    geometry: GeometryPlan,
+    ingest_checkpoint: Any,
+    token_index: str,
+) -> dict[str, Any]:
+    """Named data inputs of a variant's training job (for ``unpack``): series shards,
+    scaling statistics and geometry tables; or the Harmonizer's token indexes of the
+    pretraining datasets with T1w, from ``token_index``. (Its YAML,
+    :func:`check_variant_yaml`, is declared apart: it does not wait for the ingest
+    checkpoint.)"""
+    variant = plan.variants[name]
+    files: dict[str, Any] = {}
+    if variant.role == "bh_f":
+        files.update(variant_pretrain_series(plan, name, multitr, ingest_checkpoint))
+        files.update(
+            scaling=multitr.scaling_stats,
+            harmonics=geometry.harmonics_table,
+            gradients=geometry.group_gradients,
+        )
+    else:
+        datasets = require_t1_pretrain(multitr, f"The Harmonizer variant {name!r}")
+        files["tokens"] = [token_index.format(dataset=d) for d in datasets]
+    return files
+
+
+def variant_train_args(
+    plan: TrainPlan,
+    name: str,
+    inputs: Mapping[str, Any],
+    geometry: GeometryPlan,
+    model_box_mm: Sequence[int],
+    resolution_mm: float,
+) -> str:
+    """The data and ``--set`` options of a variant's ``brainharmony train`` job.
+
+    ``bh_f`` role: ``--shard/--index`` pairs, ``--scaling`` and the geometry tables
+    (``model.gradients`` only for kind ``brain_jepa``: it has no harmonics); harmonizer
+    role: ``--index`` per token index and the S grid (``s_grid: auto``). The variant's
+    own ``set`` items come last, so they win.
+    """
+    variant = plan.variants[name]
+    yaml_path = check_variant_yaml(plan, name)
+    raw = load_yaml(yaml_path) or {}
+    if variant.role == "bh_f":
+        assignments = [f"model.gradients={geometry.group_gradients}"]
+        if raw.get("kind") == "bh_f":
+            assignments.insert(0, f"model.harmonics={geometry.harmonics_table}")
+        args = [
+            shard_pairs(list(inputs["shards"]), list(inputs["indexes"])),
+            f"--scaling {shlex.quote(str(inputs['scaling']))}",
+            sets(assignments),
+        ]
+    else:
+        args = [" ".join(f"--index {shlex.quote(str(i))}" for i in inputs["tokens"])]
+        if (raw.get("model") or {}).get("s_grid") == "auto":
+            grid = volume_grid(plan.yaml("bh_s"), model_box_mm, resolution_mm)
+            args.append(sets([f"model.s_grid={grid}"]))
+    args.append(sets(variant.overrides))
+    return " ".join(a for a in args if a)
+
+
+def variant_embed_inputs(
+    plan: TrainPlan,
+    name: str,
+    dataset: str,
+    native_series: Mapping[str, str],
+    scaling: str,
+    token_index: str,
+    parcellated: Collection[str] = (),
+) -> dict[str, str]:
+    """Named data inputs of a variant's embedding job on one dataset: the dataset's
+    native-TR series shard and index with the scaling statistics (``bh_f``), or the main
+    encoders' token index (harmonizer). Its model is the input ``weights``
+    (``TrainPlan.variant_outputs(name)["weights"]``, declared apart: it does not wait
+    for the ingest checkpoint).
+
+    Raises
+    ------
+    ValueError
+        A Harmonizer variant asked for a dataset without T1w (no token files).
+    """
+    variant = plan.variants[name]
+    files: dict[str, str] = {}
+    if variant.role == "bh_f":
+        files.update(series=native_series["series"], index=native_series["index"])
+        files["scaling"] = scaling
+    else:
+        if dataset in parcellated:
+            raise ValueError(
+                f"train.variants.{name}: a Harmonizer variant needs the token files of "
+                f"BrainHarmonix-S, and dataset {dataset!r} has no T1w (kind parcellated)"
+            )
+        files["tokens"] = token_index.format(dataset=dataset)
+    return files
+
+
+def variant_embed_args(plan: TrainPlan, name: str, inputs: Mapping[str, str], out: str) -> str:
+    """The ``brainharmony embed`` subcommand and options of a variant's embedding job
+    (``inputs``: :func:`variant_embed_inputs`)."""
+    variant = plan.variants[name]
+    q = {k: shlex.quote(str(v)) for k, v in inputs.items()}
+    model = shlex.quote(folder_of(plan.variant_outputs(name)["weights"]))
+    if variant.role == "bh_f":
+        return (
+            f"f --f-model {model} --series-shard {q['series']} --series-index {q['index']} "
+            f"--scaling {q['scaling']} --out-f {shlex.quote(out)}"
+        )
+    return f"harmonizer --model {model} --tokens-index {q['tokens']} --out {shlex.quote(out)}"

@@ -372,3 +372,32 @@ def test_embed_f_equals_the_f_features_of_embed_encoders(tmp_path: Path) -> None
     with pytest.raises(InputDataError, match="is a 'bh_s' model; expected 'bh_f'"):
         embed_f(f_model=tmp_path / "s", series_shard=paths["s_shard"],
                 series_index=paths["s_index"], out_f=out / "x.npz")  # fmt: skip
+
+
+def test_embed_f_takes_a_brain_jepa_folder(tmp_path: Path) -> None:
+    """``embed f`` on a Brain-JEPA folder (the ``brain_jepa`` variant): each series from
+    its first ``n_patches * patch`` frames, features = ``encode`` (mean of the target
+    encoder's tokens); the gradient table comes from the weights (the file may be gone)."""
+    _, g = _tables(tmp_path)
+    raw = {"name": "j", "kind": "brain_jepa", "model": {"n_rois": N_ROIS, "n_patches": 3,
+           "patch": 4, "dim": 16, "depth": 1, "heads": 2, "pred_dim": 16, "pred_depth": 1,
+           "pred_heads": 2, "gradients": str(g), "n_gradients": 3}}  # fmt: skip
+    model = _save_model(tmp_path / "j", raw, seed=3).eval()
+    g.unlink()
+    paths = _data(tmp_path)
+    out = tmp_path / "j.npz"
+    argv = ["embed", "f", "--f-model", str(tmp_path / "j"), "--series-shard",
+            str(paths["s_shard"]), "--series-index", str(paths["s_index"]), "--out-f",
+            str(out), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    got = read_features(out)
+    assert got["subject"].tolist() == ["01", "01", "02", "03"]
+    assert got["features"].shape == (4, 16)
+    series = np.load(paths["s_shard"])
+    index = pd.read_csv(paths["s_index"], sep="\t", dtype={"subject": str})
+    row = index.index[index["subject"] == "03"][0]  # 12 frames: exactly the model's window
+    x = series[int(index.loc[row, "offset"]) : int(index.loc[row, "offset"]) + 12]
+    with torch.no_grad():
+        want = model.encode(torch.from_numpy(x.astype(np.float32))[None]).numpy()[0]
+    np.testing.assert_allclose(got["features"][3], want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got["features"][2], got["features"][3])

@@ -22,6 +22,7 @@ def _block(gpus: int, **models: str) -> dict:
             "device": "auto",
             "threads": 1,
             "pretrained": {},
+            "variants": {},
         }
     }
 
