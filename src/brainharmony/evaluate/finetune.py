@@ -310,6 +310,15 @@ def set_drop_path(model: nn.Module, trained: Sequence[str], rate: float) -> int:
     return n
 
 
+def new_head(dim: int, n_out: int, init_std: float) -> nn.Sequential:
+    """The fine-tuning head ``LayerNorm(dim) -> Linear(dim, n_out)``: weights
+    truncated-normal with ``init_std`` (torch's bounds of +-2), bias 0."""
+    head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, n_out))
+    nn.init.trunc_normal_(head[1].weight, std=init_std)
+    nn.init.zeros_(head[1].bias)
+    return head
+
+
 class FineTune(HarnessModel):
     """Head (and optionally encoder) training through ``encode`` on each fold."""
 
@@ -457,9 +466,7 @@ class FineTune(HarnessModel):
             else int(self._encode(tr_idx[:1], grad=False).shape[1])
         )
         n_out = len(classes) if self.task.type == "classification" and classes else 1
-        head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, n_out)).to(self.device)
-        nn.init.trunc_normal_(head[1].weight, std=0.02)
-        nn.init.zeros_(head[1].bias)
+        head = new_head(dim, n_out, self.ft.head_init_std).to(self.device)
         groups = [
             {**g, "lr_scale": 1.0}
             for g in param_groups(

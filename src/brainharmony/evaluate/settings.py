@@ -292,6 +292,10 @@ class FineTuneSettings:
         ``drop_path * i / (n - 1)``); never applied when predicting.
     label_smoothing : float
         Of the classification cross-entropy.
+    head_init_std : float
+        Standard deviation of the head's truncated-normal weight initialisation (the
+        official fine-tuning script uses 2e-5: the head starts near zero, so the first
+        steps move the pretrained model little).
     warmup_epochs : float
         Linear warmup from 0 to the peak learning rate, then a cosine to ``min_lr``
         at ``epochs`` (updated every step).
@@ -309,6 +313,7 @@ class FineTuneSettings:
     layer_decay: float = 0.65
     drop_path: float = 0.1
     label_smoothing: float = 0.1
+    head_init_std: float = 2e-5
     warmup_epochs: float = 5.0
     min_lr: float = 1e-6
     patience: int = 50
@@ -802,6 +807,8 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         )
     if not 0 <= finetune.drop_path < 1 or not 0 <= finetune.label_smoothing < 1:
         raise SettingsError("evaluate.finetune: drop_path and label_smoothing must be in [0, 1)")
+    if not finetune.head_init_std > 0:
+        raise SettingsError("evaluate.finetune: head_init_std must be > 0")
     if finetune.warmup_epochs < 0 or finetune.min_lr < 0:
         raise SettingsError("evaluate.finetune: warmup_epochs and min_lr must be >= 0")
     return EvalSettings(

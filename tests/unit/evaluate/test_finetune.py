@@ -489,3 +489,20 @@ def test_frozen_finetune_rows_are_labelled_linear_probes():
     assert "(FT)" not in display_name("finetune_bh_f", frozen)
     assert display_name("finetune_harmonizer", frozen) != display_name("probe_harmonizer", frozen)
     assert display_name("probe_harmonizer", frozen) == "BrainHarmonix (LP)"
+
+
+def test_head_starts_at_the_published_initialisation_scale():
+    """The default head init is the official fine-tuning script's std 2e-5, not 0.02."""
+    from brainharmony.evaluate.finetune import new_head
+    from brainharmony.evaluate.settings import FineTuneSettings
+
+    torch.manual_seed(0)
+    std = FineTuneSettings().head_init_std
+    assert std == 2e-5
+    head = new_head(768, 2, std)
+    w = head[1].weight.detach()
+    assert w.shape == (2, 768)
+    assert abs(float(w.std()) - std) < 0.1 * std
+    assert float(head[1].bias.abs().max()) == 0.0
+    wide = new_head(768, 2, 0.02)[1].weight.detach()
+    assert abs(float(wide.std()) - 0.02) < 0.1 * 0.02
