@@ -40,7 +40,7 @@ demo: install
 		--printshellcmds --max-jobs-per-timespan 100/10s
 
 test: install system-deps
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=40
 
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow and not slurm"
