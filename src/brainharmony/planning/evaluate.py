@@ -8,6 +8,7 @@ checkpoint's ``scans.tsv`` (through the functional-stage planning).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -69,9 +70,22 @@ PAPER_TABLE = "results/tables/paper_table"
 REPORT = "results/report/index.html"
 
 
+#: A JSON string literal (as :func:`json.dumps` writes it).
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
 def settings_json(settings: EvalSettings) -> str:
-    """The settings as one JSON string (the ``--settings`` argument of the commands)."""
-    return json.dumps(settings.to_dict(), sort_keys=True)
+    """The settings as one JSON string (the ``--settings`` argument of the commands).
+
+    Snakemake fills a rule's params string with the job's wildcards, so a brace inside a
+    value (an ``evaluate.external`` pattern's ``{dataset}``, a label) is written as the
+    JSON escape ``\\u007b`` / ``\\u007d``, which every JSON reader turns back into the
+    same character.
+    """
+    text = json.dumps(settings.to_dict(), sort_keys=True)
+    return _JSON_STRING.sub(
+        lambda m: m.group(0).replace("{", "\\u007b").replace("}", "\\u007d"), text
+    )
 
 
 NO_TASKS = (

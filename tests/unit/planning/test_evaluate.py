@@ -167,7 +167,9 @@ def test_external_entries_plan_their_file_and_flag():
         "--external 'external_knn=all preds.tsv' "
         "--external predictor=results/eval/abide1/asd/predictor/predictions.tsv"
     )
-    # the settings reach the command intact (its --settings JSON)
+    # the settings reach the command intact (its --settings JSON), with no brace that
+    # Snakemake would fill with wildcards
+    assert "{dataset}" not in plan.settings_json and "{task}" not in plan.settings_json
     again = settings_from_mapping(json.loads(plan.settings_json))
     assert again.external == {"svm": "mine/{dataset}_{task}/pred.tsv", "knn": "all preds.tsv"}
     # row labels: evaluate.labels if given, else the prefix rule's "<name> (ext)"
