@@ -18,11 +18,30 @@ pytestmark = pytest.mark.workflow
 MODELS = ["null_model", "fc_ridge", "external_svm"]
 
 
-def _dry(workdir: Path, evaluate: dict):
+def _dry(workdir: Path, evaluate: dict, target: str = "evaluate_all"):
     config = {**TINY, "evaluate": {**TINY["evaluate"], **evaluate}}
     cfg = workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    return run_snakemake(workdir, "--configfile", str(cfg), "-n", "-p", "evaluate_all", timeout=300)
+    return run_snakemake(workdir, "--configfile", str(cfg), "-n", "-p", target, timeout=300)
+
+
+def _jobs(text: str) -> dict[str, int]:
+    block = text.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+def test_splits_all_exports_the_split_files_before_any_prediction(tmp_path):
+    # the file of the external row need not exist yet: it is made from these splits
+    evaluate = {"models": MODELS, "external": {"svm": "mine/{dataset}_{task}.tsv"}, "seeds": [0, 2]}
+    out = _dry(tmp_path, evaluate, "splits_all")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    jobs = _jobs(out.stdout)
+    tasks = TINY["evaluate"]["tasks"]["demoA"]
+    assert jobs["eval_splits"] == len(tasks) * 2 and jobs["eval_labels"] == len(tasks)
+    assert "evaluate" not in jobs and "train_bh_f" not in jobs and "func_native" not in jobs
+    for task in tasks:
+        for seed in (0, 2):
+            assert f"results/splits/demoA/{task}/seed-{seed}/fold-1.tsv" in out.stdout
 
 
 def test_an_external_row_reads_its_file_in_the_evaluate_rule(tmp_path):

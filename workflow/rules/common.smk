@@ -492,3 +492,9 @@ def get_evaluate_targets(wildcards):
     return planning.evaluate.require_tasks(
         PLAN.evaluate.settings, [*rules.eval_tables.output, *rules.report.output]
     )
+
+
+def get_splits_targets(wildcards):
+    """Every task's split folders (the export for predictions made outside the workflow);
+    without evaluate.tasks, the error that says so."""
+    return planning.evaluate.require_tasks(PLAN.evaluate.settings, PLAN.evaluate.split_files)

@@ -305,6 +305,16 @@ def predictor_lmae_args(
     return f"--lmae-config {shlex.quote(lmae_yaml)}"
 
 
+def split_files(settings: EvalSettings) -> list[str]:
+    """``splits.json`` of every task and seed (target ``splits_all``: the split export
+    that code outside the workflow predicts on; each job writes the fold files beside)."""
+    return [
+        SPLITS_META.format(dataset=d, task=t, seed=s)
+        for d, t in tasks(settings)
+        for s in settings.seeds
+    ]
+
+
 def predictions(settings: EvalSettings) -> list[str]:
     """Every task's ``predictions.tsv`` (the inputs of ``brainharmony tables``)."""
     return [PREDICTIONS.format(dataset=d, task=t) for d, t in tasks(settings)]
@@ -432,6 +442,11 @@ class EvalPlan:
     def predictions(self) -> list[str]:
         """Every task's ``predictions.tsv``."""
         return predictions(self.settings)
+
+    @property
+    def split_files(self) -> list[str]:
+        """Every task's and seed's ``splits.json`` (:func:`split_files`)."""
+        return split_files(self.settings)
 
 
 def plan_from_config(
