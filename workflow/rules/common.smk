@@ -402,12 +402,14 @@ def get_eval_models(wildcards):
 
 
 def get_eval_model_inputs(wildcards):
-    """Named inputs of the models that need more than FC (embeddings, predictions, the
-    fine-tuned model folders and their data)."""
+    """Named inputs of the models that need more than FC (embeddings, predictions: the
+    predictor's and the evaluate.external files, the fine-tuned model folders and their
+    data)."""
     return planning.evaluate.model_inputs(
         PLAN.evaluate.settings,
         wildcards,
         embeddings=PLAN.evaluate.embeddings,
+        external=PLAN.evaluate.external,
         native_ms=lambda d: planning.multitr.native_ms(d, checkpoints.ingest),
         outputs=PLAN.train.outputs,
         parcellated=PLAN.ingest.parcellated,
@@ -417,7 +419,10 @@ def get_eval_model_inputs(wildcards):
 
 def get_eval_model_args(wildcards, input):
     return planning.evaluate.model_args(
-        PLAN.evaluate.settings, input, embeddings=PLAN.evaluate.embeddings
+        PLAN.evaluate.settings,
+        input,
+        embeddings=PLAN.evaluate.embeddings,
+        external=PLAN.evaluate.external,
     )
 
 
@@ -487,3 +492,9 @@ def get_evaluate_targets(wildcards):
     return planning.evaluate.require_tasks(
         PLAN.evaluate.settings, [*rules.eval_tables.output, *rules.report.output]
     )
+
+
+def get_splits_targets(wildcards):
+    """Every task's split folders (the export for predictions made outside the workflow);
+    without evaluate.tasks, the error that says so."""
+    return planning.evaluate.require_tasks(PLAN.evaluate.settings, PLAN.evaluate.split_files)

@@ -55,3 +55,10 @@ rule train_all:
 rule evaluate_all:
     input:
         get_evaluate_targets,
+
+
+# The split files alone (results/splits/<ds>/<task>/seed-<s>/): what code outside the
+# workflow predicts on for an evaluate.external row (docs/evaluation.md).
+rule splits_all:
+    input:
+        get_splits_targets,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -450,6 +451,11 @@ class EvalSettings:
     labels : mapping of str to str
         Row label per harness model name, over the registry's (the workflow adds those
         of its ``train.variants``: ``probe_<name>`` -> ``"<label> (LP)"``).
+    external : mapping of str to str
+        ``<name>`` -> path pattern of the predictions TSV of model ``external_<name>``
+        (made by the user's own code on the exported split files), with the
+        placeholders ``{dataset}`` and ``{task}`` (:data:`EXTERNAL_PLACEHOLDERS`); the
+        workflow passes the file to ``brainharmony evaluate --external``.
     """
 
     tasks: tuple[TaskSpec, ...] = ()
@@ -477,6 +483,7 @@ class EvalSettings:
     graphs: GraphSettings = field(default_factory=GraphSettings)
     predictor_lmae: Literal["per_fold", "shared"] = "per_fold"
     labels: Mapping[str, str] = field(default_factory=dict)
+    external: Mapping[str, str] = field(default_factory=dict)
 
     def task(self, dataset: str, name: str) -> TaskSpec:
         """The spec of one task (error listing the configured tasks when absent)."""
@@ -523,6 +530,7 @@ class EvalSettings:
             "graphs": {f.name: _plain(getattr(self.graphs, f.name)) for f in fields(GraphSettings)},
             "predictor_lmae": self.predictor_lmae,
             "labels": dict(self.labels),
+            "external": dict(self.external),
         }
 
 
@@ -543,6 +551,7 @@ _TOP_KEYS = {
     "graphs",
     "predictor_lmae",
     "labels",
+    "external",
 }
 _TASK_KEYS = {
     "target",
@@ -696,6 +705,43 @@ def _labels(value: Any) -> dict[str, str]:
     return out
 
 
+#: Placeholders an ``evaluate.external`` path pattern may use (filled per task).
+EXTERNAL_PLACEHOLDERS = ("dataset", "task")
+
+
+def _external(value: Any) -> dict[str, str]:
+    """``evaluate.external``: ``<name>`` -> predictions path pattern of ``external_<name>``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SettingsError(
+            f"evaluate.external: expected a mapping name -> predictions file; got {value!r}"
+        )
+    out: dict[str, str] = {}
+    allowed = ", ".join(f"{{{p}}}" for p in EXTERNAL_PLACEHOLDERS)
+    for name, pattern in value.items():
+        where = f"evaluate.external.{name}"
+        if not _MODEL.fullmatch(str(name)):
+            raise SettingsError(
+                f"{where}: the name must be lower case letters, digits and _ (the model is "
+                f"external_<name>)"
+            )
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise SettingsError(f"{where}: expected a path (pattern); got {pattern!r}")
+        try:
+            fields_used = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+        except ValueError as err:
+            raise SettingsError(f"{where}: {pattern!r} is not a valid pattern ({err})") from None
+        unknown = sorted({f for f in fields_used if f not in EXTERNAL_PLACEHOLDERS})
+        if unknown:
+            raise SettingsError(
+                f"{where}: unknown placeholder(s) {['{' + f + '}' for f in unknown]} in "
+                f"{pattern!r}; allowed: {allowed} (double a literal brace: {{{{ }}}})"
+            )
+        out[str(name)] = pattern
+    return out
+
+
 def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
     """Build :class:`EvalSettings` from an ``evaluate:`` block (defaults filled).
 
@@ -840,6 +886,7 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         graphs=_graph_settings(block.get("graphs")),
         predictor_lmae=predictor_lmae,  # type: ignore[arg-type]
         labels=_labels(block.get("labels")),
+        external=_external(block.get("external")),
     )
 
 

@@ -8,6 +8,7 @@ checkpoint's ``scans.tsv`` (through the functional-stage planning).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -69,9 +70,22 @@ PAPER_TABLE = "results/tables/paper_table"
 REPORT = "results/report/index.html"
 
 
+#: A JSON string literal (as :func:`json.dumps` writes it).
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
 def settings_json(settings: EvalSettings) -> str:
-    """The settings as one JSON string (the ``--settings`` argument of the commands)."""
-    return json.dumps(settings.to_dict(), sort_keys=True)
+    """The settings as one JSON string (the ``--settings`` argument of the commands).
+
+    Snakemake fills a rule's params string with the job's wildcards, so a brace inside a
+    value (an ``evaluate.external`` pattern's ``{dataset}``, a label) is written as the
+    JSON escape ``\\u007b`` / ``\\u007d``, which every JSON reader turns back into the
+    same character.
+    """
+    text = json.dumps(settings.to_dict(), sort_keys=True)
+    return _JSON_STRING.sub(
+        lambda m: m.group(0).replace("{", "\\u007b").replace("}", "\\u007d"), text
+    )
 
 
 NO_TASKS = (
@@ -210,6 +224,12 @@ def model_inputs(
                     ]
                 files[f"{model}__shards"] = shards
                 files[f"{model}__scaling"] = [SCALING_STATS]
+        elif model.startswith("external_"):
+            raise ValueError(
+                f"evaluate.models: {model!r} has no predictions file: add "
+                f"evaluate.external.{model.removeprefix('external_')}: <path with {{dataset}} "
+                "and {task}>"
+            )
         elif model.startswith("finetune_"):
             raise ValueError(
                 f"evaluate.models: the workflow fine-tunes {sorted(FINETUNE)}; {model!r} "
@@ -285,6 +305,16 @@ def predictor_lmae_args(
     return f"--lmae-config {shlex.quote(lmae_yaml)}"
 
 
+def split_files(settings: EvalSettings) -> list[str]:
+    """``splits.json`` of every task and seed (target ``splits_all``: the split export
+    that code outside the workflow predicts on; each job writes the fold files beside)."""
+    return [
+        SPLITS_META.format(dataset=d, task=t, seed=s)
+        for d, t in tasks(settings)
+        for s in settings.seeds
+    ]
+
+
 def predictions(settings: EvalSettings) -> list[str]:
     """Every task's ``predictions.tsv`` (the inputs of ``brainharmony tables``)."""
     return [PREDICTIONS.format(dataset=d, task=t) for d, t in tasks(settings)]
@@ -321,6 +351,43 @@ def check_models(settings: EvalSettings, embeddings: Mapping[str, str]) -> None:
             )
 
 
+def external_files(settings: EvalSettings) -> dict[str, str]:
+    """The predictions files of every model read from a file: the workflow's own
+    (:data:`EXTERNAL`, the predictor) and ``external_<name>`` -> the
+    ``evaluate.external.<name>`` pattern (``{dataset}``, ``{task}``)."""
+    return {**EXTERNAL, **{f"external_{n}": p for n, p in settings.external.items()}}
+
+
+def check_external(settings: EvalSettings) -> None:
+    """Refuse, when the workflow is planned, an ``external_<x>`` in ``evaluate.models``
+    without an ``evaluate.external.<x>`` file, and an ``evaluate.external`` entry whose
+    ``external_<x>`` is not in ``evaluate.models`` (a row nobody asked for, or a typo:
+    refused rather than ignored). The patterns' placeholders are checked by
+    :func:`~brainharmony.evaluate.settings.settings_from_mapping`.
+
+    Raises
+    ------
+    ValueError
+        Naming the key and the entry that would match.
+    """
+    for model in settings.models:
+        name = model.removeprefix("external_")
+        if model.startswith("external_") and name not in settings.external:
+            given = sorted(settings.external)
+            raise ValueError(
+                f"evaluate.models: {model!r} needs its predictions file under "
+                f"evaluate.external.{name} (a path pattern with {{dataset}} and {{task}}); "
+                f"evaluate.external has {given or 'no entries'}"
+            )
+    for name in settings.external:
+        if f"external_{name}" not in settings.models:
+            raise ValueError(
+                f"evaluate.external.{name}: model 'external_{name}' is not in "
+                f"evaluate.models {list(settings.models)}: add it there to get its row, or "
+                "remove the entry"
+            )
+
+
 @dataclass(frozen=True)
 class EvalPlan:
     """What the evaluation rules read: the settings (``.settings``), their JSON (the
@@ -331,6 +398,9 @@ class EvalPlan:
     embeddings: Mapping[str, str] = field(default_factory=lambda: dict(EMBEDDINGS))
     #: Models whose inputs need T1w (:data:`NEEDS_T1` and the Harmonizer variants' probes).
     needs_t1: frozenset[str] = NEEDS_T1
+    #: Predictions file per model read from a file (:func:`external_files`: the
+    #: predictor's and the ``evaluate.external`` entries').
+    external: Mapping[str, str] = field(default_factory=lambda: dict(EXTERNAL))
 
     @property
     def settings_json(self) -> str:
@@ -353,10 +423,6 @@ class EvalPlan:
         return PREDICTIONS
 
     @property
-    def external(self) -> Mapping[str, str]:
-        return EXTERNAL
-
-    @property
     def predictor_experts(self) -> Mapping[str, str]:
         return PREDICTOR_EXPERTS
 
@@ -377,6 +443,11 @@ class EvalPlan:
         """Every task's ``predictions.tsv``."""
         return predictions(self.settings)
 
+    @property
+    def split_files(self) -> list[str]:
+        """Every task's and seed's ``splits.json`` (:func:`split_files`)."""
+        return split_files(self.settings)
+
 
 def plan_from_config(
     config: Mapping[str, Any], variants: Mapping[str, Variant] | None = None
@@ -389,12 +460,20 @@ def plan_from_config(
     Raises
     ------
     ValueError
-        A ``probe_<x>`` in ``evaluate.models`` that nothing embeds (:func:`check_models`).
+        A ``probe_<x>`` in ``evaluate.models`` that nothing embeds (:func:`check_models`);
+        an ``external_<x>`` without its ``evaluate.external`` file, or an entry there
+        whose model is not in ``evaluate.models`` (:func:`check_external`).
     """
     variants = variants or {}
     settings = settings_from_mapping(config)
     settings = replace(settings, labels={**variant_labels(variants), **settings.labels})
     embeddings = {**EMBEDDINGS, **variant_embeddings(variants)}
     check_models(settings, embeddings)
+    check_external(settings)
     needs_t1 = NEEDS_T1 | {f"probe_{n}" for n, v in variants.items() if v.role == "harmonizer"}
-    return EvalPlan(settings, embeddings=embeddings, needs_t1=frozenset(needs_t1))
+    return EvalPlan(
+        settings,
+        embeddings=embeddings,
+        needs_t1=frozenset(needs_t1),
+        external=external_files(settings),
+    )

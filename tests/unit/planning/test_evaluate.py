@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from brainharmony.evaluate.harness import display_name
 from brainharmony.evaluate.settings import settings_from_mapping
 from brainharmony.planning import evaluate as P
 
@@ -126,3 +127,94 @@ def test_finetune_entries_get_their_model_folder_and_data():
     other = settings_from_mapping({**settings.to_dict(), "models": ["finetune_bh_s"]})
     with pytest.raises(ValueError, match="outside it"):
         P.model_inputs(other, w, native_ms=ms.__getitem__)
+
+
+def _external_config(external, models=("null_model", "fc_ridge", "external_svm")):
+    return {
+        "datasets": {"abide1NYU": {}, "abide1UCLA1": {}, "camcan": {}},
+        "evaluate": {
+            "cohorts": {"abide1": ["abide1NYU", "abide1UCLA1"]},
+            "tasks": SETTINGS.to_dict()["tasks"],
+            "models": list(models),
+            "external": external,
+            "labels": {"external_svm": "SVM on FC (mine)"},
+        },
+    }
+
+
+def test_external_entries_plan_their_file_and_flag():
+    plan = P.plan_from_config(
+        _external_config(
+            {"svm": "mine/{dataset}_{task}/pred.tsv", "knn": "all preds.tsv"},
+            models=("null_model", "external_svm", "external_knn", "predictor"),
+        )
+    )
+    # the workflow's own predictor file stays; each entry becomes external_<name>
+    assert plan.external == {
+        "predictor": "results/eval/{dataset}/{task}/predictor/predictions.tsv",
+        "external_svm": "mine/{dataset}_{task}/pred.tsv",
+        "external_knn": "all preds.tsv",
+    }
+    w = SimpleNamespace(dataset="abide1", task="asd")
+    inputs = P.model_inputs(plan.settings, w, external=plan.external)
+    assert inputs == {
+        "external_svm": ["mine/abide1_asd/pred.tsv"],
+        "external_knn": ["all preds.tsv"],  # no placeholder: one file for every task
+        "predictor": ["results/eval/abide1/asd/predictor/predictions.tsv"],
+    }
+    assert P.model_args(plan.settings, inputs, external=plan.external) == (
+        "--external external_svm=mine/abide1_asd/pred.tsv "
+        "--external 'external_knn=all preds.tsv' "
+        "--external predictor=results/eval/abide1/asd/predictor/predictions.tsv"
+    )
+    # the settings reach the command intact (its --settings JSON), with no brace that
+    # Snakemake would fill with wildcards
+    assert "{dataset}" not in plan.settings_json and "{task}" not in plan.settings_json
+    again = settings_from_mapping(json.loads(plan.settings_json))
+    assert again.external == {"svm": "mine/{dataset}_{task}/pred.tsv", "knn": "all preds.tsv"}
+    # row labels: evaluate.labels if given, else the prefix rule's "<name> (ext)"
+    assert display_name("external_svm", plan.settings) == "SVM on FC (mine)"
+    assert display_name("external_knn", plan.settings) == "knn (ext)"
+
+
+@pytest.mark.parametrize(
+    ("external", "models", "message"),
+    [
+        # an external_<x> row without its file
+        (
+            {},
+            ("null_model", "external_svm"),
+            r"'external_svm' needs its predictions file under evaluate\.external\.svm",
+        ),
+        (
+            {"sv": "p.tsv"},
+            ("external_svm", "external_sv"),
+            r"evaluate\.external\.svm .*evaluate\.external has \['sv'\]",
+        ),
+        # an entry nobody listed in models (refused, not ignored: likely a typo)
+        (
+            {"svm": "p.tsv", "smv": "q.tsv"},
+            ("null_model", "external_svm"),
+            r"evaluate\.external\.smv: model 'external_smv' is not in evaluate\.models",
+        ),
+        # placeholders other than {dataset} and {task}
+        (
+            {"svm": "preds/{dataset}/{seed}.tsv"},
+            ("external_svm",),
+            r"evaluate\.external\.svm: unknown placeholder\(s\) \['\{seed\}'\]",
+        ),
+        ({"svm": "preds/{}.tsv"}, ("external_svm",), r"evaluate\.external\.svm: unknown"),
+        ({"svm": "preds/{task.tsv"}, ("external_svm",), r"evaluate\.external\.svm: .*not a valid"),
+        ({"SVM": "p.tsv"}, ("external_svm",), r"evaluate\.external\.SVM: the name must be"),
+    ],
+)
+def test_external_entries_are_refused_naming_the_key(external, models, message):
+    with pytest.raises(ValueError, match=message):
+        P.plan_from_config(_external_config(external, models))
+
+
+def test_external_row_without_a_file_is_refused_by_the_input_function():
+    settings = settings_from_mapping({**SETTINGS.to_dict(), "models": ["external_svm"]})
+    w = SimpleNamespace(dataset="abide1", task="asd")
+    with pytest.raises(ValueError, match=r"evaluate\.external\.svm"):
+        P.model_inputs(settings, w)
