@@ -379,14 +379,16 @@ def build_paper_table(
                 else NOT_RUN + "no predictions among the inputs (no reason recorded)"
             )
     if absent:
-        note += " –: " + "; ".join(
-            f"{labels[m]}: {reason} ({', '.join(f'{d}/{t}' for d, t in where)})"
-            for (m, reason), where in _grouped(absent).items()
-        ) + "."
+        note += (
+            " –: "
+            + "; ".join(
+                f"{labels[m]}: {reason} ({', '.join(f'{d}/{t}' for d, t in where)})"
+                for (m, reason), where in _grouped(absent).items()
+            )
+            + "."
+        )
     title = section.title if section is not None else ""
-    return PaperTable(
-        models, columns, cells, bold, marked, note, labels, section_id, title, absent
-    )
+    return PaperTable(models, columns, cells, bold, marked, note, labels, section_id, title, absent)
 
 
 def _grouped(
@@ -694,9 +696,7 @@ def make_tables(
         out / "tables.json",
         {
             "Description": "Metrics, paired tests and paper-layout tables",
-            "Note": " ".join(
-                (f"{t.title}: " if t.key else "") + t.note for t in tables
-            ),
+            "Note": " ".join((f"{t.title}: " if t.key else "") + t.note for t in tables),
             "Sections": [
                 {
                     "id": t.key,
@@ -706,9 +706,7 @@ def make_tables(
                 }
                 for t in tables
             ],
-            "Absent": {
-                f"{d}/{t}": dict(models) for (d, t), models in reasons.items() if models
-            },
+            "Absent": {f"{d}/{t}": dict(models) for (d, t), models in reasons.items() if models},
             "Settings": settings.to_dict(),
             "Provenance": provenance(step="tables", inputs=prediction_files),
         },
