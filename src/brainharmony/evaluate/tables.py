@@ -613,7 +613,8 @@ def figure_png(points: pd.DataFrame, settings: EvalSettings, key: str, title: st
     from brainharmony.evaluate import figures
 
     spec = settings.sections[key].figure
-    assert spec is not None
+    if spec is None:
+        raise ValueError(f"evaluate.sections.{key} has no figure")
     panels = {}
     for (ds, tk, metric), group in points.groupby(["dataset", "task", "metric"], sort=False):
         scale = 100.0 if metric in PERCENT_METRICS else 1.0

@@ -303,3 +303,36 @@ def test_sections_round_trip_through_the_settings_json():
     assert settings.sections["a"].tasks == (("d", "cls"), ("d", "reg"), ("e", "other"))
     again = settings_from_mapping(json.loads(json.dumps(settings.to_dict())))
     assert again.sections == settings.sections
+
+
+def test_evaluate_records_not_run_models_and_the_table_note_quotes_them(tmp_path, capsys):
+    from brainharmony import cli
+    from tests.unit.evaluate.test_protocol import planted_cohort, write_series, write_split_dirs
+
+    table = planted_cohort(18)
+    table.to_csv(tmp_path / "participants.tsv", sep="\t", index=False)
+    series = write_series(tmp_path / "func", table)
+    splits = write_split_dirs(table, "age", "regression", tmp_path / "splits", n_folds=3)
+    settings = json.dumps(
+        {
+            "tasks": {"synth": {"age": {"target": "age", "type": "regression"}}},
+            "models": ["null_model", "fc_ridge", "probe_bh_f"],
+            "grids": {"ridge_alphas": [1.0]},
+        }
+    )
+    out = tmp_path / "eval" / "synth" / "age" / "predictions.tsv"
+    args = ["evaluate", "--dataset", "synth", "--task", "age", "--settings", settings]
+    args += ["--labels", str(tmp_path / "participants.tsv"), "--splits", str(splits[0])]
+    args += ["--series", *map(str, series), "--models", "null_model", "fc_ridge"]
+    # a model both run and listed as not run is refused
+    bad = [*args, "--not-run", "fc_ridge=no reason", "--out", str(out)]
+    assert cli.main(bad) == 2
+    assert "both evaluated and listed as not run" in capsys.readouterr().err
+    reason = "needs T1w images, and every dataset of synth/age is parcellated"
+    assert cli.main([*args, "--not-run", f"probe_bh_f={reason}", "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["NotRun"] == {"probe_bh_f": reason}
+    tables = ["tables", "--inputs", str(out), "--predictions", str(tmp_path / "merged.tsv")]
+    assert cli.main([*tables, "--out-dir", str(tmp_path / "tables")]) == 0
+    md = (tmp_path / "tables" / "paper_table.md").read_text()
+    assert "| BrainHarmonix-F (LP) | – | – | – |" in md
+    assert f"–: BrainHarmonix-F (LP): not run: {reason} (synth/age)." in md
