@@ -481,7 +481,9 @@ def sections_latex(tables: Sequence[PaperTable]) -> str:
     ``tab:<id>``); one table without a section id is :func:`table_latex` alone."""
     if len(tables) == 1 and not tables[0].key:
         return table_latex(tables[0])
-    return "\n".join(table_latex(t, t.title or t.key, f"tab:{t.key}") for t in tables)
+    return "\n".join(
+        table_latex(t, (t.title or t.key).rstrip(".") + ".", f"tab:{t.key}") for t in tables
+    )
 
 
 _LATEX_ESCAPES = {

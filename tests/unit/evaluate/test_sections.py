@@ -131,7 +131,7 @@ def test_sections_split_rows_columns_marks_and_notes():
     tex = sections_latex([first, second])
     assert tex.count(r"\begin{table}") == 2
     assert r"\label{tab:first}" in tex and r"\label{tab:second}" in tex
-    assert r"\caption{Table 1 Mean $\pm$ std" in tex
+    assert r"\caption{Table 1. Mean $\pm$ std" in tex
     # CSV: a section column, the union of columns, "–" for cells without a value
     csv = sections_csv([first, second])
     assert list(csv.columns) == [
