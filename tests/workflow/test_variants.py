@@ -24,6 +24,9 @@ PAPER_PRESETS = sorted(
     p for p in (REPO / "config" / "presets").glob("*.yaml") if not p.stem.startswith("demo_")
 )
 BLOCK = re.compile(r"^  # >>> ablations and Brain-JEPA.*?\n(.*?)^  # <<< ablations", re.M | re.S)
+SECTIONS = re.compile(
+    r"^    # >>> ablation sections.*?\n(.*?)^    # <<< ablation sections", re.M | re.S
+)
 
 
 def _jobs(text: str) -> dict[str, int]:
@@ -105,6 +108,57 @@ def test_the_paper_presets_ablation_block_plans_once_uncommented(preset):
     assert listed and sorted(listed.group(1).replace("# ", "").split(", ")) == sorted(
         f"probe_{n}" for n in variants
     )
+    # ... and so do the ablation table sections, commented under evaluate.sections (the
+    # BrainHarmonix presets: Cam-CAN, the predictor's preset, has one table, no sections)
+    if preset.stem == "camcan":
+        assert not config["evaluate"].get("sections")
+        return
+    sections = SECTIONS.search(text)
+    assert sections, f"{preset.name}: no ablation sections"
+    extra = yaml.safe_load("\n".join(ln[6:] for ln in sections.group(1).splitlines()))
+    config["evaluate"]["sections"] = {**config["evaluate"].get("sections", {}), **extra}
+    validate_config(config, SCHEMA)
+    plan = planning.from_config(config, str(REPO))
+    assert list(plan.evaluate.settings.sections)[-2:] == ["ablations", "hubs"]
+    assert plan.evaluate.figures == [
+        "results/tables/paper_figure_hubs.png",
+        "results/tables/paper_figure_hubs.csv",
+    ]
+    hubs = plan.evaluate.settings.sections["hubs"]
+    assert hubs.figure.points(hubs.models) == {
+        "probe_hubs32": 32, "probe_hubs64": 64, "probe_hubs128": 128, "probe_hubs256": 256
+    }  # fmt: skip
+
+
+def test_demo_ablations_declares_the_paper_sections_and_the_hub_figure():
+    config = load_yaml(ABLATIONS)
+    validate_config(config, SCHEMA)
+    plan = planning.from_config(config, str(REPO))
+    sections = plan.evaluate.settings.sections
+    assert list(sections) == ["table1", "table2", "ablations", "hubs"]
+    assert sections["table1"].tasks == (("demoB", "diagnosis"),)
+    assert sections["table2"].tasks == (("demoB", "age"),)
+    assert "probe_brain_jepa" in sections["table1"].models
+    assert {m for s in sections.values() for m in s.models} == set(config["evaluate"]["models"])
+    assert plan.evaluate.figures[0] == "results/tables/paper_figure_hubs.png"
+    # the main Harmonizer's point is at its own hub count
+    x = sections["hubs"].figure.points(sections["hubs"].models)
+    main = load_yaml(REPO / config["train"]["models"]["harmonizer"])
+    assert x["probe_harmonizer"] == main["model"]["n_hubs"]
+    assert sorted(x.values()) == [main["model"]["n_hubs"], 32, 64, 128, 256]
+
+
+def test_a_section_naming_an_unconfigured_model_stops_the_planning():
+    config = load_yaml(ABLATIONS)
+    config["evaluate"]["sections"]["hubs"]["models"].append("probe_hubs512")
+    validate_config(config, SCHEMA)
+    with pytest.raises(ValueError, match=r"evaluate\.sections\.hubs\.models: \['probe_hubs512'\]"):
+        planning.from_config(config, str(REPO))
+    config = load_yaml(ABLATIONS)
+    config["evaluate"]["sections"]["table2"]["tasks"] = ["demoB/sex"]
+    validate_config(config, SCHEMA)
+    with pytest.raises(ValueError, match=r"evaluate\.sections\.table2\.tasks: 'demoB/sex'"):
+        planning.from_config(config, str(REPO))
 
 
 #: Variants of the tiny end-to-end run: one of each kind of data path.

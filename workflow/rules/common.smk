@@ -401,6 +401,16 @@ def get_eval_models(wildcards):
     )
 
 
+def get_eval_not_run(wildcards):
+    """``--not-run NAME=REASON`` of the models get_eval_models leaves out (the tables'
+    notes say why their cells are empty)."""
+    return planning.evaluate.not_run_args(
+        planning.evaluate.models_not_run(
+            PLAN.evaluate.settings, wildcards, PLAN.ingest.parcellated, PLAN.evaluate.needs_t1
+        )
+    )
+
+
 def get_eval_model_inputs(wildcards):
     """Named inputs of the models that need more than FC (embeddings, predictions: the
     predictor's and the evaluate.external files, the fine-tuned model folders and their

@@ -95,12 +95,14 @@ rule evaluate:
         settings=PLAN.evaluate.settings_json,
         split_dirs=get_split_dirs,
         models=get_eval_models,
+        not_run=get_eval_not_run,
         extra=get_eval_model_args,
     shell:
         "{params.bh} -v evaluate --dataset {wildcards.dataset:q} --task {wildcards.task:q} "
         "--settings {params.settings:q} --labels {input.labels:q} "
         "--splits {params.split_dirs} --series {input.series:q} --models {params.models:q} "
-        "{params.extra} --threads {threads} --out {output.predictions:q} > {log:q} 2>&1"
+        "{params.not_run} {params.extra} --threads {threads} --out {output.predictions:q} "
+        "> {log:q} 2>&1"
 
 
 rule eval_tables:
@@ -113,6 +115,8 @@ rule eval_tables:
         per_fold=PLAN.evaluate.tables["per_fold"],
         tests=PLAN.evaluate.tables["tests"],
         table=multiext(PLAN.evaluate.paper_table, ".csv", ".md", ".tex"),
+        # the table sections' figures (evaluate.sections.<id>.figure; none without)
+        figures=PLAN.evaluate.figures,
         sidecar=PLAN.evaluate.tables["sidecar"],
     log:
         "logs/eval/tables.log",

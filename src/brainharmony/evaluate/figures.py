@@ -112,6 +112,48 @@ def scatter_figure(
     return png_bytes(fig)
 
 
+def sweep_figure(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, str]],
+    title: str,
+    xlabel: str = "x",
+    log_x: bool = False,
+) -> bytes:
+    """A metric's mean ± std against a value per model (e.g. the hub-token count), one
+    panel per task.
+
+    Parameters
+    ----------
+    panels : mapping of str to (x, mean, std, ylabel)
+        Panel title -> the points (sorted by x here) and the metric's axis label.
+    title : str
+    xlabel : str
+    log_x : bool
+        Base-2 logarithmic x axis, ticks at the values.
+    """
+    n = max(len(panels), 1)
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig = _figure(3.2 * cols, 2.7 * rows + 0.3)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, (name, (x, mean, std, ylabel)) in zip(axes, panels.items(), strict=False):
+        order = np.argsort(np.asarray(x, float), kind="stable")
+        xs, ms, ss = (np.asarray(v, float)[order] for v in (x, mean, std))
+        ax.errorbar(xs, ms, yerr=ss, marker="o", ms=4, lw=1.2, capsize=3)
+        if log_x:
+            ax.set_xscale("log", base=2)
+        ax.minorticks_off()
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=9)
+    return png_bytes(fig)
+
+
 def curves_figure(records: Sequence[Mapping[str, Any]], title: str) -> bytes:
     """Training loss (and learning rate, right axis) against the step.
 

@@ -142,6 +142,7 @@ def evaluate_task(
     inputs: Mapping[str, Any],
     models: Sequence[str] | None = None,
     covariates: pd.Series | None = None,
+    not_run: Mapping[str, str] | None = None,
 ) -> TaskResult:
     """Run every model on every fold of every split seed of one task.
 
@@ -173,6 +174,10 @@ def evaluate_task(
     names = list(models if models is not None else settings.models)
     if not names:
         raise SettingsError("no models to evaluate")
+    not_run = dict(not_run or {})
+    both = sorted(set(not_run) & set(names))
+    if both:
+        raise SettingsError(f"models {both} are both evaluated and listed as not run")
     for name in names:
         model_info(name)
     if not splits:
@@ -341,6 +346,7 @@ def evaluate_task(
         "Classes": list(classes) if classes else None,
         "Models": [m.name for m in harness],
         "SkippedModels": skipped,
+        "NotRun": not_run,
         "FoldSizes": fold_sizes,
         "TestTrainRatio": float(np.mean(ratios)),
         "Seeds": seeds,

@@ -51,13 +51,14 @@ from brainharmony.evaluate.harness import display_name
 from brainharmony.evaluate.metrics import confusion_matrix
 from brainharmony.evaluate.settings import (
     CLASSIFICATION_METRICS,
+    SECTION_FIGURE_STEM,
     EvalSettings,
     settings_from_mapping,
 )
 from brainharmony.evaluate.stats import TEST_COLUMNS
 from brainharmony.evaluate.tables import (
     PaperTable,
-    build_paper_table,
+    build_sections,
     model_order,
     read_predictions,
     task_map,
@@ -368,15 +369,39 @@ class ReportBuilder:
             else pd.DataFrame()
         )
         side = self.tables / "tables.json"
-        settings_raw = {}
+        sidecar: dict[str, Any] = {}
         if side.is_file():
-            settings_raw = json.loads(self._use(side).read_text(encoding="utf-8")).get(
-                "Settings", {}
-            )
-        settings = settings_from_mapping(settings_raw)
+            sidecar = json.loads(self._use(side).read_text(encoding="utf-8"))
+        settings = settings_from_mapping(sidecar.get("Settings", {}))
+        reasons = {
+            tuple(key.split("/", 1)): dict(models)
+            for key, models in (sidecar.get("Absent") or {}).items()
+        }
         types = self._task_types(metrics)
-        table: PaperTable = build_paper_table(metrics, tests, settings, types)
+        tables = build_sections(metrics, tests, settings, types, reasons)  # type: ignore[arg-type]
+        parts = []
+        for table in tables:
+            if table.key:
+                parts.append(f"<h3>{_esc(table.title or table.key)}</h3>")
+            parts.append(self._paper_table_html(table))
+            stem = SECTION_FIGURE_STEM.format(section=table.key)
+            png = self.tables / f"{stem}.png"
+            if table.key and png.is_file():
+                parts.append(
+                    _figs([_img(self._use(png).read_bytes(), stem, f"{table.title}: {png.name}")])
+                )
+        files = ", ".join(
+            p.name
+            for pattern in ("paper_table.*", SECTION_FIGURE_STEM.format(section="*") + ".*")
+            for p in sorted(self.tables.glob(pattern))
+            if p.is_file()
+        )
+        return "".join(parts) + (
+            f'<p class="note">Files: {_esc(files)} in {_esc(self.tables)}.</p>' if files else ""
+        )
 
+    def _paper_table_html(self, table: PaperTable) -> str:
+        """One paper-layout table (or section) and its note."""
         heads = "".join(
             f"<th>{_esc(d)}<br>{_esc(t)}<br>{_esc(table.header(c))}</th>"
             for c in table.columns
@@ -391,15 +416,10 @@ class ReportBuilder:
                     f"<td><b>{text}</b></td>" if (m, c) in table.bold else f"<td>{text}</td>"
                 )
             rows.append("<tr>" + "".join(cells) + "</tr>")
-        html_table = (
+        return (
             f"<table><thead><tr><th>Model</th>{heads}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>"
-        )
-        files = ", ".join(p.name for p in sorted(self.tables.glob("paper_table.*")) if p.is_file())
-        return (
-            html_table
-            + f'<p class="note">{_esc(table.note)}</p>'
-            + (f'<p class="note">Files: {_esc(files)} in {_esc(self.tables)}.</p>' if files else "")
+            f'<p class="note">{_esc(table.note)}</p>'
         )
 
     def _label(self, model: str) -> str:

@@ -43,6 +43,10 @@ METRIC_LABELS = {
     "partial_r": "partial r",
 }
 
+#: File stem of a table section's figure (``.png``) and its points (``.csv``), written
+#: next to ``paper_table.*`` (:func:`brainharmony.evaluate.tables.make_tables`).
+SECTION_FIGURE_STEM = "paper_figure_{section}"
+
 _LABEL = re.compile(r"[a-zA-Z0-9]+")  # fullmatch: no trailing newline
 _MODEL = re.compile(r"[a-z0-9_]+")
 
@@ -417,6 +421,92 @@ class GraphSettings:
 
 
 @dataclass(frozen=True)
+class SectionFigure:
+    """A figure drawn for a table section (``evaluate.sections.<id>.figure``).
+
+    One panel per task of the section: the chosen metric's mean ± std (over the test
+    partitions, as in the table) of each row that has an x value, against that value
+    (e.g. the hub-token count N_H of the ``probe_hubs<N>`` rows).
+
+    Attributes
+    ----------
+    x : tuple of (str, float)
+        Model -> x value (config: a mapping). Empty when ``pattern`` gives the values.
+    pattern : str
+        Regular expression with one group matched against the section's model names;
+        the group's number is the x value (config: ``x`` as a string, e.g.
+        ``probe_hubs(\\d+)``). Empty when ``x`` is a mapping.
+    metric : mapping of task type to metric
+        The plotted metric per task type; empty: ``primary_metric``.
+    xlabel : str
+        Axis label (default: "x").
+    log_x : bool
+        Logarithmic (base 2) x axis.
+    """
+
+    x: tuple[tuple[str, float], ...] = ()
+    pattern: str = ""
+    metric: Mapping[str, str] = field(default_factory=dict)
+    xlabel: str = ""
+    log_x: bool = False
+
+    def points(self, models: Sequence[str]) -> dict[str, float]:
+        """``model -> x`` for those of ``models`` that have an x value."""
+        if self.pattern:
+            rx = re.compile(self.pattern)
+            out = {}
+            for m in models:
+                hit = rx.fullmatch(m)
+                if hit:
+                    out[m] = float(hit.group(1))
+            return out
+        table = dict(self.x)
+        return {m: table[m] for m in models if m in table}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "x": self.pattern if self.pattern else dict(self.x),
+            "metric": dict(self.metric),
+            "xlabel": self.xlabel,
+            "log_x": self.log_x,
+        }
+
+
+@dataclass(frozen=True)
+class TableSection:
+    """One section of the paper-layout tables (``evaluate.sections.<id>``): its own
+    table (Markdown heading, LaTeX table) over some tasks and rows.
+
+    Attributes
+    ----------
+    title : str
+        Heading / caption (default: the section's id).
+    tasks : tuple of (str, str)
+        ``(dataset, task)`` columns, in order (config: ``dataset/task`` or a dataset
+        name for all its tasks; default: every task).
+    models : tuple of str
+        Rows, in order (default: every model evaluated on the section's tasks, in the
+        registry's order).
+    figure : SectionFigure or None
+    """
+
+    title: str = ""
+    tasks: tuple[tuple[str, str], ...] = ()
+    models: tuple[str, ...] = ()
+    figure: SectionFigure | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "title": self.title,
+            "tasks": [f"{d}/{t}" for d, t in self.tasks],
+            "models": list(self.models),
+        }
+        if self.figure is not None:
+            out["figure"] = self.figure.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     """The ``evaluate:`` block with defaults.
 
@@ -456,6 +546,9 @@ class EvalSettings:
         (made by the user's own code on the exported split files), with the
         placeholders ``{dataset}`` and ``{task}`` (:data:`EXTERNAL_PLACEHOLDERS`); the
         workflow passes the file to ``brainharmony evaluate --external``.
+    sections : mapping of str to TableSection
+        The paper-layout tables' sections, in order (empty: one table of every task and
+        model).
     """
 
     tasks: tuple[TaskSpec, ...] = ()
@@ -484,6 +577,7 @@ class EvalSettings:
     predictor_lmae: Literal["per_fold", "shared"] = "per_fold"
     labels: Mapping[str, str] = field(default_factory=dict)
     external: Mapping[str, str] = field(default_factory=dict)
+    sections: Mapping[str, TableSection] = field(default_factory=dict)
 
     def task(self, dataset: str, name: str) -> TaskSpec:
         """The spec of one task (error listing the configured tasks when absent)."""
@@ -531,6 +625,7 @@ class EvalSettings:
             "predictor_lmae": self.predictor_lmae,
             "labels": dict(self.labels),
             "external": dict(self.external),
+            "sections": {k: v.to_dict() for k, v in self.sections.items()},
         }
 
 
@@ -552,7 +647,11 @@ _TOP_KEYS = {
     "predictor_lmae",
     "labels",
     "external",
+    "sections",
 }
+_SECTION_KEYS = {"title", "tasks", "models", "figure"}
+_FIGURE_KEYS = {"x", "metric", "xlabel", "log_x"}
+_SECTION_ID = re.compile(r"[a-zA-Z0-9_]+")
 _TASK_KEYS = {
     "target",
     "type",
@@ -742,6 +841,111 @@ def _external(value: Any) -> dict[str, str]:
     return out
 
 
+def _sections(
+    raw: Any, tasks: Sequence[TaskSpec], models: Sequence[str], primary: Mapping[str, str]
+) -> dict[str, TableSection]:
+    """``evaluate.sections`` -> :class:`TableSection` per id, checked against the
+    configured tasks and models (errors name the section)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SettingsError("evaluate.sections: expected a mapping section id -> settings")
+    keys = [t.key for t in tasks]
+    out: dict[str, TableSection] = {}
+    for sid, spec in raw.items():
+        where = f"evaluate.sections.{sid}"
+        if not _SECTION_ID.fullmatch(str(sid)):
+            raise SettingsError(f"{where}: a section id is letters, digits and _")
+        spec = {} if spec is None else spec
+        if not isinstance(spec, Mapping):
+            raise SettingsError(f"{where}: expected a mapping")
+        _check_keys(spec, _SECTION_KEYS, where)
+        chosen: list[tuple[str, str]] = []
+        names = spec.get("tasks")
+        if names is None:
+            chosen = list(keys)
+        else:
+            if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+                raise SettingsError(f"{where}.tasks: expected a non-empty list")
+            for name in names:
+                ds, _, tk = str(name).partition("/")
+                found = [k for k in keys if k[0] == ds and (not tk or k[1] == tk)]
+                if not found:
+                    raise SettingsError(
+                        f"{where}.tasks: {name!r} is not a task (dataset/task) or dataset of "
+                        f"evaluate.tasks; configured: {[f'{d}/{t}' for d, t in keys]}"
+                    )
+                chosen += [k for k in found if k not in chosen]
+        rows = tuple(str(m) for m in spec.get("models") or ())
+        unknown = [m for m in rows if m not in models]
+        if unknown:
+            raise SettingsError(
+                f"{where}.models: {unknown} are not in evaluate.models ({list(models)})"
+            )
+        if len(set(rows)) != len(rows):
+            raise SettingsError(f"{where}.models: duplicate names in {list(rows)}")
+        figure = _figure(spec.get("figure"), rows or tuple(models), primary, f"{where}.figure")
+        out[str(sid)] = TableSection(
+            title=str(spec.get("title") or sid),
+            tasks=tuple(chosen),
+            models=rows,
+            figure=figure,
+        )
+    return out
+
+
+def _figure(
+    raw: Any, rows: Sequence[str], primary: Mapping[str, str], where: str
+) -> SectionFigure | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"{where}: expected a mapping")
+    _check_keys(raw, _FIGURE_KEYS, where)
+    if "x" not in raw:
+        raise SettingsError(f"{where}: missing required key 'x' (model -> value, or a pattern)")
+    x, pattern = raw["x"], ""
+    pairs: tuple[tuple[str, float], ...] = ()
+    if isinstance(x, str):
+        try:
+            rx = re.compile(x)
+        except re.error as err:
+            raise SettingsError(f"{where}.x: not a regular expression: {err}") from None
+        if rx.groups != 1:
+            raise SettingsError(f"{where}.x: the pattern needs exactly one group (the value)")
+        pattern = x
+    elif isinstance(x, Mapping) and x:
+        values = []
+        for model, value in x.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise SettingsError(f"{where}.x.{model}: expected a number; got {value!r}")
+            values.append((str(model), float(value)))
+        pairs = tuple(values)
+        extra = [m for m, _ in pairs if m not in rows]
+        if extra:
+            raise SettingsError(f"{where}.x: {extra} are not rows of the section ({list(rows)})")
+    else:
+        raise SettingsError(f"{where}.x: a mapping model -> number or a pattern with one group")
+    figure = SectionFigure(
+        x=pairs,
+        pattern=pattern,
+        metric=_metric_map(raw.get("metric"), primary, f"{where}.metric"),
+        xlabel=str(raw.get("xlabel") or ""),
+        log_x=bool(raw.get("log_x", False)),
+    )
+    try:
+        points = figure.points(rows)
+    except ValueError:
+        raise SettingsError(f"{where}.x: the pattern's group must be a number") from None
+    if len(points) < 2:
+        raise SettingsError(
+            f"{where}.x: fewer than two of the section's rows have a value ({points})"
+        )
+    if figure.log_x and min(points.values()) <= 0:
+        raise SettingsError(f"{where}.log_x: every x value must be > 0; got {points}")
+    return figure
+
+
 def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
     """Build :class:`EvalSettings` from an ``evaluate:`` block (defaults filled).
 
@@ -857,6 +1061,12 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         raise SettingsError("evaluate.finetune: head_init_std must be > 0")
     if finetune.warmup_epochs < 0 or finetune.min_lr < 0:
         raise SettingsError("evaluate.finetune: warmup_epochs and min_lr must be >= 0")
+    primary_metric = _metric_map(
+        block.get("primary_metric"),
+        base.primary_metric,
+        "evaluate.primary_metric",
+        exclude=COVARIATE_METRICS,  # tests compare every task; partial_r is not in all
+    )
     return EvalSettings(
         tasks=tuple(tasks),
         cohorts=cohorts,
@@ -865,12 +1075,7 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         n_folds=n_folds,
         val_fraction=val_fraction,
         n_bins=int(block.get("n_bins", base.n_bins)),
-        primary_metric=_metric_map(
-            block.get("primary_metric"),
-            base.primary_metric,
-            "evaluate.primary_metric",
-            exclude=COVARIATE_METRICS,  # tests compare every task; partial_r is not in all
-        ),
+        primary_metric=primary_metric,
         select_metric=_metric_map(
             block.get("select_metric"),
             base.select_metric,
@@ -887,6 +1092,7 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> EvalSettings:
         predictor_lmae=predictor_lmae,  # type: ignore[arg-type]
         labels=_labels(block.get("labels")),
         external=_external(block.get("external")),
+        sections=_sections(block.get("sections"), tasks, models, primary_metric),
     )
 
 

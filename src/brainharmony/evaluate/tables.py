@@ -14,7 +14,12 @@
 * ``<out-dir>/paper_table.{csv,md,tex}``: rows models, columns dataset / task /
   metric, cells ``mean ± std`` (classification metrics in %), the best mean of each
   column in bold (Markdown, LaTeX), ``†`` where a model beats the task's best
-  baseline at the configured alpha, and a note naming the test.
+  baseline at the configured alpha, and a note naming the test and saying why each
+  ``–`` cell is empty (the models the evaluation skipped or did not run, from the
+  predictions sidecars);
+* with ``evaluate.sections``: one table per section in those files (a Markdown heading
+  and a LaTeX table each; the CSV gains a ``section`` column), and for a section with a
+  ``figure`` the figure ``paper_figure_<id>.png`` and its points ``paper_figure_<id>.csv``.
 """
 
 from __future__ import annotations
@@ -41,12 +46,22 @@ from brainharmony.evaluate.metrics import (
 from brainharmony.evaluate.settings import (
     COVARIATE_METRICS,
     METRIC_LABELS,
+    SECTION_FIGURE_STEM,
     EvalSettings,
+    TableSection,
     TaskSpec,
     settings_from_mapping,
 )
 from brainharmony.evaluate.stats import TEST_NAME, paired_tests
-from brainharmony.io import InputDataError, PathLike, provenance, write_json, write_text, write_tsv
+from brainharmony.io import (
+    InputDataError,
+    PathLike,
+    atomic_path,
+    provenance,
+    write_json,
+    write_text,
+    write_tsv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +157,31 @@ def merge_predictions(
     return merged, {"Tasks": tasks, "Settings": settings}
 
 
+#: Why a model has no cell in a task: ``(dataset, task) -> {model: reason}``.
+Reasons = Mapping[tuple[str, str], Mapping[str, str]]
+
+NOT_RUN = "not run: "
+
+
+def absence_reasons(meta: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, str]]:
+    """Why models have no predictions, per task, from a predictions sidecar.
+
+    ``SkippedModels`` (the harness found the model not applicable, e.g. logistic
+    regression on a regression task) give their reason as it is; ``NotRun`` (models the
+    workflow did not run on the task, e.g. a T1w model on parcellated data) give
+    ``"not run: <reason>"``.
+    """
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for key, entry in meta["Tasks"].items():
+        ds, _, tk = key.partition("/")
+        here = out.setdefault((ds, tk), {})
+        for model, reason in (entry.get("NotRun") or {}).items():
+            here[str(model)] = NOT_RUN + str(reason)
+        for model, reason in (entry.get("SkippedModels") or {}).items():
+            here[str(model)] = str(reason)
+    return out
+
+
 def metrics_from_file(path: PathLike) -> pd.DataFrame:
     """metrics.csv recomputed from a predictions TSV and its sidecar alone."""
 
@@ -183,6 +223,12 @@ class PaperTable:
     labels : mapping of str to str
         ``model -> row label`` under the run's settings (a frozen fine-tuning entry says
         "LP"; the predictor with a shared LMAE says so; see :func:`row_labels`).
+    key, title : str
+        The section's id and heading (``evaluate.sections``; empty for the one table
+        of a run without sections).
+    absent : mapping
+        ``(model, (dataset, task)) -> reason`` for every row without cells in a task
+        of the table (the note lists them).
     """
 
     models: list[str]
@@ -192,6 +238,9 @@ class PaperTable:
     marked: set[tuple[str, tuple[str, str]]]
     note: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    key: str = ""
+    title: str = ""
+    absent: Mapping[tuple[str, tuple[str, str]], str] = field(default_factory=dict)
 
     def label(self, model: str) -> str:
         """Row label (``labels``, else :func:`~brainharmony.evaluate.harness.display_name`)."""
@@ -220,12 +269,49 @@ def build_paper_table(
     tests: pd.DataFrame,
     settings: EvalSettings,
     task_types: Mapping[tuple[str, str], str],
+    reasons: Reasons | None = None,
+    section: TableSection | None = None,
+    section_id: str = "",
 ) -> PaperTable:
-    """Arrange metrics.csv into the papers' layout (see the module notes)."""
-    models = model_order(list(dict.fromkeys(metrics["model"])))
+    """Arrange metrics.csv into the papers' layout (see the module notes).
+
+    Parameters
+    ----------
+    metrics, tests : pandas.DataFrame
+        metrics.csv and tests.csv.
+    settings : EvalSettings
+    task_types : mapping
+        ``(dataset, task) -> task type``, in column order.
+    reasons : mapping, optional
+        Why models lack predictions per task (:func:`absence_reasons`); a row without
+        cells in a task whose reason is not recorded is noted "not run" all the same.
+    section : TableSection, optional
+        Restrict the columns to its tasks and the rows to its models (in its order),
+        and head the table with its title (``section_id`` is its id).
+    """
+    reasons = reasons or {}
+    tasks = list(task_types)
+    if section is not None and section.tasks:
+        missing = [f"{d}/{t}" for d, t in section.tasks if (d, t) not in task_types]
+        if missing:
+            raise InputDataError(
+                None,
+                f"evaluate.sections.{section_id}: tasks {missing} have no predictions among the "
+                f"inputs (tasks found: {[f'{d}/{t}' for d, t in task_types]})",
+            )
+        tasks = list(section.tasks)
+    in_tasks = metrics.loc[
+        [(d, t) in set(tasks) for d, t in zip(metrics["dataset"], metrics["task"], strict=True)]
+    ]
+    if section is not None and section.models:
+        models = list(section.models)
+    else:
+        found = list(dict.fromkeys(in_tasks["model"]))
+        found += [m for t in tasks for m in reasons.get(t, {}) if m not in found]
+        models = model_order(found)
     columns: list[tuple[str, str, str]] = []
     computed = set(zip(metrics["dataset"], metrics["task"], metrics["metric"], strict=True))
-    for ds, tk in task_types:
+    for ds, tk in tasks:
         for metric in settings.table_metrics[task_types[(ds, tk)]]:
             if metric in COVARIATE_METRICS and (ds, tk, metric) not in computed:
                 continue  # partial_r: only tasks with a partial_out covariate have it
@@ -282,7 +368,54 @@ def build_paper_table(
             "subject of pretrain.datasets (evaluate.predictor_lmae: shared); where the "
             "evaluated dataset is one of them, its test folds were seen (transductive)."
         )
-    return PaperTable(models, columns, cells, bold, marked, note, labels)
+    absent: dict[tuple[str, tuple[str, str]], str] = {}
+    for model in models:
+        for task in tasks:
+            if any((model, c) in cells for c in columns if c[:2] == task):
+                continue
+            absent[(model, task)] = reasons.get(task, {}).get(model) or (
+                NOT_RUN + "not in evaluate.models"
+                if model not in settings.models
+                else NOT_RUN + "no predictions among the inputs (no reason recorded)"
+            )
+    if absent:
+        note += (
+            " –: "
+            + "; ".join(
+                f"{labels[m]}: {reason} ({', '.join(f'{d}/{t}' for d, t in where)})"
+                for (m, reason), where in _grouped(absent).items()
+            )
+            + "."
+        )
+    title = section.title if section is not None else ""
+    return PaperTable(models, columns, cells, bold, marked, note, labels, section_id, title, absent)
+
+
+def _grouped(
+    absent: Mapping[tuple[str, tuple[str, str]], str],
+) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """``(model, reason) -> tasks``, in row then column order."""
+    out: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for (model, task), reason in absent.items():
+        out.setdefault((model, reason), []).append(task)
+    return out
+
+
+def build_sections(
+    metrics: pd.DataFrame,
+    tests: pd.DataFrame,
+    settings: EvalSettings,
+    task_types: Mapping[tuple[str, str], str],
+    reasons: Reasons | None = None,
+) -> list[PaperTable]:
+    """One :class:`PaperTable` per ``evaluate.sections`` entry, in order; without
+    sections, the one table of every task and model."""
+    if not settings.sections:
+        return [build_paper_table(metrics, tests, settings, task_types, reasons)]
+    return [
+        build_paper_table(metrics, tests, settings, task_types, reasons, section, key)
+        for key, section in settings.sections.items()
+    ]
 
 
 #: Suffix of the predictor's row when its LMAE was pretrained once for all folds.
@@ -297,11 +430,22 @@ def row_labels(settings: EvalSettings, models: Sequence[str]) -> dict[str, str]:
 
 
 def table_csv(table: PaperTable) -> pd.DataFrame:
-    """The table as a DataFrame: ``model`` then one ``dataset/task/metric`` column each."""
+    """The table as a DataFrame: ``model`` then one ``dataset/task/metric`` column each
+    (``–`` where the model has no value; the note says why)."""
     data: dict[str, list[str]] = {"model": [table.label(m) for m in table.models]}
     for col in table.columns:
-        data["/".join(col)] = [table.text(m, col) for m in table.models]
+        data["/".join(col)] = [table.text(m, col) or "–" for m in table.models]
     return pd.DataFrame(data)
+
+
+def sections_csv(tables: Sequence[PaperTable]) -> pd.DataFrame:
+    """Several sections as one DataFrame: ``section`` (its id), ``model``, then the
+    union of their columns (empty where a column is not one of the row's section)."""
+    if len(tables) == 1 and not tables[0].key:
+        return table_csv(tables[0])
+    frames = [table_csv(t).assign(section=t.key) for t in tables]
+    merged = pd.concat(frames, ignore_index=True).fillna("")
+    return merged[["section"] + [c for c in merged.columns if c != "section"]]
 
 
 def table_markdown(table: PaperTable) -> str:
@@ -315,6 +459,31 @@ def table_markdown(table: PaperTable) -> str:
             cells.append(f"**{text}**" if (m, col) in table.bold and text else text or "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + table.note + "\n"
+
+
+def sections_markdown(tables: Sequence[PaperTable], figures: Mapping[str, str] = {}) -> str:
+    """Every section: ``## <title>``, its table and note, and its figure (``figures``:
+    section id -> file name, linked relative to the Markdown file). One table without a
+    section id is :func:`table_markdown` alone."""
+    if len(tables) == 1 and not tables[0].key:
+        return table_markdown(tables[0])
+    parts = []
+    for t in tables:
+        text = f"## {t.title or t.key}\n\n" + table_markdown(t)
+        if t.key in figures:
+            text += f"\n![{t.title or t.key}]({figures[t.key]})\n"
+        parts.append(text)
+    return "\n".join(parts)
+
+
+def sections_latex(tables: Sequence[PaperTable]) -> str:
+    """One booktabs table per section (caption: its title then its note; label
+    ``tab:<id>``); one table without a section id is :func:`table_latex` alone."""
+    if len(tables) == 1 and not tables[0].key:
+        return table_latex(tables[0])
+    return "\n".join(
+        table_latex(t, (t.title or t.key).rstrip(".") + ".", f"tab:{t.key}") for t in tables
+    )
 
 
 _LATEX_ESCAPES = {
@@ -390,6 +559,77 @@ def table_latex(table: PaperTable, caption: str = "", label: str = "tab:results"
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- figures
+
+#: Columns of a section figure's points (``paper_figure_<id>.csv``).
+FIGURE_COLUMNS = ("model", "label", "x", "dataset", "task", "metric", "mean", "std", "n")
+
+
+def figure_points(
+    table: PaperTable,
+    metrics: pd.DataFrame,
+    settings: EvalSettings,
+    task_types: Mapping[tuple[str, str], str],
+) -> pd.DataFrame:
+    """The points of a section's figure: for each task of the section, each row with
+    an x value (``figure.x``) and a value of the plotted metric (``figure.metric``,
+    default the primary metric), its mean, std and n over the test partitions.
+
+    Rows without metrics (not run) have no point; columns :data:`FIGURE_COLUMNS`.
+    """
+    spec = settings.sections[table.key].figure
+    if spec is None:
+        raise ValueError(f"evaluate.sections.{table.key} has no figure")
+    xs = spec.points(table.models)
+    index = metrics.set_index(["dataset", "task", "model", "metric"])
+    rows = []
+    tasks = list(dict.fromkeys(c[:2] for c in table.columns))
+    for ds, tk in tasks:
+        kind = task_types[(ds, tk)]
+        metric = (spec.metric or settings.primary_metric).get(kind, settings.primary_metric[kind])
+        for model, x in xs.items():
+            key = (ds, tk, model, metric)
+            if key not in index.index:
+                continue
+            row = index.loc[key]
+            rows.append(
+                {
+                    "model": model,
+                    "label": table.label(model),
+                    "x": x,
+                    "dataset": ds,
+                    "task": tk,
+                    "metric": metric,
+                    "mean": float(row["mean"]),
+                    "std": float(row["std"]),
+                    "n": int(row["n"]),
+                }
+            )
+    frame = pd.DataFrame(rows, columns=list(FIGURE_COLUMNS))
+    return frame.sort_values(["dataset", "task", "x"], kind="stable").reset_index(drop=True)
+
+
+def figure_png(points: pd.DataFrame, settings: EvalSettings, key: str, title: str) -> bytes:
+    """The section figure (:func:`brainharmony.evaluate.figures.sweep_figure`) of
+    :func:`figure_points`: one panel per task, classification metrics in %."""
+    from brainharmony.evaluate import figures
+
+    spec = settings.sections[key].figure
+    if spec is None:
+        raise ValueError(f"evaluate.sections.{key} has no figure")
+    panels = {}
+    for (ds, tk, metric), group in points.groupby(["dataset", "task", "metric"], sort=False):
+        scale = 100.0 if metric in PERCENT_METRICS else 1.0
+        label = METRIC_LABELS.get(str(metric), str(metric)) + (" (%)" if scale == 100 else "")
+        panels[f"{ds} · {tk}"] = (
+            group["x"].to_numpy(float),
+            scale * group["mean"].to_numpy(float),
+            scale * group["std"].to_numpy(float),
+            label,
+        )
+    return figures.sweep_figure(panels, title, spec.xlabel or "x", spec.log_x)
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -417,9 +657,23 @@ def make_tables(
             ratio = 1.0 / ((k - 1) * (1 - settings.val_fraction))
         ratios[(ds, tk)] = float(ratio)
     tests = paired_tests(per_fold, settings.primary_metric, types, baseline_names(), ratios)
-    table = build_paper_table(metrics, tests, settings, types)
+    reasons = absence_reasons(meta)
+    tables = build_sections(metrics, tests, settings, types, reasons)
     out = Path(out_dir)
     pred_out = Path(predictions_out)
+    figure_paths: dict[str, Path] = {}
+    figure_names: dict[str, str] = {}
+    for table in tables:
+        if not table.key or settings.sections[table.key].figure is None:
+            continue
+        stem = SECTION_FIGURE_STEM.format(section=table.key)
+        points = figure_points(table, metrics, settings, types)
+        write_text(out / f"{stem}.csv", points.to_csv(index=False, lineterminator="\n"))
+        png = figure_png(points, settings, table.key, table.title or table.key)
+        with atomic_path(out / f"{stem}.png") as tmp:
+            Path(tmp).write_bytes(png)
+        figure_paths[f"figure_{table.key}"] = out / f"{stem}.png"
+        figure_names[table.key] = f"{stem}.png"
     paths = {
         "predictions_json": write_json(
             pred_out.with_suffix(".json"),
@@ -434,16 +688,28 @@ def make_tables(
         ),
         "tests": write_text(out / "tests.csv", tests.to_csv(index=False, lineterminator="\n")),
         "table_csv": write_text(
-            out / "paper_table.csv", table_csv(table).to_csv(index=False, lineterminator="\n")
+            out / "paper_table.csv",
+            sections_csv(tables).to_csv(index=False, lineterminator="\n"),
         ),
-        "table_md": write_text(out / "paper_table.md", table_markdown(table)),
-        "table_tex": write_text(out / "paper_table.tex", table_latex(table)),
+        "table_md": write_text(out / "paper_table.md", sections_markdown(tables, figure_names)),
+        "table_tex": write_text(out / "paper_table.tex", sections_latex(tables)),
+        **figure_paths,
     }
     paths["sidecar"] = write_json(
         out / "tables.json",
         {
             "Description": "Metrics, paired tests and paper-layout tables",
-            "Note": table.note,
+            "Note": " ".join((f"{t.title}: " if t.key else "") + t.note for t in tables),
+            "Sections": [
+                {
+                    "id": t.key,
+                    "title": t.title,
+                    "note": t.note,
+                    "figure": figure_names.get(t.key),
+                }
+                for t in tables
+            ],
+            "Absent": {f"{d}/{t}": dict(models) for (d, t), models in reasons.items() if models},
             "Settings": settings.to_dict(),
             "Provenance": provenance(step="tables", inputs=prediction_files),
         },

@@ -60,6 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--models", nargs="+", default=None, help="override evaluate.models")
     parser.add_argument(
+        "--not-run",
+        action="append",
+        default=[],
+        metavar="NAME=REASON",
+        help="a model of evaluate.models left out of this task, and why (recorded in the "
+        "sidecar's NotRun; the tables' notes quote it)",
+    )
+    parser.add_argument(
         "--series",
         nargs="*",
         default=[],
@@ -182,8 +190,14 @@ def _run(args: argparse.Namespace) -> int:
             return item_source(kind, data_cfg, shards, args.ft_tokens, args.scaling)
 
         inputs["finetune_data"] = factory
+    not_run: dict[str, str] = {}
+    for item in args.not_run:
+        name, eq, reason = item.partition("=")
+        if not eq or not name or not reason.strip():
+            raise InputDataError(None, f"--not-run {item!r}: expected NAME=REASON")
+        not_run[name] = reason.strip()
     try:
-        result = evaluate_task(task, settings, labels, splits, inputs, models, covariates)
+        result = evaluate_task(task, settings, labels, splits, inputs, models, covariates, not_run)
     except (SettingsError, ValueError) as err:
         if isinstance(err, InputDataError):
             raise

@@ -14,7 +14,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from brainharmony.evaluate.settings import EvalSettings, TaskSpec, settings_from_mapping
+from brainharmony.evaluate.settings import (
+    SECTION_FIGURE_STEM,
+    EvalSettings,
+    TaskSpec,
+    settings_from_mapping,
+)
 from brainharmony.planning.multitr import SCALING_STATS, denoised_series, series_shard
 from brainharmony.planning.train import EMBEDDINGS as TRAIN_EMBEDDINGS
 from brainharmony.planning.train import VARIANT_EMBEDDING, Variant, model_outputs
@@ -67,6 +72,9 @@ TABLES: dict[str, str] = {
     "sidecar": "results/tables/tables.json",
 }
 PAPER_TABLE = "results/tables/paper_table"
+#: A table section's figure (``evaluate.sections.<id>.figure``), next to the tables:
+#: ``PAPER_FIGURE`` + .png (the figure) and .csv (its points).
+PAPER_FIGURE = "results/tables/" + SECTION_FIGURE_STEM
 REPORT = "results/report/index.html"
 
 
@@ -172,6 +180,31 @@ def models_for(
     if t1_datasets(spec, parcellated):
         return list(settings.models)
     return [m for m in settings.models if m not in needs_t1]
+
+
+def models_not_run(
+    settings: EvalSettings,
+    wildcards: Any,
+    parcellated: Collection[str] = (),
+    needs_t1: Collection[str] = NEEDS_T1,
+) -> dict[str, str]:
+    """The models of ``evaluate.models`` that :func:`models_for` leaves out of a task,
+    with the reason (``brainharmony evaluate --not-run``; the tables' notes quote it)."""
+    spec = task_of(settings, wildcards)
+    run = set(models_for(settings, wildcards, parcellated, needs_t1))
+    return {
+        m: (
+            f"needs T1w images, and every dataset of {spec.dataset}/{spec.name} "
+            f"({', '.join(spec.datasets)}) is parcellated series without T1w"
+        )
+        for m in settings.models
+        if m not in run
+    }
+
+
+def not_run_args(reasons: Mapping[str, str]) -> str:
+    """``--not-run NAME=REASON`` arguments (quoted) of :func:`models_not_run`."""
+    return " ".join(f"--not-run {shlex.quote(f'{m}={r}')}" for m, r in reasons.items())
 
 
 def model_inputs(
@@ -433,6 +466,17 @@ class EvalPlan:
     @property
     def paper_table(self) -> str:
         return PAPER_TABLE
+
+    @property
+    def figures(self) -> list[str]:
+        """The figures (.png) and their points (.csv) of the table sections that draw
+        one (outputs of the tables rule)."""
+        return [
+            PAPER_FIGURE.format(section=key) + ext
+            for key, section in self.settings.sections.items()
+            if section.figure is not None
+            for ext in (".png", ".csv")
+        ]
 
     @property
     def report(self) -> str:

@@ -117,6 +117,13 @@ def test_evaluation_leaves_the_t1_models_out_where_no_dataset_has_t1(tmp_path):
     only = SimpleNamespace(dataset="ukb", task="age")
     kept = ["null_model", "fc_ridge", "probe_bh_f", "finetune_bh_f"]
     assert E.models_for(settings, only, parc) == kept
+    # the models left out go to `evaluate --not-run` with the reason the tables quote
+    left = E.models_not_run(settings, only, parc)
+    assert list(left) == [m for m in MODELS if m not in kept]
+    assert all("needs T1w images" in r and "ukb/age (ukb)" in r for r in left.values())
+    args = E.not_run_args(left)
+    assert args.count("--not-run ") == len(left)
+    assert "--not-run 'probe_harmonizer=needs T1w images" in args
     inputs = E.model_inputs(settings, only, native_ms=lambda d: 735, parcellated=parc)
     assert set(inputs) == {
         "probe_bh_f", "finetune_bh_f", "finetune_bh_f__shards", "finetune_bh_f__scaling"
@@ -126,6 +133,7 @@ def test_evaluation_leaves_the_t1_models_out_where_no_dataset_has_t1(tmp_path):
     # a cohort with a BIDS dataset keeps them, on that dataset's embeddings only
     both = SimpleNamespace(dataset="both", task="age")
     assert E.models_for(settings, both, parc) == MODELS
+    assert E.models_not_run(settings, both, parc) == {}
     inputs = E.model_inputs(settings, both, native_ms=lambda d: 735, parcellated=parc)
     assert inputs["probe_harmonizer"] == ["results/embeddings/harmonizer/site.npz"]
     assert inputs["probe_bh_f"] == [f"results/embeddings/bh_f/{d}.npz" for d in ("site", "ukb")]
