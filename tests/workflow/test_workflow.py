@@ -119,16 +119,6 @@ def test_unknown_config_key_is_named(tmp_path):
     assert "unknown key 'ingset'" in out.stdout + out.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """The tiny demo run through every stage (``all``); tests copy it, never modify it."""
-    workdir = tmp_path_factory.mktemp("tiny-run")
-    cfg = str(_write_config(workdir, TINY))
-    out = run_snakemake(workdir, "--configfile", cfg, "--cores", "2", "all")
-    assert out.returncode == 0, out.stderr[-4000:]
-    return workdir
-
-
 @pytest.mark.slow
 def test_tiny_run_through_every_stage(tiny_run):
     """demo -> ingest -> anat -> func -> geometry -> multi-TR -> train -> evaluate (tiny)."""
