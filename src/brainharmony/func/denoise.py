@@ -44,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from brainharmony.func.butterworth import butter_sos, sos_min_length, sosfiltfilt
 from brainharmony.func.confounds import EXPANSIONS, TISSUES
 from brainharmony.func.defaults import DEFAULT_STRATEGY, MIN_SEGMENT
 from brainharmony.func.motion import PARAM_NAMES
@@ -314,13 +315,14 @@ def butterworth_sos(
 ) -> np.ndarray | None:
     """Second-order sections of the Butterworth band-pass; None when both edges are open.
 
+    The filter of ``scipy.signal.butter(..., output="sos")``, designed without importing
+    ``scipy.signal`` (:mod:`brainharmony.func.butterworth`).
+
     Raises
     ------
     ValueError
         When a cutoff is at or above the Nyquist frequency (never clamped).
     """
-    from scipy import signal
-
     if not (isinstance(t_r, int | float) and np.isfinite(t_r) and t_r > 0):
         raise ValueError(f"t_r must be a positive number of seconds, got {t_r!r}")
     nyquist = 0.5 / float(t_r)
@@ -333,19 +335,17 @@ def butterworth_sos(
     if high_pass is None and low_pass is None:
         return None
     if high_pass is not None and low_pass is not None:
-        return signal.butter(order, [high_pass, low_pass], btype="band", output="sos", fs=1 / t_r)
+        return butter_sos(order, (high_pass, low_pass), "bandpass", 1 / t_r)
     if high_pass is not None:
-        return signal.butter(order, high_pass, btype="high", output="sos", fs=1 / t_r)
-    return signal.butter(order, low_pass, btype="low", output="sos", fs=1 / t_r)
+        return butter_sos(order, high_pass, "highpass", 1 / t_r)
+    return butter_sos(order, low_pass, "lowpass", 1 / t_r)
 
 
 def filter_min_volumes(sos: np.ndarray | None) -> int:
-    """Fewest frames ``scipy.signal.sosfiltfilt`` accepts with its default padding."""
+    """Fewest frames ``sosfiltfilt`` accepts with its default padding (as SciPy's)."""
     if sos is None:
         return 1
-    ntaps = 2 * sos.shape[0] + 1
-    ntaps -= min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
-    return 3 * ntaps + 1
+    return sos_min_length(sos) + 1
 
 
 def _interpolation_matrix(n: int, keep: np.ndarray, edges: str) -> np.ndarray:
@@ -382,9 +382,7 @@ def _detrend_matrix(n: int) -> np.ndarray:
 
 def _filter_matrix(n: int, sos: np.ndarray) -> np.ndarray:
     """(n, n) matrix of ``sosfiltfilt`` (odd padding): linear in its input."""
-    from scipy import signal
-
-    return signal.sosfiltfilt(sos, np.eye(n), axis=0)
+    return sosfiltfilt(sos, np.eye(n))
 
 
 def _regression_pinv(design_k: np.ndarray, n_kept: int) -> tuple[np.ndarray, int]:
