@@ -48,6 +48,7 @@ from brainharmony.func.butterworth import butter_sos, sos_min_length, sosfiltfil
 from brainharmony.func.confounds import EXPANSIONS, TISSUES
 from brainharmony.func.defaults import DEFAULT_STRATEGY, MIN_SEGMENT
 from brainharmony.func.motion import PARAM_NAMES
+from brainharmony.func.spline import spline_weights
 
 logger = logging.getLogger(__name__)
 
@@ -350,8 +351,6 @@ def filter_min_volumes(sos: np.ndarray | None) -> int:
 
 def _interpolation_matrix(n: int, keep: np.ndarray, edges: str) -> np.ndarray:
     """(n, n) matrix replacing censored frames by a cubic spline through kept frames."""
-    from scipy.interpolate import CubicSpline
-
     kept = np.flatnonzero(keep)
     out = np.zeros((n, n))
     out[kept, kept] = 1.0
@@ -361,8 +360,8 @@ def _interpolation_matrix(n: int, keep: np.ndarray, edges: str) -> np.ndarray:
     if kept.size == 1:
         out[lost, kept[0]] = 1.0
         return out
-    spline = CubicSpline(kept.astype(np.float64), np.eye(kept.size), extrapolate=True)
-    weights = spline(lost.astype(np.float64))  # (n_lost, n_kept)
+    # scipy.interpolate.CubicSpline's not-a-knot spline, without importing it.
+    weights = spline_weights(kept.astype(np.float64), lost.astype(np.float64))  # (n_lost, n_kept)
     if edges == "nearest":
         weights[lost < kept[0]] = 0.0
         weights[lost < kept[0], 0] = 1.0
