@@ -425,13 +425,17 @@ def _sample(vols: Any, grid: Any) -> tuple[Any, Any]:
     ``grid`` holds grid_sample coordinates (z, y, x order, [-1, 1] spans the grid).
     Returns the samples (n, P) and a validity mask (n, P) (inside the grid).
     """
+    return _trilinear(vols, grid), inside_grid(grid, 1e-6)
+
+
+def _trilinear(vols: Any, grid: Any) -> Any:
+    """The samples (n, P) of :func:`_sample` alone (no inside-the-grid test)."""
     import torch.nn.functional as F
 
-    inside = inside_grid(grid, 1e-6)
     values = F.grid_sample(
         vols, grid[:, None, None], mode="bilinear", padding_mode="border", align_corners=True
     )
-    return values[:, 0, 0, 0, :], inside
+    return values[:, 0, 0, 0, :]
 
 
 def _align_level(
@@ -559,7 +563,7 @@ def _resample_mean(
         stop = min(vols.shape[0], start + chunk)
         to_vox = to_grid @ shift @ warps[start:stop] @ unshift @ a64  # template voxel -> grid
         coords = pts32 @ to_vox[:, :3, :].transpose(1, 2).float()
-        values, _ = _sample(vols[start:stop], coords)
+        values = _trilinear(vols[start:stop], coords)
         total += values.double().sum(0)
     return (total / vols.shape[0]).float().reshape(1, 1, *shape)
 
@@ -603,6 +607,5 @@ def apply_motion(
         to_vox = torch.from_numpy((to_grid @ matrices[start:stop] @ affine).astype(np.float32))
         to_vox = to_vox.to(device)
         vox = pts_t @ to_vox[:, :3, :].transpose(1, 2)
-        values, _ = _sample(vols[start:stop], vox)
-        out[start:stop] = values.cpu().numpy()
+        out[start:stop] = _trilinear(vols[start:stop], vox).cpu().numpy()
     return np.moveaxis(out.reshape(data.shape[3], *shape), 0, 3)
