@@ -687,7 +687,7 @@ def resample_to_template(
     points: np.ndarray,
     *,
     valid: np.ndarray | None = None,
-    chunk: int = 64,
+    chunk: int = 16,
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample every native volume at template points (trilinear), once.
@@ -704,7 +704,9 @@ def resample_to_template(
         Native voxels holding usable data; a template point whose interpolation
         touches an unusable voxel in any volume loses coverage.
     chunk : int
-        Volumes per batch.
+        Volumes per batch (each volume is sampled on its own: the result does not
+        depend on it; small batches keep the float64 coordinate temporaries, fresh pages
+        the kernel must zero, small: 16 takes about 0.25 s less system time than 64).
     device : str
 
     Returns
