@@ -413,10 +413,14 @@ def _normalizer(shape: Sequence[int]) -> np.ndarray:
 def inside_grid(grid: Any, tol: float) -> Any:
     """Whether every coordinate of each point of ``grid`` (..., 3) lies in [-1 - tol, 1 + tol]
     (grid_sample coordinates; six comparisons on the coordinate views: no copy of the
-    grid as abs() would make, and about twice as fast as a min/max over the last axis)."""
+    grid as abs() would make, and about twice as fast as a min/max over the last axis).
+    Returned contiguous: the result of elementwise operations keeps the memory order of a
+    non-contiguous grid (einsum's), and a transposed mask would send the matrix products
+    it weights down another BLAS path, changing their rounding."""
     high, low = 1.0 + tol, -1.0 - tol
     x, y, z = grid.unbind(-1)
-    return (x <= high) & (x >= low) & (y <= high) & (y >= low) & (z <= high) & (z >= low)
+    inside = (x <= high) & (x >= low) & (y <= high) & (y >= low) & (z <= high) & (z >= low)
+    return inside.contiguous()
 
 
 def _sample(vols: Any, grid: Any) -> tuple[Any, Any]:

@@ -104,3 +104,6 @@ def test_inside_grid_matches_the_min_max_test():
     for tol in (0.0, 1e-6, 1e-5):
         assert torch.equal(inside_grid(grid, tol), (high <= 1.0 + tol) & (low >= -1.0 - tol))
     assert not inside_grid(grid, 1e-5)[0, 2] and inside_grid(grid, 0.0)[1, 0]
+    # A grid laid out points-first (as einsum returns it) still gives a contiguous mask.
+    strided = grid.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    assert not strided.is_contiguous() and inside_grid(strided, 1e-6).is_contiguous()
