@@ -75,13 +75,37 @@ def expand(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=frame.index)
 
 
-def dvars(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _row_percentile(ordered: np.ndarray, q: float, median: float) -> np.ndarray:
+    """``np.percentile(x / median * 1000, 100 * q, axis=1)`` (linear method) from the rows
+    of ``x`` already sorted (``ordered``; ``median`` 0: no scaling), to the same bits.
+
+    The position is ``q * (n - 1)``; numpy's interpolation is ``a + (b - a) * g``, or
+    ``b - (b - a) * (1 - g)`` when ``g >= 0.5``.
+    """
+    n = ordered.shape[1]
+    position = q * (n - 1)
+    lo = int(np.floor(position))
+    hi = min(lo + 1, n - 1)
+    g = position - lo
+    a = ordered[:, lo].astype(np.float64)
+    b = ordered[:, hi].astype(np.float64)
+    if median != 0:
+        a = a / median * 1000.0
+        b = b / median * 1000.0
+    step = b - a
+    return b - step * (1 - g) if g >= 0.5 else a + step * g
+
+
+def dvars(samples: np.ndarray, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """DVARS and its standardised form (Nichols 2013; as nipype's ComputeDVARS).
 
     Parameters
     ----------
     samples : ndarray of shape (n_voxels, n_volumes)
         In-brain voxel time series (voxels with zero variance are ignored).
+    chunk : int
+        Voxels per block: the per-voxel statistics are computed block by block (the
+        same numbers as on the whole array, without its float64 temporaries).
 
     Returns
     -------
@@ -92,27 +116,69 @@ def dvars(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``dvars`` divided by its expected value under temporal independence given each
         voxel's robust SD and lag-1 autocorrelation; first value NaN.
     """
-    x = np.asarray(samples, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] < 3:
-        raise ValueError(f"samples must have shape (n_voxels, n_volumes >= 3), got {x.shape}")
-    x = x[np.all(np.isfinite(x), axis=1)]
-    sd = np.std(x, axis=1)
-    x = x[sd > 1e-8 * max(float(np.abs(x).max(initial=0.0)), 1e-30)]
-    if x.shape[0] == 0:
-        nan = np.full(np.asarray(samples).shape[1], np.nan)
+    raw = np.asarray(samples)
+    if raw.ndim != 2 or raw.shape[1] < 3:
+        raise ValueError(f"samples must have shape (n_voxels, n_volumes >= 3), got {raw.shape}")
+    if raw.dtype not in (np.float32, np.float64):
+        raw = raw.astype(np.float64)
+    n_vox, n_vol = raw.shape
+    blocks = [slice(lo, min(lo + chunk, n_vox)) for lo in range(0, n_vox, chunk)]
+    # Voxels with finite samples and a non-negligible SD (relative to the largest value).
+    finite = np.zeros(n_vox, dtype=bool)
+    sd = np.zeros(n_vox)
+    peak = 0.0
+    for b in blocks:
+        block = raw[b].astype(np.float64)
+        ok = np.all(np.isfinite(block), axis=1)
+        block = block[ok]
+        finite[b] = ok
+        sd[b.start + np.flatnonzero(ok)] = np.std(block, axis=1)
+        peak = max(peak, float(np.abs(block).max(initial=0.0)))
+    used = finite & (sd > 1e-8 * max(peak, 1e-30))
+    n_used = int(used.sum())
+    if n_used == 0:
+        nan = np.full(n_vol, np.nan)
         return nan, nan.copy()
-    median = float(np.median(x))
-    x = x / median * 1000.0 if median != 0 else x
-    q75, q25 = np.percentile(x, [75, 25], axis=1)
-    robust_sd = (q75 - q25) / 1.349
-    centred = x - x.mean(axis=1, keepdims=True)
-    denom = np.sum(centred * centred, axis=1)
-    ar1 = np.sum(centred[:, 1:] * centred[:, :-1], axis=1) / np.where(denom > 0, denom, 1.0)
-    expected = float(np.mean(np.sqrt(np.clip(2.0 * (1.0 - ar1), 0.0, None)) * robust_sd))
-    diff = np.diff(x, axis=1)
-    raw = np.sqrt(np.mean(diff * diff, axis=0))
-    std = raw / expected if expected > 0 else np.full_like(raw, np.nan)
-    return np.concatenate([[np.nan], raw]), np.concatenate([[np.nan], std])
+    values = raw if n_used == n_vox else raw[used]
+    # The median of all values; float32 -> float64 is exact and keeps the order, so the
+    # middle elements of the original dtype give np.median's float64 result.
+    flat = values.ravel()
+    half = flat.size // 2
+    if flat.size % 2:
+        median = float(np.partition(flat, half)[half])
+    else:
+        middle = np.partition(flat, [half - 1, half])
+        median = (float(middle[half - 1]) + float(middle[half])) / 2.0
+    terms = np.empty(n_used)
+    sq_sum = None  # column sums of the squared differences, added voxel by voxel
+    for b in [slice(lo, min(lo + chunk, n_used)) for lo in range(0, n_used, chunk)]:
+        x = values[b].astype(np.float64)
+        # Quartiles from the rows sorted in their own dtype (much faster than
+        # np.percentile's partition); the scaling below is monotone, so it maps the
+        # sorted values onto the sorted scaled ones (reversed for a negative median).
+        ordered = np.sort(values[b], axis=1)
+        if median < 0:
+            ordered = ordered[:, ::-1]
+        if median != 0:
+            x = x / median * 1000.0
+        q75, q25 = (_row_percentile(ordered, q, median) for q in (0.75, 0.25))
+        robust_sd = (q75 - q25) / 1.349
+        centred = x - x.mean(axis=1, keepdims=True)
+        denom = np.sum(centred * centred, axis=1)
+        ar1 = np.sum(centred[:, 1:] * centred[:, :-1], axis=1) / np.where(denom > 0, denom, 1.0)
+        terms[b] = np.sqrt(np.clip(2.0 * (1.0 - ar1), 0.0, None)) * robust_sd
+        diff = np.diff(x, axis=1)
+        # np.add.reduce along axis 0 adds rows in order: carry the running sum as the
+        # first row so that the total is the whole array's, bit for bit.
+        stack = np.empty((diff.shape[0] + (sq_sum is not None), diff.shape[1]))
+        if sq_sum is not None:
+            stack[0] = sq_sum
+        np.multiply(diff, diff, out=stack[stack.shape[0] - diff.shape[0] :])
+        sq_sum = np.add.reduce(stack, axis=0)
+    expected = float(np.mean(terms))
+    dv = np.sqrt(sq_sum / n_used)
+    std = dv / expected if expected > 0 else np.full_like(dv, np.nan)
+    return np.concatenate([[np.nan], dv]), np.concatenate([[np.nan], std])
 
 
 def build_confounds(

@@ -44,9 +44,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from brainharmony.func.butterworth import butter_sos, sos_min_length, sosfiltfilt
 from brainharmony.func.confounds import EXPANSIONS, TISSUES
 from brainharmony.func.defaults import DEFAULT_STRATEGY, MIN_SEGMENT
 from brainharmony.func.motion import PARAM_NAMES
+from brainharmony.func.spline import spline_weights
 
 logger = logging.getLogger(__name__)
 
@@ -314,13 +316,14 @@ def butterworth_sos(
 ) -> np.ndarray | None:
     """Second-order sections of the Butterworth band-pass; None when both edges are open.
 
+    The filter of ``scipy.signal.butter(..., output="sos")``, designed without importing
+    ``scipy.signal`` (:mod:`brainharmony.func.butterworth`).
+
     Raises
     ------
     ValueError
         When a cutoff is at or above the Nyquist frequency (never clamped).
     """
-    from scipy import signal
-
     if not (isinstance(t_r, int | float) and np.isfinite(t_r) and t_r > 0):
         raise ValueError(f"t_r must be a positive number of seconds, got {t_r!r}")
     nyquist = 0.5 / float(t_r)
@@ -333,25 +336,21 @@ def butterworth_sos(
     if high_pass is None and low_pass is None:
         return None
     if high_pass is not None and low_pass is not None:
-        return signal.butter(order, [high_pass, low_pass], btype="band", output="sos", fs=1 / t_r)
+        return butter_sos(order, (high_pass, low_pass), "bandpass", 1 / t_r)
     if high_pass is not None:
-        return signal.butter(order, high_pass, btype="high", output="sos", fs=1 / t_r)
-    return signal.butter(order, low_pass, btype="low", output="sos", fs=1 / t_r)
+        return butter_sos(order, high_pass, "highpass", 1 / t_r)
+    return butter_sos(order, low_pass, "lowpass", 1 / t_r)
 
 
 def filter_min_volumes(sos: np.ndarray | None) -> int:
-    """Fewest frames ``scipy.signal.sosfiltfilt`` accepts with its default padding."""
+    """Fewest frames ``sosfiltfilt`` accepts with its default padding (as SciPy's)."""
     if sos is None:
         return 1
-    ntaps = 2 * sos.shape[0] + 1
-    ntaps -= min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
-    return 3 * ntaps + 1
+    return sos_min_length(sos) + 1
 
 
 def _interpolation_matrix(n: int, keep: np.ndarray, edges: str) -> np.ndarray:
     """(n, n) matrix replacing censored frames by a cubic spline through kept frames."""
-    from scipy.interpolate import CubicSpline
-
     kept = np.flatnonzero(keep)
     out = np.zeros((n, n))
     out[kept, kept] = 1.0
@@ -361,8 +360,8 @@ def _interpolation_matrix(n: int, keep: np.ndarray, edges: str) -> np.ndarray:
     if kept.size == 1:
         out[lost, kept[0]] = 1.0
         return out
-    spline = CubicSpline(kept.astype(np.float64), np.eye(kept.size), extrapolate=True)
-    weights = spline(lost.astype(np.float64))  # (n_lost, n_kept)
+    # scipy.interpolate.CubicSpline's not-a-knot spline, without importing it.
+    weights = spline_weights(kept.astype(np.float64), lost.astype(np.float64))  # (n_lost, n_kept)
     if edges == "nearest":
         weights[lost < kept[0]] = 0.0
         weights[lost < kept[0], 0] = 1.0
@@ -382,9 +381,7 @@ def _detrend_matrix(n: int) -> np.ndarray:
 
 def _filter_matrix(n: int, sos: np.ndarray) -> np.ndarray:
     """(n, n) matrix of ``sosfiltfilt`` (odd padding): linear in its input."""
-    from scipy import signal
-
-    return signal.sosfiltfilt(sos, np.eye(n), axis=0)
+    return sosfiltfilt(sos, np.eye(n))
 
 
 def _regression_pinv(design_k: np.ndarray, n_kept: int) -> tuple[np.ndarray, int]:

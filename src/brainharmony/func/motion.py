@@ -412,11 +412,15 @@ def _normalizer(shape: Sequence[int]) -> np.ndarray:
 
 def inside_grid(grid: Any, tol: float) -> Any:
     """Whether every coordinate of each point of ``grid`` (..., 3) lies in [-1 - tol, 1 + tol]
-    (grid_sample coordinates; min/max rather than abs(), which would copy the whole grid)."""
-    import torch
-
-    low, high = torch.aminmax(grid, dim=-1)
-    return (high <= 1.0 + tol) & (low >= -1.0 - tol)
+    (grid_sample coordinates; six comparisons on the coordinate views: no copy of the
+    grid as abs() would make, and about twice as fast as a min/max over the last axis).
+    Returned contiguous: the result of elementwise operations keeps the memory order of a
+    non-contiguous grid (einsum's), and a transposed mask would send the matrix products
+    it weights down another BLAS path, changing their rounding."""
+    high, low = 1.0 + tol, -1.0 - tol
+    x, y, z = grid.unbind(-1)
+    inside = (x <= high) & (x >= low) & (y <= high) & (y >= low) & (z <= high) & (z >= low)
+    return inside.contiguous()
 
 
 def _sample(vols: Any, grid: Any) -> tuple[Any, Any]:
@@ -425,13 +429,17 @@ def _sample(vols: Any, grid: Any) -> tuple[Any, Any]:
     ``grid`` holds grid_sample coordinates (z, y, x order, [-1, 1] spans the grid).
     Returns the samples (n, P) and a validity mask (n, P) (inside the grid).
     """
+    return _trilinear(vols, grid), inside_grid(grid, 1e-6)
+
+
+def _trilinear(vols: Any, grid: Any) -> Any:
+    """The samples (n, P) of :func:`_sample` alone (no inside-the-grid test)."""
     import torch.nn.functional as F
 
-    inside = inside_grid(grid, 1e-6)
     values = F.grid_sample(
         vols, grid[:, None, None], mode="bilinear", padding_mode="border", align_corners=True
     )
-    return values[:, 0, 0, 0, :], inside
+    return values[:, 0, 0, 0, :]
 
 
 def _align_level(
@@ -559,7 +567,7 @@ def _resample_mean(
         stop = min(vols.shape[0], start + chunk)
         to_vox = to_grid @ shift @ warps[start:stop] @ unshift @ a64  # template voxel -> grid
         coords = pts32 @ to_vox[:, :3, :].transpose(1, 2).float()
-        values, _ = _sample(vols[start:stop], coords)
+        values = _trilinear(vols[start:stop], coords)
         total += values.double().sum(0)
     return (total / vols.shape[0]).float().reshape(1, 1, *shape)
 
@@ -603,6 +611,5 @@ def apply_motion(
         to_vox = torch.from_numpy((to_grid @ matrices[start:stop] @ affine).astype(np.float32))
         to_vox = to_vox.to(device)
         vox = pts_t @ to_vox[:, :3, :].transpose(1, 2)
-        values, _ = _sample(vols[start:stop], vox)
-        out[start:stop] = values.cpu().numpy()
+        out[start:stop] = _trilinear(vols[start:stop], vox).cpu().numpy()
     return np.moveaxis(out.reshape(data.shape[3], *shape), 0, 3)

@@ -18,6 +18,9 @@ from brainharmony.io import PathLike, atomic_path
 logger = logging.getLogger(__name__)
 
 _PNG_META = {"Software": None}
+#: zlib level of the PNGs: 2 writes the same pixels about 2.5x faster than PIL's default
+#: 6, in files of about the same size (within a few percent either way on these figures).
+_PNG_COMPRESS_LEVEL = 2
 
 
 def _figure(width: float, height: float) -> tuple[Any, Any]:
@@ -32,7 +35,12 @@ def _figure(width: float, height: float) -> tuple[Any, Any]:
 
 def _save(fig: Any, path: PathLike) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata=_PNG_META)
+        fig.savefig(
+            tmp,
+            format="png",
+            metadata=_PNG_META,
+            pil_kwargs={"compress_level": _PNG_COMPRESS_LEVEL},
+        )
     return Path(path)
 
 

@@ -90,3 +90,20 @@ def test_settings_and_inputs_are_checked():
         estimate_motion(np.zeros((4, 4, 4)), np.eye(4))
     with pytest.raises(ValueError, match="at least 2 volumes"):
         estimate_motion(np.zeros((8, 8, 8, 1)), np.eye(4))
+
+
+def test_inside_grid_matches_the_min_max_test():
+    import torch
+
+    from brainharmony.func.motion import inside_grid
+
+    grid = torch.rand(4, 500, 3) * 2.4 - 1.2
+    grid[0, :3] = torch.tensor([1.0 + 1e-6, -1.0 - 1e-6, float("nan")])[:, None]
+    grid[1, 0] = torch.tensor([1.0, -1.0, 0.5])
+    low, high = torch.aminmax(grid, dim=-1)
+    for tol in (0.0, 1e-6, 1e-5):
+        assert torch.equal(inside_grid(grid, tol), (high <= 1.0 + tol) & (low >= -1.0 - tol))
+    assert not inside_grid(grid, 1e-5)[0, 2] and inside_grid(grid, 0.0)[1, 0]
+    # A grid laid out points-first (as einsum returns it) still gives a contiguous mask.
+    strided = grid.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    assert not strided.is_contiguous() and inside_grid(strided, 1e-6).is_contiguous()

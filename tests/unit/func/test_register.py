@@ -215,3 +215,23 @@ def main() -> None:  # pragma: no cover - the docs table
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def test_resampling_does_not_depend_on_the_batch_size():
+    """Each volume is sampled on its own: any chunk gives the same bits."""
+    from brainharmony.func.register import resample_to_template
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(1000, 50, (12, 11, 9, 21)).astype(np.float32)
+    maps = np.tile(np.eye(4), (21, 1, 1))
+    maps[:, :3, :3] *= 0.7
+    maps[:, :3, 3] = 1.0 + rng.normal(0, 0.3, (21, 3))
+    points = np.argwhere(np.ones((16, 15, 13), bool))
+    valid = np.ones(data.shape[:3], bool)
+    valid[5, 5, 4] = False
+    whole = resample_to_template(data, maps, points, valid=valid, chunk=64)
+    for chunk in (1, 4, 16):
+        part = resample_to_template(data, maps, points, valid=valid, chunk=chunk)
+        np.testing.assert_array_equal(part[0], whole[0])
+        np.testing.assert_array_equal(part[1], whole[1])
+    assert 0 < whole[1].sum() < points.shape[0]

@@ -60,8 +60,9 @@ def test_bad_inputs_are_refused():
 @pytest.mark.parametrize("method", ["fourier", "cubic"])
 def test_chunks_of_slices_give_the_whole_array_result(method):
     # 40 x 40 x 12 slices x 160 volumes: about 12 MB of temporaries per slice, so the
-    # correction runs in several chunks of slices; each series is shifted on its own, so
-    # the result must equal the one-pass computation to the bit.
+    # cubic correction runs in several chunks of slices; each series is shifted on its
+    # own, so the result must equal the one-pass computation to the bit. The Fourier
+    # shift is applied as one matrix per slice: the same to float32 rounding (1 ulp).
     from brainharmony.func.slicetime import _cubic_shift, _fourier_shift
 
     rng = np.random.default_rng(3)
@@ -74,4 +75,7 @@ def test_chunks_of_slices_give_the_whole_array_result(method):
         whole = _fourier_shift(x, shifts[None, None, :, None])
     else:
         whole = _cubic_shift(x, shifts)
-    np.testing.assert_array_equal(out, whole.astype(np.float32))
+    if method == "fourier":
+        np.testing.assert_array_max_ulp(out, whole.astype(np.float32), maxulp=1)
+    else:
+        np.testing.assert_array_equal(out, whole.astype(np.float32))
