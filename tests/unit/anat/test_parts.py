@@ -355,6 +355,22 @@ def test_dilations_from_one_distance_transform_match_scipy_on_random_masks():
             np.testing.assert_array_equal(got, expected)
 
 
+def test_fill_holes_per_slice_matches_scipy_slice_by_slice():
+    from brainharmony.anat.skullstrip import fill_holes_per_slice
+
+    rng = np.random.default_rng(3)
+    for _ in range(15):
+        shape = tuple(int(n) for n in rng.integers(1, 22, 3))
+        mask = rng.random(shape) > rng.uniform(0.2, 0.8)
+        for axis in range(3):
+            expected = mask.copy()
+            for i in range(shape[axis]):
+                index = [slice(None)] * 3
+                index[axis] = i
+                expected[tuple(index)] = ndi.binary_fill_holes(expected[tuple(index)])
+            np.testing.assert_array_equal(fill_holes_per_slice(mask, axis), expected)
+
+
 def test_registration_figure_draws_slices_edges_and_mask_outline(tmp_path):
     from PIL import Image
 
