@@ -480,6 +480,9 @@ def evaluate_mi(
     reg = sitk.ImageRegistrationMethod()
     reg.SetNumberOfThreads(settings.threads)
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
+    # The value needs no image gradient; by default the metric would still filter the
+    # whole moving image for one (three quarters of the evaluation's time).
+    reg.SetMetricUseMovingImageGradientFilter(False)
     reg.SetMetricSamplingStrategy(reg.NONE)
     reg.SetMetricFixedMask(fixed_mask)
     reg.SetInterpolator(sitk.sitkLinear)

@@ -436,3 +436,26 @@ def test_rule_options_parse_back_to_the_same_settings(settings):
     base = ["--t1w", "x.nii.gz", "--out-dir", "out", "--subject", "01"]
     args = parser.parse_args(base + shlex.split(cli_options(settings)))
     assert cli.settings_from_args(args) == settings
+
+
+def test_evaluate_mi_equals_the_metric_with_its_gradient_filter():
+    """evaluate_mi skips the moving-image gradient filter; the value must not change."""
+    from brainharmony.anat.register import RegistrationSettings, evaluate_mi
+
+    rng = np.random.default_rng(5)
+    fixed = sitk.GetImageFromArray(ndi.gaussian_filter(rng.random((24, 28, 20)), 2).astype("f4"))
+    moving = sitk.GetImageFromArray(ndi.gaussian_filter(rng.random((26, 30, 22)), 2).astype("f4"))
+    for img, spacing in ((fixed, 2.0), (moving, 1.8)):
+        img.SetSpacing((spacing,) * 3)
+    region = sitk.GetImageFromArray(np.pad(np.ones((16, 20, 12), np.uint8), 4))
+    region.CopyInformation(fixed)
+    transform = sitk.Euler3DTransform((20.0, 24.0, 22.0), 0.05, -0.03, 0.1, (1.5, -2.0, 0.5))
+    settings = RegistrationSettings()
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
+    reg.SetMetricSamplingStrategy(reg.NONE)
+    reg.SetMetricFixedMask(region)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetInitialTransform(transform, inPlace=False)
+    expected = reg.MetricEvaluate(fixed, moving)
+    assert evaluate_mi(fixed, region, moving, transform, settings) == expected
