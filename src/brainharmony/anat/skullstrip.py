@@ -92,11 +92,32 @@ def head_mask_array(data: np.ndarray, zooms: np.ndarray) -> tuple[np.ndarray, fl
     mask = closed[tuple(slice(p, -p if p else None) for p, _ in pad)] | mask
     mask = ndi.binary_fill_holes(mask)
     for axis in range(3):
-        for i in range(mask.shape[axis]):
-            sl = [slice(None)] * 3
-            sl[axis] = i
-            mask[tuple(sl)] = ndi.binary_fill_holes(mask[tuple(sl)])
+        mask = fill_holes_per_slice(mask, axis)
     return mask, threshold
+
+
+def fill_holes_per_slice(mask: np.ndarray, axis: int) -> np.ndarray:
+    """``ndi.binary_fill_holes`` applied to every slice of a 3D mask along ``axis``.
+
+    A hole of a slice is background that no 4-connected path within the slice links to
+    the slice's border. All slices are labelled at once (a structuring element that
+    connects voxels only within a slice) instead of one fill per slice.
+    """
+    others = [a for a in range(3) if a != axis]
+    structure = np.zeros((3, 3, 3), bool)
+    for a in others:
+        index = [1, 1, 1]
+        for offset in (0, 2):
+            index[a] = offset
+            structure[tuple(index)] = True
+    structure[1, 1, 1] = True
+    labels, n = ndi.label(~mask, structure=structure)
+    reaches_border = np.zeros(n + 1, bool)
+    for a in others:
+        for end in (0, -1):
+            reaches_border[np.take(labels, end, axis=a)] = True
+    reaches_border[0] = False
+    return ~reaches_border[labels]
 
 
 def head_mask(image: sitk.Image) -> tuple[sitk.Image, float]:

@@ -328,6 +328,88 @@ def test_dilation_is_exact_in_mm():
     np.testing.assert_array_equal(out > 0, ball)
 
 
+def test_dilations_from_one_distance_transform_match_scipy_on_random_masks():
+    """Thresholds of one (cropped) distance transform give the voxels of a full-grid
+    Euclidean distance transform for every radius, asked in any order."""
+    from brainharmony.anat.register import _Dilations
+
+    rng = np.random.default_rng(7)
+    for _ in range(12):
+        shape = tuple(int(n) for n in rng.integers(8, 30, 3))
+        data = np.zeros(shape, bool)
+        box = tuple(
+            slice(int(rng.integers(0, n // 2)), int(rng.integers(n // 2 + 1, n + 1))) for n in shape
+        )
+        data[box] = rng.random(data[box].shape) > 0.8
+        spacing = tuple(float(v) for v in rng.uniform(0.6, 3.0, 3))
+        img = sitk.GetImageFromArray(data.transpose(2, 1, 0).astype(np.uint8))
+        img.SetSpacing(spacing)
+        dilate = _Dilations(img, float(rng.uniform(0, 6)))
+        for radius in (*rng.uniform(0.5, 12, 3), 0.0):
+            expected = (
+                ndi.distance_transform_edt(~data, sampling=spacing) <= radius
+                if radius > 0
+                else data
+            )
+            got = sitk.GetArrayFromImage(dilate(float(radius))).transpose(2, 1, 0) > 0
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_fill_holes_per_slice_matches_scipy_slice_by_slice():
+    from brainharmony.anat.skullstrip import fill_holes_per_slice
+
+    rng = np.random.default_rng(3)
+    for _ in range(15):
+        shape = tuple(int(n) for n in rng.integers(1, 22, 3))
+        mask = rng.random(shape) > rng.uniform(0.2, 0.8)
+        for axis in range(3):
+            expected = mask.copy()
+            for i in range(shape[axis]):
+                index = [slice(None)] * 3
+                index[axis] = i
+                expected[tuple(index)] = ndi.binary_fill_holes(expected[tuple(index)])
+            np.testing.assert_array_equal(fill_holes_per_slice(mask, axis), expected)
+
+
+def test_registration_figure_draws_slices_edges_and_mask_outline(tmp_path):
+    from PIL import Image
+
+    from brainharmony.anat.qc import EDGE_RGB, HEADER_PX, MASK_RGB, PANEL_PX, registration_figure
+
+    grid = np.indices((40, 48, 36)).astype(np.float32)
+    centre = np.array([20.0, 24.0, 18.0])[:, None, None, None]
+    radius = np.sqrt(((grid - centre) ** 2).sum(axis=0))
+    template = np.clip(1.0 - radius / 20.0, 0, 1).astype(np.float32)  # 0.62 at r = 7.6
+    mask = radius <= 12.0
+    registered = (template * 1000.0).astype(np.float32)
+    out = tmp_path / "qc.png"
+    registration_figure(out, registered, template, mask, "sub-x", zooms=(2.0, 2.0, 2.0))
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = np.asarray(Image.open(out).convert("RGB"))
+    assert pixels.shape == (HEADER_PX + 3 * PANEL_PX[1], 3 * PANEL_PX[0], 3)
+    is_edge = (pixels == EDGE_RGB).all(axis=-1)
+    is_mask = (pixels == MASK_RGB).all(axis=-1)
+    # Every panel shows both contours; the mask outline (r = 12 voxels) lies outside
+    # the template edge (r = 7.6 voxels) in the middle panel of each row.
+    for row in range(3):
+        top = HEADER_PX + row * PANEL_PX[1]
+        panel = slice(top, top + PANEL_PX[1]), slice(PANEL_PX[0], 2 * PANEL_PX[0])
+        ys, xs = np.nonzero(is_edge[panel])
+        ym, xm = np.nonzero(is_mask[panel])
+        assert len(ys) > 50 and len(ym) > 50
+        cy, cx = ym.mean(), xm.mean()
+        edge_r = np.hypot(ys - cy, xs - cx).mean()
+        mask_r = np.hypot(ym - cy, xm - cx).mean()
+        assert mask_r / edge_r == pytest.approx(12.0 / 7.6, rel=0.1)
+    # Grey levels scale to the 99.5th percentile in the mask: the centre is white.
+    centre_px = pixels[HEADER_PX + PANEL_PX[1] // 2 + 8, PANEL_PX[0] + PANEL_PX[0] // 2]
+    assert (centre_px > 200).all()
+    # Same inputs, same bytes.
+    registration_figure(tmp_path / "b.png", registered, template, mask, "sub-x", zooms=(2,) * 3)
+    assert (tmp_path / "b.png").read_bytes() == png
+
+
 @pytest.mark.parametrize(
     "settings",
     [
@@ -354,3 +436,26 @@ def test_rule_options_parse_back_to_the_same_settings(settings):
     base = ["--t1w", "x.nii.gz", "--out-dir", "out", "--subject", "01"]
     args = parser.parse_args(base + shlex.split(cli_options(settings)))
     assert cli.settings_from_args(args) == settings
+
+
+def test_evaluate_mi_equals_the_metric_with_its_gradient_filter():
+    """evaluate_mi skips the moving-image gradient filter; the value must not change."""
+    from brainharmony.anat.register import RegistrationSettings, evaluate_mi
+
+    rng = np.random.default_rng(5)
+    fixed = sitk.GetImageFromArray(ndi.gaussian_filter(rng.random((24, 28, 20)), 2).astype("f4"))
+    moving = sitk.GetImageFromArray(ndi.gaussian_filter(rng.random((26, 30, 22)), 2).astype("f4"))
+    for img, spacing in ((fixed, 2.0), (moving, 1.8)):
+        img.SetSpacing((spacing,) * 3)
+    region = sitk.GetImageFromArray(np.pad(np.ones((16, 20, 12), np.uint8), 4))
+    region.CopyInformation(fixed)
+    transform = sitk.Euler3DTransform((20.0, 24.0, 22.0), 0.05, -0.03, 0.1, (1.5, -2.0, 0.5))
+    settings = RegistrationSettings()
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
+    reg.SetMetricSamplingStrategy(reg.NONE)
+    reg.SetMetricFixedMask(region)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetInitialTransform(transform, inPlace=False)
+    expected = reg.MetricEvaluate(fixed, moving)
+    assert evaluate_mi(fixed, region, moving, transform, settings) == expected
