@@ -18,7 +18,10 @@ What it does:
 4. reads Snakemake's log for every job's start and finish (1 s resolution) and sums the
    wall time per rule, which on a machine running at most ``--cores`` single-threaded
    jobs is close to each rule's CPU time;
-5. writes a JSON record and prints a Markdown summary (``--markdown`` also writes it).
+5. writes a JSON record and prints a Markdown summary (``--markdown`` also writes it);
+   ``--update-docs`` puts the summary between the ``<!-- main-job -->`` markers of
+   docs/performance.md and a one-line statement between those of README.md, so the
+   figures there always come from a record, never typed by hand.
 
 The install (``make install``) is not timed: it is a one-off, and it depends on the
 package caches more than on the code.
@@ -124,6 +127,14 @@ def _git(*args: str, cwd: Path = REPO) -> str:
     ).stdout.strip()
 
 
+def _display(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -156,10 +167,55 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+BEGIN, END = "<!-- main-job -->", "<!-- /main-job -->"
+
+
+def replace_block(text: str, content: str, where: str = "") -> str:
+    """``text`` with what lies between :data:`BEGIN` and :data:`END` replaced by
+    ``content`` (markers kept); an error naming ``where`` when the markers are missing."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"{where}: no {BEGIN} ... {END} block to update")
+    return text[: start + len(BEGIN)] + "\n" + content.rstrip("\n") + "\n" + text[end:]
+
+
+def readme_line(record: dict[str, Any], source: str) -> str:
+    """The README's statement of the measured main-job time."""
+    wall = record["wall_seconds"]
+    return (
+        f"Measured: **{int(wall // 60)} min {wall % 60:.0f} s** on {record['cores']} cores "
+        f"({record['cpu_model']}) at {record['commit'][:7]} on {record['date'][:10]}, "
+        f"load average {record['loadavg_start'][0]:.2f} at the start "
+        f"(`python benchmarks/main_job.py`; record: `{source}`)."
+    )
+
+
+def update_docs(record: dict[str, Any], source: str, repo: Path = REPO) -> None:
+    """Rewrite the main-job blocks of docs/performance.md and README.md."""
+    for path, content in (
+        (repo / "docs" / "performance.md", markdown(record)),
+        (repo / "README.md", readme_line(record, source)),
+    ):
+        text = replace_block(path.read_text(), content, str(path))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="JSON record to write")
+    p.add_argument("--out", type=Path, help="JSON record to write (required for a run)")
     p.add_argument("--markdown", type=Path, help="also write the Markdown summary here")
+    p.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="write the result into docs/performance.md and README.md (their main-job blocks)",
+    )
+    p.add_argument(
+        "--from-record",
+        type=Path,
+        help="run nothing: render this JSON record (with --update-docs / --markdown)",
+    )
     p.add_argument("--workdir", type=Path, help="clone here (must not exist; default: temp)")
     p.add_argument("--keep", action="store_true", help="keep the clone and its results")
     p.add_argument("--config", default="config/demo.yaml", help="config file, clone-relative")
@@ -175,6 +231,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_record is not None:
+        record = json.loads(args.from_record.read_text())
+        if args.markdown:
+            args.markdown.write_text(markdown(record))
+        if args.update_docs:
+            update_docs(record, _display(args.from_record))
+        print(markdown(record))
+        return 0
+    if args.out is None:
+        print("main_job: --out is required for a run", file=sys.stderr)
+        return 2
     dirty = [line for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
     if dirty and not args.allow_dirty:
         print(
@@ -252,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = markdown(record)
     if args.markdown:
         args.markdown.write_text(text)
+    if args.update_docs and rc == 0:
+        update_docs(record, _display(args.out))
     print(text)
     if rc != 0:
         print(f"main_job: snakemake failed (exit {rc}); log: {log_path}", file=sys.stderr)

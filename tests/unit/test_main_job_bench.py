@@ -103,3 +103,51 @@ def test_a_dirty_tree_is_refused_without_the_flag(main_job, monkeypatch, tmp_pat
     assert main_job.main(["--out", str(tmp_path / "r.json")]) == 2
     assert "differ from HEAD" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def _record(main_job):
+    return {
+        "commit": "abcdef0123456789",
+        "date": "2026-12-07T21:00Z",
+        "wall_seconds": 1500.0,
+        "cpu_seconds": 2900.0,
+        "n_jobs": 210,
+        "max_rss_mib": 1000.0,
+        "cores": 2,
+        "cpu_model": "AMD EPYC",
+        "loadavg_start": [0.5, 0.5, 0.5],
+        "loadavg_end": [2.0, 2.0, 2.0],
+        "command": "snakemake --configfile config/demo.yaml --cores 2",
+        "rules": main_job.per_rule(main_job.parse_log(LOG)),
+    }
+
+
+def test_docs_blocks_are_rewritten_from_a_record(main_job, tmp_path):
+    (tmp_path / "docs").mkdir()
+    perf = tmp_path / "docs" / "performance.md"
+    readme = tmp_path / "README.md"
+    perf.write_text("# P\n\nbefore\n<!-- main-job -->\nold table\n<!-- /main-job -->\nafter\n")
+    readme.write_text("intro\n<!-- main-job -->\nMeasured: 1 min\n<!-- /main-job -->\nend\n")
+    main_job.update_docs(_record(main_job), "benchmarks/results/main_job/x.json", repo=tmp_path)
+    p, r = perf.read_text(), readme.read_text()
+    assert "old table" not in p and "| anat | 2 | 40 | 25 |" in p
+    assert p.startswith("# P\n\nbefore\n<!-- main-job -->\n") and p.endswith(
+        "<!-- /main-job -->\nafter\n"
+    )
+    assert "**25 min 0 s** on 2 cores" in r and "abcdef0" in r and "1 min" not in r
+    assert "benchmarks/results/main_job/x.json" in r
+
+
+def test_missing_markers_are_an_error_naming_the_file(main_job, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "performance.md").write_text("no block here\n")
+    (tmp_path / "README.md").write_text("<!-- main-job -->\n<!-- /main-job -->\n")
+    with pytest.raises(ValueError, match=r"performance\.md"):
+        main_job.update_docs(_record(main_job), "x.json", repo=tmp_path)
+
+
+def test_the_repository_docs_hold_the_blocks(main_job):
+    """README.md and docs/performance.md carry the main-job markers the script fills."""
+    for path in (REPO / "README.md", REPO / "docs" / "performance.md"):
+        text = path.read_text()
+        assert text.count(main_job.BEGIN) == 1 and text.count(main_job.END) == 1, path
