@@ -13,9 +13,9 @@ Input ROI series ``x`` of shape (B, T, R) (this package's layout; the official
 series is cut into ``n_patches`` windows of ``patch`` frames (official: 200 frames, 20 a
 patch), each mapped by one ``Linear(patch, dim)`` (``signal_embedding_projection``).
 Tokens are parcel-major (token ``roi * n_patches + t``). Position = ``Linear(3, dim)`` of
-the parcel's 3-D coordinates in mm (``xyz_embedding_projection``, raw MNI millimetres as
-the official ``A424_Coordinates.dat`` feeds it) plus a fixed sin-cos code of the patch
-index; then dropout (``dropout``, the official ``PositionalEncoding``'s 0.1). The
+the parcel's 3-D coordinates (``xyz_embedding_projection``; the official model feeds raw
+MNI millimetres from ``A424_Coordinates.dat``, here divided by ``coords_scale_mm``,
+default 1) plus a fixed sin-cos code of the patch index; then dropout (``dropout``, the official ``PositionalEncoding``'s 0.1). The
 coordinates are a buffer (``encoder.coords``), so saved weights carry them.
 
 Pretraining (:meth:`BrainLM.forward_loss`)
@@ -47,6 +47,11 @@ Departures from the official code (docs/models.md, "BrainLM")
 * Invalid tokens (zero-padded frames, ROIs without signal) are never attention keys and
   never in the loss; the official data has none.
 * Feature extraction uses all tokens (no masking).
+* ``coords_scale_mm`` (the YAMLs: 100, coordinates in decimetres): with raw millimetres
+  (+-70) the coordinate projection outweighs the signal projection of robust-scaled
+  series (~1) by over an order of magnitude, and in ``tests/unit/models/test_brainlm.py``
+  a small model did not learn the structured-series reconstruction in 400 steps with
+  them, while it did with the scaled coordinates.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ DEFAULTS: dict[str, Any] = {
     "mask_ratio": 0.2,
     "dropout": 0.1,
     "coords": None,
+    "coords_scale_mm": 1.0,
     "tables_from_state": False,
     "pool": "cls",
     "grad_checkpoint": False,
@@ -477,8 +483,10 @@ def build(cfg: Mapping[str, Any]) -> BrainLM:
     ``n_rois``, ``n_patches``, ``patch``; ``dim``, ``depth``, ``heads``, ``mlp_ratio``;
     the decoder's ``dec_dim``, ``dec_depth``, ``dec_heads``, ``dec_mlp_ratio``;
     ``mask_ratio``, ``dropout``; ``coords`` (:data:`SCHAEFER400` or a coordinate table:
-    :func:`read_coordinates`) and ``tables_from_state`` (zero coordinates to be filled by
-    a state dict, e.g. a trained model's); ``pool`` (``cls`` | ``mean``) and
+    :func:`read_coordinates`), ``coords_scale_mm`` (the coordinates are divided by it
+    before the projection and stored so; 1 = the official raw millimetres) and
+    ``tables_from_state`` (zero coordinates to be filled by a state dict, e.g. a trained
+    model's); ``pool`` (``cls`` | ``mean``) and
     ``grad_checkpoint``.
 
     Raises
@@ -503,12 +511,15 @@ def build(cfg: Mapping[str, Any]) -> BrainLM:
                 "and tables_from_state is false"
             )
         coords = torch.from_numpy(read_coordinates(str(c["coords"]), n_rois)).float()
+    scale = float(c["coords_scale_mm"])
+    if not scale > 0:
+        raise ValueError(f"brainlm model: coords_scale_mm must be > 0; got {scale}")
     dim, dec_dim = int(c["dim"]), int(c["dec_dim"])
     for name, width in (("dim", dim), ("dec_dim", dec_dim)):
         if width % 2:
             raise ValueError(f"brainlm model: {name} {width} must be even (sin-cos time code)")
     encoder = BrainLMEncoder(
-        coords,
+        coords / scale,
         n_patches=int(c["n_patches"]),
         patch=int(c["patch"]),
         dim=dim,

@@ -94,7 +94,7 @@ def test_the_masking_ratio_is_exact(coords: Path, ratio: float, n_masked: int) -
     assert logs == {"visible_tokens": R * P - n_masked, "masked_tokens": n_masked}
 
 
-def test_invalid_tokens_are_masked_first_and_never_in_the_loss(coords: Path) -> None:
+def test_invalid_tokens_are_never_kept_nor_in_the_loss(coords: Path) -> None:
     model = _tiny(coords)
     x = torch.randn(2, P * K, R)
     frames_ok = torch.ones(2, P * K, dtype=torch.bool)
@@ -110,7 +110,7 @@ def test_invalid_tokens_are_masked_first_and_never_in_the_loss(coords: Path) -> 
     padded[1, -K:] += 1e4
     torch.manual_seed(0)
     again, _ = model.forward_loss({"x": padded, "mask": frames_ok})
-    assert float(loss) == float(again)
+    assert loss.item() == again.item()
 
 
 def test_the_loss_reads_the_masked_tokens_targets_only(coords: Path) -> None:
@@ -199,42 +199,46 @@ def test_coordinate_tables_and_errors(tmp_path: Path, coords: Path) -> None:
 
 
 def _structured(n: int, rng: np.random.Generator) -> torch.Tensor:
-    """Series with structure: parcels in 3 groups sharing a sinusoid (random phase and
-    frequency per item), plus a little noise; a masked patch is predictable from the
-    visible patches of its group."""
+    """Series with structure: every parcel carries the item's sinusoid (random phase and
+    frequency per item) plus a little noise, so a masked patch is predictable from the
+    visible patches of the same time (and from its parcel's other patches)."""
     t = np.arange(P * K)[None, :, None]
-    freq = rng.uniform(0.05, 0.2, size=(n, 1, 3))
-    phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 3))
-    waves = np.sin(2 * np.pi * freq * t + phase)  # (n, T, 3)
-    group = np.arange(R) % 3
-    x = waves[:, :, group] + 0.05 * rng.standard_normal((n, P * K, R))
+    freq = rng.uniform(0.05, 0.2, size=(n, 1, 1))
+    phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
+    x = np.sin(2 * np.pi * freq * t + phase) + 0.05 * rng.standard_normal((n, P * K, R))
     return torch.from_numpy(x.astype(np.float32))
 
 
 def test_a_tiny_pretraining_run_lowers_the_reconstruction_loss(coords: Path) -> None:
+    """Held-out masked MSE (fixed masks) falls to below half its start and below the MSE of
+    predicting zeros (the series' variance, ~0.5): the model learned the structure.
+    Coordinates in decimetres (``coords_scale_mm: 100``, as the YAMLs): with raw
+    millimetres this model stays at the zero predictor's loss for these 300 steps."""
     rng = np.random.default_rng(0)
     train_x, held_x = _structured(64, rng), _structured(16, rng)
-    model = _tiny(coords, mask_ratio=0.5, dropout=0.0)
+    model = _tiny(coords, mask_ratio=0.5, dropout=0.0, coords_scale_mm=100.0)
     noise = torch.rand(16, R * P, generator=torch.Generator().manual_seed(9))
 
-    def held_out() -> float:
+    def held_out() -> tuple[float, float]:
         model.eval()
         with torch.no_grad():
-            return float(model.forward_loss({"x": held_x}, noise)[0])
+            pred, target, masked, valid = model.reconstruct(held_x, noise)
+            zeros = reconstruction_loss(torch.zeros_like(pred), target, masked & valid)
+            return float(reconstruction_loss(pred, target, masked & valid)), float(zeros)
 
-    before = held_out()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    before, zero_mse = held_out()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     torch.manual_seed(0)
-    for step in range(60):
+    for _ in range(300):
         model.train()
         idx = torch.from_numpy(rng.choice(64, size=16, replace=False))
         loss, _ = model.forward_loss({"x": train_x[idx]})
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = held_out()
-    print(f"held-out masked MSE {before:.4f} -> {after:.4f}")
-    assert after < 0.5 * before, (before, after)
+    after, _ = held_out()
+    print(f"held-out masked MSE {before:.4f} -> {after:.4f} (zeros: {zero_mse:.4f})")
+    assert after < 0.5 * before and after < 0.85 * zero_mse, (before, after, zero_mse)
 
 
 def test_yamls_build(tmp_path: Path) -> None:
