@@ -15,15 +15,17 @@ patch), each mapped by one ``Linear(patch, dim)`` (``signal_embedding_projection
 Tokens are parcel-major (token ``roi * n_patches + t``). Position = ``Linear(3, dim)`` of
 the parcel's 3-D coordinates (``xyz_embedding_projection``; the official model feeds raw
 MNI millimetres from ``A424_Coordinates.dat``, here divided by ``coords_scale_mm``,
-default 1) plus a fixed sin-cos code of the patch index; then dropout (``dropout``, the official ``PositionalEncoding``'s 0.1). The
-coordinates are a buffer (``encoder.coords``), so saved weights carry them.
+default 1) plus a fixed sin-cos code of the patch index; then dropout (``dropout``, the
+official ``PositionalEncoding``'s 0.1). The coordinates are a buffer
+(``encoder.coords``), so saved weights carry them.
 
 Pretraining (:meth:`BrainLM.forward_loss`)
 ------------------------------------------
 Per item, the tokens are ranked by uniform noise and the first
 ``floor(N * (1 - mask_ratio))`` are kept (the official ``random_masking``); with invalid
-tokens (padding, dropped ROIs), ``N`` counts the valid ones and the invalid rank last. The encoder (a learned CLS token + the kept
-tokens, pre-norm ViT, final LayerNorm) sees only the kept tokens. The decoder maps them
+tokens (padding, dropped ROIs), ``N`` counts the valid ones and the invalid rank last.
+The encoder (a learned CLS token + the kept tokens, pre-norm ViT, final LayerNorm) sees
+only the kept tokens. The decoder maps them
 to its width, puts a learned mask token at every other place, adds its own coordinate
 projection and the time code, runs a small ViT over ``[CLS | all tokens]`` and predicts
 each token's ``patch`` frames through ``Linear(d, d/2)``, LeakyReLU(0.1),
@@ -56,7 +58,6 @@ Departures from the official code (docs/models.md, "BrainLM")
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,9 @@ def read_coordinates(source: str | Path, n_rois: int) -> np.ndarray:
                 values = np.array([[float(r[i]) for i in cols] for r in rows], dtype=np.float64)
         except (ValueError, IndexError) as err:
             raise InputDataError(
-                p, f"expected x, y, z columns (a header naming them, or the last three "
-                f"numeric columns): {err}"
+                p,
+                f"expected x, y, z columns (a header naming them, or the last three "
+                f"numeric columns): {err}",
             ) from None
         if values.ndim != 2 or values.shape[1] != 3:
             raise InputDataError(p, "rows need three coordinates")
@@ -231,7 +233,9 @@ class BrainLMEncoder(nn.Module):
         if coords.dim() != 2 or coords.shape[1] != 3:
             raise ValueError(f"BrainLMEncoder: coords must be (R, 3); got {tuple(coords.shape)}")
         if patch < 1 or n_patches < 1:
-            raise ValueError(f"BrainLMEncoder: patch and n_patches must be >= 1; got {patch}, {n_patches}")
+            raise ValueError(
+                f"BrainLMEncoder: patch and n_patches must be >= 1; got {patch}, {n_patches}"
+            )
         self.register_buffer("coords", coords.float().clone())
         self.n_rois, self.n_patches, self.patch = int(coords.shape[0]), int(n_patches), int(patch)
         self.n_frames = self.n_patches * self.patch
@@ -403,7 +407,9 @@ class BrainLM(nn.Module):
         if noise is None:
             noise = torch.rand(b, n, device=valid.device)
         if noise.shape != valid.shape:
-            raise ValueError(f"noise must have shape {tuple(valid.shape)}; got {tuple(noise.shape)}")
+            raise ValueError(
+                f"noise must have shape {tuple(valid.shape)}; got {tuple(noise.shape)}"
+            )
         counts = self.n_keep(valid.sum(dim=1))
         k = max(int(counts.max()), 1)
         score = noise.float() + (~valid).float() * 2.0

@@ -658,7 +658,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "f", help="frozen F -> pooled features only (a dataset without T1w: parcellated)"
     )
     fonly.add_argument(
-        "--f-model", required=True, type=Path, help="trained bh_f (or brain_jepa, brainlm) model folder"
+        "--f-model",
+        required=True,
+        type=Path,
+        help="trained bh_f (or brain_jepa, brainlm) model folder",
     )
     fonly.add_argument("--series-shard", required=True, type=Path, help="packed series .npy")
     fonly.add_argument("--series-index", required=True, type=Path, help="its index .tsv")

@@ -41,7 +41,8 @@ def coords(tmp_path: Path) -> Path:
 def _tiny(coords: Path, seed: int = 0, **extra: object) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = {"n_rois": R, "n_patches": P, "patch": K, "dim": 32, "depth": 2, "heads": 4,
-           "dec_dim": 16, "dec_depth": 1, "dec_heads": 2, "coords": str(coords), **extra}  # fmt: skip
+           "dec_dim": 16, "dec_depth": 1, "dec_heads": 2, "coords": str(coords)}  # fmt: skip
+    cfg.update(extra)
     return build(cfg).eval()
 
 
@@ -86,7 +87,7 @@ def test_the_masking_ratio_is_exact(coords: Path, ratio: float, n_masked: int) -
     x = torch.randn(4, P * K, R)
     torch.manual_seed(0)
     pred, target, masked, valid = model.reconstruct(x)
-    assert pred.shape == target.shape == (4, R * P, K)
+    assert pred.shape == target.shape == (4, R * P, K) and bool(valid.all())
     assert masked.sum(dim=1).tolist() == [n_masked] * 4
     assert len({tuple(m.nonzero().flatten().tolist()) for m in masked}) == 4  # per item
     torch.testing.assert_close(target, x.transpose(1, 2).reshape(4, R * P, K))  # parcel-major
