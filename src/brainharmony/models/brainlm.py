@@ -143,12 +143,19 @@ def read_coordinates(source: str | Path, n_rois: int) -> np.ndarray:
     if not p.is_file():
         raise InputDataError(p, f"parcel coordinate table not found (or use {SCHAEFER400!r})")
     if p.suffix == ".npy":
-        values = np.asarray(np.load(p, allow_pickle=False), dtype=np.float64)
+        try:
+            values = np.asarray(np.load(p, allow_pickle=False), dtype=np.float64)
+        except (ValueError, OSError) as err:
+            raise InputDataError(p, f"unreadable coordinate array: {err}") from None
         if values.ndim != 2 or values.shape[1] < 3:
             raise InputDataError(p, f"expected a (parcel x >= 3) array; got {values.shape}")
         values = values[:, -3:]
     else:
-        lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise InputDataError(p, f"not a text coordinate table: {err}") from None
+        lines = [ln for ln in text.splitlines() if ln.strip()]
         if not lines:
             raise InputDataError(p, "empty coordinate table")
         rows = [_split(ln) for ln in lines]

@@ -181,6 +181,10 @@ def test_coordinate_tables_and_errors(tmp_path: Path, coords: Path) -> None:
     bad.write_text("x,y,z\n1,2,zz\n")
     with pytest.raises(InputDataError, match="expected x, y, z columns"):
         read_coordinates(bad, 1)
+    broken = tmp_path / "broken.npy"
+    broken.write_bytes(b"not numpy")
+    with pytest.raises(InputDataError, match="unreadable coordinate array"):
+        read_coordinates(broken, 1)
     with pytest.raises(ValueError, match="gives 400 parcels; the model has n_rois 12"):
         read_coordinates("schaefer400", 12)
     with pytest.raises(ValueError, match="no 'coords' is given"):
