@@ -39,7 +39,7 @@ def test_demo_ablations_plans_every_variant_and_row(tmp_path):
     variants = config["train"]["variants"]
     assert set(variants) == {
         "bhf_gradonly", "bhf_nopos", "bhf_nomtr", "harm_sonly", "harm_fonly",
-        "hubs32", "hubs64", "hubs128", "hubs256", "brain_jepa",
+        "hubs32", "hubs64", "hubs128", "hubs256", "brain_jepa", "brainlm",
     }  # fmt: skip
     rows = [m for m in config["evaluate"]["models"] if m.startswith("probe_")]
     assert {f"probe_{n}" for n in variants} <= set(rows)
@@ -54,6 +54,9 @@ def test_demo_ablations_plans_every_variant_and_row(tmp_path):
     for name in variants:
         assert f"wildcards: variant={name}\n" in out.stdout, name
         assert f"results/embeddings/{name}/demoB.npz" in out.stdout, name
+    # BrainLM trains from its own YAML (its data options wait for the ingest checkpoint:
+    # tests/unit/planning/test_variants.py checks them)
+    assert "train --config " + str(REPO / "models" / "brainlm_demo.yaml") in out.stdout
     commands = [line for line in out.stdout.splitlines() if " evaluate --dataset " in line]
     assert len(commands) == 2
     for line in commands:
@@ -65,6 +68,7 @@ def test_demo_ablations_plans_every_variant_and_row(tmp_path):
             assert want in line, (task, name)
         settings = json.loads(re.search(r"--settings '(\{.*?\})' --labels", line).group(1))
         assert settings["labels"]["probe_brain_jepa"] == "Brain-JEPA (LP)"
+        assert settings["labels"]["probe_brainlm"] == "BrainLM (LP)"
         assert settings["labels"]["probe_hubs64"] == "BrainHarmonix (N_H = 64) (LP)"
         assert settings["labels"]["probe_bhf_nomtr"] == "BrainHarmonix-F (no multi-TR) (LP)"
 
@@ -73,7 +77,7 @@ def test_train_all_embeds_every_variant_on_every_dataset(tmp_path):
     out = run_snakemake(tmp_path, "--configfile", str(ABLATIONS), "-n", "train_all", timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     jobs = _jobs(out.stdout)
-    assert jobs["train_variant"] == 10 and jobs["embed_variant"] == 10 * 3
+    assert jobs["train_variant"] == 11 and jobs["embed_variant"] == 11 * 3
 
 
 def test_a_variant_named_like_a_role_stops_the_workflow(tmp_path):
@@ -101,8 +105,9 @@ def test_the_paper_presets_ablation_block_plans_once_uncommented(preset):
     ]
     validate_config(config, SCHEMA)
     plan = planning.from_config(config, str(REPO))
-    assert len(plan.train.variants) == 10
+    assert len(plan.train.variants) == 11
     assert plan.train.variants["brain_jepa"].model == "models/brain_jepa_paper.yaml"
+    assert plan.train.variants["brainlm"].model == "models/brainlm_paper.yaml"
     assert plan.train.variants["bhf_nomtr"].model == config["train"]["models"]["bh_f"]
     listed = re.search(r"evaluate\.models: (.*?)\. The demo", " ".join(found.group(1).split()))
     assert listed and sorted(listed.group(1).replace("# ", "").split(", ")) == sorted(
@@ -139,6 +144,8 @@ def test_demo_ablations_declares_the_paper_sections_and_the_hub_figure():
     assert sections["table1"].tasks == (("demoB", "diagnosis"),)
     assert sections["table2"].tasks == (("demoB", "age"),)
     assert "probe_brain_jepa" in sections["table1"].models
+    assert "probe_brainlm" in sections["table1"].models
+    assert "probe_brainlm" in sections["table2"].models
     assert {m for s in sections.values() for m in s.models} == set(config["evaluate"]["models"])
     assert plan.evaluate.figures[0] == "results/tables/paper_figure_hubs.png"
     # the main Harmonizer's point is at its own hub count

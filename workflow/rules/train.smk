@@ -252,8 +252,8 @@ rule train_lmae:
 
 
 # Variants (train.variants): extra models trained next to the main ones, e.g. the
-# ablations and Brain-JEPA (docs/evaluation.md, "Ablations and Brain-JEPA"). One rule
-# trains any variant: a bh_f variant (kind bh_f or brain_jepa) on the pretraining series
+# ablations, Brain-JEPA and BrainLM (docs/evaluation.md, "Ablations and Brain-JEPA"). One rule
+# trains any variant: a bh_f variant (kind bh_f, brain_jepa or brainlm) on the pretraining series
 # shards (every TR, or the native TR only with multitr: native), a harmonizer variant on
 # the main encoders' token files; the variant's `set` items override its YAML.
 rule train_variant:

@@ -20,6 +20,7 @@ KINDS: Mapping[str, str] = {
     "bh_s": "brainharmony.models.mae3d:build",
     "bh_f": "brainharmony.models.jepa:build",
     "brain_jepa": "brainharmony.models.brain_jepa:build",
+    "brainlm": "brainharmony.models.brainlm:build",
     "harmonizer": "brainharmony.models.harmonizer:build",
     "lmae": "brainharmony.models.lmae:build",
     "predictor": "brainharmony.models.predictor:build",

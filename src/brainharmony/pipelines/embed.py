@@ -91,8 +91,9 @@ _SERIES_META = ("subject", "session", "run", "tr", "frames", "offset")
 def load_frozen(model_dir: PathLike, device: Any = "cpu") -> tuple[Any, str]:
     """Rebuild a trained model folder, frozen and in eval mode.
 
-    BrainHarmonix-F and Brain-JEPA are rebuilt with ``tables_from_state`` (their
-    position tables come from the weights, so the geometry files need not exist);
+    BrainHarmonix-F, Brain-JEPA and BrainLM are rebuilt with ``tables_from_state`` (their
+    position tables, BrainLM's parcel coordinates, come from the weights, so the geometry
+    and coordinate files need not exist);
     BrainHarmonix-F with TAPE's ``overflow: crop``.
 
     Returns
@@ -120,8 +121,10 @@ def load_frozen(model_dir: PathLike, device: Any = "cpu") -> tuple[Any, str]:
 
 
 #: Series encoders whose pooled features ``embed f`` writes: BrainHarmonix-F, and
-#: Brain-JEPA (a fixed number of frames per patch, no TAPE).
-F_KINDS = ("bh_f", "brain_jepa")
+#: Brain-JEPA and BrainLM (a fixed number of frames per patch, no TAPE).
+F_KINDS = ("bh_f", "brain_jepa", "brainlm")
+#: How the log and the features' sidecar name each of :data:`F_KINDS`.
+F_NAMES = {"bh_f": "BrainHarmonix-F", "brain_jepa": "Brain-JEPA", "brainlm": "BrainLM"}
 
 
 def _expect_kind(kind: str, wanted: str | tuple[str, ...], folder: PathLike) -> None:
@@ -269,7 +272,7 @@ def collate_rows(dataset: Any, rows: Iterable[int], device: Any) -> dict[str, An
 def _series_window(model: Any, trs: np.ndarray) -> int:
     from brainharmony.models.tape import patch_frames
 
-    if not hasattr(model.encoder, "tape"):  # Brain-JEPA: a fixed number of frames
+    if not hasattr(model.encoder, "tape"):  # Brain-JEPA, BrainLM: a fixed number of frames
         return int(model.encoder.n_frames)
     tape = model.encoder.tape
     return max(tape.n_patches * patch_frames(float(tr), tape.tau) for tr in np.unique(trs))
@@ -481,7 +484,9 @@ def embed_f(
     frozen BrainHarmonix-F part of :func:`embed_encoders`, in the same ``--out-f``
     layout (no token files: the Harmonizer needs the S tokens too). The model may also
     be a Brain-JEPA folder (kind ``brain_jepa``: ``encode``, the mean of its target
-    encoder's tokens, over each series' first ``n_patches * patch`` frames)."""
+    encoder's tokens) or a BrainLM folder (kind ``brainlm``: ``encode``, its CLS token or
+    mean token by its ``pool``), either over each series' first ``n_patches * patch``
+    frames."""
     import torch
 
     if batch_size < 1:
@@ -494,7 +499,7 @@ def embed_f(
         for chunk in _batches(range(len(f_index)), batch_size):
             feats = f_net.encode(collate_rows(f_data, chunk, device)).cpu().numpy()
             f_pooled.update(zip(chunk, feats, strict=True))
-    what = "Brain-JEPA" if f_kind == "brain_jepa" else "BrainHarmonix-F"
+    what = F_NAMES[f_kind]
     _write_f_features(out_f, f_index, f_pooled, f_model, series_shard, series_index, what)
     logger.info("embedded %d series with %s (F only, no T1w)", len(f_index), what)
 
@@ -653,7 +658,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "f", help="frozen F -> pooled features only (a dataset without T1w: parcellated)"
     )
     fonly.add_argument(
-        "--f-model", required=True, type=Path, help="trained bh_f (or brain_jepa) model folder"
+        "--f-model",
+        required=True,
+        type=Path,
+        help="trained bh_f (or brain_jepa, brainlm) model folder",
     )
     fonly.add_argument("--series-shard", required=True, type=Path, help="packed series .npy")
     fonly.add_argument("--series-index", required=True, type=Path, help="its index .tsv")

@@ -386,8 +386,16 @@ def harmonizer_sets(plan: TrainPlan, model_box_mm: Sequence[int], resolution_mm:
 # --------------------------------------------------------------------------------------
 #: Roles a variant may take, and the model kinds its YAML may have for each.
 VARIANT_KINDS: dict[str, tuple[str, ...]] = {
-    "bh_f": ("bh_f", "brain_jepa"),
+    "bh_f": ("bh_f", "brain_jepa", "brainlm"),
     "harmonizer": ("harmonizer",),
+}
+#: The geometry tables a ``bh_f``-role kind reads (its ``model.<table>`` keys): BrainLM's
+#: position is its parcels' coordinates (``model.coords``, the atlas's centroids by
+#: default), so it needs neither table.
+VARIANT_TABLES: dict[str, tuple[str, ...]] = {
+    "bh_f": ("harmonics", "gradients"),
+    "brain_jepa": ("gradients",),
+    "brainlm": (),
 }
 #: Which of the pretraining datasets' series shards a ``bh_f`` variant trains on: every
 #: multi-TR shard (``all``, as the main BrainHarmonix-F) or each dataset's own TR only
@@ -415,8 +423,8 @@ class Variant:
         Its folder names (``results/models/<name>/``, ``results/embeddings/<name>/``)
         and its harness rows (``probe_<name>``).
     role : {"bh_f", "harmonizer"}
-        How it is trained and embedded: a ``bh_f`` variant (kind ``bh_f`` or
-        ``brain_jepa``) on the pretraining datasets' series shards, embedded by
+        How it is trained and embedded: a ``bh_f`` variant (kind ``bh_f``,
+        ``brain_jepa`` or ``brainlm``) on the pretraining datasets' series shards, embedded by
         ``brainharmony embed f``; a ``harmonizer`` variant on the main encoders' token
         files, embedded by ``brainharmony embed harmonizer``.
     model : str
@@ -510,6 +518,11 @@ def check_variant_yaml(plan: TrainPlan, name: str) -> str:
     return str(path)
 
 
+def variant_kind(plan: TrainPlan, name: str) -> str:
+    """The model kind of a variant's YAML (checked by :func:`check_variant_yaml`)."""
+    return str((load_yaml(check_variant_yaml(plan, name)) or {}).get("kind"))
+
+
 def resolve_yaml(given: str, basedir: str) -> str:
     """A model YAML as given when it exists from the working folder, else relative to
     the workflow's folder (where ``models/`` ships)."""
@@ -548,19 +561,17 @@ def variant_train_inputs(
     token_index: str,
 ) -> dict[str, Any]:
     """Named data inputs of a variant's training job (for ``unpack``): series shards,
-    scaling statistics and geometry tables; or the Harmonizer's token indexes of the
-    pretraining datasets with T1w, from ``token_index``. (Its YAML,
-    :func:`check_variant_yaml`, is declared apart: it does not wait for the ingest
-    checkpoint.)"""
+    scaling statistics and the geometry tables its kind reads (:data:`VARIANT_TABLES`);
+    or the Harmonizer's token indexes of the pretraining datasets with T1w, from
+    ``token_index``. (Its YAML, :func:`check_variant_yaml`, is declared apart: it does not
+    wait for the ingest checkpoint.)"""
     variant = plan.variants[name]
     files: dict[str, Any] = {}
     if variant.role == "bh_f":
         files.update(variant_pretrain_series(plan, name, multitr, ingest_checkpoint))
-        files.update(
-            scaling=multitr.scaling_stats,
-            harmonics=geometry.harmonics_table,
-            gradients=geometry.group_gradients,
-        )
+        files["scaling"] = multitr.scaling_stats
+        tables = {"harmonics": geometry.harmonics_table, "gradients": geometry.group_gradients}
+        files.update({t: tables[t] for t in VARIANT_TABLES[variant_kind(plan, name)]})
     else:
         datasets = require_t1_pretrain(multitr, f"The Harmonizer variant {name!r}")
         files["tokens"] = [token_index.format(dataset=d) for d in datasets]
@@ -577,8 +588,9 @@ def variant_train_args(
 ) -> str:
     """The data and ``--set`` options of a variant's ``brainharmony train`` job.
 
-    ``bh_f`` role: ``--shard/--index`` pairs, ``--scaling`` and the geometry tables
-    (``model.gradients`` only for kind ``brain_jepa``: it has no harmonics); harmonizer
+    ``bh_f`` role: ``--shard/--index`` pairs, ``--scaling`` and the geometry tables of
+    its kind (:data:`VARIANT_TABLES`: ``model.gradients`` only for kind ``brain_jepa``,
+    none for ``brainlm``); harmonizer
     role: ``--index`` per token index and the S grid (``s_grid: auto``). The variant's
     own ``set`` items come last, so they win.
     """
@@ -586,9 +598,8 @@ def variant_train_args(
     yaml_path = check_variant_yaml(plan, name)
     raw = load_yaml(yaml_path) or {}
     if variant.role == "bh_f":
-        assignments = [f"model.gradients={geometry.group_gradients}"]
-        if raw.get("kind") == "bh_f":
-            assignments.insert(0, f"model.harmonics={geometry.harmonics_table}")
+        tables = {"harmonics": geometry.harmonics_table, "gradients": geometry.group_gradients}
+        assignments = [f"model.{t}={tables[t]}" for t in VARIANT_TABLES[str(raw.get("kind"))]]
         args = [
             shard_pairs(list(inputs["shards"]), list(inputs["indexes"])),
             f"--scaling {shlex.quote(str(inputs['scaling']))}",

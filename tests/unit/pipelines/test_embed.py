@@ -401,3 +401,37 @@ def test_embed_f_takes_a_brain_jepa_folder(tmp_path: Path) -> None:
         want = model.encode(torch.from_numpy(x.astype(np.float32))[None]).numpy()[0]
     np.testing.assert_allclose(got["features"][3], want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(got["features"][2], got["features"][3])
+
+
+def test_embed_f_takes_a_brainlm_folder(tmp_path: Path) -> None:
+    """``embed f`` on a BrainLM folder (the ``brainlm`` variant): each series from its
+    first ``n_patches * patch`` frames, unmasked, features = ``encode`` (the CLS token);
+    the parcel coordinates come from the weights (the table may be gone)."""
+    xyz = tmp_path / "xyz.tsv"
+    rng = np.random.default_rng(1)
+    pd.DataFrame(rng.uniform(-60, 60, (N_ROIS, 3)), columns=["x", "y", "z"]).to_csv(
+        xyz, sep="\t", index=False
+    )
+    raw = {"name": "lm", "kind": "brainlm", "model": {"n_rois": N_ROIS, "n_patches": 3,
+           "patch": 4, "dim": 16, "depth": 1, "heads": 2, "dec_dim": 8, "dec_depth": 1,
+           "dec_heads": 2, "coords": str(xyz), "coords_scale_mm": 100.0}}  # fmt: skip
+    model = _save_model(tmp_path / "lm", raw, seed=4).eval()
+    xyz.unlink()
+    paths = _data(tmp_path)
+    out = tmp_path / "lm.npz"
+    argv = ["embed", "f", "--f-model", str(tmp_path / "lm"), "--series-shard",
+            str(paths["s_shard"]), "--series-index", str(paths["s_index"]), "--out-f",
+            str(out), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    got = read_features(out)
+    assert got["subject"].tolist() == ["01", "01", "02", "03"]
+    assert got["features"].shape == (4, 16)
+    assert "BrainLM" in (tmp_path / "lm.json").read_text()
+    series = np.load(paths["s_shard"])
+    index = pd.read_csv(paths["s_index"], sep="\t", dtype={"subject": str})
+    row = index.index[index["subject"] == "03"][0]  # 12 frames: exactly the model's window
+    x = series[int(index.loc[row, "offset"]) : int(index.loc[row, "offset"]) + 12]
+    with torch.no_grad():
+        want = model.encode(torch.from_numpy(x.astype(np.float32))[None]).numpy()[0]
+    np.testing.assert_allclose(got["features"][3], want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got["features"][2], got["features"][3])

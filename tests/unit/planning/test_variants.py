@@ -237,3 +237,37 @@ def test_evaluate_labels_win_and_a_probe_without_features_is_refused(tmp_path):
         _plan(tmp_path, models=["null_model", "probe_nohubs"])
     with pytest.raises(Exception, match=r"evaluate\.labels"):
         settings_from_mapping({"labels": {"probe_x": ""}})
+
+
+def test_a_brainlm_variant_reads_native_shards_and_no_geometry_table(tmp_path):
+    """BrainLM (kind brainlm, role bh_f): the native-TR shards and the scaling statistics,
+    no harmonics or gradients table (its position is the parcels' coordinates), embedded
+    by ``embed f``; a Harmonizer variant cannot take its YAML."""
+    lm = {"brainlm": {"role": "bh_f", "model": "models/brainlm_demo.yaml",
+                      "multitr": "native", "label": "BrainLM"}}  # fmt: skip
+    plan = _plan(tmp_path, variants=lm, models=["null_model", "probe_brainlm"])
+    _scans(tmp_path / "site.tsv", 0.735)
+    tokens = "results/embeddings/tokens/{dataset}/index.tsv"
+    args = (plan.multitr, plan.geometry, _Checkpoint(tmp_path), tokens)
+    files = T.variant_train_inputs(plan.train, "brainlm", *args)
+    assert files == {
+        "shards": ["results/multitr/site/site_tr-735_series.npy"],
+        "indexes": ["results/multitr/site/site_tr-735_index.tsv"],
+        "scaling": plan.multitr.scaling_stats,
+    }
+    opts = T.variant_train_args(plan.train, "brainlm", files, plan.geometry, [160, 192, 160], 2.0)
+    assert opts == (
+        "--shard results/multitr/site/site_tr-735_series.npy "
+        "--index results/multitr/site/site_tr-735_index.tsv "
+        f"--scaling {plan.multitr.scaling_stats}"
+    )
+    native = {"series": "s.npy", "index": "s.tsv"}
+    f_in = T.variant_embed_inputs(plan.train, "brainlm", "ukb", native, "sc.json", tokens, ["ukb"])
+    assert T.variant_embed_args(plan.train, "brainlm", f_in, "o.npz") == (
+        "f --f-model results/models/brainlm --series-shard s.npy --series-index s.tsv "
+        "--scaling sc.json --out-f o.npz"
+    )
+    assert display_name("probe_brainlm", plan.evaluate.settings) == "BrainLM (LP)"
+    wrong = {"h": {"role": "harmonizer", "model": "models/brainlm_demo.yaml"}}
+    with pytest.raises(ValueError, match=r"is a 'brainlm' model; a harmonizer variant needs"):
+        _plan(tmp_path, variants=wrong, models=["null_model"])

@@ -96,7 +96,10 @@ def test_section_errors_name_key_and_file(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"kind": "vit"}, "unknown kind 'vit'; known kinds: bh_f, bh_s, brain_jepa, harmonizer"),
+        (
+            {"kind": "vit"},
+            "unknown kind 'vit'; known kinds: bh_f, bh_s, brain_jepa, brainlm, harmonizer",
+        ),
         ({"name": "bad name"}, "name must match"),
         ({"name": "tiny\n"}, "name must match"),  # re.match's $ allowed a final newline
         ({"extra": 1}, "unknown top-level key"),

@@ -12,12 +12,14 @@ from brainharmony.models import registry
 def test_unknown_kind_lists_known_kinds() -> None:
     with pytest.raises(ValueError, match="unknown model kind 'nope'") as info:
         registry.build_model("nope", {})
-    for kind in ("bh_s", "bh_f", "brain_jepa", "harmonizer", "lmae", "predictor"):
+    for kind in ("bh_s", "bh_f", "brain_jepa", "brainlm", "harmonizer", "lmae", "predictor"):
         assert kind in str(info.value)
 
 
 def test_registry_is_lazy_and_builds_bh_s() -> None:
-    assert set(registry.KINDS) == {"bh_s", "bh_f", "brain_jepa", "harmonizer", "lmae", "predictor"}
+    assert set(registry.KINDS) == {
+        "bh_s", "bh_f", "brain_jepa", "brainlm", "harmonizer", "lmae", "predictor"
+    }  # fmt: skip
     model = registry.build_model(
         "bh_s",
         {
