@@ -167,6 +167,9 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The main job's time budget on a 2-core machine (the project's target).
+TARGET_SECONDS = 15 * 60
+
 BEGIN, END = "<!-- main-job -->", "<!-- /main-job -->"
 
 
@@ -186,7 +189,9 @@ def readme_line(record: dict[str, Any], source: str) -> str:
         f"Measured: **{int(wall // 60)} min {wall % 60:.0f} s** on {record['cores']} cores "
         f"({record['cpu_model']}) at {record['commit'][:7]} on {record['date'][:10]}, "
         f"load average {record['loadavg_start'][0]:.2f} at the start "
-        f"(`python benchmarks/main_job.py`; record: `{source}`)."
+        f"(`python benchmarks/main_job.py`; record: `{source}`): "
+        + ("within" if wall <= TARGET_SECONDS else "over")
+        + f" the {TARGET_SECONDS // 60}-minute target."
     )
 
 

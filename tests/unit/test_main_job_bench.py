@@ -135,6 +135,7 @@ def test_docs_blocks_are_rewritten_from_a_record(main_job, tmp_path):
         "<!-- /main-job -->\nafter\n"
     )
     assert "**25 min 0 s** on 2 cores" in r and "abcdef0" in r and "1 min" not in r
+    assert "over the 15-minute target" in r
     assert "benchmarks/results/main_job/x.json" in r
 
 
