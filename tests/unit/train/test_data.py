@@ -195,3 +195,21 @@ def test_duration_needs_one_tr_per_shard(tmp_path: Path) -> None:
     frame.to_csv(index, sep="\t", index=False)
     with pytest.raises(InputDataError, match="several TRs"):
         build_dataset({"kind": "series", "duration_s": 10.0}, [(shard, index)])
+
+
+def test_seeded_item_is_the_item_loaded_after_a_full_manual_seed(tmp_path: Path) -> None:
+    """Seeding only the CPU generator gives the item ``torch.manual_seed`` gave."""
+    import numpy as np
+
+    from brainharmony.train.data import _mix
+
+    shard, index = _series_shard(tmp_path, "a", 2.0, [40, 40, 40])
+    ds = build_dataset({"kind": "series", "window": 10, "crop": "random"}, [(shard, index)])
+    for position in range(5):
+        seed = _mix(7, 0x5EED, position)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % (1 << 32))  # noqa: NPY002
+            expected = ds[2]["x"]
+        assert torch.equal(SeededItems(ds, seed=7)[(position, 2)]["x"], expected)
