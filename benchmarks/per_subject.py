@@ -235,13 +235,15 @@ def markdown(record: dict[str, Any]) -> str:
         f"load average {record['loadavg_start'][0]:.2f} before, "
         f"{record['loadavg_end'][0]:.2f} after; `{record['command']}`.",
         "",
-        "| stage | case | threads | wall | CPU s | peak MiB | exit |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| stage | case | threads | wall | CPU s | peak MiB | load before | exit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in record["cases"]:
+        load = c.get("load_before")
         lines.append(
             f"| {c['rule']} | {c['name']} | {c['threads']} | {_minutes(c['wall_seconds'])} | "
-            f"{c['cpu_seconds']:.1f} | {c['max_rss_mib']:.0f} | {c['returncode']} |"
+            f"{c['cpu_seconds']:.1f} | {c['max_rss_mib']:.0f} | "
+            f"{'n/a' if load is None else f'{load:.2f}'} | {c['returncode']} |"
         )
     rows = resources_table(record)
     lines += [
@@ -566,12 +568,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(out_dir, ignore_errors=True)
         log = work / "logs" / f"{out_dir.name}.log"
         print(f"per_subject: {rule} {name} on {n} thread(s)", file=sys.stderr, flush=True)
+        load = round(os.getloadavg()[0], 2)
         m = run_measured(cmd, log, env)
         if m.returncode != 0:
             print(
                 f"per_subject: {rule} {name} failed (exit {m.returncode}); {log}", file=sys.stderr
             )
-        measured.append({"rule": rule, "name": name, "threads": n, **asdict(m), "log": str(log)})
+        measured.append(
+            {
+                "rule": rule,
+                "name": name,
+                "threads": n,
+                **asdict(m),
+                "load_before": load,
+                "log": str(log),
+            }
+        )
     load_end = list(os.getloadavg())
     record = {
         "schema_version": SCHEMA_VERSION,

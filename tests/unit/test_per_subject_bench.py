@@ -45,7 +45,7 @@ def _record(ps) -> dict:
         "cases": [
             # 3000 MiB * 1.048576 * 1.5 = 4718.6 MB -> 4800; 100 s * 2 -> 4 min
             {"rule": "anat", "name": "1mm-deepbet", "threads": 1, "wall_seconds": 100.0,
-             "cpu_seconds": 98.0, "max_rss_mib": 3000.0, "returncode": 0},
+             "cpu_seconds": 98.0, "max_rss_mib": 3000.0, "returncode": 0, "load_before": 0.3},
             {"rule": "anat", "name": "1mm-deepbet", "threads": 2, "wall_seconds": 70.0,
              "cpu_seconds": 120.0, "max_rss_mib": 3100.0, "returncode": 0},
             # 500 MiB -> 786.4 MB -> 800; 61 s * 2 = 122 s -> 3 min
@@ -126,8 +126,8 @@ def test_markdown_states_sizes_load_runs_and_requests(ps):
     assert "T1w 256x256x256 at 1 mm, anat at 1 mm" in text
     assert "BOLD 64x64x40 at 2.4x2.4x3 mm, func at 2 mm" in text
     assert "load average 0.25 before, 1.50 after" in text
-    assert "| anat | 1mm-deepbet | 1 | 1 min 40 s | 98.0 | 3000 | 0 |" in text
-    assert "| func_native | tr0.735-490 | 1 | 1 min 1 s | 60.0 | 500 | 0 |" in text
+    assert "| anat | 1mm-deepbet | 1 | 1 min 40 s | 98.0 | 3000 | 0.30 | 0 |" in text
+    assert "| func_native | tr0.735-490 | 1 | 1 min 1 s | 60.0 | 500 | n/a | 0 |" in text
     assert "| anat | 1mm-deepbet | 4800 | 4 | 4000 | 60 | too low | over 4x |" in text
     assert "- `anat`: `resources: mem_mb=4800, runtime=4`" in text
     assert "- `func_native`: `resources: mem_mb=800, runtime=3`" in text
@@ -199,6 +199,7 @@ def test_quick_run_end_to_end(ps, tmp_path):
     ]
     for case in record["cases"]:
         assert case["returncode"] == 0 and case["wall_seconds"] > 0
+        assert case["load_before"] >= 0
         assert 50 < case["max_rss_mib"] < 8000  # a python process with numpy, not the parent's
     assert len(record["resources"]) == 3
     bold = tmp_path / "work" / "inputs" / "benchA" / "sub-01" / "func"
