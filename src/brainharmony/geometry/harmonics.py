@@ -335,37 +335,105 @@ _VIEWS = {
 }
 
 
-def _draw(ax: Any, surface: Surface, values: np.ndarray, view: tuple, vmax: float) -> Any:
-    """Orthographic painter's-algorithm rendering of one view (fast, no 3D axes)."""
-    from matplotlib.collections import PolyCollection
+#: Anchors of the diverging colour map (blue - white - red), at -1, -0.5, 0, 0.5, 1.
+_DIVERGING = np.array(
+    [
+        [33, 102, 172],
+        [146, 197, 222],
+        [247, 247, 247],
+        [244, 165, 130],
+        [178, 24, 43],
+    ],
+    dtype=np.float64,
+)
+_NAN_RGB = (204, 204, 204)
+_PANEL_PX = (240, 170)  # width, height of one view
+_TITLE_PX = 16
 
+
+def _diverging(x: np.ndarray) -> np.ndarray:
+    """RGB (0-255 floats) of values in [-1, 1], linear between the anchors."""
+    pos = (np.clip(x, -1.0, 1.0) + 1.0) * 2.0  # 0 .. 4
+    lo = np.minimum(pos.astype(int), 3)
+    frac = (pos - lo)[:, None]
+    return _DIVERGING[lo] * (1.0 - frac) + _DIVERGING[lo + 1] * frac
+
+
+def render_view(
+    surface: Surface,
+    values: np.ndarray,
+    view: tuple,
+    vmax: float,
+    size: tuple[int, int] = _PANEL_PX,
+) -> np.ndarray:
+    """Orthographic rendering of one view of a surface, coloured by vertex values.
+
+    Each face is drawn as its centroid, its corners and its edge midpoints, splatted
+    onto 2 x 2 pixels, the nearest face winning each pixel (a z-buffer), and shaded
+    by how squarely it faces the viewer. Values are face means on a blue-white-red
+    scale from ``-vmax`` to ``vmax``; faces with a NaN value are grey.
+
+    Parameters
+    ----------
+    surface : Surface
+    values : ndarray of shape (n_vertices,)
+    view : (name, direction from the brain to the viewer, screen-x axis)
+    vmax : float
+    size : (width, height) in pixels
+
+    Returns
+    -------
+    ndarray of shape (height, width, 3), uint8 (white background)
+    """
     _name, toward, right = view
-    toward = np.asarray(toward)
-    right = np.asarray(right)
+    toward = np.asarray(toward, dtype=np.float64)
+    right = np.asarray(right, dtype=np.float64)
     up = np.cross(toward, right)
-    v, f = surface.vertices, surface.faces
-    xy = np.stack([v @ right, v @ up], axis=1)
-    depth = (v @ toward)[f].mean(axis=1)
-    order = np.argsort(depth)  # far (small) first
-    face_val = values[f].mean(axis=1)[order]
-    normals = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    shade = 0.55 + 0.45 * np.abs(normals @ toward)[order]
-    import matplotlib as mpl
-
-    cmap = mpl.colormaps["RdBu_r"]
-    norm = mpl.colors.Normalize(-vmax, vmax)
-    rgba = cmap(norm(np.nan_to_num(face_val)))
-    rgba[np.isnan(face_val)] = (0.8, 0.8, 0.8, 1.0)
-    rgba[:, :3] *= shade[:, None]
-    coll = PolyCollection(xy[f[order]], facecolors=rgba, edgecolors="none", antialiased=False)
-    coll.set_rasterized(True)
-    ax.add_collection(coll)
-    ax.set_xlim(xy[:, 0].min(), xy[:, 0].max())
-    ax.set_ylim(xy[:, 1].min(), xy[:, 1].max())
-    ax.set_aspect("equal")
-    ax.axis("off")
-    return mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
+    v, f = surface.vertices.astype(np.float64), surface.faces
+    corners = v[f]  # (F, 3, 3)
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    shade = 0.55 + 0.45 * np.abs(normals @ toward)
+    face_val = values[f].mean(axis=1)
+    rgb = np.empty((len(f), 3))
+    bad = ~np.isfinite(face_val)
+    rgb[~bad] = _diverging(face_val[~bad] / (vmax or 1.0))
+    rgb[bad] = _NAN_RGB
+    rgb *= shade[:, None]
+    # Sample points per face: centroid, corners, edge midpoints (7 per face).
+    samples = np.concatenate(
+        [
+            corners.mean(axis=1, keepdims=True),
+            corners,
+            (corners + np.roll(corners, -1, axis=1)) / 2.0,
+        ],
+        axis=1,
+    ).reshape(-1, 3)
+    owner = np.repeat(np.arange(len(f)), 7)
+    sx, sy, depth = samples @ right, samples @ up, samples @ toward
+    width, height = size
+    span_x = np.ptp(v @ right) or 1.0
+    span_y = np.ptp(v @ up) or 1.0
+    scale = min((width - 4) / span_x, (height - 4) / span_y)
+    col = ((sx - (v @ right).min()) * scale + (width - span_x * scale) / 2).astype(np.int64)
+    row = ((v @ up).max() - sy) * scale + (height - span_y * scale) / 2
+    row = row.astype(np.int64)
+    pix, own, dep = [], [], []
+    for dr in (0, 1):
+        for dc in (0, 1):
+            r, c = row + dr, col + dc
+            ok = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+            pix.append(r[ok] * width + c[ok])
+            own.append(owner[ok])
+            dep.append(depth[ok])
+    pix_a, own_a, dep_a = np.concatenate(pix), np.concatenate(own), np.concatenate(dep)
+    order = np.lexsort((-dep_a, pix_a))  # by pixel, nearest (largest depth) first
+    pix_a, own_a = pix_a[order], own_a[order]
+    first = np.ones(len(pix_a), dtype=bool)
+    first[1:] = pix_a[1:] != pix_a[:-1]
+    image = np.full((height * width, 3), 255, dtype=np.uint8)
+    image[pix_a[first]] = np.clip(rgb[own_a[first]], 0, 255).astype(np.uint8)
+    return image.reshape(height, width, 3)
 
 
 def plot_harmonics_qc(
@@ -373,35 +441,46 @@ def plot_harmonics_qc(
 ) -> Path:
     """QC figure: the first modes on the surface, lateral and medial, both hemispheres.
 
+    Drawn with numpy and Pillow (:func:`render_view`); each panel is titled with the
+    mode, hemisphere, view and eigenvalue, and each mode has its own symmetric colour
+    scale (blue negative, red positive).
+
     Parameters
     ----------
     hemis : (lh, rh) HemisphereHarmonics
     path : path-like
-        PNG (or any matplotlib format) written atomically.
+        PNG, written atomically.
     modes : sequence of int
         1-based mode numbers to show, one row each.
     """
-    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(modes), 4, figsize=(12, 2.4 * len(modes)), squeeze=False)
+    width, height = _PANEL_PX
+    row_px = height + _TITLE_PX
+    canvas = np.full((row_px * len(modes), 4 * width, 3), 255, dtype=np.uint8)
+    titles: list[tuple[tuple[int, int], str]] = []
     for r, mode in enumerate(modes):
         for h_i, (hemi, h) in enumerate(zip(HEMISPHERES, hemis, strict=True)):
             vals = h.vertex_modes(np.float64)[:, mode - 1]
             vmax = float(np.nanmax(np.abs(vals))) or 1.0
             for v_i, view in enumerate(_VIEWS[hemi]):
-                ax = axes[r, 2 * h_i + v_i]
-                _draw(ax, h.surface, vals, view, vmax)
-                ax.set_title(
-                    f"mode {mode} {hemi.upper()} {view[0]}  λ={h.modes.eigenvalues[mode - 1]:.2e}",
-                    fontsize=8,
+                c = 2 * h_i + v_i
+                top = r * row_px + _TITLE_PX
+                canvas[top : top + height, c * width : (c + 1) * width] = render_view(
+                    h.surface, vals, view, vmax
                 )
-    fig.tight_layout()
+                title = (
+                    f"mode {mode} {hemi.upper()} {view[0]}  "
+                    f"lambda={h.modes.eigenvalues[mode - 1]:.2e}"
+                )
+                titles.append(((c * width + width // 2, r * row_px + 2), title))
+    image = Image.fromarray(canvas, "RGB")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=10)
+    for xy, text in titles:
+        draw.text(xy, text, fill="black", font=font, anchor="ma")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+        image.save(tmp, format="PNG")
     return Path(path)
 
 

@@ -263,3 +263,39 @@ def test_template_files_equal_brainspace_loaders():
             load_template_labels("schaefer400", "fslr32k", hemi).labels, parcels[i]
         )
     assert not surf.vertices.flags.writeable  # cached arrays are read-only
+
+
+def test_render_view_colours_follow_the_values_and_the_nearest_face_wins():
+    sphere = icosphere(3)
+    z = sphere.vertices[:, 2]
+    view = ("lateral", (-1.0, 0.0, 0.0), (0.0, -1.0, 0.0))  # looking at x < 0, z up
+    image = hm.render_view(sphere, z, view, vmax=1.0, size=(120, 120)).astype(int)
+    assert image.shape == (120, 120, 3)
+    top, bottom, middle = image[15, 60], image[105, 60], image[60, 60]
+    assert top[0] > top[2] + 60  # positive: red
+    assert bottom[2] > bottom[0] + 60  # negative: blue
+    assert abs(int(middle[0]) - int(middle[2])) < 40  # near zero: pale
+    assert (image[2, 2] == 255).all() and (image[117, 117] == 255).all()  # background
+    # Only the half facing the viewer is visible: values on the far side (x > 0) never
+    # show, so a NaN there leaves the picture unchanged, and a NaN in front greys it.
+    far = z.copy()
+    far[sphere.vertices[:, 0] > 0.3] = np.nan
+    np.testing.assert_array_equal(hm.render_view(sphere, far, view, 1.0, (120, 120)), image)
+    near = z.copy()
+    near[sphere.vertices[:, 0] < -0.3] = np.nan
+    grey = hm.render_view(sphere, near, view, 1.0, (120, 120)).astype(int)[60, 60]
+    assert abs(grey[0] - grey[2]) < 3 and grey[0] < 215  # shaded grey
+
+
+def test_qc_figure_is_a_png_with_one_row_per_mode(tmp_path):
+    from PIL import Image
+
+    sphere = icosphere(2)
+    hemis = [
+        hm.hemisphere_harmonics(sphere, SurfaceLabels(_octants(sphere.vertices)), 3)
+        for _ in range(2)
+    ]
+    out = hm.plot_harmonics_qc(hemis, tmp_path / "qc.png", modes=(2, 3))
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        assert image.size == (4 * hm._PANEL_PX[0], 2 * (hm._PANEL_PX[1] + hm._TITLE_PX))
