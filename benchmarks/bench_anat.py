@@ -573,7 +573,13 @@ def comparisons(results: dict[str, Any]) -> list[dict[str, Any]]:
                     peer_status=status,
                     size=size,
                     repeats=reps,
+                    warmup=1,
                     threads=results["threads"],
+                    accuracy_criterion=(
+                        f"each side: median Dice >= {MIN_DICE:g} and pose error <= "
+                        f"{MAX_ERROR_MM:g} mm where planted; a failed peer gets no ratio"
+                    ),
+                    accuracy_ok=not nat["failed"],
                     agreement=agreement,
                 )
             )

@@ -37,6 +37,7 @@ from benchlib import (
     fact,
     markdown_table,
     package_version,
+    pin_threads,
     result_document,
     write_result,
 )
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        pin_threads(args.threads)  # torch and the BLAS / OpenMP pools alike
     torch_threads = torch.get_num_threads()
     env = environment(torch_threads=torch_threads)
     rows = []
