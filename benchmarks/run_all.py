@@ -733,6 +733,96 @@ def update(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ---------------------------------------------------------------------------- freshness
+class NoHistory(RuntimeError):
+    """The git history needed to check a report's freshness is not available."""
+
+
+def _git_out(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
+    try:
+        return subprocess.run(
+            ["git", "-C", str(repo), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NoHistory(f"git cannot run ({exc})") from exc
+
+
+def stale_report(
+    manifest: Mapping[str, Any], repo: Path = REPO, benchmarks: Sequence[Benchmark] = BENCHMARKS
+) -> list[str]:
+    """Why a full report's figures no longer describe the code at HEAD (empty: fresh).
+
+    The report is stale when it was measured with uncommitted changes, when a registered
+    benchmark is missing from it or did not succeed, or when any source path a benchmark
+    exercises (``Benchmark.all_sources()``, plus the paths its ``run.json`` entry
+    recorded) changed in a commit after the one that measured it (the run's commit, or
+    that of the ``--update`` that last reran the benchmark). Raises :class:`NoHistory`
+    when the repository or that commit is not available (no ``.git``, a shallow clone).
+    """
+    problems = []
+    machine = manifest.get("machine", {})
+    runs = [("the run", machine.get("git_sha"), machine.get("git_uncommitted_files"))]
+    runs += [
+        (
+            f"the rerun of {', '.join(u['benchmarks'])}",
+            u.get("git_sha"),
+            u.get("git_uncommitted_files"),
+        )
+        for u in manifest.get("updates", [])
+    ]
+    for what, sha, dirty in runs:
+        if dirty:
+            problems.append(
+                f"{what} measured uncommitted changes ({dirty} tracked file(s) differed from "
+                f"{sha}): rerun at a clean, committed HEAD"
+            )
+        if not sha:
+            problems.append(f"{what} recorded no git commit")
+    if _git_out(repo, "rev-parse", "--git-dir").returncode != 0:
+        raise NoHistory(f"{repo} is not a git repository")
+    commit_of = {e["name"]: machine.get("git_sha") for e in manifest.get("benchmarks", [])}
+    for u in manifest.get("updates", []):
+        for name in u["benchmarks"]:
+            commit_of[name] = u.get("git_sha")
+    entries = {e["name"]: e for e in manifest.get("benchmarks", [])}
+    for bench in benchmarks:
+        entry = entries.get(bench.name)
+        if entry is None:
+            problems.append(f"{bench.name}: not in the report")
+            continue
+        if entry.get("status") != "ok":
+            problems.append(f"{bench.name}: {entry.get('status')} in the report")
+        sha = commit_of.get(bench.name)
+        if not sha:
+            continue
+        if _git_out(repo, "cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
+            shallow = _git_out(repo, "rev-parse", "--is-shallow-repository").stdout.strip()
+            if shallow == "true":
+                raise NoHistory(f"commit {sha} is not in this shallow clone")
+            problems.append(f"{bench.name}: the report's commit {sha} is not in this repository")
+            continue
+        if _git_out(repo, "merge-base", "--is-ancestor", sha, "HEAD").returncode != 0:
+            problems.append(f"{bench.name}: the report's commit {sha} is not an ancestor of HEAD")
+            continue
+        paths = list(dict.fromkeys([*bench.all_sources(), *entry.get("sources", [])]))
+        log = _git_out(repo, "log", "--format=%h %s", f"{sha}..HEAD", "--", *paths)
+        if log.returncode != 0:
+            raise NoHistory(f"git log failed: {log.stderr.strip()}")
+        if log.stdout.strip():
+            commits = log.stdout.strip().splitlines()
+            problems.append(
+                f"{bench.name}: {len(commits)} commit(s) after {sha[:12]} changed "
+                f"{', '.join(paths)}: {'; '.join(c[:100] for c in commits[:5])}"
+            )
+    return problems
+
+
 def _relative(path: Path) -> str:
     path = path.resolve()
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)

@@ -440,3 +440,60 @@ def test_the_runner_pins_the_subprocess_threads(run_all: ModuleType, tmp_path: P
     assert entry["status"] == "ok" and entry["threads"] == 2
     assert "threads 2 2" in (tmp_path / "env.log").read_text()
     assert entry["sources"][-1] == "src" and "benchmarks/benchlib.py" in entry["sources"]
+
+
+def _git(repo: Path, *args: str) -> str:
+    import subprocess
+
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(repo),
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+
+
+def test_stale_report_names_the_benchmarks_whose_sources_changed(
+    run_all: ModuleType, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "benchmarks").mkdir()
+    for name in ("a.py", "b.py"):
+        (repo / "src" / name).write_text("x = 1\n")
+    for name in ("bench_a.py", "bench_b.py", "benchlib.py"):
+        (repo / "benchmarks" / name).write_text("")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "first")
+    sha = _git(repo, "rev-parse", "HEAD")
+    benches = (
+        run_all.Benchmark("a", "bench_a.py", "s", "", "", sources=("src/a.py",)),
+        run_all.Benchmark("b", "bench_b.py", "s", "", "", sources=("src/b.py",)),
+    )
+    manifest = {
+        "machine": {"git_sha": sha, "git_uncommitted_files": 0},
+        "benchmarks": [{"name": "a", "status": "ok"}, {"name": "b", "status": "ok"}],
+    }
+    assert run_all.stale_report(manifest, repo, benches) == []
+    (repo / "src" / "b.py").write_text("x = 2\n")
+    _git(repo, "commit", "-q", "-am", "change b")
+    problems = run_all.stale_report(manifest, repo, benches)
+    assert len(problems) == 1 and problems[0].startswith("b: 1 commit(s)")
+    assert "change b" in problems[0]
+    # a rerun of b (--update) at the new commit makes it fresh again
+    manifest["updates"] = [{"benchmarks": ["b"], "git_sha": _git(repo, "rev-parse", "HEAD")}]
+    assert run_all.stale_report(manifest, repo, benches) == []
+    # uncommitted changes at measurement time, or a missing benchmark, are stale as such
+    manifest["machine"]["git_uncommitted_files"] = 7
+    manifest["benchmarks"].pop(0)
+    problems = run_all.stale_report(manifest, repo, benches)
+    assert any("uncommitted changes (7 tracked" in p for p in problems)
+    assert "a: not in the report" in problems
+    with pytest.raises(run_all.NoHistory):
+        run_all.stale_report(manifest, tmp_path / "not-a-repo", benches)
