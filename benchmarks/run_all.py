@@ -544,9 +544,13 @@ def render(manifest: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]
         f"{manifest['results_dir']}; do not edit by hand: rerun the command. -->",
         "",
         "Every figure here was measured in one run of the command under [Machine](#machine), "
-        "the benchmarks one after the other, each in its own process. Each comparison runs "
-        "our code and the peer on the same input in the same process (interleaved where "
-        "repeated, so background load hits both alike). Ratios are oriented so that > 1 "
+        "the benchmarks one after the other, each in its own process, at the commit shown "
+        "there. Each comparison runs our code and the peer on the same input in the same "
+        "process, with the same threads (pinned for both: BLAS / OpenMP pools and torch), "
+        "the same warm-up and the same number of repeats, interleaved so background load "
+        "hits both alike. A target is met only when the speed ratio reaches it and the "
+        "comparison's accuracy criterion holds; a peer that failed on an input gets no "
+        "ratio. Ratios are oriented so that > 1 "
         "favours brainharmony: the peer's time over ours, or for rates ours over the peer's. "
         f"The machine ({cores} cores) was shared with other work; its load average is "
         "recorded below and per benchmark. Read the ratios: the seconds move with the load.",
