@@ -109,6 +109,7 @@ def selective_scan_heinsen(
     return _readout(torch.exp(pos) - torch.exp(neg), u, C, D, z)
 
 
+PEER_NAMES = {"assoc": "torch's associative_scan", "heinsen": "Heinsen's log-space scan"}
 PEERS = {
     "assoc": (
         selective_scan_torch_assoc,
@@ -487,7 +488,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The chunked scan vs the reference, and vs the memory floor (see :mod:`benchlib`)."""
-    cfg, threads = res["config"], res["env"]["threads"]
+    cfg = res["config"]
+    threads = f"{res['env']['threads']} (both; threadpoolctl, torch)"
     size = (
         f"batch {cfg['batch']}, dim {cfg['dim']}, state {cfg['dstate']}, L {cfg['length']}, "
         f"float32 (chunk {cfg['chunk_size']})"
@@ -510,7 +512,7 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(
                 comparison(
                     key=f"scan_{mode}_{peer}",
-                    what=f"{what}, vs a parallel scan outside this project",
+                    what=f"{what}, vs {PEER_NAMES[peer]} (a parallel scan outside this project)",
                     ours_label="brainharmony selective_scan_chunked",
                     ours_value=e["chunked"]["median_ms"] / 1e3,
                     unit="s",
