@@ -46,7 +46,8 @@ test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow and not slurm"
 
 # Every side-by-side benchmark, one after the other -> docs/performance.md (long: the
-# report states how long its run took).
+# report states how long its run took). Refuses uncommitted changes to tracked files: the
+# report records the commit it measured (tests/unit/test_bench_freshness.py checks it).
 # Smoke test: make bench BENCH_ARGS=--quick (writes under benchmarks/results/ only).
 .PHONY: bench
 bench: install

@@ -81,6 +81,7 @@ from benchlib import (
     comparison,
     environment,
     fact,
+    pin_threads,
     result_document,
     write_result,
 )
@@ -573,7 +574,13 @@ def comparisons(results: dict[str, Any]) -> list[dict[str, Any]]:
                     peer_status=status,
                     size=size,
                     repeats=reps,
+                    warmup=int(bool(results["warmup"])),
                     threads=results["threads"],
+                    accuracy_criterion=(
+                        f"each side: median Dice >= {MIN_DICE:g} and pose error <= "
+                        f"{MAX_ERROR_MM:g} mm where planted; a failed peer gets no ratio"
+                    ),
+                    accuracy_ok=not nat["failed"],
                     agreement=agreement,
                 )
             )
@@ -736,7 +743,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from brainharmony.anat.register import RegistrationSettings, register_brain_to_template
     from brainharmony.anat.templates import load_template
 
-    env = environment(platform=platform.platform(), threads=args.threads)
+    pinned = pin_threads(args.threads)  # BLAS / OpenMP pools and torch (deepbet); ITK below
+    env = environment(platform=platform.platform(), threads=args.threads, pinned=pinned)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-anat-"))
     work.mkdir(parents=True, exist_ok=True)
     quick = args.quick

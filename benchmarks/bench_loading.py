@@ -37,6 +37,7 @@ from benchlib import (
     fact,
     markdown_table,
     package_version,
+    pin_threads,
     result_document,
     write_result,
 )
@@ -123,13 +124,18 @@ def _interleaved(
     raw: Callable[[], tuple[float, int, int]],
     repeats: int,
 ) -> dict[str, Any]:
-    """Median epoch times of ours and of the raw read, alternating (after one warm-up each)."""
+    """Median epoch times of ours and of the raw read, alternating (after one warm-up each;
+    the order swaps every round)."""
     ours()
     raw()
     t_ours, t_raw = [], []
-    for _ in range(repeats):
-        t_ours.append(ours()[0])
-        t_raw.append(raw()[0])
+    for r in range(repeats):
+        if r % 2:
+            t_raw.append(raw()[0])
+            t_ours.append(ours()[0])
+        else:
+            t_ours.append(ours()[0])
+            t_raw.append(raw()[0])
     return {"ours_s": statistics.median(t_ours), "raw_s": statistics.median(t_raw)}
 
 
@@ -160,7 +166,9 @@ def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
                 peer_value=row["raw_s"],
                 size=sizes[name],
                 repeats=result["repeats"],
-                threads=f"one process; torch {result['torch_threads']} (ours), numpy (peer)",
+                warmup=1,
+                threads=f"{result['torch_threads']} (both: torch and the BLAS / OpenMP pools "
+                "pinned; one process)",
             )
         )
     return out
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        pin_threads(args.threads)  # torch and the BLAS / OpenMP pools alike
     torch_threads = torch.get_num_threads()
     env = environment(torch_threads=torch_threads)
     rows = []

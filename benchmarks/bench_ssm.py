@@ -3,8 +3,20 @@
 Measures, at batch 2, dim 64, state 16, L 1024 by default (float32, variable B and C,
 D, z, delta_bias, softplus: the Mamba configuration):
 
-* forward (no grad) and forward + backward of :func:`selective_scan_chunked` and of the
-  sequential :func:`selective_scan_ref`, median of several repeats, and the speed-up;
+* forward (no grad) and forward + backward of :func:`selective_scan_chunked` against
+  two parallel scans from outside this project, written here from the literature on the
+  same inputs: torch's own associative scan
+  (``torch._higher_order_ops.associative_scan``, ``combine_mode="generic"``, which runs
+  eagerly on CPU) over the linear recurrence ``h_t = a_t h_{t-1} + b_t`` (the pair
+  operator ``(a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2)``), and Heinsen's log-space
+  formulation ("Efficient parallelization of a ubiquitous sequential computation",
+  arXiv:2311.06281, 2023: ``h_t = exp(a*_t + logcumsumexp(log b_t - a*_t))`` with
+  ``a*_t = cumsum(log a_t)``, the sign of ``b`` carried by splitting it into its positive
+  and negative parts); and against the sequential :func:`selective_scan_ref`. The
+  ``mamba_ssm`` reference kernels need CUDA (its wheel builds CUDA extensions), so it is
+  no CPU peer. Same threads, same warm-up and the same number of interleaved repeats for
+  every scan; target >= 5x against the sequential loop, accuracy: largest difference
+  from the sequential reference <= 1e-5 of its largest magnitude;
 * the memory floor: one pass over a (batch, dim, L, state) float32 tensor (in-place
   ``mul_(1.0)``, i.e. read + write, and ``copy_``), and how many such passes the scan costs;
 * the training throughput (tokens/s) of a small stack of :class:`MambaBlock` with AdamW;
@@ -31,17 +43,84 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from benchlib import (
+    agreement_pair,
     agreement_value,
     comparison,
     fact,
     package_version,
+    pin_threads,
     result_document,
     write_result,
 )
 
 from brainharmony.models.ssm import MambaBlock, selective_scan_chunked, selective_scan_ref
 from brainharmony.models.ssm_scan import auto_chunk_size
+
+#: Accuracy criterion of the scan comparisons (ours): max abs diff / max abs of the
+#: sequential reference.
+SCAN_MAX_REL = 1e-5
+#: A peer scan beyond this (same measure) failed: it gets no ratio.
+PEER_FAILED_REL = 1e-3
+
+
+def _discretize(u, delta, A, B, delta_bias, delta_softplus):
+    """``a_t = exp(delta A)`` and ``b_t = delta u B`` as (batch, dim, L, state) tensors."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    log_a = delta[..., None] * A[None, :, None, :]
+    b = (delta * u)[..., None] * B.transpose(1, 2)[:, None]
+    return log_a, b
+
+
+def _readout(h, u, C, D, z):
+    y = (h * C.transpose(1, 2)[:, None]).sum(-1) + D[:, None] * u
+    return y * F.silu(z) if z is not None else y
+
+
+def _pair(x, y):
+    """The associative operator of ``h_t = a_t h_{t-1} + b_t``."""
+    return (x[0] * y[0], y[0] * x[1] + y[1])
+
+
+def selective_scan_torch_assoc(
+    u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False
+) -> torch.Tensor:
+    """The selective scan by torch's associative scan (parallel prefix) over time."""
+    from torch._higher_order_ops.associative_scan import associative_scan
+
+    log_a, b = _discretize(u, delta, A, B, delta_bias, delta_softplus)
+    _, h = associative_scan(_pair, (torch.exp(log_a), b), dim=2, combine_mode="generic")
+    return _readout(h, u, C, D, z)
+
+
+def selective_scan_heinsen(
+    u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False
+) -> torch.Tensor:
+    """The selective scan by Heinsen's log-space cumulative sums (zero initial state)."""
+    log_a, b = _discretize(u, delta, A, B, delta_bias, delta_softplus)
+    a_star = torch.cumsum(log_a, dim=2)
+    tiny = torch.finfo(b.dtype).tiny
+    pos = a_star + torch.logcumsumexp(torch.log(b.clamp_min(tiny)) - a_star, dim=2)
+    neg = a_star + torch.logcumsumexp(torch.log((-b).clamp_min(tiny)) - a_star, dim=2)
+    return _readout(torch.exp(pos) - torch.exp(neg), u, C, D, z)
+
+
+PEER_NAMES = {"assoc": "torch's associative_scan", "heinsen": "Heinsen's log-space scan"}
+PEERS = {
+    "assoc": (
+        selective_scan_torch_assoc,
+        "torch._higher_order_ops.associative_scan (generic, eager) over h_t = a_t h_(t-1) + "
+        "b_t, then the Mamba readout",
+    ),
+    "heinsen": (
+        selective_scan_heinsen,
+        "Heinsen 2023 log-space scan (cumsum + logcumsumexp, sign split), then the Mamba readout",
+    ),
+}
 
 
 def tune_malloc() -> bool:
@@ -136,13 +215,13 @@ def bench_scan(args: argparse.Namespace) -> dict[str, Any]:
     inputs = make_inputs(args.batch, args.dim, args.dstate, args.length)
     res: dict[str, Any] = {}
     for mode, backward in (("forward", False), ("forward_backward", True)):
-        times = time_interleaved(
-            {
-                "chunked": scan_runner(selective_scan_chunked, inputs, backward),
-                "ref": scan_runner(selective_scan_ref, inputs, backward),
-            },
-            {"chunked": args.repeats, "ref": args.ref_repeats},
-        )
+        fns = {
+            "chunked": scan_runner(selective_scan_chunked, inputs, backward),
+            "ref": scan_runner(selective_scan_ref, inputs, backward),
+        }
+        fns.update({name: scan_runner(fn, inputs, backward) for name, (fn, _) in PEERS.items()})
+        reps = dict.fromkeys(fns, args.repeats)  # the same count for every scan
+        times = time_interleaved(fns, reps)
         entry = {name: summary(t) for name, t in times.items()}
         entry["speedup_median"] = entry["ref"]["median_ms"] / entry["chunked"]["median_ms"]
         entry["speedup_min"] = entry["ref"]["min_ms"] / entry["chunked"]["min_ms"]
@@ -158,7 +237,9 @@ def scan_agreement(args: argparse.Namespace) -> dict[str, float]:
     """
     inputs = make_inputs(args.batch, args.dim, args.dstate, args.length)
     results = {}
-    for name, fn in (("chunked", selective_scan_chunked), ("ref", selective_scan_ref)):
+    scans = [("chunked", selective_scan_chunked), ("ref", selective_scan_ref)]
+    scans += [(name, fn) for name, (fn, _) in PEERS.items()]
+    for name, fn in scans:
         leaves = [t.clone().requires_grad_(True) for t in inputs]
         u, delta, A, B, C, D, z, bias = leaves
         out = fn(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
@@ -168,11 +249,16 @@ def scan_agreement(args: argparse.Namespace) -> dict[str, float]:
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a - b).abs().max() / b.abs().max())
 
-    (out_c, grads_c), (out_r, grads_r) = results["chunked"], results["ref"]
-    return {
-        "out_max_rel": rel(out_c, out_r),
-        "grad_max_rel": max(rel(a, b) for a, b in zip(grads_c, grads_r, strict=True)),
-    }
+    out_r, grads_r = results["ref"]
+    agree = {}
+    for name in ("chunked", *PEERS):
+        out_x, grads_x = results[name]
+        prefix = "" if name == "chunked" else f"{name}_"
+        agree[f"{prefix}out_max_rel"] = rel(out_x, out_r)
+        agree[f"{prefix}grad_max_rel"] = max(
+            rel(a, b) for a, b in zip(grads_x, grads_r, strict=True)
+        )
+    return agree
 
 
 def bench_floor(args: argparse.Namespace) -> dict[str, Any]:
@@ -202,7 +288,9 @@ def bench_training(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     x = torch.randn(cfg["batch"], cfg["length"], cfg["d_model"])
     target = torch.randn(cfg["batch"], cfg["length"], cfg["d_model"])
-    for scan, repeats in (("chunked", args.repeats), ("ref", max(2, args.ref_repeats // 2))):
+    steps = {}
+    for scan in ("chunked", "ref"):
+        torch.manual_seed(0)  # the same initial weights for both
         net = torch.nn.Sequential(
             *[
                 MambaBlock(cfg["d_model"], d_state=cfg["d_state"], scan=scan)
@@ -217,8 +305,11 @@ def bench_training(args: argparse.Namespace) -> dict[str, Any]:
             loss.backward()
             opt.step()
 
-        times = time_interleaved({scan: step}, {scan: repeats})[scan]
-        s = summary(times)
+        steps[scan] = step
+    repeats = args.ref_repeats  # the same count for both (the reference is slow)
+    times = time_interleaved(steps, dict.fromkeys(steps, repeats))
+    for scan in steps:
+        s = summary(times[scan])
         s["tokens_per_s_median"] = cfg["batch"] * cfg["length"] / (s["median_ms"] / 1e3)
         res[scan] = s
     res["speedup_median"] = res["ref"]["median_ms"] / res["chunked"]["median_ms"]
@@ -325,8 +416,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--dstate", type=int, default=16)
     p.add_argument("--length", type=int, default=1024)
-    p.add_argument("--repeats", type=int, default=15, help="repeats of the chunked scan")
-    p.add_argument("--ref-repeats", type=int, default=5, help="repeats of the reference")
+    p.add_argument("--repeats", type=int, default=15, help="repeats of every scan")
+    p.add_argument(
+        "--ref-repeats",
+        type=int,
+        default=5,
+        help="repeats of each side of the training-step comparison (the reference is slow)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument(
         "--no-malloc-tune",
@@ -339,8 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     malloc_tuned = False if args.no_malloc_tune else tune_malloc()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    pinned = pin_threads(args.threads) if args.threads is not None else None
     res: dict[str, Any] = {
         "benchmark": "ssm",
         "command": " ".join(
@@ -363,6 +458,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
             "malloc_tuned": malloc_tuned,
+            "pinned": pinned,
             "loadavg_start": os.getloadavg(),
         },
     }
@@ -379,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(text)
     doc = result_document(
         benchmark="ssm",
-        title="SSM: chunked selective scan vs the sequential reference",
+        title="SSM: chunked selective scan vs parallel scans and the sequential loop",
         comparisons=comparisons(res),
         env=res["env"],
         facts=facts(res),
@@ -392,7 +488,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The chunked scan vs the reference, and vs the memory floor (see :mod:`benchlib`)."""
-    cfg, threads = res["config"], res["env"]["threads"]
+    cfg = res["config"]
+    threads = f"{res['env']['threads']} (both; threadpoolctl, torch)"
     size = (
         f"batch {cfg['batch']}, dim {cfg['dim']}, state {cfg['dstate']}, L {cfg['length']}, "
         f"float32 (chunk {cfg['chunk_size']})"
@@ -400,12 +497,52 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
     torch_v = package_version("torch")
     ref_label = "brainharmony selective_scan_ref: sequential loop over time (mamba_ssm semantics)"
     agree = res["agreement"]
+    criterion = f"max abs diff from the sequential reference <= {SCAN_MAX_REL:g} x its max abs"
     out = []
     for mode, what, figure in (
         ("forward", "selective scan, forward (no grad)", "out_max_rel"),
         ("forward_backward", "selective scan, forward + backward", "grad_max_rel"),
     ):
         e = res["scan"][mode]
+        for peer, (_, peer_label) in PEERS.items():
+            if peer not in e:
+                continue
+            peer_err = agree[f"{peer}_{figure}"]
+            failed = peer_err > PEER_FAILED_REL
+            out.append(
+                comparison(
+                    key=f"scan_{mode}_{peer}",
+                    what=f"{what}, vs {PEER_NAMES[peer]} (a parallel scan outside this project)",
+                    ours_label="brainharmony selective_scan_chunked",
+                    ours_value=e["chunked"]["median_ms"] / 1e3,
+                    unit="s",
+                    peer_label=peer_label,
+                    peer_package="torch",
+                    peer_version=torch_v,
+                    peer_value=None if failed else e[peer]["median_ms"] / 1e3,
+                    peer_status=(
+                        f"failed: error {peer_err:.2g} > {PEER_FAILED_REL:g} of the reference"
+                        if failed
+                        else None
+                    ),
+                    size=size,
+                    repeats=e["chunked"]["repeats"],
+                    peer_repeats=e[peer]["repeats"],
+                    warmup=1,
+                    threads=threads,
+                    accuracy_criterion=criterion
+                    + f" (ours; a peer beyond {PEER_FAILED_REL:g} failed: no ratio)",
+                    accuracy_ok=agree[figure] <= SCAN_MAX_REL,
+                    agreement=[
+                        agreement_pair(
+                            "max abs diff / max abs of the sequential reference, "
+                            + ("output" if figure == "out_max_rel" else "gradients (worst input)"),
+                            agree[figure],
+                            peer_err,
+                        )
+                    ],
+                )
+            )
         out.append(
             comparison(
                 key=f"scan_{mode}",
@@ -420,9 +557,12 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
                 size=size,
                 repeats=e["chunked"]["repeats"],
                 peer_repeats=e["ref"]["repeats"],
+                warmup=1,
                 threads=threads,
                 target=(">=", 5.0),
                 target_source="issue 7",
+                accuracy_criterion=criterion,
+                accuracy_ok=agree[figure] <= SCAN_MAX_REL,
                 agreement=[
                     agreement_value(
                         "max abs diff / max abs of the reference, "
@@ -495,9 +635,15 @@ def facts(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 NOTES = [
-    "Mamba's configuration: variable B and C, D, z, delta_bias and softplus. Repeats run in "
-    "interleaved blocks, each after an untimed warm-up call; glibc malloc is tuned first "
-    "(freed memory kept in the heap) unless --no-malloc-tune.",
+    "Mamba's configuration: variable B and C, D, z, delta_bias and softplus. Every scan runs "
+    "the same number of repeats with the same threads, in interleaved blocks (up to 5 calls "
+    "each, every block after an untimed warm-up call); glibc malloc is tuned first (freed "
+    "memory kept in the heap) unless --no-malloc-tune.",
+    "Peers outside this project: torch's associative scan and Heinsen's log-space scan "
+    "(written here from the paper) are the parallel-prefix formulations of the same "
+    "recurrence; mamba_ssm's reference kernels need CUDA. The sequential loop "
+    "(selective_scan_ref, mamba_ssm semantics) is kept as the issue's target and the "
+    "accuracy reference.",
     "The floor row says how close the scan gets to one memory pass over the (batch, dim, L, "
     "state) tensor: the ratio is the fraction of that speed.",
 ]

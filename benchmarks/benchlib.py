@@ -11,6 +11,14 @@ Each ``bench_*.py`` keeps its own detailed JSON and adds, at the top level:
 * ``notes``: sentences about the method (no figures: figures go in facts);
 * ``env``: the load average at the start and end of the script, versions.
 
+Fair timing, the same for every benchmark: :func:`pin_threads` sets one thread count for
+both sides (BLAS and OpenMP pools through threadpoolctl, torch's intra-op threads) and
+records what the pools report; :func:`interleaved_times` gives every side the same
+untimed warm-up calls and the same number of timed repeats, round by round with the
+order rotated, so background load hits both alike. A comparison with a target names its
+accuracy criterion, and its target is "met" only when the speed ratio and the accuracy
+criterion both hold (:func:`comparison`).
+
 ``benchmarks/run_all.py`` runs the scripts and renders ``docs/performance.md`` from
 these records only. The scripts run as files (``python benchmarks/bench_x.py``), so
 they import this module as ``benchlib`` from their own folder.
@@ -21,12 +29,108 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-from collections.abc import Mapping, Sequence
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TARGET_OPS = (">=", "<=")
+#: Environment variables that size the BLAS / OpenMP pools of a process at start-up
+#: (``run_all.py`` sets them for each benchmark's subprocess; :func:`pin_threads` then
+#: limits the pools that are loaded, which covers libraries that ignore them).
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+_PINNED: list[Any] = []  # keeps the threadpoolctl limiter alive for the process
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment variables that start a process's thread pools at ``threads``."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
+    return dict.fromkeys(THREAD_ENV_VARS, str(threads))
+
+
+def pin_threads(threads: int, *, torch_threads: bool = True) -> dict[str, Any]:
+    """Run every thread pool of this process with ``threads`` threads; what they report.
+
+    Loads numpy, scipy's linear algebra and (when ``torch_threads`` and installed) torch
+    first, so their BLAS and OpenMP pools exist, then limits them all with threadpoolctl
+    and sets torch's intra-op threads. Pools loaded later (a peer imported afterwards)
+    start from :data:`THREAD_ENV_VARS`, which ``run_all.py`` sets; call this again after
+    importing a peer to limit its pools too. Returns ``{"threads", "torch", "pools"}``,
+    the pools as threadpoolctl lists them (API, library, threads): the JSON records it.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
+    import numpy  # noqa: F401  (loads its BLAS)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    try:
+        import scipy.linalg  # noqa: F401  (loads scipy's BLAS / LAPACK)
+    except ImportError:
+        pass
+    torch_n = None
+    if torch_threads:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None:
+            torch.set_num_threads(threads)
+            torch_n = torch.get_num_threads()
+    _PINNED.append(threadpool_limits(limits=threads))
+    pools = [
+        {
+            "user_api": p.get("user_api"),
+            "internal_api": p.get("internal_api"),
+            "library": Path(p.get("filepath", "")).name,
+            "num_threads": p.get("num_threads"),
+        }
+        for p in threadpool_info()
+    ]
+    over = [p for p in pools if (p["num_threads"] or 0) > threads]
+    if over:
+        raise RuntimeError(f"thread pools still above {threads} thread(s) after pinning: {over}")
+    return {"threads": threads, "torch": torch_n, "pools": pools}
+
+
+def interleaved_times(
+    funcs: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall times (s) of ``repeats`` calls of each function, interleaved, after warm-up.
+
+    Every function first runs ``warmup`` untimed calls; then each of the ``repeats``
+    rounds times one call of every function, the order rotated by one each round (so no
+    side always runs first, right after the other evicted its data from the caches).
+    Every side gets the same warm-up and the same number of repeats.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0; got {repeats}, {warmup}")
+    names = list(funcs)
+    for _ in range(warmup):
+        for name in names:
+            funcs[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            funcs[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median_times(times: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """The median of each side's times."""
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def package_version(distribution: str) -> str | None:
@@ -83,6 +187,9 @@ def comparison(
     target_source: str | None = None,
     agreement: Sequence[Mapping[str, Any]] = (),
     peer_status: str | None = None,
+    accuracy_criterion: str | None = None,
+    accuracy_ok: bool | None = None,
+    warmup: int | None = None,
 ) -> dict[str, Any]:
     """One side-by-side comparison, with its ratio oriented so that > 1 favours ours.
 
@@ -117,20 +224,33 @@ def comparison(
         Accuracy figures (:func:`agreement_value`, :func:`agreement_pair`).
     peer_status : str, optional
         Why the peer is missing; required when ``peer_value`` is None.
+    accuracy_criterion : str, optional
+        What accuracy the comparison requires, in words (e.g. "ours within 1.5x of the
+        peer's median error or below 0.05 mm"); required with a ``target``.
+    accuracy_ok : bool, optional
+        Whether the criterion held on this run (None: not measurable, e.g. no peer, or a
+        criterion that says there is nothing to check).
+    warmup : int, optional
+        Untimed warm-up calls each side ran before the timed repeats.
 
     Returns
     -------
     dict
-        The JSON-ready record, with ``ratio`` and ``meets_target`` computed.
+        The JSON-ready record, with ``ratio``, ``speed_ok`` and ``meets_target``
+        computed: the target is met only when the speed ratio reaches it and the
+        accuracy criterion did not fail.
     """
     if target is not None and target[0] not in TARGET_OPS:
         raise ValueError(f"target operator must be one of {TARGET_OPS}; got {target[0]!r}")
+    if target is not None and not accuracy_criterion:
+        raise ValueError(f"{key}: a target needs an accuracy criterion (accuracy_criterion)")
     if peer_value is None and not peer_status:
         raise ValueError(f"{key}: peer_status must say why the peer value is missing")
     ratio = None if peer_value is None else _ratio(ours_value, peer_value, higher_is_better)
-    meets = None
+    speed_ok = meets = None
     if target is not None and ratio is not None:
-        meets = ratio >= target[1] if target[0] == ">=" else ratio <= target[1]
+        speed_ok = ratio >= target[1] if target[0] == ">=" else ratio <= target[1]
+        meets = speed_ok and accuracy_ok is not False
     return {
         "key": key,
         "what": what,
@@ -152,7 +272,11 @@ def comparison(
         "threads": threads,
         "target": None if target is None else {"op": target[0], "value": float(target[1])},
         "target_source": target_source,
+        "speed_ok": speed_ok,
+        "accuracy_criterion": accuracy_criterion,
+        "accuracy_ok": None if accuracy_ok is None else bool(accuracy_ok),
         "meets_target": meets,
+        "warmup": warmup,
         "agreement": [dict(a) for a in agreement],
     }
 
@@ -253,7 +377,14 @@ def format_target(record: Mapping[str, Any]) -> str:
     meets = record.get("meets_target")
     if meets is None:
         return text
-    return f"{text}: {'met' if meets else '**not met**'}"
+    if meets:
+        return f"{text}: met"
+    why = [
+        name
+        for name, ok in (("speed", record.get("speed_ok")), ("accuracy", record.get("accuracy_ok")))
+        if ok is False
+    ]
+    return f"{text}: **not met** ({', '.join(why)})"
 
 
 def format_agreement(record: Mapping[str, Any]) -> str:
@@ -279,6 +410,16 @@ def _repeats(n: int, statistic: str) -> str:
     return "single run" if n == 1 else f"{statistic} of {n}"
 
 
+def format_accuracy(record: Mapping[str, Any]) -> str:
+    """The accuracy criterion and whether it held, ``"... (held)"``; ``""`` without one."""
+    criterion = record.get("accuracy_criterion")
+    if not criterion:
+        return ""
+    ok = record.get("accuracy_ok")
+    verdict = "not checked" if ok is None else ("held" if ok else "**failed**")
+    return f"{criterion} ({verdict})"
+
+
 def format_data(record: Mapping[str, Any]) -> str:
     """The data cell: size, then the statistic over the repeats (the peer's if different)."""
     reps = record["repeats"]
@@ -286,6 +427,8 @@ def format_data(record: Mapping[str, Any]) -> str:
     how = _repeats(reps, record["statistic"])
     if peer_reps != reps and record["peer"]["value"] is not None:
         how = f"ours {how}, peer {_repeats(peer_reps, record['statistic'])}"
+    if record.get("warmup"):
+        how += f" after {record['warmup']} warm-up"
     return f"{record['size']}; {how}"
 
 

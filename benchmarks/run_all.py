@@ -24,13 +24,20 @@ A full run keeps its results in ``benchmarks/results/report/`` and writes
 there (unless ``--results-dir`` or ``--output`` say otherwise), so a smoke or partial run
 never replaces the full run's results or report.
 
-Threads: each benchmark sets its own (recorded per comparison). On a shared 2-core
-machine, a 2-thread torch process stalls whenever one of its threads is descheduled
-(even a loader batch's ``torch.stack`` becomes many times slower), so the benchmarks
-whose torch side would otherwise run two threads against a one-thread peer (motion
-correction, the SSM scan, the loaders' main process) run with one thread here; the
-encoder block keeps torch's default, since it is compared with matmuls in the same
-process and thread count.
+Fairness: every benchmark declares the thread count both sides run with
+(``Benchmark.threads``): its subprocess starts with the BLAS / OpenMP environment
+variables at that count and the script pins its pools (threadpoolctl) and torch's
+threads to it (``benchlib.pin_threads``). One thread on this shared 2-core machine,
+except the encoder block (its matmul peer runs in the same process at the same two
+threads). Both sides get the same warm-up and the same number of interleaved repeats
+(``benchlib.interleaved_times``), and a target counts as met only when speed and the
+comparison's accuracy criterion both hold.
+
+Provenance: a full run (and ``--update``) refuses a working tree whose tracked files
+differ from HEAD (``--allow-dirty`` runs anyway and records it), and ``run.json``
+records the commit and, per benchmark, the source paths it exercises
+(``Benchmark.sources``); ``tests/unit/test_bench_freshness.py`` fails when any of them
+changed after the report's commit.
 """
 
 from __future__ import annotations
@@ -82,6 +89,10 @@ class Benchmark:
     stage: str
     full_args: str
     quick_args: str
+    threads: int = 1
+    #: Paths (repo-relative) of the code this benchmark measures, its script included:
+    #: the report is stale once any of them changes after the report's commit.
+    sources: tuple[str, ...] = ()
 
     def command(self, json_path: Path, quick: bool, install_peers: bool) -> list[str]:
         """The subprocess command line (the script writes its JSON to ``json_path``)."""
@@ -89,6 +100,11 @@ class Benchmark:
         if install_peers and "--no-ants-install" in args:
             args.remove("--no-ants-install")
         return [sys.executable, str(HERE / self.script), *args, "--json", str(json_path)]
+
+    def all_sources(self) -> tuple[str, ...]:
+        """The declared sources plus the script itself and ``benchlib.py``."""
+        own = (f"benchmarks/{self.script}", "benchmarks/benchlib.py")
+        return tuple(dict.fromkeys((*own, *self.sources)))
 
 
 BENCHMARKS: tuple[Benchmark, ...] = (
@@ -98,13 +114,22 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         stage="anatomy (issues 3, 21)",
         full_args="--no-ants-install",
         quick_args="--quick --no-ants-install",
+        sources=("src/brainharmony/anat",),
     ),
     Benchmark(
         name="func",
         script="bench_func.py",
         stage="functional (issue 4)",
         full_args="--repeats 3 --threads 1",
-        quick_args="--quick --repeats 1 --threads 1",
+        quick_args="--quick --repeats 2 --threads 1",
+        sources=(
+            "src/brainharmony/func/parcellate.py",
+            "src/brainharmony/func/denoise.py",
+            "src/brainharmony/func/motion.py",
+            "src/brainharmony/func/register.py",
+            "src/brainharmony/anat/images.py",
+            "src/brainharmony/atlas.py",
+        ),
     ),
     Benchmark(
         name="lbo",
@@ -112,6 +137,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         stage="geometry (issue 5)",
         full_args="--modes 200 --repeats 3 --threads 1",
         quick_args="--modes 20 --repeats 1 --threads 1",
+        sources=("src/brainharmony/geometry/lbo.py", "src/brainharmony/geometry/surfaces.py"),
     ),
     Benchmark(
         name="loading",
@@ -119,20 +145,25 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         stage="packed data (issue 5)",
         full_args="--repeats 3 --threads 1",
         quick_args="--n-series 64 --n-volumes 8 --workers 0 --repeats 1 --threads 1",
+        sources=("src/brainharmony/packing.py",),
     ),
     Benchmark(
         name="ssm",
         script="bench_ssm.py",
         stage="SSM predictor (issue 7)",
         full_args="--threads 1",
-        quick_args="--threads 1 --length 256 --repeats 3 --ref-repeats 2 --no-training",
+        quick_args="--threads 1 --length 256 --repeats 3 --no-training",
+        sources=("src/brainharmony/models/ssm.py", "src/brainharmony/models/ssm_scan.py"),
     ),
     Benchmark(
         name="encoder_block",
         script="bench_encoder_block.py",
         stage="training (issue 6)",
-        full_args="",
-        quick_args="--batch 1 --tokens 64 --width 192 --heads 3 --square 256 --repeats 3",
+        full_args="--threads 2",
+        quick_args="--batch 1 --tokens 64 --width 192 --heads 3 --square 256 --repeats 3 "
+        "--threads 2",
+        threads=2,
+        sources=("src/brainharmony/models/blocks.py",),
     ),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
@@ -229,12 +260,14 @@ def run_benchmark(
         "command": _display_command(cmd),
         "result": json_path.name,
         "log": log_path.name,
+        "threads": bench.threads,
+        "sources": list(bench.all_sources()),
         "started": _now(),
         "loadavg_start": benchlib.loadavg(),
     }
     print(f"[run_all] {bench.name}: {entry['command']}", file=sys.stderr, flush=True)
     began = time.perf_counter()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **benchlib.thread_env(bench.threads))
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -299,6 +332,9 @@ REQUIRED_COMPARISON_KEYS = (
     "threads",
     "target",
     "meets_target",
+    "speed_ok",
+    "accuracy_criterion",
+    "accuracy_ok",
     "agreement",
 )
 
@@ -322,6 +358,14 @@ def validate_result(doc: Any, path: Path) -> dict[str, Any]:
         missing = [k for k in REQUIRED_COMPARISON_KEYS if k not in c]
         if missing:
             raise InputDataError(path, f"comparison {i} has no {', '.join(map(repr, missing))}")
+        if c["target"] is not None and not c["accuracy_criterion"]:
+            raise InputDataError(
+                path, f"comparison {c['key']!r}: a target without an accuracy criterion"
+            )
+        if c["meets_target"] and (not c["speed_ok"] or c["accuracy_ok"] is False):
+            raise InputDataError(
+                path, f"comparison {c['key']!r}: target met although speed or accuracy failed"
+            )
         ours, peer = c["ours"]["value"], c["peer"]["value"]
         if peer is None:
             if c["ratio"] is not None or not str(c["peer_status"]).startswith("not available"):
@@ -439,7 +483,9 @@ def _section(entry: Mapping[str, Any], doc: Mapping[str, Any] | None) -> list[st
         "",
         f"`benchmarks/{entry['script']}`, {entry['stage']}. Command: `{entry['command']}`; "
         f"{entry['wall_s']:.0f} s; load average {_load(entry['loadavg_start'][:1])} at its "
-        f"start, {_load(entry['loadavg_end'][:1])} at its end.",
+        f"start, {_load(entry['loadavg_end'][:1])} at its end"
+        + (f"; {entry['threads']} thread(s) for both sides" if entry.get("threads") else "")
+        + ".",
         "",
     ]
     if doc is None:
@@ -453,6 +499,8 @@ def _section(entry: Mapping[str, Any], doc: Mapping[str, Any] | None) -> list[st
             line += f" (**peer {r['peer_status']}**)"
         if r.get("target_source"):
             line += f"; target from {r['target_source']}"
+        if r.get("accuracy_criterion"):
+            line += f"; accuracy criterion: {benchlib.format_accuracy(r)}"
         lines.append(line + ".")
     for f in doc["facts"]:
         unit = f" {f['unit']}" if f.get("unit") else ""
@@ -496,9 +544,13 @@ def render(manifest: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]
         f"{manifest['results_dir']}; do not edit by hand: rerun the command. -->",
         "",
         "Every figure here was measured in one run of the command under [Machine](#machine), "
-        "the benchmarks one after the other, each in its own process. Each comparison runs "
-        "our code and the peer on the same input in the same process (interleaved where "
-        "repeated, so background load hits both alike). Ratios are oriented so that > 1 "
+        "the benchmarks one after the other, each in its own process, at the commit shown "
+        "there. Each comparison runs our code and the peer on the same input in the same "
+        "process, with the same threads (pinned for both: BLAS / OpenMP pools and torch), "
+        "the same warm-up and the same number of repeats, interleaved so background load "
+        "hits both alike. A target is met only when the speed ratio reaches it and the "
+        "comparison's accuracy criterion holds; a peer that failed on an input gets no "
+        "ratio. Ratios are oriented so that > 1 "
         "favours brainharmony: the peer's time over ours, or for rates ours over the peer's. "
         f"The machine ({cores} cores) was shared with other work; its load average is "
         "recorded below and per benchmark. Read the ratios: the seconds move with the load.",
@@ -551,9 +603,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with --only: rerun those benchmarks into the full run's results, keep the "
         "others' results, and re-render docs/performance.md",
     )
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run a full report although tracked files differ from HEAD (recorded; the "
+        "freshness test then fails until a clean rerun)",
+    )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="s per benchmark")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     return parser.parse_args(argv)
+
+
+def require_clean_tree(allow_dirty: bool) -> None:
+    """Refuse to time a working tree whose tracked files differ from HEAD.
+
+    The report records one commit; figures measured on uncommitted code could not be
+    traced to it. ``allow_dirty`` runs anyway (the count is recorded in ``run.json``).
+    """
+    dirty = _uncommitted_files()
+    if dirty and not allow_dirty:
+        raise SystemExit(
+            f"run_all: {dirty} tracked file(s) differ from HEAD; commit them first (the "
+            "report records the commit it measured) or pass --allow-dirty"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -578,6 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render_only:
         manifest, results = load_run(results_dir)
     else:
+        if not args.quick and not args.only:  # a full run: the report of a commit
+            require_clean_tree(args.allow_dirty)
         selected = [BY_NAME[n] for n in dict.fromkeys(args.only)] if args.only else BENCHMARKS
         results_dir.mkdir(parents=True, exist_ok=True)
         shown_argv = list(sys.argv[1:] if argv is None else argv)
@@ -629,6 +703,7 @@ def update(args: argparse.Namespace) -> int:
     records the rerun (command, date, git commit) and the report lists it under Machine.
     """
     results_dir = args.results_dir or DEFAULT_RESULTS
+    require_clean_tree(args.allow_dirty)
     manifest, _ = load_run(results_dir)
     shown_argv = shlex.join(["python", "benchmarks/run_all.py", *sys.argv[1:]])
     record = {
@@ -660,6 +735,96 @@ def update(args: argparse.Namespace) -> int:
     failed = [e["name"] for e in manifest["benchmarks"] if e["status"] != "ok"]
     print(f"[run_all] wrote {output}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------- freshness
+class NoHistory(RuntimeError):
+    """The git history needed to check a report's freshness is not available."""
+
+
+def _git_out(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
+    try:
+        return subprocess.run(
+            ["git", "-C", str(repo), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NoHistory(f"git cannot run ({exc})") from exc
+
+
+def stale_report(
+    manifest: Mapping[str, Any], repo: Path = REPO, benchmarks: Sequence[Benchmark] = BENCHMARKS
+) -> list[str]:
+    """Why a full report's figures no longer describe the code at HEAD (empty: fresh).
+
+    The report is stale when it was measured with uncommitted changes, when a registered
+    benchmark is missing from it or did not succeed, or when any source path a benchmark
+    exercises (``Benchmark.all_sources()``, plus the paths its ``run.json`` entry
+    recorded) changed in a commit after the one that measured it (the run's commit, or
+    that of the ``--update`` that last reran the benchmark). Raises :class:`NoHistory`
+    when the repository or that commit is not available (no ``.git``, a shallow clone).
+    """
+    problems = []
+    machine = manifest.get("machine", {})
+    runs = [("the run", machine.get("git_sha"), machine.get("git_uncommitted_files"))]
+    runs += [
+        (
+            f"the rerun of {', '.join(u['benchmarks'])}",
+            u.get("git_sha"),
+            u.get("git_uncommitted_files"),
+        )
+        for u in manifest.get("updates", [])
+    ]
+    for what, sha, dirty in runs:
+        if dirty:
+            problems.append(
+                f"{what} measured uncommitted changes ({dirty} tracked file(s) differed from "
+                f"{sha}): rerun at a clean, committed HEAD"
+            )
+        if not sha:
+            problems.append(f"{what} recorded no git commit")
+    if _git_out(repo, "rev-parse", "--git-dir").returncode != 0:
+        raise NoHistory(f"{repo} is not a git repository")
+    commit_of = {e["name"]: machine.get("git_sha") for e in manifest.get("benchmarks", [])}
+    for u in manifest.get("updates", []):
+        for name in u["benchmarks"]:
+            commit_of[name] = u.get("git_sha")
+    entries = {e["name"]: e for e in manifest.get("benchmarks", [])}
+    for bench in benchmarks:
+        entry = entries.get(bench.name)
+        if entry is None:
+            problems.append(f"{bench.name}: not in the report")
+            continue
+        if entry.get("status") != "ok":
+            problems.append(f"{bench.name}: {entry.get('status')} in the report")
+        sha = commit_of.get(bench.name)
+        if not sha:
+            continue
+        if _git_out(repo, "cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
+            shallow = _git_out(repo, "rev-parse", "--is-shallow-repository").stdout.strip()
+            if shallow == "true":
+                raise NoHistory(f"commit {sha} is not in this shallow clone")
+            problems.append(f"{bench.name}: the report's commit {sha} is not in this repository")
+            continue
+        if _git_out(repo, "merge-base", "--is-ancestor", sha, "HEAD").returncode != 0:
+            problems.append(f"{bench.name}: the report's commit {sha} is not an ancestor of HEAD")
+            continue
+        paths = list(dict.fromkeys([*bench.all_sources(), *entry.get("sources", [])]))
+        log = _git_out(repo, "log", "--format=%h %s", f"{sha}..HEAD", "--", *paths)
+        if log.returncode != 0:
+            raise NoHistory(f"git log failed: {log.stderr.strip()}")
+        if log.stdout.strip():
+            commits = log.stdout.strip().splitlines()
+            problems.append(
+                f"{bench.name}: {len(commits)} commit(s) after {sha[:12]} changed "
+                f"{', '.join(paths)}: {'; '.join(c[:100] for c in commits[:5])}"
+            )
+    return problems
 
 
 def _relative(path: Path) -> str:

@@ -57,7 +57,16 @@ def _fabricate(run_all: ModuleType, root: Path, ours: float = 2.0, peer: float =
         benchmark="alpha",
         title="Alpha stage",
         comparisons=[
-            _cmp(benchlib, "speed", ours, peer, target=(">=", 3.0), target_source="issue 0"),
+            _cmp(
+                benchlib,
+                "speed",
+                ours,
+                peer,
+                target=(">=", 3.0),
+                target_source="issue 0",
+                accuracy_criterion="max rel diff <= 1e-6",
+                accuracy_ok=True,
+            ),
             _cmp(
                 benchlib,
                 "rate",
@@ -66,6 +75,7 @@ def _fabricate(run_all: ModuleType, root: Path, ours: float = 2.0, peer: float =
                 unit="GFLOP/s",
                 higher_is_better=True,
                 target=(">=", 0.5),
+                accuracy_criterion="none: a floor",
                 agreement=[benchlib.agreement_value("max rel diff", 3.1e-8)],
             ),
         ],
@@ -176,7 +186,7 @@ def test_report_is_rendered_from_the_json_results(run_all: ModuleType, tmp_path:
     assert speed[3:8] == ["2.00 s", "10.0 s", "peerpkg 1.2.3", "5.00x", ">= 3x: met"]
     # a rate: ours over the peer's, 0.4 below its 0.5 target
     assert rate[3:7] == ["40.0 GFLOP/s", "100 GFLOP/s", "peerpkg 1.2.3", "0.400x"]
-    assert rate[7] == ">= 0.5x: **not met**"
+    assert rate[7] == ">= 0.5x: **not met** (speed)"
     assert rate[8] == "max rel diff 3.1e-08"
     assert missing[6] == "peer not available"
     assert missing[5] == "antspyx (not installed)"
@@ -198,7 +208,7 @@ def test_report_is_rendered_from_the_json_results(run_all: ModuleType, tmp_path:
         "6.00 s",
         "peerpkg 1.2.3",
         "1.50x",
-        ">= 3x: **not met**",
+        ">= 3x: **not met** (speed)",
     ]
 
 
@@ -312,6 +322,7 @@ def test_partial_runs_do_not_replace_the_full_report(
         }
 
     monkeypatch.setattr(run_all, "run_benchmark", fake_run)
+    monkeypatch.setattr(run_all, "_uncommitted_files", lambda: 0)
     partial = tmp_path / "partial"
     assert run_all.main(["--only", "func", "--results-dir", str(partial)]) == 0
     assert (partial / "performance.md").is_file() and not full_report.exists()
@@ -321,3 +332,168 @@ def test_partial_runs_do_not_replace_the_full_report(
     rows = _table_rows(full_report.read_text())
     assert [r[0] for r in rows] == [b.name for b in run_all.BENCHMARKS]
     assert all(r[6] == "3.00x" for r in rows)
+
+
+def test_a_target_is_met_only_when_speed_and_accuracy_hold(run_all: ModuleType) -> None:
+    benchlib = run_all.benchlib
+    kw = {"target": (">=", 2.0), "accuracy_criterion": "error <= 0.05 mm"}
+    fast_exact = _cmp(benchlib, "a", 1.0, 10.0, accuracy_ok=True, **kw)
+    fast_wrong = _cmp(benchlib, "b", 1.0, 10.0, accuracy_ok=False, **kw)
+    slow_wrong = _cmp(benchlib, "c", 1.0, 1.5, accuracy_ok=False, **kw)
+    assert fast_exact["meets_target"] is True
+    assert benchlib.format_target(fast_exact) == ">= 2x: met"
+    assert fast_wrong["speed_ok"] is True and fast_wrong["meets_target"] is False
+    assert benchlib.format_target(fast_wrong) == ">= 2x: **not met** (accuracy)"
+    assert benchlib.format_target(slow_wrong) == ">= 2x: **not met** (speed, accuracy)"
+    assert benchlib.format_accuracy(fast_wrong) == "error <= 0.05 mm (**failed**)"
+    with pytest.raises(ValueError, match="accuracy criterion"):
+        _cmp(benchlib, "d", 1.0, 10.0, target=(">=", 2.0))
+
+
+def test_a_met_target_with_failed_accuracy_is_refused(run_all: ModuleType, tmp_path: Path) -> None:
+    root = _fabricate(run_all, tmp_path / "results")
+    doc = json.loads((root / "alpha.json").read_text())
+    doc["comparisons"][0]["accuracy_ok"] = False  # meets_target left True by hand
+    (root / "alpha.json").write_text(json.dumps(doc))
+    with pytest.raises(InputDataError, match=r"alpha\.json.*target met although"):
+        run_all.load_run(root)
+
+
+def test_interleaved_times_give_every_side_the_same_warmup_and_repeats(
+    run_all: ModuleType,
+) -> None:
+    benchlib = run_all.benchlib
+    calls: list[str] = []
+    funcs = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = benchlib.interleaved_times(funcs, repeats=3, warmup=2)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert calls[:6] == ["a", "b", "c", "a", "b", "c"]  # the warm-up rounds
+    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # rotated rounds
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        benchlib.interleaved_times(funcs, repeats=0)
+
+
+def test_pin_threads_limits_every_pool(run_all: ModuleType) -> None:
+    import threadpoolctl
+    import torch
+
+    benchlib = run_all.benchlib
+    before = torch.get_num_threads()
+    try:
+        pinned = benchlib.pin_threads(1)
+        assert pinned["threads"] == 1 and pinned["torch"] == 1 == torch.get_num_threads()
+        assert pinned["pools"] and all(p["num_threads"] == 1 for p in pinned["pools"])
+        assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info())
+    finally:
+        benchlib._PINNED.pop().restore_original_limits()
+        torch.set_num_threads(before)
+    assert benchlib.thread_env(2)["OMP_NUM_THREADS"] == "2"
+    with pytest.raises(ValueError):
+        benchlib.pin_threads(0)
+
+
+def test_benchmarks_declare_existing_sources_and_threads(run_all: ModuleType) -> None:
+    for bench in run_all.BENCHMARKS:
+        assert bench.threads >= 1, bench.name
+        assert any(s.startswith("src/") for s in bench.sources), f"{bench.name}: no sources"
+        for path in bench.all_sources():
+            assert (REPO / path).exists(), f"{bench.name}: {path} does not exist"
+
+
+def test_a_full_run_refuses_uncommitted_changes(
+    run_all: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+    monkeypatch.setattr(run_all, "_uncommitted_files", lambda: 3)
+    monkeypatch.setattr(
+        run_all, "run_benchmark", lambda bench, *a, **k: ran.append(bench.name) or {}
+    )
+    with pytest.raises(SystemExit, match=r"3 tracked file.*differ from HEAD"):
+        run_all.main(["--results-dir", str(tmp_path / "full")])
+    root = _fabricate(run_all, tmp_path / "results")
+    with pytest.raises(SystemExit, match="differ from HEAD"):
+        run_all.main(["--only", "func", "--update", "--results-dir", str(root)])
+    assert ran == []  # nothing was timed
+
+
+def test_the_runner_pins_the_subprocess_threads(run_all: ModuleType, tmp_path: Path) -> None:
+    benchlib = run_all.benchlib
+    doc = benchlib.result_document(
+        benchmark="env",
+        title="Env",
+        comparisons=[_cmp(benchlib, "k", 1.0, 2.0)],
+        env={"loadavg_start": [0.0, 0.0, 0.0]},
+    )
+    script = tmp_path / "bench_env.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, sys
+            from pathlib import Path
+            print("threads", os.environ["OMP_NUM_THREADS"], os.environ["OPENBLAS_NUM_THREADS"])
+            Path(sys.argv[sys.argv.index("--json") + 1]).write_text({json.dumps(doc)!r})
+            """
+        )
+    )
+    bench = run_all.Benchmark("env", str(script), "test", "", "", threads=2, sources=("src",))
+    entry = run_all.run_benchmark(bench, tmp_path, quick=False, install_peers=False, timeout_s=60)
+    assert entry["status"] == "ok" and entry["threads"] == 2
+    assert "threads 2 2" in (tmp_path / "env.log").read_text()
+    assert entry["sources"][-1] == "src" and "benchmarks/benchlib.py" in entry["sources"]
+
+
+def _git(repo: Path, *args: str) -> str:
+    import subprocess
+
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(repo),
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+
+
+def test_stale_report_names_the_benchmarks_whose_sources_changed(
+    run_all: ModuleType, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "benchmarks").mkdir()
+    for name in ("a.py", "b.py"):
+        (repo / "src" / name).write_text("x = 1\n")
+    for name in ("bench_a.py", "bench_b.py", "benchlib.py"):
+        (repo / "benchmarks" / name).write_text("")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "first")
+    sha = _git(repo, "rev-parse", "HEAD")
+    benches = (
+        run_all.Benchmark("a", "bench_a.py", "s", "", "", sources=("src/a.py",)),
+        run_all.Benchmark("b", "bench_b.py", "s", "", "", sources=("src/b.py",)),
+    )
+    manifest = {
+        "machine": {"git_sha": sha, "git_uncommitted_files": 0},
+        "benchmarks": [{"name": "a", "status": "ok"}, {"name": "b", "status": "ok"}],
+    }
+    assert run_all.stale_report(manifest, repo, benches) == []
+    (repo / "src" / "b.py").write_text("x = 2\n")
+    _git(repo, "commit", "-q", "-am", "change b")
+    problems = run_all.stale_report(manifest, repo, benches)
+    assert len(problems) == 1 and problems[0].startswith("b: 1 commit(s)")
+    assert "change b" in problems[0]
+    # a rerun of b (--update) at the new commit makes it fresh again
+    manifest["updates"] = [{"benchmarks": ["b"], "git_sha": _git(repo, "rev-parse", "HEAD")}]
+    assert run_all.stale_report(manifest, repo, benches) == []
+    # uncommitted changes at measurement time, or a missing benchmark, are stale as such
+    manifest["machine"]["git_uncommitted_files"] = 7
+    manifest["benchmarks"].pop(0)
+    problems = run_all.stale_report(manifest, repo, benches)
+    assert any("uncommitted changes (7 tracked" in p for p in problems)
+    assert "a: not in the report" in problems
+    with pytest.raises(run_all.NoHistory):
+        run_all.stale_report(manifest, tmp_path / "not-a-repo", benches)
