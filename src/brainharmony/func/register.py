@@ -34,7 +34,7 @@ from brainharmony.func.defaults import (
     DEFAULT_COREG,
     canonical_coreg,
 )
-from brainharmony.func.motion import inside_grid
+from brainharmony.func.motion import inside_grid, inside_voxels, resolve_backend, sample_volumes
 from brainharmony.io import InputDataError, PathLike, write_text
 
 logger = logging.getLogger(__name__)
@@ -689,6 +689,7 @@ def resample_to_template(
     valid: np.ndarray | None = None,
     chunk: int = 16,
     device: str = "cpu",
+    backend: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample every native volume at template points (trilinear), once.
 
@@ -708,6 +709,10 @@ def resample_to_template(
         depend on it; small batches keep the float64 coordinate temporaries, fresh pages
         the kernel must zero, small: 16 takes about 0.25 s less system time than 64).
     device : str
+        Torch device of the torch backend.
+    backend : {"auto", "numpy", "torch"}
+        As in :func:`~brainharmony.func.motion.estimate_motion` (``auto``: numpy on the
+        CPU, no torch import); both agree to float32 rounding.
 
     Returns
     -------
@@ -716,9 +721,6 @@ def resample_to_template(
         True where every volume's sample lay inside the native field of view and
         touched only valid voxels.
     """
-    import torch
-    import torch.nn.functional as F
-
     data = np.asarray(data)
     maps = np.asarray(maps, dtype=np.float64)
     points = np.asarray(points)
@@ -729,6 +731,11 @@ def resample_to_template(
         raise ValueError(f"maps must have shape ({n_vol}, 4, 4), got {maps.shape}")
     if points.ndim != 2 or points.shape[1] != 3:
         raise ValueError(f"points must have shape (n_points, 3), got {points.shape}")
+    if resolve_backend(backend, device) == "numpy":
+        return _resample_to_template_np(data, maps, points, valid, chunk)
+    import torch
+    import torch.nn.functional as F
+
     shape = np.array(data.shape[:3])
     norm = np.zeros((4, 4))
     for row, axis in enumerate((2, 1, 0)):
@@ -773,6 +780,35 @@ def resample_to_template(
             )
             coverage &= (touched[:, 0, 0, 0, :] <= 1e-6).all(dim=0)
     return samples, coverage.cpu().numpy()
+
+
+def _resample_to_template_np(
+    data: np.ndarray, maps: np.ndarray, points: np.ndarray, valid: np.ndarray | None, chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy twin of :func:`resample_to_template` (scipy.ndimage, zero outside the grid)."""
+    n_vol = data.shape[3]
+    shape = data.shape[:3]
+    pts_h = np.concatenate([points, np.ones((points.shape[0], 1))], axis=1).T  # (4, P)
+    bad = None
+    if valid is not None:
+        bad_b = ~np.asarray(valid, dtype=bool)
+        if bad_b.any():
+            bad = bad_b.astype(np.float32)
+    samples = np.empty((n_vol, points.shape[0]), dtype=np.float32)
+    coverage = np.ones(points.shape[0], dtype=bool)
+    for start in range(0, n_vol, chunk):
+        stop = min(n_vol, start + chunk)
+        coords = maps[start:stop, :3, :] @ pts_h  # (n, 3, P) native voxel coordinates
+        coverage &= inside_voxels(coords, shape, 1e-5).all(axis=0)
+        vols = np.ascontiguousarray(np.moveaxis(data[..., start:stop], 3, 0), dtype=np.float32)
+        sample_volumes(vols, coords, mode="grid-constant", out=samples[start:stop])
+        if bad is not None:
+            # How much of each sample's weight fell on unusable voxels.
+            touched = sample_volumes(
+                np.broadcast_to(bad, (stop - start, *shape)), coords, mode="grid-constant"
+            )
+            coverage &= (touched <= 1e-6).all(axis=0)
+    return np.ascontiguousarray(samples.T), coverage
 
 
 def resample_image(

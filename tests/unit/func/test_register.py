@@ -235,3 +235,23 @@ def test_resampling_does_not_depend_on_the_batch_size():
         np.testing.assert_array_equal(part[0], whole[0])
         np.testing.assert_array_equal(part[1], whole[1])
     assert 0 < whole[1].sum() < points.shape[0]
+
+
+def test_resampling_backends_agree():
+    """The numpy backend (CPU default) is the torch one to float32 rounding, coverage alike."""
+    from brainharmony.func.register import resample_to_template
+
+    rng = np.random.default_rng(6)
+    data = rng.normal(1000, 50, (12, 11, 9, 7)).astype(np.float32)
+    maps = np.tile(np.eye(4), (7, 1, 1))
+    maps[:, :3, :3] *= 0.7
+    maps[:, :3, 3] = 1.0 + rng.normal(0, 0.3, (7, 3))
+    points = np.argwhere(np.ones((16, 15, 13), bool))
+    valid = np.ones(data.shape[:3], bool)
+    valid[5, 5, 4] = False
+    ref = resample_to_template(data, maps, points, valid=valid, backend="torch")
+    fast = resample_to_template(data, maps, points, valid=valid, backend="numpy")
+    np.testing.assert_array_equal(fast[1], ref[1])
+    assert 0 < fast[1].sum() < points.shape[0]
+    np.testing.assert_allclose(fast[0], ref[0], rtol=0, atol=1e-5 * np.abs(ref[0]).max())
+    assert fast[0].flags.c_contiguous and fast[0].dtype == np.float32
