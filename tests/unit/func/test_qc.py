@@ -25,7 +25,7 @@ def test_fd_figure_shades_the_censored_frames(tmp_path):
     img = np.asarray(Image.open(path).convert("RGB")).astype(int)
     assert img.shape == (260, 800, 3)
     shade = np.array(qc._blend(qc.RED, 0.25))
-    shaded_cols = np.flatnonzero((np.abs(img[120] - shade).sum(-1) == 0))
+    shaded_cols = np.flatnonzero(np.abs(img[120] - shade).sum(-1) == 0)
     # Frames 20-21 and 45 are shaded; the pixels in between are not.
     ax = qc._Axes(Image.new("RGB", (800, 260)), (66, 30, 786, 214), (0, 118.0), (0, 1))
     for frame in (20, 21, 45):
