@@ -275,10 +275,14 @@ def bench_motion(
     shape: tuple[int, int, int], volumes: int, threads: int, repeats: int
 ) -> dict[str, Any]:
     import torch
+    from threadpoolctl import threadpool_limits
 
     from brainharmony.func.motion import estimate_motion, matrices_to_params
 
+    # estimate_motion runs its numpy backend on the CPU (BLAS threads); SimpleITK and a
+    # torch backend use their own pools.
     torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
     data, affine, params, center = _moving_head(shape, volumes)
 
     def score(mats: np.ndarray) -> dict[str, float]:

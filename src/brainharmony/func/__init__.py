@@ -3,7 +3,8 @@
 Modules (each small and importable on its own; heavy dependencies load lazily):
 
 * :mod:`~brainharmony.func.slicetime` - slice-timing correction (Fourier or cubic).
-* :mod:`~brainharmony.func.motion` - batched rigid head-motion estimation (torch).
+* :mod:`~brainharmony.func.motion` - batched rigid head-motion estimation (numpy; torch on
+  a GPU).
 * :mod:`~brainharmony.func.register` - BOLD -> T1w rigid registration and the single
   native -> template resampling.
 * :mod:`~brainharmony.func.confounds` - fMRIPrep-named confound regressors.

@@ -1,4 +1,4 @@
-"""Rigid head-motion estimation for all volumes of a run at once (torch, CPU or GPU).
+"""Rigid head-motion estimation for all volumes of a run at once (numpy or torch).
 
 Method
 ------
@@ -16,6 +16,10 @@ of volumes, one batched 6 x 6 solve), coarse to fine over an image pyramid.
 * Two passes: the first aligns every volume to the temporal mean; the second aligns
   them again to the mean of the realigned volumes, which becomes the BOLD reference
   (``boldref``). Motion parameters are relative to that reference.
+
+Two backends run this algorithm: numpy (trilinear samples from ``scipy.ndimage`` at
+float64 coordinates; the CPU default, which spares a CPU job the torch import) and
+torch (``grid_sample``, CPU or GPU). They agree to float32 rounding (tested).
 
 Conventions
 -----------
@@ -250,6 +254,7 @@ def estimate_motion(
     settings: MotionSettings | None = None,
     valid: np.ndarray | None = None,
     device: str = "cpu",
+    backend: str = "auto",
 ) -> MotionResult:
     """Estimate rigid head motion of every volume of a run.
 
@@ -263,14 +268,17 @@ def estimate_motion(
     valid : ndarray of bool, shape (n_x, n_y, n_z), optional
         Voxels that may drive the fit (e.g. without dropped-out values); default all.
     device : str
-        Torch device.
+        Torch device of the torch backend.
+    backend : {"auto", "numpy", "torch"}
+        ``numpy`` (scipy.ndimage sampling, CPU) or ``torch`` (``grid_sample``, CPU or
+        GPU); ``auto`` takes numpy on ``device="cpu"`` (no torch import: about 1.7 s
+        of a CPU job) and torch on any other device. Both run the same algorithm and
+        agree to float32 rounding (tests/unit/func/test_motion.py).
 
     Returns
     -------
     MotionResult
     """
-    import torch
-
     settings = settings or MotionSettings()
     data = np.asarray(data)
     affine = np.asarray(affine, dtype=np.float64)
@@ -286,6 +294,49 @@ def estimate_motion(
         raise ValueError("affine is singular")
     shape = np.array(data.shape[:3])
     center = affine[:3, :3] @ ((shape - 1) / 2.0) + affine[:3, 3]
+    if resolve_backend(backend, device) == "numpy":
+        warps, reference, diagnostics = _estimate_numpy(data, affine, center, settings, valid)
+    else:
+        warps, reference, diagnostics = _estimate_torch(
+            data, affine, center, settings, valid, device
+        )
+    matrices = _to_world(warps, center)
+    params = matrices_to_params(matrices, center)
+    logger.info(
+        "motion: %d volumes, max |trans| %.3f mm, max |rot| %.4f rad, %s",
+        data.shape[3],
+        float(np.abs(params[:, :3]).max()),
+        float(np.abs(params[:, 3:]).max()),
+        diagnostics["iterations"],
+    )
+    return MotionResult(params, matrices, reference, center, diagnostics)
+
+
+BACKENDS: tuple[str, ...] = ("auto", "numpy", "torch")
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """``numpy`` or ``torch`` for a ``backend`` of :data:`BACKENDS` on ``device``
+    (``auto``: numpy on the CPU, torch elsewhere; numpy runs on the CPU only)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "numpy" if str(device) == "cpu" else "torch"
+    if backend == "numpy" and str(device) != "cpu":
+        raise ValueError(f"the numpy backend runs on the CPU only, got device {device!r}")
+    return backend
+
+
+def _estimate_torch(
+    data: np.ndarray,
+    affine: np.ndarray,
+    center: np.ndarray,
+    settings: MotionSettings,
+    valid: np.ndarray | None,
+    device: str,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Centred warps, reference and diagnostics of :func:`estimate_motion` (torch)."""
+    import torch
 
     dev = torch.device(device)
     vols = torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, 3, 0), dtype=np.float32))
@@ -315,17 +366,8 @@ def estimate_motion(
             )
             diagnostics["residual"] = resid
         template = _resample_mean(vols, affine, center, warps, settings.chunk)
-    matrices = _to_world(warps.cpu().numpy(), center)
-    params = matrices_to_params(matrices, center)
     reference = template[0, 0].cpu().numpy().astype(np.float32)
-    logger.info(
-        "motion: %d volumes, max |trans| %.3f mm, max |rot| %.4f rad, %s",
-        n_vol,
-        float(np.abs(params[:, :3]).max()),
-        float(np.abs(params[:, 3:]).max()),
-        diagnostics["iterations"],
-    )
-    return MotionResult(params, matrices, reference, center, diagnostics)
+    return warps.cpu().numpy(), reference, diagnostics
 
 
 def _to_world(warps: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -572,8 +614,283 @@ def _resample_mean(
     return (total / vols.shape[0]).float().reshape(1, 1, *shape)
 
 
+# --------------------------------------------------------------------------------------
+# numpy backend: the same algorithm, sampled with scipy.ndimage (CPU, no torch import)
+# --------------------------------------------------------------------------------------
+def _estimate_numpy(
+    data: np.ndarray,
+    affine: np.ndarray,
+    center: np.ndarray,
+    settings: MotionSettings,
+    valid: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Centred warps, reference and diagnostics of :func:`estimate_motion` (numpy twin of
+    :func:`_estimate_torch`: same pyramid, driving points, photometric fit and updates;
+    trilinear samples from ``scipy.ndimage`` at float64 coordinates)."""
+    vols = np.ascontiguousarray(np.moveaxis(data, 3, 0), dtype=np.float32)  # (N, X, Y, Z)
+    valid_b = None if valid is None else np.asarray(valid, dtype=bool)
+    warps = np.tile(np.eye(4), (vols.shape[0], 1, 1))
+    template = vols.mean(axis=0, dtype=np.float64).astype(np.float32)
+    diagnostics: dict[str, Any] = {"iterations": [], "residual": None}
+    pyramids = {f: _pool_np(vols, f) for f in settings.levels}
+    for pass_index in range(settings.passes):
+        schedule = list(zip(settings.levels, settings.max_iter, strict=True))
+        if pass_index > 0 and len(schedule) > 1:
+            schedule = schedule[1:]  # warm start: the coarsest level adds nothing
+        for factor, n_iter in schedule:
+            level_affine = _level_affine(affine, factor)
+            tmpl = _pool_np(template[None], factor)[0]
+            mask = None if valid_b is None else _pool_mask_np(valid_b, factor)
+            warps, used, resid = _align_level_np(
+                pyramids[factor], tmpl, level_affine, center, warps, n_iter, settings, mask
+            )
+            diagnostics["iterations"].append(
+                {"pass": pass_index + 1, "level": factor, "iterations": used}
+            )
+            diagnostics["residual"] = resid
+        template = _resample_mean_np(vols, affine, center, warps)
+    return warps, template, diagnostics
+
+
+def _pool_np(x: np.ndarray, factor: int) -> np.ndarray:
+    """Block means of (n, X, Y, Z) over ``factor``-cubes (a partial block is dropped)."""
+    if factor == 1:
+        return x
+    n, *shape = x.shape
+    m = [s // factor for s in shape]
+    blocks = x[:, : m[0] * factor, : m[1] * factor, : m[2] * factor].reshape(
+        n, m[0], factor, m[1], factor, m[2], factor
+    )
+    return blocks.mean(axis=(2, 4, 6), dtype=np.float64).astype(np.float32)
+
+
+def _pool_mask_np(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Blocks of ``mask`` that are valid throughout."""
+    if factor == 1:
+        return mask
+    m = [s // factor for s in mask.shape]
+    blocks = mask[: m[0] * factor, : m[1] * factor, : m[2] * factor].reshape(
+        m[0], factor, m[1], factor, m[2], factor
+    )
+    return blocks.all(axis=(1, 3, 5))
+
+
+def _dilate_np(mask: np.ndarray) -> np.ndarray:
+    """Dilation by the 3 x 3 x 3 cube (outside the grid counts as False)."""
+    out = mask
+    for axis in range(3):
+        pad = [(0, 0)] * 3
+        pad[axis] = (1, 1)
+        p = np.pad(out, pad)
+        lo = [slice(None)] * 3
+        mid = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], mid[axis], hi[axis] = slice(None, -2), slice(1, -1), slice(2, None)
+        out = p[tuple(lo)] | p[tuple(mid)] | p[tuple(hi)]
+    return out
+
+
+def _gradient_np(t: np.ndarray) -> np.ndarray:
+    """Central-difference gradient (voxel units, zero on the border), shape (3, X, Y, Z)."""
+    grads = np.zeros((3, *t.shape), dtype=t.dtype)
+    for axis in range(3):
+        sl_c = [slice(None)] * 3
+        sl_p = [slice(None)] * 3
+        sl_m = [slice(None)] * 3
+        sl_c[axis] = slice(1, -1)
+        sl_p[axis] = slice(2, None)
+        sl_m[axis] = slice(None, -2)
+        grads[axis][tuple(sl_c)] = (t[tuple(sl_p)] - t[tuple(sl_m)]) / 2.0
+    return grads
+
+
+def _small_rigid_np(delta: np.ndarray) -> np.ndarray:
+    """4 x 4 matrices from (N, 6) updates (translation, rotation vector), float64."""
+    t, w = delta[:, :3], delta[:, 3:]
+    theta = np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+    k = w / theta
+    kx = np.zeros((delta.shape[0], 3, 3))
+    kx[:, 0, 1], kx[:, 0, 2] = -k[:, 2], k[:, 1]
+    kx[:, 1, 0], kx[:, 1, 2] = k[:, 2], -k[:, 0]
+    kx[:, 2, 0], kx[:, 2, 1] = -k[:, 1], k[:, 0]
+    s = np.sin(theta)[:, :, None]
+    c = np.cos(theta)[:, :, None]
+    out = np.tile(np.eye(4), (delta.shape[0], 1, 1))
+    out[:, :3, :3] = np.eye(3) + s * kx + (1 - c) * (kx @ kx)
+    out[:, :3, 3] = t
+    return out
+
+
+def inside_voxels(coords: np.ndarray, shape: Sequence[int], tol: float) -> np.ndarray:
+    """Whether points (n, 3, P) in voxel coordinates lie in the grid of ``shape``, with
+    ``tol`` in grid_sample units (the numpy twin of :func:`inside_grid`: a tolerance of
+    ``tol`` there is ``tol * (size - 1) / 2`` voxels along an axis of ``size``)."""
+    inside = np.ones((coords.shape[0], coords.shape[2]), dtype=bool)
+    for axis, size in enumerate(shape):
+        slack = tol * (size - 1) / 2.0
+        x = coords[:, axis, :]
+        inside &= (x >= -slack) & (x <= size - 1 + slack)
+    return inside
+
+
+def sample_volumes(
+    vols: np.ndarray, coords: np.ndarray, *, mode: str = "nearest", out: np.ndarray | None = None
+) -> np.ndarray:
+    """Trilinear samples of each volume at its own points (scipy.ndimage).
+
+    The numpy twin of ``grid_sample(mode="bilinear", align_corners=True)``: ``mode``
+    ``"nearest"`` is its ``padding_mode="border"``, ``"grid-constant"`` (zero outside)
+    its ``"zeros"``.
+
+    Parameters
+    ----------
+    vols : ndarray of shape (n, X, Y, Z)
+    coords : ndarray of shape (n, 3, P)
+        Voxel coordinates of the points at which each volume is sampled.
+    mode : str
+    out : ndarray of shape (n, P), optional
+        float32 output (allocated when absent).
+
+    Returns
+    -------
+    ndarray of shape (n, P), float32
+    """
+    from scipy import ndimage as ndi
+
+    if out is None:
+        out = np.empty((coords.shape[0], coords.shape[2]), dtype=np.float32)
+    for v in range(coords.shape[0]):
+        ndi.map_coordinates(
+            vols[v], coords[v], output=out[v], order=1, mode=mode, cval=0.0, prefilter=False
+        )
+    return out
+
+
+def _align_level_np(
+    vols: np.ndarray,
+    template: np.ndarray,
+    affine: np.ndarray,
+    center: np.ndarray,
+    warps: np.ndarray,
+    n_iter: int,
+    settings: MotionSettings,
+    valid: np.ndarray | None,
+) -> tuple[np.ndarray, int, float]:
+    """Numpy twin of :func:`_align_level`."""
+    # Driving points: bright template voxels (dilated), away from the grid border.
+    thr = settings.mask_fraction * np.quantile(template.ravel()[::7], 0.99)
+    mask = _dilate_np(template > thr)
+    border = np.zeros_like(mask)
+    border[1:-1, 1:-1, 1:-1] = True
+    mask &= border
+    if valid is not None:
+        mask &= valid
+    grad_all = _gradient_np(template.astype(np.float64))
+    if settings.gradient_quantile > 0:
+        magnitude = np.sqrt((grad_all * grad_all).sum(axis=0))
+        cut = np.quantile(magnitude[mask].astype(np.float32)[::3], settings.gradient_quantile)
+        mask &= magnitude > cut
+    if int(mask.sum()) > settings.max_points:
+        magnitude = np.sqrt((grad_all * grad_all).sum(axis=0))
+        strength = magnitude[mask].astype(np.float32)
+        kth = strength.size - settings.max_points
+        mask &= magnitude >= np.partition(strength, kth)[kth]
+    idx = np.argwhere(mask)  # (P, 3) voxel indices
+    if idx.shape[0] < 50:
+        raise ValueError(
+            f"motion estimation: only {idx.shape[0]} usable voxels at pyramid level "
+            "(empty or constant images?)"
+        )
+    c64 = np.asarray(center, dtype=np.float64)
+    ijk1 = np.concatenate([idx.astype(np.float64), np.ones((idx.shape[0], 1))], 1)
+    pts = (ijk1 @ affine.T)[:, :3] - c64  # centred world coordinates (P, 3)
+    grad = grad_all[:, mask].T @ np.linalg.inv(affine[:3, :3])  # world gradient
+    tvals = template.astype(np.float64)[mask]
+    sd = np.concatenate([grad, np.cross(pts, grad)], axis=1)  # (P, 6)
+    outer = (sd[:, :, None] * sd[:, None, :]).reshape(-1, 36)
+    shift = np.eye(4)
+    shift[:3, 3] = c64
+    to_vox = np.linalg.inv(affine) @ shift  # centred world -> voxel of the level
+    pts_h = np.concatenate([pts, np.ones((pts.shape[0], 1))], 1)
+    scale = np.array([1, 1, 1, 50, 50, 50], dtype=np.float64)
+    warps = warps.copy()
+    sd32, outer32, t32 = sd.astype(np.float32), outer.astype(np.float32), tvals.astype(np.float32)
+    t_stack = np.stack([np.ones_like(t32), t32, t32 * t32], axis=1)  # (P, 3)
+    ridge = 1e-9 * np.eye(6)
+    shape = template.shape
+    active = np.arange(vols.shape[0])
+    used = 0
+    resid = np.zeros(vols.shape[0])
+    for it in range(n_iter):
+        used = it + 1
+        deltas = []
+        for start in range(0, active.size, settings.chunk):
+            sel = active[start : start + settings.chunk]
+            coords = (to_vox @ warps[sel])[:, :3, :] @ pts_h.T  # (n, 3, P) voxel coords
+            values = sample_volumes(vols[sel], coords)
+            w = inside_voxels(coords, shape, 1e-6).astype(np.float32)
+            wv = w * values
+            # Photometric fit per volume, values ~ gain * T + offset, from sums.
+            s_w, s_t, s_tt = (w @ t_stack).astype(np.float64).T
+            s_v = wv.sum(axis=1, dtype=np.float64)
+            s_vt = (wv @ t32).astype(np.float64)
+            s_w = np.maximum(s_w, 1.0)
+            mt, mv = s_t / s_w, s_v / s_w
+            var = np.maximum(s_tt - s_w * mt * mt, 1e-12)
+            gain = np.maximum((s_vt - s_w * mt * mv) / var, 1e-3)
+            inv_gain = (1.0 / gain).astype(np.float32)[:, None]
+            offset = (mt - mv / gain).astype(np.float32)[:, None]
+            err = (values * inv_gain + offset - t32[None, :]) * w
+            resid[sel] = (err * err).sum(axis=1, dtype=np.float64) / s_w
+            hess = (w @ outer32).astype(np.float64).reshape(-1, 6, 6)
+            rhs = (err @ sd32).astype(np.float64)
+            scale_h = np.maximum(hess.diagonal(axis1=1, axis2=2).mean(axis=1), 1e-12)
+            deltas.append(
+                np.linalg.solve(hess + ridge * scale_h[:, None, None], rhs[:, :, None])[:, :, 0]
+            )
+        delta = np.concatenate(deltas)
+        warps[active] = warps[active] @ np.linalg.inv(_small_rigid_np(delta))
+        moving = (np.abs(delta) * scale).sum(axis=1) >= settings.tol_mm
+        active = active[moving]
+        if active.size == 0:
+            break
+    return warps, used, float(resid.mean())
+
+
+def _resample_mean_np(
+    vols: np.ndarray, affine: np.ndarray, center: np.ndarray, warps: np.ndarray
+) -> np.ndarray:
+    """Mean of all volumes realigned to the template grid (X, Y, Z), float32."""
+    from scipy import ndimage as ndi
+
+    shift = np.eye(4)
+    shift[:3, 3] = center
+    unshift = np.eye(4)
+    unshift[:3, 3] = -np.asarray(center, dtype=np.float64)
+    maps = np.linalg.inv(affine) @ shift @ warps @ unshift @ affine  # template -> volume voxel
+    total = np.zeros(vols.shape[1:])
+    out = np.empty(vols.shape[1:], dtype=np.float32)
+    for v in range(vols.shape[0]):
+        ndi.affine_transform(
+            vols[v],
+            maps[v, :3, :3],
+            offset=maps[v, :3, 3],
+            output=out,
+            order=1,
+            mode="nearest",
+            prefilter=False,
+        )
+        total += out
+    return (total / vols.shape[0]).astype(np.float32)
+
+
 def apply_motion(
-    data: np.ndarray, affine: np.ndarray, matrices: np.ndarray, *, device: str = "cpu"
+    data: np.ndarray,
+    affine: np.ndarray,
+    matrices: np.ndarray,
+    *,
+    device: str = "cpu",
+    backend: str = "auto",
 ) -> np.ndarray:
     """Realign every volume onto the reference grid (trilinear), for checks and figures.
 
@@ -584,13 +901,13 @@ def apply_motion(
     matrices : ndarray of shape (n_volumes, 4, 4)
         World maps reference -> volume (:class:`MotionResult`).
     device : str
+    backend : {"auto", "numpy", "torch"}
+        As in :func:`estimate_motion`.
 
     Returns
     -------
     ndarray of shape (n_x, n_y, n_z, n_volumes), float32
     """
-    import torch
-
     data = np.asarray(data)
     matrices = np.asarray(matrices, dtype=np.float64)
     if data.ndim != 4 or matrices.shape != (data.shape[3], 4, 4):
@@ -598,6 +915,23 @@ def apply_motion(
             f"data {data.shape} and matrices {matrices.shape} do not match "
             "(expected (x, y, z, n) and (n, 4, 4))"
         )
+    if resolve_backend(backend, device) == "numpy":
+        from scipy import ndimage as ndi
+
+        maps = np.linalg.inv(affine) @ matrices @ affine  # reference voxel -> volume voxel
+        out = np.empty(data.shape, dtype=np.float32)
+        for v in range(data.shape[3]):
+            out[..., v] = ndi.affine_transform(
+                np.asarray(data[..., v], dtype=np.float32),
+                maps[v, :3, :3],
+                offset=maps[v, :3, 3],
+                order=1,
+                mode="nearest",
+                prefilter=False,
+            )
+        return out
+    import torch
+
     vols = torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, 3, 0), dtype=np.float32))
     vols = vols.unsqueeze(1).to(device)
     shape = data.shape[:3]

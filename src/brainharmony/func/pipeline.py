@@ -96,7 +96,8 @@ class NativeSettings:
     motion : MotionSettings
     denoise : DenoiseSettings
     device : str
-        Torch device for motion estimation and resampling.
+        Device of motion estimation and resampling: ``cpu`` runs their numpy backends
+        (no torch import), any other (``cuda``) their torch backends.
     """
 
     slice_timing: bool = True

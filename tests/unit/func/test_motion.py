@@ -107,3 +107,70 @@ def test_inside_grid_matches_the_min_max_test():
     # A grid laid out points-first (as einsum returns it) still gives a contiguous mask.
     strided = grid.permute(1, 0, 2).contiguous().permute(1, 0, 2)
     assert not strided.is_contiguous() and inside_grid(strided, 1e-6).is_contiguous()
+
+
+def test_numpy_and_torch_backends_agree():
+    """The numpy backend (CPU default) is the torch one to float32 rounding."""
+    data, affine, _, _ = _moving_head(n_volumes=12, seed=3)
+    valid = np.ones(data.shape[:3], bool)
+    valid[3:6, 4:9, 2:5] = False
+    ref = estimate_motion(data, affine, valid=valid, backend="torch")
+    fast = estimate_motion(data, affine, valid=valid, backend="numpy")
+    assert fast.diagnostics["iterations"] == ref.diagnostics["iterations"]
+    np.testing.assert_allclose(fast.params[:, :3], ref.params[:, :3], atol=1e-4)  # mm
+    np.testing.assert_allclose(fast.params[:, 3:], ref.params[:, 3:], atol=1e-6)  # rad
+    np.testing.assert_allclose(fast.reference, ref.reference, rtol=0, atol=1e-5 * 1000)
+    assert fast.diagnostics["residual"] == pytest.approx(ref.diagnostics["residual"], rel=1e-4)
+    # "auto" on the CPU is numpy.
+    auto = estimate_motion(data, affine, valid=valid)
+    np.testing.assert_array_equal(auto.params, fast.params)
+    a = apply_motion(data, affine, ref.matrices, backend="torch")
+    b = apply_motion(data, affine, ref.matrices, backend="numpy")
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+def test_backend_is_checked():
+    from brainharmony.func.motion import resolve_backend
+
+    assert resolve_backend("auto", "cpu") == "numpy"
+    assert resolve_backend("auto", "cuda") == "torch"
+    assert resolve_backend("torch", "cpu") == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("jax", "cpu")
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_backend("numpy", "cuda")
+
+
+def test_inside_voxels_matches_inside_grid():
+    """The voxel-coordinate test is grid_sample's [-1, 1] test with the same tolerance."""
+    import torch
+
+    from brainharmony.func.motion import _normalizer, inside_grid, inside_voxels
+
+    rng = np.random.default_rng(4)
+    shape = (7, 9, 5)
+    coords = rng.uniform(-1.0, 10.0, (3, 3, 400))  # (n, 3, P) voxel coordinates
+    coords[0, :, :2] = [[-2e-6, 6.0], [8.0, 8.0 + 1e-6], [4.0 + 3e-5, 2.0]]
+    pts = np.concatenate([coords, np.ones((3, 1, 400))], axis=1)
+    grid = np.einsum("ij,njp->npi", _normalizer(shape), pts)[..., :3]
+    for tol in (0.0, 1e-6, 1e-5):
+        expected = inside_grid(torch.from_numpy(grid), tol).numpy()
+        np.testing.assert_array_equal(inside_voxels(coords, shape, tol), expected)
+
+
+def test_cpu_motion_and_resampling_do_not_import_torch():
+    """The CPU path spares a job the torch import (about 1.7 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from brainharmony.func.motion import MotionSettings, estimate_motion\n"
+        "from brainharmony.func.register import resample_to_template\n"
+        "r2 = ((np.indices((16, 16, 16)) - 7.5) ** 2).sum(0)\n"
+        "data = np.repeat((1000 * np.exp(-r2 / 20))[..., None], 3, -1).astype(np.float32)\n"
+        "estimate_motion(data, np.eye(4), settings=MotionSettings(levels=(1,), max_iter=(2,)))\n"
+        "resample_to_template(data, np.tile(np.eye(4), (3, 1, 1)), np.argwhere(data[..., 0] > 0))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

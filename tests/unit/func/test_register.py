@@ -235,3 +235,64 @@ def test_resampling_does_not_depend_on_the_batch_size():
         np.testing.assert_array_equal(part[0], whole[0])
         np.testing.assert_array_equal(part[1], whole[1])
     assert 0 < whole[1].sum() < points.shape[0]
+
+
+def test_resampling_backends_agree():
+    """The numpy backend (CPU default) is the torch one to float32 rounding, coverage alike."""
+    from brainharmony.func.register import resample_to_template
+
+    rng = np.random.default_rng(6)
+    data = rng.normal(1000, 50, (12, 11, 9, 7)).astype(np.float32)
+    maps = np.tile(np.eye(4), (7, 1, 1))
+    maps[:, :3, :3] *= 0.7
+    maps[:, :3, 3] = 1.0 + rng.normal(0, 0.3, (7, 3))
+    points = np.argwhere(np.ones((16, 15, 13), bool))
+    valid = np.ones(data.shape[:3], bool)
+    valid[5, 5, 4] = False
+    ref = resample_to_template(data, maps, points, valid=valid, backend="torch")
+    fast = resample_to_template(data, maps, points, valid=valid, backend="numpy")
+    np.testing.assert_array_equal(fast[1], ref[1])
+    assert 0 < fast[1].sum() < points.shape[0]
+    np.testing.assert_allclose(fast[0], ref[0], rtol=0, atol=1e-5 * np.abs(ref[0]).max())
+    assert fast[0].flags.c_contiguous and fast[0].dtype == np.float32
+
+
+def test_itk_text_affines_read_without_simpleitk_match_simpleitk(tmp_path):
+    """One-transform ITK text affines are parsed directly; the matrix is SimpleITK's."""
+    import SimpleITK as sitk
+
+    from brainharmony.func.register import (
+        FLIP4,
+        _read_itk_affine_text,
+        read_itk_affine,
+        write_itk_affine,
+    )
+
+    rng = np.random.default_rng(7)
+    for k, kind in enumerate(("affine", "euler")):
+        if kind == "affine":
+            tx = sitk.AffineTransform(3)
+            tx.SetMatrix(list(np.eye(3).ravel() + rng.normal(0, 0.05, 9)))
+        else:
+            tx = sitk.Euler3DTransform()
+            tx.SetRotation(*rng.normal(0, 0.1, 3))
+        tx.SetTranslation(list(rng.normal(0, 10, 3)))
+        tx.SetCenter(list(rng.normal(0, 20, 3)))
+        path = tmp_path / f"t{k}.txt"
+        sitk.WriteTransform(tx, str(path))
+        m = np.array(tx.GetMatrix()).reshape(3, 3)
+        c = np.array(tx.GetCenter())
+        lps = np.eye(4)
+        lps[:3, :3] = m
+        lps[:3, 3] = np.array(tx.GetTranslation()) + c - m @ c
+        np.testing.assert_allclose(read_itk_affine(path), FLIP4 @ lps @ FLIP4, atol=1e-12)
+        # Euler (angles as parameters) is left to SimpleITK.
+        assert (_read_itk_affine_text(path) is None) == (kind == "euler")
+    # The writer's own files round-trip through the text reader.
+    ras = np.eye(4)
+    ras[:3, :3] += rng.normal(0, 0.05, (3, 3))
+    ras[:3, 3] = [1.5, -2.0, 3.25]
+    written = tmp_path / "w.txt"
+    write_itk_affine(written, ras)
+    assert _read_itk_affine_text(written) is not None
+    np.testing.assert_allclose(read_itk_affine(written), ras, atol=1e-9)
