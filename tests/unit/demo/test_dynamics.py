@@ -279,3 +279,25 @@ def test_subject_anatomy_matches_the_full_grid_formula_bit_for_bit() -> None:
     csf = np.clip(m.envelope - gm - wm, 0.0, 1.0).astype(np.float32)
     for got, want in ((a.gm, gm), (a.wm, wm), (a.csf, csf)):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_nested_single_thread_blas_keeps_the_outer_limit() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads() -> set[int]:
+        return {
+            p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"
+        }
+
+    before = blas_threads()
+    with dynamics.single_thread_blas():
+        assert blas_threads() == {1}
+        with dynamics.single_thread_blas():
+            assert blas_threads() == {1}
+        assert blas_threads() == {1}  # leaving the inner one does not lift the limit
+    assert blas_threads() == before
+    with pytest.raises(RuntimeError), dynamics.single_thread_blas():
+        raise RuntimeError("boom")
+    with dynamics.single_thread_blas():  # the depth was reset by the error
+        assert blas_threads() == {1}
+    assert blas_threads() == before
