@@ -1,5 +1,6 @@
 """Atomic writers, reproducible NIfTI bytes, provenance."""
 
+import gzip
 import json
 
 import nibabel as nib
@@ -89,3 +90,19 @@ def test_read_json_names_the_file_of_a_malformed_or_non_object_document(tmp_path
         with pytest.raises(InputDataError, match=problem) as info:
             read_json(path)
         assert str(path) in str(info.value)
+
+
+def test_write_nifti_huffman_only_keeps_the_image(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 3000, size=(6, 5, 4, 3)).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
+    plain, fast, again = tmp_path / "p.nii.gz", tmp_path / "f.nii.gz", tmp_path / "g.nii.gz"
+    io.write_nifti(plain, img, compresslevel=1)
+    io.write_nifti(fast, img, compresslevel=1, huffman_only=True)
+    io.write_nifti(again, img, compresslevel=1, huffman_only=True)
+    assert fast.read_bytes() == again.read_bytes()
+    assert fast.read_bytes() != plain.read_bytes()
+    assert gzip.decompress(fast.read_bytes()) == gzip.decompress(plain.read_bytes())
+    loaded = nib.load(fast)
+    np.testing.assert_array_equal(np.asanyarray(loaded.dataobj), data)
+    np.testing.assert_array_equal(loaded.affine, img.affine)

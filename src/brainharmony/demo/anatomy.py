@@ -292,6 +292,37 @@ class SubjectAnatomy:
         }
 
 
+@functools.lru_cache(maxsize=1)
+def _envelope_support() -> tuple[np.ndarray, ...]:
+    """Flat indices of the voxels inside the brain envelope (weight > 0) and the head
+    model's per-voxel inputs of :func:`subject_anatomy` there.
+
+    Outside, the fractions are exactly +0 as long as the template's tissue maps are
+    finite and non-negative (no -0 either), which is checked.
+    """
+    model = head_model()
+    for name, tissue in (("gm", model.gm), ("wm", model.wm)):
+        if not np.all(np.isfinite(tissue)) or np.any(np.signbit(tissue)):
+            raise RuntimeError(f"template {name} map has negative or non-finite values")
+    env = model.envelope
+    # +0 weights only (a -0 would give -0 fractions, so it counts as inside).
+    index = np.flatnonzero((env != 0) | np.signbit(env))
+    return (
+        index,
+        *(
+            np.ascontiguousarray(a.reshape(-1)[index])
+            for a in (
+                model.gm,
+                model.wm,
+                model.envelope,
+                model.d_tissue,
+                model.d_deep_csf,
+                model.deep,
+            )
+        ),
+    )
+
+
 def subject_anatomy(
     age: float, rng: np.random.Generator, ageing: AgeingModel | None = None
 ) -> SubjectAnatomy:
@@ -299,13 +330,18 @@ def subject_anatomy(
     model = head_model()
     ageing = ageing or AgeingModel()
     thin, vent = ageing.amounts(age, rng)
-    keep = 1.0 - np.clip(thin - model.d_tissue + 1.0, 0.0, 1.0)
-    grow = np.clip(vent - model.d_deep_csf + 0.5, 0.0, 1.0) * model.deep
+    # Computed on the envelope's voxels only (a quarter of the grid): elsewhere every
+    # product below has the factor envelope = 0 and the fractions are exactly 0.
+    index, m_gm, m_wm, env, d_tissue, d_deep_csf, deep = _envelope_support()
+    keep = 1.0 - np.clip(thin - d_tissue + 1.0, 0.0, 1.0)
+    grow = np.clip(vent - d_deep_csf + 0.5, 0.0, 1.0) * deep
     keep_all = 1.0 - grow
-    env = model.envelope
-    gm = (model.gm * keep * keep_all * env).astype(np.float32)
-    wm = (model.wm * keep_all * env).astype(np.float32)
-    csf = np.clip(env - gm - wm, 0.0, 1.0).astype(np.float32)
+    gm_in = (m_gm * keep * keep_all * env).astype(np.float32)
+    wm_in = (m_wm * keep_all * env).astype(np.float32)
+    csf_in = np.clip(env - gm_in - wm_in, 0.0, 1.0).astype(np.float32)
+    gm, wm, csf = (np.zeros(model.shape, dtype=np.float32) for _ in range(3))
+    for full, inside in ((gm, gm_in), (wm, wm_in), (csf, csf_in)):
+        full.reshape(-1)[index] = inside
     return SubjectAnatomy(
         gm=gm,
         wm=wm,

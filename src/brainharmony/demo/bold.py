@@ -380,25 +380,36 @@ def render_volumes(
     ).reshape(-1, 3)
     out = np.zeros((n_vol, *out_shape), dtype=np.float32)
     flat_out = out.reshape(n_vol, -1)
+    row_start = np.arange(head.size) * scalars.shape[1]  # rows of per_offset, flat
     for v in range(n_vol):
         m = to_source[v]
         # Slice of the scanner grid each source voxel lies in during this volume.
         k_row = np.linalg.inv(m)[2].astype(np.float32)
-        k = (src_ijk @ k_row[:3] + (k_row[3] + 0.5)).astype(np.int64)  # rounded
-        np.clip(k, 0, n_slices - 1, out=k)
-        group = slice_group[k]
-        # Signal of each source voxel at that slice's acquisition time.
+        k_pos = src_ijk @ k_row[:3]
+        k_pos += k_row[3] + 0.5
+        k = k_pos.astype(np.int64)  # rounded
+        np.maximum(k, 0, out=k)
+        np.minimum(k, n_slices - 1, out=k)
+        group = np.take(slice_group, k)
+        # Signal of each source voxel at that slice's acquisition time. The full
+        # product is kept (one BLAS call): its bits are those of the planted truth.
         per_offset = static4 @ scalars[v].T  # (n_head, n_offsets)
-        values = np.take_along_axis(per_offset, group[:, None], axis=1)[:, 0]
-        values += amp * roi_table[v].reshape(-1)[group * n_lab + lab]
+        values = np.take(per_offset.reshape(-1), row_start + group)
+        group *= n_lab
+        group += lab
+        values += amp * np.take(roi_table[v].reshape(-1), group)
         flat_field[head] = values
         # Read the field on the scanner grid (trilinear).
         m32 = m.astype(np.float32)
         coords = ijk @ m32[:3, :3].T
         coords += m32[:3, 3]
-        np.clip(coords, 0.0, upper, out=coords)
+        np.maximum(coords, 0.0, out=coords)
+        np.minimum(coords, upper, out=coords)
         base = coords.astype(np.int64)
-        keep = np.flatnonzero(reach[base @ strides])
+        flat = base[:, 0] * strides[0]
+        flat += base[:, 1] * strides[1]
+        flat += base[:, 2]
+        keep = np.flatnonzero(reach[flat])
         flat_out[v, keep] = ndi.map_coordinates(
             field, coords[keep].T, order=1, mode="constant", cval=0.0, prefilter=False
         )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -537,17 +538,39 @@ def simulate_cohort(
     return phenotypes, series
 
 
+class _LimitDepth(threading.local):
+    depth = 0
+
+
+_BLAS_LIMIT = _LimitDepth()
+
+
 @contextlib.contextmanager
 def single_thread_blas() -> Iterator[None]:
     """Limit BLAS/OpenMP pools to one thread (the matrices here are small; extra
-    threads only add contention on a busy machine). No-op without threadpoolctl."""
+    threads only add contention on a busy machine). No-op without threadpoolctl.
+
+    Nested uses cost nothing: the limit of the outermost one already holds (each
+    ``threadpool_limits`` call inspects every loaded library, about 10 ms).
+    """
+    if _BLAS_LIMIT.depth:
+        _BLAS_LIMIT.depth += 1
+        try:
+            yield
+        finally:
+            _BLAS_LIMIT.depth -= 1
+        return
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
         yield
         return
     with threadpool_limits(1):
-        yield
+        _BLAS_LIMIT.depth = 1
+        try:
+            yield
+        finally:
+            _BLAS_LIMIT.depth = 0
 
 
 def fisher_fc(series: Sequence[np.ndarray]) -> np.ndarray:

@@ -133,12 +133,13 @@ def plan_dataset(
 
 
 def _save_nifti(path: Path, image: Any) -> None:
-    """:func:`brainharmony.io.write_nifti` with fast gzip (level 1).
+    """:func:`brainharmony.io.write_nifti` with fast gzip (level 1, Huffman coding only).
 
     Level 1 compresses these noisy int16 images to within 2 % of level 6's size at
-    about four times the speed.
+    about four times the speed; Huffman-only coding halves the time again and is as
+    small for the BOLD series (3 % larger for the T1w images).
     """
-    write_nifti(path, image, compresslevel=1)
+    write_nifti(path, image, compresslevel=1, huffman_only=True)
 
 
 def _pitch(pose: np.ndarray) -> float:

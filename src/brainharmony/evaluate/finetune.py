@@ -346,6 +346,7 @@ class FineTune(HarnessModel):
         self.ft = settings.finetune
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._features: torch.Tensor | None = None
+        self._dim: int | None = None  # width of ``encode``'s output
         items: dict[str, list[int]] = {}
         for i, s in enumerate(self.source.subjects):
             items.setdefault(str(s), []).append(i)
@@ -460,11 +461,12 @@ class FineTune(HarnessModel):
             y = (y - y_mean) / y_std
         item_y = y[torch.as_tensor(tr_owner)]
         feats0 = self._frozen_features() if frozen else None
-        dim = (
-            int(feats0.shape[1])
-            if feats0 is not None
-            else int(self._encode(tr_idx[:1], grad=False).shape[1])
-        )
+        if feats0 is not None:
+            dim = int(feats0.shape[1])
+        else:
+            if self._dim is None:  # one encoding, once: the width does not change
+                self._dim = int(self._encode(tr_idx[:1], grad=False).shape[1])
+            dim = self._dim
         n_out = len(classes) if self.task.type == "classification" and classes else 1
         head = new_head(dim, n_out, self.ft.head_init_std).to(self.device)
         groups = [

@@ -208,3 +208,96 @@ def test_thermal_snr_scales_with_voxel_volume_and_tr():
         model.thermal_snr((0.0, 3.0, 3.0), 2.0)
     with pytest.raises(ValueError):
         model.thermal_snr((3.0, 3.0, 3.0), -1.0)
+
+
+def _render_reference(source, to_source, out_shape, slice_group, roi_table, scalars):
+    """The straightforward form of ``render_volumes`` (per-voxel row pick of the full
+    product, 2-D take, integer matrix product for the linear index)."""
+    from scipy import ndimage as ndi
+
+    n_vol, n_lab = to_source.shape[0], roi_table.shape[2]
+    head = np.flatnonzero(source.static[:, 0] > 0)
+    src_ijk = np.column_stack(np.unravel_index(head, source.shape)).astype(np.float32)
+    static4 = np.ascontiguousarray(source.static[head][:, [0, 2, 3, 4]])
+    amp, lab = source.static[head, 1], source.labels[head].astype(np.int64)
+    field = np.zeros(source.shape, dtype=np.float32)
+    nonzero = (source.static[:, 0] > 0).reshape(source.shape)
+    reach = ndi.binary_dilation(nonzero, structure=np.ones((3, 3, 3), dtype=bool)).reshape(-1)
+    dims = np.asarray(source.shape)
+    strides = np.array([dims[1] * dims[2], dims[2], 1])
+    upper = (dims - 1 - 1e-3).astype(np.float32)
+    ijk = np.stack(
+        np.meshgrid(*[np.arange(n, dtype=np.float32) for n in out_shape], indexing="ij"), -1
+    ).reshape(-1, 3)
+    out = np.zeros((n_vol, int(np.prod(out_shape))), dtype=np.float32)
+    for v in range(n_vol):
+        k_row = np.linalg.inv(to_source[v])[2].astype(np.float32)
+        k = np.clip((src_ijk @ k_row[:3] + (k_row[3] + 0.5)).astype(np.int64), 0, out_shape[2] - 1)
+        group = slice_group[k]
+        per_offset = static4 @ scalars[v].T
+        values = np.take_along_axis(per_offset, group[:, None], axis=1)[:, 0]
+        values += amp * roi_table[v].reshape(-1)[group * n_lab + lab]
+        field.reshape(-1)[head] = values
+        m32 = to_source[v].astype(np.float32)
+        coords = np.clip(ijk @ m32[:3, :3].T + m32[:3, 3], 0.0, upper)
+        keep = np.flatnonzero(reach[coords.astype(np.int64) @ strides])
+        out[v, keep] = ndi.map_coordinates(field, coords[keep].T, order=1, prefilter=False)
+    return out.reshape(n_vol, *out_shape)
+
+
+def test_render_volumes_matches_the_straightforward_form_bit_for_bit() -> None:
+    rng = np.random.default_rng(7)
+    shape, out_shape, n_vol, n_off = (11, 12, 10), (7, 8, 6), 4, 3
+    n = int(np.prod(shape))
+    static = rng.uniform(0.0, 1.5, (n, 5)).astype(np.float32)
+    static[rng.random(n) < 0.3, 0] = 0.0  # empty voxels
+    labels = rng.integers(0, 402, n).astype(np.int32)
+    source = BoldSource(np.eye(4), shape, static, labels)
+    to_source = np.repeat(np.eye(4)[None], n_vol, axis=0)
+    for v in range(n_vol):
+        to_source[v, :3, :3] = acquisition.rotation_matrix(*rng.normal(0.0, 0.1, 3)) * 1.3
+        to_source[v, :3, 3] = rng.uniform(0.0, 2.0, 3)
+    slice_group = rng.integers(0, n_off, out_shape[2])
+    table = rng.normal(0.0, 0.02, (n_vol, n_off, 402)).astype(np.float32)
+    scalars = rng.normal(1.0, 0.1, (n_vol, n_off, 4)).astype(np.float32)
+    args = (source, to_source, out_shape, slice_group, table, scalars)
+    expected = _render_reference(*args)
+    got = render_volumes(*args)
+    assert np.count_nonzero(got) > got.size // 4
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+def test_subject_anatomy_matches_the_full_grid_formula_bit_for_bit() -> None:
+    from brainharmony.demo.anatomy import head_model
+
+    a = subject_anatomy(78.0, np.random.default_rng(5))
+    m = head_model()
+    keep = 1.0 - np.clip(a.thinning_mm - m.d_tissue + 1.0, 0.0, 1.0)
+    keep_all = 1.0 - np.clip(a.ventricle_mm - m.d_deep_csf + 0.5, 0.0, 1.0) * m.deep
+    gm = (m.gm * keep * keep_all * m.envelope).astype(np.float32)
+    wm = (m.wm * keep_all * m.envelope).astype(np.float32)
+    csf = np.clip(m.envelope - gm - wm, 0.0, 1.0).astype(np.float32)
+    for got, want in ((a.gm, gm), (a.wm, wm), (a.csf, csf)):
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_nested_single_thread_blas_keeps_the_outer_limit() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads() -> set[int]:
+        return {
+            p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"
+        }
+
+    before = blas_threads()
+    with dynamics.single_thread_blas():
+        assert blas_threads() == {1}
+        with dynamics.single_thread_blas():
+            assert blas_threads() == {1}
+        assert blas_threads() == {1}  # leaving the inner one does not lift the limit
+    assert blas_threads() == before
+    with pytest.raises(RuntimeError), dynamics.single_thread_blas():
+        raise RuntimeError("boom")
+    with dynamics.single_thread_blas():  # the depth was reset by the error
+        assert blas_threads() == {1}
+    assert blas_threads() == before
