@@ -18,7 +18,8 @@ Public API
 ----------
 :class:`PredictorConfig` (with :class:`RWMoEConfig`, :class:`SSMConfig`),
 :class:`Predictor` (``forward_loss``, ``predict``, ``encode``, ``encode_tokens``,
-``spatial_gates``), :func:`build`, :func:`export_expert_weights`.
+``predict_with_gates``, ``spatial_gates``), :func:`build`, :func:`export_expert_weights`,
+:func:`write_gate_table`.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ __all__ = [
     "SSMConfig",
     "build",
     "export_expert_weights",
+    "write_gate_table",
 ]
 
 Task = Literal["regression", "classification"]
@@ -585,7 +587,15 @@ class Predictor(nn.Module):
 
     def predict(self, batch: Mapping[str, Any]) -> Tensor:
         """Predictions: (B,) values in target units, or (B, n_classes) probabilities."""
-        logits = self._logits(self._run(batch)["features"])
+        return self._prediction(self._run(batch))
+
+    def predict_with_gates(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`predict` and :meth:`spatial_gates` from one forward pass."""
+        out = self._run(batch)
+        return self._prediction(out), out["gates_spatial"], out["roi_mask"]
+
+    def _prediction(self, out: Mapping[str, Tensor]) -> Tensor:
+        logits = self._logits(out["features"])
         if self.hparams.task == "classification":
             return logits.softmax(dim=-1)
         value = logits[:, 0].double() * self.target_scale + self.target_loc
@@ -654,6 +664,23 @@ def export_expert_weights(
         model.train(was_training)
     if not gates:
         raise ValueError("export_expert_weights: no batch given")
-    table = expert_weight_table(torch.cat(gates), torch.cat(masks), roi_names)
+    return write_gate_table(model, gates, masks, path, roi_names=roi_names, inputs=inputs)
+
+
+def write_gate_table(
+    model: Predictor,
+    gates: Sequence[Tensor],
+    masks: Sequence[Tensor],
+    path: PathLike,
+    *,
+    roi_names: Sequence[str] | None = None,
+    inputs: Sequence[PathLike] = (),
+) -> Path:
+    """Write the mean of spatial gates already computed (batches of
+    :meth:`Predictor.spatial_gates` / :meth:`Predictor.predict_with_gates`) as
+    :func:`export_expert_weights` does."""
+    table = expert_weight_table(
+        torch.cat([g.float().cpu() for g in gates]), torch.cat([m.cpu() for m in masks]), roi_names
+    )
     params = {"graph": model.hparams.spatial.graph or "subject", "walk": model.hparams.spatial.walk}
     return write_expert_weights(path, table, inputs=inputs, parameters=params)

@@ -84,8 +84,8 @@ def correlation_affinity(x: Tensor, valid: Tensor, roi_mask: Tensor) -> Tensor:
     z = zscore_series(x, valid, roi_mask)
     n = valid.sum(dim=1).clamp(min=1).to(z.dtype)[:, None, None]
     fc = torch.einsum("bti,btj->bij", z, z) / n
-    eye = torch.eye(fc.shape[-1], dtype=torch.bool, device=fc.device)
-    return fc.masked_fill(eye, 0.0)
+    fc.diagonal(dim1=-2, dim2=-1).zero_()  # in place: no (B, R, R) copy
+    return fc
 
 
 def window_assignment(valid: Tensor, tr: Tensor, window_s: float) -> Tensor:
@@ -196,19 +196,55 @@ def sparsify_affinity(
     """
     if threshold < 0:
         raise ValueError(f"affinity threshold must be >= 0; got {threshold}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k edges must be >= 1; got {top_k}")
     s = similarity.float()
-    a = torch.where(s > threshold, s, torch.zeros_like(s))
-    n = a.shape[-1]
-    a = a.masked_fill(torch.eye(n, dtype=torch.bool, device=a.device), 0.0)
+    n = s.shape[-1]
+    if valid is not None and bool(valid.all()):
+        valid = None  # a * 1 == a: skip the (B, N, N) mask
+    # The spatial graphs are (B, 400, 400): each pass over them costs as much as a model
+    # layer, and on CPU boolean-mask ops (where, masked_fill) are several times slower
+    # than arithmetic. So a finite similarity takes the equal F.threshold (x <= t -> 0),
+    # and edits are in place on the fresh result.
+    if bool(torch.isfinite(s.sum())):
+        a = F.threshold(s, threshold, 0.0)
+    else:
+        a = torch.where(s > threshold, s, torch.zeros_like(s))
+    a.diagonal(dim1=-2, dim2=-1).zero_()
     if valid is not None:
         a = a * (valid[:, :, None] & valid[:, None, :]).to(a.dtype)
-    if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k edges must be >= 1; got {top_k}")
-        if top_k < n:
-            values, index = a.topk(top_k, dim=-1)
-            a = torch.zeros_like(a).scatter_(-1, index, values)
+    if top_k is not None and top_k < n:
+        a = _keep_top_k(a, top_k)
     return a
+
+
+def _keep_top_k(a: Tensor, k: int) -> Tensor:
+    """``a`` (B, N, N, non-negative) with all but the ``k`` largest entries of each row
+    set to 0: equal to scattering ``a.topk(k)`` into zeros.
+
+    On CPU without autograd, :func:`numpy.partition` gives the k-th largest value of every
+    row (several times faster than ``torch.topk``) and smaller entries are zeroed. That
+    keeps the same entries unless a row ties at its k-th value (topk then picks some of
+    the tied entries: the reference) or holds a non-finite value; such inputs go through
+    ``torch.topk``. A row with fewer than ``k`` positive entries keeps all of them either
+    way (the zeros topk picks stay 0).
+    """
+    n = a.shape[-1]
+    if (
+        a.device.type == "cpu"
+        and not (a.requires_grad and torch.is_grad_enabled())
+        and a.is_contiguous()
+        and bool(torch.isfinite(a.sum()))
+    ):
+        flat = a.detach().view(-1, n).numpy()
+        part = np.partition(flat, n - k, axis=-1)
+        kth = part[:, n - k]
+        below = part[:, : n - k].max(axis=-1)  # the (k+1)-th largest
+        if bool(np.all((kth == 0) | (below < kth))):
+            keep = a >= torch.from_numpy(kth).view(*a.shape[:-1], 1)
+            return a.mul_(keep)  # a >= 0 and finite: a * 1 == a, a * 0 == +0
+    values, index = a.topk(k, dim=-1)
+    return torch.zeros_like(a).scatter_(-1, index, values)
 
 
 def transition_matrix(adjacency: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -228,14 +264,20 @@ def transition_matrix(adjacency: Tensor, valid: Tensor | None = None) -> Tensor:
         so a walk from it stays put and no walk from a valid node ever reaches an
         invalid one.
     """
-    if bool((adjacency < 0).any()):
+    low = adjacency.min() if adjacency.numel() else None
+    if low is not None and not bool(low >= 0) and bool((adjacency < 0).any()):
         raise ValueError("transition_matrix: the adjacency has negative entries")
     a = adjacency.float()
-    if valid is not None:
+    if valid is not None and not bool(valid.all()):
         a = a * (valid[:, :, None] & valid[:, None, :]).to(a.dtype)
     deg = a.sum(dim=-1, keepdim=True)
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
-    return torch.where(deg > 0, a / deg.clamp(min=torch.finfo(a.dtype).tiny), eye)
+    p = a / deg.clamp(min=torch.finfo(a.dtype).tiny)
+    # rows without edges (also a NaN degree) become rows of the identity, in place
+    batch, node = torch.nonzero(~(deg[..., 0] > 0), as_tuple=True)
+    if batch.numel():
+        p[batch, node] = 0.0
+        p[batch, node, node] = 1.0
+    return p
 
 
 def diffusion_features(

@@ -24,8 +24,9 @@ Prediction: every run of a subject is cut into the training window (``data.durat
 (values or class probabilities) are averaged over the crops of a run, then over the runs of
 the subject.
 
-Expert-weight maps: each candidate's spatial gates on the fold's ``test`` subjects are
-written by :func:`brainharmony.models.predictor.export_expert_weights`; the chosen step's
+Expert-weight maps: each candidate's spatial gates on the fold's ``test`` subjects (from
+the same forward passes as the predictions) are written by
+:func:`brainharmony.models.predictor.write_gate_table`; the chosen step's
 maps of all folds are matched to one expert numbering (:func:`align_experts`), averaged and
 written with a figure (``--expert-weights`` / ``--expert-figure``; default
 ``expert_weights.tsv`` / ``.png`` beside ``--out``).
@@ -295,22 +296,50 @@ def predict_subjects(
     A crop without a valid frame or ROI is skipped; a subject none of whose crops is
     usable is absent from the result.
     """
+    preds, _, _ = _predict_with_gates(
+        model, sources, subjects, scaling=scaling, batch_size=batch_size, device=device
+    )
+    return preds
+
+
+def _predict_with_gates(
+    model: Any,
+    sources: Sequence[ShardSource],
+    subjects: set[str],
+    *,
+    scaling: Any | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    gates_of: set[str] | frozenset[str] = frozenset(),
+) -> tuple[dict[str, np.ndarray], list[Any], list[Any]]:
+    """:func:`predict_subjects`, plus the spatial gates and ROI masks of the crops of the
+    ``gates_of`` subjects (in crop order) from the same forward passes."""
     import torch
 
     model.eval()
     per_run: dict[tuple[int, int], list[np.ndarray]] = {}
     crops, keys, owner = _subject_crops(sources, subjects, scaling)
+    gates: list[Any] = []
+    masks: list[Any] = []
     done = 0
     with torch.no_grad():
         for batch in _batches(crops, keys, batch_size, device):
-            out = model.predict(batch).double().cpu().numpy()
-            for key, value in zip(keys[done : done + len(out)], out, strict=True):
+            n = len(batch["x"])
+            take = [i for i, key in enumerate(keys[done : done + n]) if owner[key] in gates_of]
+            if take:
+                out, g, m = model.predict_with_gates(batch)
+                gates.append(g[take].float().cpu())
+                masks.append(m[take].cpu())
+            else:
+                out = model.predict(batch)
+            out = out.double().cpu().numpy()
+            for key, value in zip(keys[done : done + n], out, strict=True):
                 per_run.setdefault(key, []).append(np.atleast_1d(value))
-            done += len(out)
+            done += n
     per_subject: dict[str, list[np.ndarray]] = {}
     for key in sorted(per_run):
         per_subject.setdefault(owner[key], []).append(np.mean(per_run[key], axis=0))
-    return {s: np.mean(v, axis=0) for s, v in per_subject.items()}
+    return {s: np.mean(v, axis=0) for s, v in per_subject.items()}, gates, masks
 
 
 # --------------------------------------------------------------------------- per fold
@@ -430,7 +459,7 @@ def run_fold(
     """
     import torch
 
-    from brainharmony.models.predictor import export_expert_weights
+    from brainharmony.models.predictor import write_gate_table
     from brainharmony.train.loop import train
 
     began = time.perf_counter()
@@ -525,24 +554,21 @@ def run_fold(
                 progress=progress,
             )
         model = _model_at_checkpoint(cfg, state_dir, step, device)
-        preds = predict_subjects(
+        # one pass over the val and test crops gives the predictions and the spatial
+        # gates of the test crops
+        preds, gates, masks = _predict_with_gates(
             model,
             sources,
             eval_subjects,
             scaling=scaling,
             batch_size=cfg.train.batch_size,
             device=device,
+            gates_of=test_subjects,
         )
         # the spatial expert weights of this candidate on the held-out subjects, written
         # before its predictions (a cached prediction file implies its weights)
-        crops, keys, _ = _subject_crops(sources, test_subjects, scaling)
-        if crops:
-            export_expert_weights(
-                model,
-                _batches(crops, keys, cfg.train.batch_size, device),
-                _experts_path(fold_dir, step),
-                inputs=inputs,
-            )
+        if gates:
+            write_gate_table(model, gates, masks, _experts_path(fold_dir, step), inputs=inputs)
         write_tsv(cache, _prediction_frame(preds, split_of, classes), float_format="%.10g")
         frames[step] = _read_cache(cache)  # as a resumed run sees it: identical files
 

@@ -17,6 +17,7 @@ from brainharmony.models.predictor import (
     PredictorConfig,
     build,
     export_expert_weights,
+    write_gate_table,
 )
 from brainharmony.models.registry import build_model
 
@@ -129,6 +130,23 @@ def test_padded_frames_never_change_outputs() -> None:
         tokens, valid = model.encode_tokens(longer)
     assert tokens.shape == (6, 63, 32) and torch.equal(valid, longer["mask"])
     assert (tokens[~valid] == 0).all()
+
+
+def test_predict_with_gates_is_predict_and_spatial_gates(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    for cfg in (TINY, {**TINY, "task": "classification", "n_classes": 3, "loss": "cross_entropy"}):
+        model = build(cfg).eval()
+        batches = [make_batch(), make_batch(seed=1)]
+        with torch.no_grad():
+            outs = [model.predict_with_gates(b) for b in batches]
+            for b, (pred, gates, mask) in zip(batches, outs, strict=True):
+                assert torch.equal(pred, model.predict(b))
+                want_gates, want_mask = model.spatial_gates(b)
+                assert torch.equal(gates, want_gates) and torch.equal(mask, want_mask)
+        # the table written from those gates is export_expert_weights' table
+        a = write_gate_table(model, [o[1] for o in outs], [o[2] for o in outs], tmp_path / "a.tsv")
+        b = export_expert_weights(model, batches, tmp_path / "b.tsv")
+        assert a.read_text() == b.read_text()
 
 
 def test_absent_rois_never_change_outputs() -> None:

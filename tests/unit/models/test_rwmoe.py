@@ -59,6 +59,50 @@ def test_transition_matrix_is_row_stochastic_and_never_reaches_invalid_nodes() -
         transition_matrix(s)
 
 
+def _reference_graph(s, valid, threshold, top_k):
+    """sparsify_affinity + transition_matrix written plainly with torch.topk / where."""
+    a = torch.where(s > threshold, s, torch.zeros_like(s)).float()
+    a = a.masked_fill(torch.eye(a.shape[-1], dtype=torch.bool), 0.0)
+    pair = (valid[:, :, None] & valid[:, None, :]).float()
+    a = a * pair
+    if top_k is not None and top_k < a.shape[-1]:
+        values, index = a.topk(top_k, dim=-1)
+        a = torch.zeros_like(a).scatter_(-1, index, values)
+    deg = (a * pair).sum(-1, keepdim=True)
+    eye = torch.eye(a.shape[-1]).expand_as(a)
+    return a, torch.where(deg > 0, a * pair / deg.clamp(min=torch.finfo(a.dtype).tiny), eye)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_graph_equals_a_topk_reference_exactly(seed: int) -> None:
+    # the fast path (np.partition, in-place edits) against torch.topk, bit for bit: ties
+    # (duplicated and rounded series), invalid nodes, isolated nodes, k near n
+    g = torch.Generator().manual_seed(seed)
+    b, t, n = 3, 12, 40
+    x = torch.randn(b, t, n, generator=g)
+    x[:, :, 1] = x[:, :, 0]  # a duplicated ROI: tied correlations
+    if seed % 2:
+        x = (x * 2).round()  # coarse values: many ties
+    frames = torch.ones(b, t, dtype=torch.bool)
+    rois = torch.ones(b, n, dtype=torch.bool)
+    if seed % 3 == 0:
+        rois[1, -3:] = False
+    s = correlation_affinity(x, frames, rois)
+    for threshold in (0.0, 0.2, 0.9):
+        for top_k in (None, 1, 5, n - 1, n + 3):
+            a_ref, p_ref = _reference_graph(s, rois, threshold, top_k)
+            a = sparsify_affinity(s, rois, threshold, top_k)
+            assert torch.equal(a, a_ref), (threshold, top_k)
+            assert torch.equal(transition_matrix(a, rois), p_ref), (threshold, top_k)
+    bad = s.clone()
+    bad[0, 2, 3] = float("nan")
+    bad[2, 4, 5] = float("inf")
+    a_ref, _ = _reference_graph(bad, rois, 0.0, 5)
+    a = sparsify_affinity(bad, rois, 0.0, 5)
+    assert torch.equal(a.isnan(), a_ref.isnan())
+    assert torch.equal(a.nan_to_num(0.5), a_ref.nan_to_num(0.5))
+
+
 @pytest.mark.parametrize("walk", ["power", "lazy", "ppr"])
 def test_diffusion_features_match_a_dense_reference(walk: str) -> None:
     s, valid = random_graph(seed=1)
